@@ -1,0 +1,3 @@
+from .mmcv_ops import ensure_mmcv_ops
+
+__all__ = ['ensure_mmcv_ops']

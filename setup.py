@@ -1,0 +1,33 @@
+"""fsa-seg: training-free open-vocabulary semantic segmentation with CLIP and FSA."""
+from setuptools import find_packages, setup
+
+setup(
+    name='fsa-seg',
+    version='0.1.0',
+    description='Training-free open-vocabulary segmentation with CLIP and the FSA plug-in '
+                '(mmsegmentation 1.x toolbox)',
+    long_description=open('README.md', encoding='utf-8').read(),
+    long_description_content_type='text/markdown',
+    python_requires='>=3.9',
+    packages=find_packages(include=['fsa_seg', 'fsa_seg.*']),
+    package_data={'fsa_seg': ['class_names/*.txt', 'assets/*']},
+    install_requires=[
+        'torch>=2.0',
+        'torchvision>=0.15',
+        'mmengine>=0.10.0,<1.0',
+        'mmsegmentation>=1.2.0,<1.3',
+        'open_clip_torch>=2.24',
+        'timm>=1.0',
+        'numpy',
+        'pillow',
+        'ftfy',
+        'regex',
+        'tqdm',
+    ],
+    extras_require={
+        # mmseg 1.2.x needs mmcv < 2.2; the compiled mmcv is optional (see README, "Why mmcv-lite").
+        'lite': ['mmcv-lite>=2.0.0rc4,<2.2.0'],
+        'tests': ['pytest>=7'],
+    },
+    entry_points={'console_scripts': ['fsa-seg=fsa_seg.cli:main']},
+)

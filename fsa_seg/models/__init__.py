@@ -1,0 +1,1 @@
+from . import backbones, plugins, segmentors  # noqa: F401  (register into mmseg.registry)

@@ -1,0 +1,3 @@
+from .fsa import FSA
+
+__all__ = ['FSA']

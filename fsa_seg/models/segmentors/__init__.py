@@ -1,0 +1,10 @@
+from .base import CLIP_PREPROCESSOR, TrainingFreeSegmentor
+from .clip_baselines import CLIPSegmentor, ClearCLIP, MaskCLIP, NACLIP, SCLIP, VanillaCLIP
+from .last_block import ATTENTIONS, LastBlock, register_attention
+from .proxyclip import ProxyCLIP, proxy_attention
+
+__all__ = [
+    'CLIP_PREPROCESSOR', 'TrainingFreeSegmentor', 'CLIPSegmentor', 'ClearCLIP', 'MaskCLIP',
+    'NACLIP', 'SCLIP', 'VanillaCLIP', 'ATTENTIONS', 'LastBlock', 'register_attention',
+    'ProxyCLIP', 'proxy_attention'
+]

@@ -1,0 +1,192 @@
+"""One inference implementation shared by every training-free segmentor.
+
+A subclass only says how a batch of crops becomes dense, L2-normalised features in CLIP's joint
+space (:meth:`TrainingFreeSegmentor.encode_crops`). Everything else lives here: the vocabulary
+and its text embeddings, sliding-window or whole-image inference (the windows of one image
+batched), and the post-processing shared by the training-free literature.
+"""
+from abc import abstractmethod
+from typing import List, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn.functional as F
+from mmengine.config import ConfigDict
+from mmengine.structures import PixelData
+from mmseg.models.segmentors import BaseSegmentor
+from mmseg.registry import MODELS
+from mmseg.structures import SegDataSample
+from torch import Tensor
+
+from ..text import (Vocabulary, cached_query_embeddings, load_vocabulary, resolve_templates)
+
+# CLIP's normalisation on 0..255 RGB values; mmseg loads BGR.
+CLIP_PREPROCESSOR = dict(type='mmseg.SegDataPreProcessor', mean=[122.771, 116.746, 104.094],
+                         std=[68.501, 66.632, 70.323], bgr_to_rgb=True)
+
+
+def window_starts(size: int, crop: int, stride: int) -> List[int]:
+    """mmseg's slide_inference windows along one axis; one window if the image is smaller."""
+    count = max(size - crop + stride - 1, 0) // stride + 1
+    return [max(min(i * stride + crop, size) - crop, 0) for i in range(count)]
+
+
+class TrainingFreeSegmentor(BaseSegmentor):
+    """Base of every training-free CLIP segmentor.
+
+    Args:
+        clip: config of the CLIP model (default type ``OpenCLIP``).
+        vocabulary: a bundled vocabulary name, a class-name file, or a list of classes.
+        templates: template-set name or list of templates for the text embeddings.
+        logit_scale: scale of the cosine logits before the softmax over queries.
+        prob_thd: pixels whose top class probability is below it become class 0.
+        test_cfg: ``dict(mode='slide', crop_size=(h, w), stride=(h, w))`` or ``dict(mode='whole')``.
+        crop_batch_size: windows of one image encoded together.
+        plugin: config of an attention plug-in (``dict(type='FSA', ...)``) or None.
+        text_cache_dir: text-embedding cache folder; None for the default, False for none.
+    """
+
+    def __init__(self, clip: dict, vocabulary, templates='openai_imagenet',
+                 logit_scale: float = 40.0, prob_thd: float = 0.0, test_cfg: Optional[dict] = None,
+                 crop_batch_size: int = 16, plugin: Optional[dict] = None,
+                 text_cache_dir: Union[str, bool, None] = None,
+                 data_preprocessor: Optional[dict] = None, init_cfg=None):
+        super().__init__(data_preprocessor=data_preprocessor or CLIP_PREPROCESSOR,
+                         init_cfg=init_cfg)
+        self.clip = MODELS.build(dict(dict(type='OpenCLIP'), **clip))
+        self.plugin = MODELS.build(plugin) if plugin else None
+        self.logit_scale = float(logit_scale)
+        self.prob_thd = float(prob_thd)
+        self.test_cfg = ConfigDict(test_cfg or dict(mode='slide', crop_size=(336, 336),
+                                                    stride=(112, 112)))
+        if self.test_cfg.mode not in ('slide', 'whole'):
+            raise ValueError(f"test_cfg.mode must be 'slide' or 'whole', got {self.test_cfg.mode!r}")
+        self.crop_batch_size = crop_batch_size
+        self.text_cache_dir = text_cache_dir
+        self.set_vocabulary(vocabulary, templates)
+
+    # ------------------------------------------------------------------ vocabulary
+    def set_vocabulary(self, vocabulary, templates=None) -> Vocabulary:
+        """Change the classes at run time (open-vocabulary use); embeddings come from the cache
+        when the same model, weights, templates and names were embedded before."""
+        if templates is not None:
+            self.templates = resolve_templates(templates)
+        self.vocabulary = load_vocabulary(vocabulary)
+        embeddings = cached_query_embeddings(
+            self.clip.encode_text, self.vocabulary.queries, self.templates,
+            model_id=self.clip.model_name, weights_id=self.clip.weights_id,
+            cache_dir=self.text_cache_dir)
+        self.set_query_embeddings(embeddings)
+        return self.vocabulary
+
+    def set_query_embeddings(self, embeddings: Tensor) -> None:
+        """Use given (Q, D) L2-normalised query embeddings, one row per vocabulary query."""
+        if embeddings.shape[0] != len(self.vocabulary.queries):
+            raise ValueError(f'{embeddings.shape[0]} embeddings for '
+                             f'{len(self.vocabulary.queries)} queries')
+        device = self.clip.visual.proj.device
+        self.query_embeddings = embeddings.to(device)
+        self.query_to_class = torch.tensor(self.vocabulary.query_to_class, device=device)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.vocabulary)
+
+    # ------------------------------------------------------------------ features
+    @abstractmethod
+    def encode_crops(self, crops: Tensor) -> Tensor:
+        """(b, 3, h, w) normalised crops → (b, D, gh, gw) L2-normalised dense features."""
+
+    def cosine_logits(self, features: Tensor) -> Tensor:
+        """(b, D, gh, gw) features → (b, Q, gh, gw) cosine similarities with the queries."""
+        text = self.query_embeddings.to(features.dtype)
+        return torch.einsum('bdhw,qd->bqhw', features, text)
+
+    def isolation_logits(self, heads: Tensor) -> Tensor:
+        """Per-head attention outputs of the last block (B, H, n, d) → cosine similarities
+        (B, n, Q) of the attention output alone (out_proj, ln_post, proj): the ``logits_fn``
+        of attention plug-ins such as FSA."""
+        features = F.normalize(self.clip.head(self.clip.out_proj(heads)), dim=-1)
+        return features @ self.query_embeddings.to(features.dtype).t()
+
+    def crop_logits(self, crops: Tensor) -> Tensor:
+        """Cosine logits of crops, upsampled to the crop size."""
+        logits = self.cosine_logits(self.encode_crops(crops))
+        return F.interpolate(logits, size=crops.shape[-2:], mode='bilinear', align_corners=False)
+
+    # ------------------------------------------------------------------ inference
+    def windows(self, height: int, width: int) -> Tuple[List[Tuple[int, int, int, int]],
+                                                        Tuple[int, int]]:
+        """Window boxes (y1, y2, x1, x2) and the (padded) crop size for one image."""
+        if self.test_cfg.mode == 'whole':
+            ph, pw = self.clip.patch_size
+            return [(0, height, 0, width)], (-(-height // ph) * ph, -(-width // pw) * pw)
+        (crop_h, crop_w), (stride_h, stride_w) = self.test_cfg.crop_size, self.test_cfg.stride
+        boxes = [(y, min(y + crop_h, height), x, min(x + crop_w, width))
+                 for y in window_starts(height, crop_h, stride_h)
+                 for x in window_starts(width, crop_w, stride_w)]
+        return boxes, (crop_h, crop_w)
+
+    def inference_logits(self, image: Tensor) -> Tensor:
+        """(3, H, W) image → (Q, H, W) cosine logits averaged over the windows covering it."""
+        height, width = image.shape[-2:]
+        boxes, (crop_h, crop_w) = self.windows(height, width)
+        total = None
+        count = image.new_zeros((1, height, width))
+        for start in range(0, len(boxes), self.crop_batch_size):
+            chunk = boxes[start:start + self.crop_batch_size]
+            # Crops smaller than the crop size (small images) are padded bottom/right.
+            crops = torch.stack([F.pad(image[:, y1:y2, x1:x2], (0, crop_w - (x2 - x1),
+                                                                 0, crop_h - (y2 - y1)))
+                                 for y1, y2, x1, x2 in chunk])
+            logits = self.crop_logits(crops)
+            if total is None:
+                total = logits.new_zeros((logits.shape[1], height, width))
+            for (y1, y2, x1, x2), crop_logit in zip(chunk, logits):
+                total[:, y1:y2, x1:x2] += crop_logit[:, :y2 - y1, :x2 - x1]
+                count[:, y1:y2, x1:x2] += 1
+        return total / count.to(total.dtype)
+
+    def class_probabilities(self, logits: Tensor, size: Sequence[int]) -> Tensor:
+        """(Q, h, w) cosine logits → (C, H, W): resize, scale, softmax over all queries, then the
+        max over each class's synonyms."""
+        logits = F.interpolate(logits[None], size=tuple(size), mode='bilinear',
+                               align_corners=False)[0]
+        probs = (logits * self.logit_scale).softmax(dim=0)
+        index = self.query_to_class.view(-1, 1, 1).expand_as(probs)
+        by_class = probs.new_zeros((self.num_classes, *probs.shape[1:]))
+        return by_class.scatter_reduce_(0, index, probs, 'amax', include_self=False)
+
+    def label_map(self, probs: Tensor) -> Tensor:
+        """Argmax over classes; pixels whose top probability is below ``prob_thd`` → class 0."""
+        top_prob, labels = probs.max(dim=0, keepdim=True)
+        return labels.masked_fill(top_prob < self.prob_thd, 0)
+
+    @torch.no_grad()
+    def predict(self, inputs: Tensor, data_samples: Optional[List[SegDataSample]] = None):
+        """Fill ``seg_logits`` (class probabilities, C×H×W at the original size) and
+        ``pred_sem_seg`` of each sample. Each image of the batch is processed on its own
+        valid (unpadded) area, so batch size never changes a result."""
+        if data_samples is None:
+            data_samples = [SegDataSample(metainfo=dict(img_shape=inputs.shape[-2:],
+                                                        ori_shape=inputs.shape[-2:]))
+                            for _ in range(inputs.shape[0])]
+        for image, sample in zip(inputs, data_samples):
+            height, width = sample.metainfo.get('img_shape', image.shape[-2:])[:2]
+            logits = self.inference_logits(image[:, :height, :width])
+            probs = self.class_probabilities(logits, sample.metainfo['ori_shape'][:2])
+            sample.set_data(dict(seg_logits=PixelData(data=probs),
+                                 pred_sem_seg=PixelData(data=self.label_map(probs))))
+        return data_samples
+
+    # ------------------------------------------------------------------ mmseg's abstract API
+    def extract_feat(self, inputs: Tensor) -> Tensor:
+        return self.encode_crops(inputs)
+
+    def encode_decode(self, inputs: Tensor, batch_data_samples=None) -> Tensor:
+        return self.crop_logits(inputs)
+
+    def _forward(self, inputs: Tensor, data_samples=None) -> Tensor:
+        return self.crop_logits(inputs)
+
+    def loss(self, inputs, data_samples):
+        raise NotImplementedError(f'{type(self).__name__} is training-free: it has no loss')

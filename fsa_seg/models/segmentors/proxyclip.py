@@ -1,0 +1,59 @@
+"""ProxyCLIP (Lan et al., ECCV 2024): CLIP values under a vision foundation model's attention."""
+import torch.nn.functional as F
+from mmseg.registry import MODELS
+from torch import Tensor
+
+from .base import TrainingFreeSegmentor
+
+
+def proxy_attention(vfm_features: Tensor, beta: float, gamma: float) -> Tensor:
+    """A = row-softmax(γ·(S − β·mean(S))) with negative entries masked, S the cosine similarity
+    of the VFM features (B, C, h, w); returns (B, 1, N, N), shared by the heads.
+
+    The official code takes mean(S) over the whole batch; it is taken per image here (identical
+    at batch size 1, and a batch never changes an image's result)."""
+    features = F.normalize(vfm_features.flatten(2).transpose(1, 2), dim=-1)
+    similarity = features @ features.transpose(1, 2)
+    logits = gamma * (similarity - beta * similarity.mean(dim=(1, 2), keepdim=True))
+    return logits.masked_fill(logits < 0, float('-inf')).softmax(dim=-1).unsqueeze(1)
+
+
+@MODELS.register_module()
+class ProxyCLIP(TrainingFreeSegmentor):
+    """The last block keeps its attention path alone (no residual, no FFN, no class token); its
+    values, resized from the CLIP grid to the VFM grid, are mixed by the proxy attention.
+    Outputs are at the VFM grid's resolution.
+
+    Args:
+        vfm: config of the vision foundation model (e.g. ``dict(type='TimmVFM', ...)``).
+        beta, gamma: normalisation of the proxy attention.
+    """
+
+    def __init__(self, *args, vfm: dict, beta: float = 1.2, gamma: float = 3.0, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.vfm = MODELS.build(vfm)
+        self.beta, self.gamma = float(beta), float(gamma)
+
+    def encode_crops(self, crops: Tensor) -> Tensor:
+        tokens, grid = self.output_tokens(crops)
+        return F.normalize(tokens, dim=-1).transpose(1, 2).unflatten(2, grid)
+
+    def output_tokens(self, crops: Tensor):
+        """``ln_post(out_proj(A·V)) @ proj`` per VFM-grid patch (B, N, D), and the grid."""
+        vfm_features = self.vfm(crops)
+        grid = tuple(vfm_features.shape[-2:])
+        attn = proxy_attention(vfm_features.to(self.clip.dtype), self.beta, self.gamma)
+        values = self.values_on_grid(crops, grid)
+        attended = attn @ values
+        if self.plugin is not None:
+            attended = self.plugin(attn, values, self.isolation_logits, attended=attended)
+        return self.clip.head(self.clip.out_proj(attended)), grid
+
+    def values_on_grid(self, crops: Tensor, grid) -> Tensor:
+        """Per-head values of the patch tokens (B, H, h·w, d), bilinearly resized to ``grid``."""
+        tokens, clip_grid = self.clip.forward_to_last_block(crops)
+        _, _, values = self.clip.qkv(tokens[:, 1:])
+        batch, heads, _, head_dim = values.shape
+        values = values.transpose(2, 3).reshape(batch, heads * head_dim, *clip_grid)
+        values = F.interpolate(values, size=grid, mode='bilinear', align_corners=False)
+        return values.reshape(batch, heads, head_dim, -1).transpose(2, 3)

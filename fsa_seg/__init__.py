@@ -8,6 +8,6 @@ from .compat import ensure_mmcv_ops
 
 ensure_mmcv_ops()
 
-from . import models  # noqa: E402,F401  (registers into mmseg.registry)
+from . import evaluation, models  # noqa: E402,F401  (register into mmseg's registries)
 
 __version__ = '0.1.0'

@@ -12,4 +12,4 @@ test_dataloader = dict(
         ann_file='',  # no split file: every image of images/validation
     ))
 
-model = dict(vocabulary='ade20k', prob_thd=0.0)
+protocol = dict(vocabulary='ade20k', prob_thd=0.0)

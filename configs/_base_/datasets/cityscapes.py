@@ -12,8 +12,8 @@ test_dataloader = dict(
         ann_file='',  # no split file: every image of leftImg8bit/val/<city>/
     ))
 
-model = dict(
+protocol = dict(
     vocabulary='cityscapes',
     prob_thd=0.0,
-    test_cfg=dict(mode='slide', crop_size=(224, 224), stride=(80, 80)),
+    test_cfg=dict(crop_size=(224, 224), stride=(80, 80)),  # mode='slide' inherited
 )

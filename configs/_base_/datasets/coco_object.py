@@ -5,4 +5,4 @@ _base_ = './coco_stuff164k.py'
 dataset_type = 'COCOObjectDataset'  # registered by fsa_seg.datasets
 test_dataloader = dict(dataset=dict(type=dataset_type))
 
-model = dict(vocabulary='coco_object', prob_thd=0.3)
+protocol = dict(vocabulary='coco_object', prob_thd=0.3)

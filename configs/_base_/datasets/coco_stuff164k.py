@@ -12,4 +12,4 @@ test_dataloader = dict(
         ann_file='',  # no split file: every image of images/val2017
     ))
 
-model = dict(vocabulary='coco_stuff164k', prob_thd=0.0)
+protocol = dict(vocabulary='coco_stuff164k', prob_thd=0.0)

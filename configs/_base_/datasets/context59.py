@@ -4,4 +4,4 @@ _base_ = './context60.py'
 dataset_type = 'PascalContextDataset59'
 test_dataloader = dict(dataset=dict(type=dataset_type))
 
-model = dict(vocabulary='context59', prob_thd=0.0)
+protocol = dict(vocabulary='context59', prob_thd=0.0)

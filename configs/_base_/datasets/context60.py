@@ -12,4 +12,4 @@ test_dataloader = dict(
         ann_file='ImageSets/SegmentationContext/val.txt',
     ))
 
-model = dict(vocabulary='context60', prob_thd=0.14)
+protocol = dict(vocabulary='context60', prob_thd=0.14)

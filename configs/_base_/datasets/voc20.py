@@ -4,4 +4,4 @@ _base_ = './voc21.py'
 dataset_type = 'PascalVOC20Dataset'  # registered by fsa_seg.datasets
 test_dataloader = dict(dataset=dict(type=dataset_type))
 
-model = dict(vocabulary='voc20', prob_thd=0.0)
+protocol = dict(vocabulary='voc20', prob_thd=0.0)

@@ -23,9 +23,11 @@ test_dataloader = dict(
         pipeline=test_pipeline,
     ),
 )
-test_evaluator = dict(type='IoUMetric', iou_metrics=['mIoU'])
+test_evaluator = dict(type='PerClassIoUMetric', iou_metrics=['mIoU'])
 
-model = dict(
+# The protocol's model settings for this benchmark; leaf configs merge them into `model`
+# (mmengine forbids the same key, such as `model`, in two sibling base files).
+protocol = dict(
     vocabulary='voc21',
     prob_thd=0.2,
     test_cfg=dict(mode='slide', crop_size=(336, 336), stride=(112, 112)),

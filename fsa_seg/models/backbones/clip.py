@@ -43,28 +43,31 @@ class OpenCLIP(nn.Module):
             checkpoint file. Required unless ``random_init``.
         arch: an explicit architecture (``embed_dim``, ``vision_cfg``, ``text_cfg``, as in
             open_clip's model configs) instead of ``model_name``: for custom or tiny CLIPs.
+        quick_gelu: use QuickGELU (OpenAI's CLIPs were trained with it). None: as the pretrained
+            tag says (False for local files, so say True for OpenAI weights from a file).
         precision: ``'fp32'`` (default), ``'fp16'``, ``'bf16'`` (GPU) or ``'fp64'``.
         random_init: build with random weights; the explicit opt-in for tests.
         cache_dir: where open_clip caches downloaded weights.
     """
 
     def __init__(self, model_name: str = 'ViT-B-16', pretrained: Optional[str] = None,
-                 arch: Optional[dict] = None, precision: str = 'fp32', random_init: bool = False,
+                 arch: Optional[dict] = None, quick_gelu: Optional[bool] = None,
+                 precision: str = 'fp32', random_init: bool = False,
                  cache_dir: Optional[str] = None):
         super().__init__()
         if precision not in PRECISIONS:
             raise ValueError(f'precision must be one of {sorted(PRECISIONS)}, got {precision!r}')
         self.model_name = 'custom' if arch is not None else model_name
         require_weights(f'CLIP {self.model_name}', pretrained, random_init)
-        self.model = self._build(model_name, pretrained, arch, cache_dir)
+        self.model = self._build(model_name, pretrained, arch, quick_gelu, cache_dir)
         self.model.to(PRECISIONS[precision]).eval().requires_grad_(False)
         self.tokenizer = (open_clip.SimpleTokenizer(context_length=arch.get('text_cfg', {}).get('context_length', 77))
                           if arch is not None else open_clip.get_tokenizer(model_name))
         self.weights_id = self._weights_id(pretrained)
 
-    def _build(self, model_name, pretrained, arch, cache_dir) -> nn.Module:
+    def _build(self, model_name, pretrained, arch, quick_gelu, cache_dir) -> nn.Module:
         if arch is not None:
-            model = open_clip.CLIP(**arch)
+            model = open_clip.CLIP(**arch, quick_gelu=bool(quick_gelu))
             if pretrained:
                 self._load_file(model, pretrained)
             return model
@@ -72,7 +75,8 @@ class OpenCLIP(nn.Module):
             raise ValueError(f'unknown open_clip model {model_name!r}; see open_clip.list_models()')
         if not pretrained or is_local_path(pretrained):
             model = open_clip.create_model(model_name, pretrained=None, load_weights=False,
-                                           pretrained_text=False)
+                                           pretrained_text=False,
+                                           force_quick_gelu=bool(quick_gelu))
             if pretrained:
                 self._load_file(model, pretrained)
             return model
@@ -80,9 +84,11 @@ class OpenCLIP(nn.Module):
         if pretrained not in known_tags:
             raise WeightsError(f'{model_name}: unknown pretrained tag {pretrained!r} and no such '
                                f'file; known tags: {known_tags}')
+        if quick_gelu is None:
+            quick_gelu = open_clip.get_pretrained_cfg(model_name, pretrained).get('quick_gelu', False)
         try:
             return open_clip.create_model(model_name, pretrained=pretrained, cache_dir=cache_dir,
-                                          require_pretrained=True)
+                                          force_quick_gelu=quick_gelu, require_pretrained=True)
         except Exception as error:
             raise WeightsError(
                 f'could not load CLIP {model_name} weights {pretrained!r} through open_clip '

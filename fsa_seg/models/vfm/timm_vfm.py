@@ -33,11 +33,11 @@ class VFMPreset:
     Attributes:
         arch: timm architecture name.
         tag: timm pretrained tag of the weights ProxyCLIP uses.
-        features: ``'tokens'`` — final-norm patch tokens of ``forward_features`` with the prefix
-            (cls, register) tokens dropped; ``'map'`` — ``forward_features`` is already a (B, C, h, w)
-            map (SAM's image-encoder neck).
-        resize_to_model: resize every crop to the model's ``img_size`` (SAM at 1024, MAE at the slide
-            crop size) instead of using it at its own size.
+        features: ``'tokens'`` — final-norm patch tokens of ``forward_features`` with the
+            prefix (cls, register) tokens dropped; ``'map'`` — ``forward_features`` is already a
+            (B, C, h, w) map (SAM's image-encoder neck).
+        resize_to_model: resize every crop to the model's ``img_size`` (SAM at 1024, MAE at the
+            slide crop size) instead of using it at its own size.
         img_size_from_input: build the model at the ``input_size`` constructor argument (MAE, whose
             absolute position embedding is then resampled once at load time, as the official code).
         dynamic_img_size: timm's ViT option that resamples the position embedding to any input grid;
@@ -120,8 +120,8 @@ def _fetch_pretrained(name: str, arch: str, tag: str, kwargs: dict) -> nn.Module
     try:
         return timm.create_model(full_name, pretrained=True, **kwargs)
     except Exception as error:  # network, hub, cache and fit errors all end the same way
-        source = ' or '.join(s for s in (cfg.hf_hub_id and f'https://huggingface.co/{cfg.hf_hub_id}',
-                                          cfg.url) if s)
+        hub = cfg.hf_hub_id and f'https://huggingface.co/{cfg.hf_hub_id}'
+        source = ' or '.join(s for s in (hub, cfg.url) if s)
         raise WeightsError(
             f'VFM {name!r}: could not download or load timm weights {full_name!r} '
             f'({type(error).__name__}: {error}). Without network, fetch them elsewhere '

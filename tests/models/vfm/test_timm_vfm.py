@@ -82,11 +82,11 @@ def test_dino_floors_partial_patches():
 
 
 def test_real_sam_and_mae_resize_targets():
-    sam = TimmVFM('sam_vitb', random_init=True, model_kwargs=dict(embed_dim=32, depth=1, num_heads=2))
+    narrow = dict(embed_dim=32, depth=1, num_heads=2)
+    sam = TimmVFM('sam_vitb', random_init=True, model_kwargs=narrow)
     assert tuple(sam.model.patch_embed.img_size) == (1024, 1024)
     assert sam.grid_size(224, 336) == (64, 64)
-    mae = TimmVFM('mae_vitb16', random_init=True, input_size=336,
-                  model_kwargs=dict(embed_dim=32, depth=1, num_heads=2))
+    mae = TimmVFM('mae_vitb16', random_init=True, input_size=336, model_kwargs=narrow)
     assert mae(torch.randn(1, 3, 224, 336)).shape == (1, 32, 21, 21)
 
 

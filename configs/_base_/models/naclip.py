@@ -1,0 +1,2 @@
+# NACLIP: a training-free CLIP segmentor (see fsa_seg/models/segmentors/clip_baselines.py).
+model = dict(type='NACLIP', templates='openai_imagenet', logit_scale=40.0)

@@ -1,0 +1,5 @@
+_base_ = [
+    './proxyclip_vit-h14_mae-b16_coco_stuff164k.py',
+    '../_base_/plugins/fsa.py',
+]
+model = dict(plugin=dict(_base_.fsa, lamda=_base_.proxy_fsa_lamda))

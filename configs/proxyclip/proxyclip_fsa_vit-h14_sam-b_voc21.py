@@ -1,0 +1,5 @@
+_base_ = [
+    './proxyclip_vit-h14_sam-b_voc21.py',
+    '../_base_/plugins/fsa.py',
+]
+model = dict(plugin=dict(_base_.fsa, lamda=_base_.fsa_lamda))

@@ -1,0 +1,8 @@
+_base_ = [
+    '../_base_/models/proxyclip.py',
+    '../_base_/backbones/vit-b16.py',
+    '../_base_/proxies/mae-b16.py',
+    '../_base_/datasets/context60.py',
+    '../_base_/default_runtime.py',
+]
+model = dict(clip=_base_.clip, vfm=dict(_base_.vfm, input_size=_base_.protocol['test_cfg']['crop_size']), **_base_.protocol)

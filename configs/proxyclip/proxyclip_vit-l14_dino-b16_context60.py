@@ -1,0 +1,8 @@
+_base_ = [
+    '../_base_/models/proxyclip.py',
+    '../_base_/backbones/vit-l14.py',
+    '../_base_/proxies/dino-b16.py',
+    '../_base_/datasets/context60.py',
+    '../_base_/default_runtime.py',
+]
+model = dict(clip=_base_.clip, vfm=_base_.vfm, **_base_.protocol)

@@ -1,0 +1,8 @@
+_base_ = [
+    '../_base_/models/proxyclip.py',
+    '../_base_/backbones/vit-l14.py',
+    '../_base_/proxies/dino-b8.py',
+    '../_base_/datasets/voc21.py',
+    '../_base_/default_runtime.py',
+]
+model = dict(clip=_base_.clip, vfm=_base_.vfm, **_base_.protocol)

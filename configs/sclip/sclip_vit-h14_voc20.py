@@ -1,0 +1,7 @@
+_base_ = [
+    '../_base_/models/sclip.py',
+    '../_base_/backbones/vit-h14.py',
+    '../_base_/datasets/voc20.py',
+    '../_base_/default_runtime.py',
+]
+model = dict(clip=_base_.clip, **_base_.protocol)

@@ -1,0 +1,3 @@
+from .testing import evaluate, load_test_config
+
+__all__ = ['evaluate', 'load_test_config']

@@ -1,0 +1,90 @@
+"""Library code behind ``tools/test.py``: config set-up, data checks, evaluation, JSON results."""
+import json
+import logging
+import os
+import os.path as osp
+from typing import Optional, Sequence
+
+from mmengine.config import Config, DictAction  # noqa: F401  (DictAction re-exported for tools)
+from mmengine.logging import print_log
+from mmengine.runner import Runner
+
+SPLIT_SIZE_HINT = ('pass --allow-partial-split to evaluate anyway (the JSON results then say '
+                   '"complete": false)')
+
+
+def load_test_config(config: str, cfg_options: Optional[dict] = None,
+                     work_dir: Optional[str] = None, launcher: str = 'none',
+                     show_dir: Optional[str] = None) -> Config:
+    cfg = Config.fromfile(config)
+    if cfg_options:
+        cfg.merge_from_dict(cfg_options)
+    cfg.launcher = launcher
+    cfg.work_dir = work_dir or cfg.get('work_dir') or osp.join(
+        './work_dirs', osp.splitext(osp.basename(config))[0])
+    if show_dir:
+        enable_visualization(cfg, show_dir)
+    return cfg
+
+
+def enable_visualization(cfg: Config, show_dir: str) -> None:
+    """Draw prediction beside ground truth for every image through mmseg's visualizer."""
+    hook = cfg.default_hooks.get('visualization')
+    if hook is None or hook.get('type') != 'SegVisualizationHook':
+        raise RuntimeError('--show-dir needs default_hooks.visualization of type '
+                           'SegVisualizationHook (see configs/_base_/default_runtime.py)')
+    hook.update(draw=True, interval=1)
+    cfg.visualizer.save_dir = show_dir
+    cfg.visualizer.vis_backends = [dict(type='LocalVisBackend')]
+
+
+def check_dataset_folder(cfg: Config) -> None:
+    """A missing dataset is a clear error that says where the data was expected."""
+    dataset = cfg.test_dataloader.dataset
+    root = dataset.get('data_root', '')
+    image_dir = osp.join(root, dataset.get('data_prefix', {}).get('img_path', ''))
+    if not osp.isdir(image_dir):
+        raise FileNotFoundError(
+            f'{dataset.type}: image folder {osp.abspath(image_dir)} not found. Prepare the '
+            f'dataset in mmseg\'s layout under {osp.abspath(root) or "data/"} as described in '
+            'data/README.md, or point the config at it with '
+            '--cfg-options test_dataloader.dataset.data_root=/path/to/dataset')
+
+
+def check_split_size(cfg: Config, num_images: int, allow_partial: bool) -> bool:
+    """True if the dataset has as many images as its official split; otherwise an error, or
+    a warning with ``allow_partial``."""
+    expected = cfg.get('split_size')
+    if expected is None or num_images == expected:
+        return True
+    message = (f'{cfg.test_dataloader.dataset.type} has {num_images} images, but the official '
+               f'evaluation split has {expected}: the dataset looks incomplete')
+    if not allow_partial:
+        raise RuntimeError(f'{message}; {SPLIT_SIZE_HINT}')
+    print_log(f'WARNING: {message}; its numbers are not comparable with published ones.',
+              logger='current', level=logging.WARNING)
+    return False
+
+
+def evaluate(cfg: Config, out: Optional[str] = None, allow_partial: bool = False) -> dict:
+    """Run mmengine's test loop; write the metrics as JSON to ``out`` if given."""
+    check_dataset_folder(cfg)
+    runner = Runner.from_cfg(cfg)
+    complete = check_split_size(cfg, len(runner.test_dataloader.dataset), allow_partial)
+    metrics = runner.test()
+    if out and runner.rank == 0:
+        write_results(out, cfg, metrics, runner.test_evaluator.metrics, complete)
+    return metrics
+
+
+def write_results(path: str, cfg: Config, metrics: dict, evaluators: Sequence,
+                  complete: bool) -> None:
+    results = dict(config=osp.basename(cfg.filename or ''), complete=complete,
+                   metrics={k: float(v) for k, v in metrics.items()})
+    for evaluator in evaluators:
+        if hasattr(evaluator, 'per_class'):
+            results.update(num_images=evaluator.num_images, per_class=evaluator.per_class)
+    os.makedirs(osp.dirname(osp.abspath(path)), exist_ok=True)
+    with open(path, 'w', encoding='utf-8') as handle:
+        json.dump(results, handle, indent=2)
+    print_log(f'results written to {path}', logger='current')

@@ -1,0 +1,61 @@
+import importlib
+import sys
+import types
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from fsa_seg.compat import ensure_mmcv_ops
+from fsa_seg.compat.mmcv_ops import point_sample
+
+needs_fallback = pytest.mark.skipif(
+    importlib.util.find_spec('mmcv._ext') is not None, reason='compiled mmcv is installed')
+
+
+@pytest.mark.parametrize('align_corners', [False, True])
+def test_point_sample_matches_grid_sample_on_normalised_points(align_corners):
+    torch.manual_seed(0)
+    feats = torch.randn(2, 3, 7, 9)
+    points = torch.rand(2, 5, 2)
+    expected = F.grid_sample(feats, (points * 2 - 1).unsqueeze(2),
+                             align_corners=align_corners).squeeze(3)
+    assert torch.allclose(point_sample(feats, points, align_corners=align_corners), expected)
+    grid = torch.rand(2, 4, 6, 2)
+    expected = F.grid_sample(feats, grid * 2 - 1, align_corners=align_corners)
+    out = point_sample(feats, grid, align_corners=align_corners)
+    assert out.shape == (2, 3, 4, 6) and torch.allclose(out, expected)
+
+
+def test_point_sample_corners_hit_pixel_centres_with_align_corners():
+    feats = torch.arange(12.).view(1, 1, 3, 4)
+    points = torch.tensor([[[0., 0.], [1., 1.], [1., 0.]]])  # (x, y) in [0, 1]
+    out = point_sample(feats, points, align_corners=True)
+    assert out.flatten().tolist() == [0., 11., 3.]
+
+
+@needs_fallback
+def test_fallback_lets_mmseg_import_and_keeps_guarded_imports_working():
+    import mmcv.ops
+    import mmseg.models  # noqa: F401
+    from mmseg.models.decode_heads import cc_head, psa_head
+
+    assert getattr(mmcv.ops, 'IS_FSA_SEG_FALLBACK', False)
+    assert mmcv.ops.point_sample is point_sample
+    assert cc_head.CrissCrossAttention is None and psa_head.PSAMask is None
+    with pytest.raises(ModuleNotFoundError):
+        from mmcv.ops import DeformConv2d  # noqa: F401
+
+
+@needs_fallback
+def test_unavailable_op_raises_when_called_with_a_clear_message():
+    from mmcv.ops import sigmoid_focal_loss
+    with pytest.raises(RuntimeError, match='compiled mmcv'):
+        sigmoid_focal_loss(torch.zeros(2, 3), torch.zeros(2, dtype=torch.long))
+
+
+def test_an_importable_mmcv_ops_is_left_unchanged(monkeypatch):
+    compiled = types.ModuleType('mmcv.ops')
+    monkeypatch.setitem(sys.modules, 'mmcv.ops', compiled)
+    assert ensure_mmcv_ops() is False
+    assert sys.modules['mmcv.ops'] is compiled

@@ -1,0 +1,67 @@
+"""Shared fixtures: tiny random CLIPs, the golden FSA fixture, a private text cache."""
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+TESTS = Path(__file__).resolve().parent
+REPO = TESTS.parent
+sys.path.insert(0, str(TESTS))  # tests import helpers such as synthetic_data by name
+
+import fsa_seg  # noqa: E402,F401  (registers modules, installs the mmcv.ops fallback)
+from fsa_seg.models.backbones import tiny_clip_arch  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def private_text_cache(tmp_path, monkeypatch):
+    """Each test embeds text into its own cache folder."""
+    monkeypatch.setenv('FSA_SEG_CACHE', str(tmp_path / 'fsa_seg_cache'))
+
+
+@pytest.fixture
+def tiny_clip():
+    """Config of a tiny random CLIP (fp64 so references can be compared tightly)."""
+    return dict(arch=tiny_clip_arch(), random_init=True, precision='fp64')
+
+
+def golden_attention(vfm_features: torch.Tensor, beta: float, gamma: float) -> torch.Tensor:
+    """ProxyCLIP's attention as the fixture README describes it, written out independently."""
+    feats = vfm_features.flatten(2).transpose(1, 2)
+    feats = feats / feats.norm(dim=-1, keepdim=True)
+    sim = feats @ feats.transpose(1, 2)
+    logits = gamma * (sim - beta * sim.mean())
+    logits[logits < 0] = float('-inf')
+    return torch.softmax(logits, dim=-1).unsqueeze(1)
+
+
+@pytest.fixture(scope='session')
+def golden():
+    """Golden outputs of the official FSA code (tests/fixtures/README.md); the attention, which
+    the stored inputs determine, is recomputed rather than stored."""
+    data = torch.load(TESTS / 'fixtures' / 'fsa_proxyclip_tiny.pt', weights_only=False)
+    data['attn'] = golden_attention(data['vfm_features'], data['beta'], data['gamma'])
+    return data
+
+
+@pytest.fixture(scope='session')
+def golden_vit(golden):
+    import open_clip
+    vit = open_clip.transformer.VisionTransformer(**golden['model_cfg']).double().eval()
+    vit.load_state_dict(golden['state_dict'], strict=True)
+    return vit
+
+
+@pytest.fixture(scope='session')
+def golden_logits_fn(golden, golden_vit):
+    """logits_fn of the contract, built directly from the fixture's weights and text."""
+    block = golden_vit.transformer.resblocks[-1]
+
+    def logits_fn(heads):
+        batch, num_heads, n, head_dim = heads.shape
+        merged = heads.transpose(1, 2).reshape(batch, n, num_heads * head_dim)
+        tokens = golden_vit.ln_post(block.attn.out_proj(merged)) @ golden_vit.proj
+        return F.normalize(tokens, dim=-1) @ golden['text_features'].t()
+
+    return logits_fn

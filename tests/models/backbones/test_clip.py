@@ -1,0 +1,101 @@
+import open_clip
+import pytest
+import torch
+import torch.nn.functional as F
+
+from fsa_seg.models.backbones import OpenCLIP, interpolate_pos_embed, tiny_clip_arch
+from fsa_seg.models.weights import WeightsError
+
+
+def test_trunk_plus_unmodified_last_block_reproduces_open_clip_tokens(tiny_clip):
+    clip = OpenCLIP(**tiny_clip)
+    images = torch.randn(2, 3, 224, 224, dtype=torch.float64)
+    tokens, grid = clip.forward_to_last_block(images)
+    out = clip.last_block(tokens)
+    clip.visual.output_tokens = True
+    pooled, expected = clip.visual(images)
+    assert grid == (14, 14)
+    assert torch.allclose(clip.visual.ln_post(out[:, 1:]), expected, atol=1e-12)
+    assert torch.allclose(clip.head(out[:, 0]), pooled, atol=1e-12)
+
+
+def test_qkv_and_out_proj_match_the_blocks_multihead_attention(tiny_clip):
+    clip = OpenCLIP(**tiny_clip)
+    tokens = torch.randn(2, 5, 64, dtype=torch.float64)
+    q, k, v = clip.qkv(tokens)
+    attn = (q @ k.transpose(-1, -2) * q.shape[-1] ** -0.5).softmax(-1)
+    x = clip.last_block.ln_1(tokens)
+    expected = clip.last_block.attn(x, x, x, need_weights=False)[0]
+    assert q.shape == (2, 4, 5, 16)
+    assert torch.allclose(clip.out_proj(attn @ v), expected, atol=1e-12)
+
+
+def test_any_crop_size_interpolates_positional_embeddings(tiny_clip):
+    clip = OpenCLIP(**tiny_clip)
+    tokens, grid = clip.forward_to_last_block(torch.randn(1, 3, 224, 336, dtype=torch.float64))
+    assert grid == (14, 21) and tokens.shape == (1, 1 + 14 * 21, 64)
+
+
+def test_pos_embed_interpolation_keeps_cls_and_constant_fields():
+    pos = torch.cat([torch.full((1, 4), 7.0), torch.full((9, 4), 2.5)])
+    out = interpolate_pos_embed(pos, (5, 4), (3, 3))
+    assert out.shape == (21, 4)
+    assert torch.equal(out[0], pos[0]) and torch.allclose(out[1:], torch.full((20, 4), 2.5))
+    assert interpolate_pos_embed(pos, (3, 3), (3, 3)) is pos
+
+
+def test_random_weights_need_the_explicit_switch():
+    with pytest.raises(WeightsError, match='random_init=True'):
+        OpenCLIP('ViT-B-16')
+    with pytest.raises(ValueError, match='not both'):
+        OpenCLIP('ViT-B-16', pretrained='openai', random_init=True)
+
+
+def test_unknown_tag_names_the_model_and_the_known_tags():
+    with pytest.raises(WeightsError, match=r"ViT-B-16.*'no_such_tag'.*openai"):
+        OpenCLIP('ViT-B-16', pretrained='no_such_tag')
+
+
+def test_failed_download_says_which_weights_and_how_to_load_a_file(monkeypatch):
+    def offline(*args, pretrained=None, **kwargs):
+        raise RuntimeError('Failed to download weights')
+
+    monkeypatch.setattr(open_clip, 'create_model', offline)
+    with pytest.raises(WeightsError, match=r"ViT-B-16 weights 'openai'.*local path"):
+        OpenCLIP('ViT-B-16', pretrained='openai')
+
+
+def test_local_checkpoint_loads_exactly_and_a_mismatched_one_is_refused(tmp_path):
+    source = OpenCLIP(arch=tiny_clip_arch(), random_init=True)
+    path = tmp_path / 'tiny.pt'
+    torch.save(source.model.state_dict(), path)
+    loaded = OpenCLIP(arch=tiny_clip_arch(), pretrained=str(path))
+    for key, value in source.model.state_dict().items():
+        assert torch.equal(loaded.model.state_dict()[key], value), key
+    assert loaded.weights_id.startswith('file:')
+
+    with pytest.raises(WeightsError, match='tiny.pt does not fit'):
+        OpenCLIP(arch=tiny_clip_arch(width=32, heads=2), pretrained=str(path))
+    truncated = {k: v for k, v in source.model.state_dict().items() if 'resblocks.2' not in k}
+    torch.save(truncated, tmp_path / 'truncated.pt')
+    with pytest.raises(WeightsError, match='Missing key'):
+        OpenCLIP(arch=tiny_clip_arch(), pretrained=str(tmp_path / 'truncated.pt'))
+    with pytest.raises(WeightsError, match='not found'):
+        OpenCLIP(arch=tiny_clip_arch(), pretrained=str(tmp_path / 'absent.pt'))
+
+
+@pytest.mark.parametrize('precision,dtype', [('fp32', torch.float32), ('bf16', torch.bfloat16),
+                                             ('fp64', torch.float64)])
+def test_precision_sets_the_weights_dtype(precision, dtype):
+    clip = OpenCLIP(arch=tiny_clip_arch(), random_init=True, precision=precision)
+    assert clip.dtype == dtype
+    tokens, _ = clip.forward_to_last_block(torch.randn(1, 3, 32, 32))
+    assert tokens.dtype == dtype and torch.isfinite(tokens.float()).all()
+
+
+def test_text_encoder_embeds_prompts(tiny_clip):
+    clip = OpenCLIP(**tiny_clip)
+    out = clip.encode_text(['a photo of a cat.', 'dog'])
+    expected = clip.model.encode_text(open_clip.SimpleTokenizer()(['a photo of a cat.', 'dog']))
+    assert out.shape == (2, 32) and torch.allclose(out, expected)
+    assert F.cosine_similarity(out[0], out[1], dim=0) < 1

@@ -1,0 +1,96 @@
+import pytest
+import torch
+from mmseg.registry import MODELS
+from mmseg.structures import SegDataSample
+
+from fsa_seg.models.segmentors.base import window_starts
+
+
+def build(tiny_clip, **kwargs):
+    cfg = dict(type='ClearCLIP', clip=tiny_clip, vocabulary=['cat', 'dog; puppy', 'grass'],
+               templates='plain')
+    cfg.update(kwargs)
+    return MODELS.build(cfg)
+
+
+def sample(height, width, ori=None):
+    return SegDataSample(metainfo=dict(img_shape=(height, width), ori_shape=ori or (height, width)))
+
+
+def test_windows_follow_mmseg_slide_inference():
+    assert window_starts(500, 336, 112) == [0, 112, 164]
+    assert window_starts(336, 336, 112) == [0]
+    assert window_starts(200, 336, 112) == [0]  # one window, padded to the crop
+
+
+def test_slide_with_one_window_covering_the_image_equals_whole_image(tiny_clip):
+    image = torch.randn(1, 3, 64, 64, dtype=torch.float64)
+    slide = build(tiny_clip, test_cfg=dict(mode='slide', crop_size=(64, 64), stride=(32, 32)))
+    whole = build(tiny_clip, test_cfg=dict(mode='whole'))
+    whole.load_state_dict(slide.state_dict())
+    whole.set_query_embeddings(slide.query_embeddings)
+    a = slide.predict(image, [sample(64, 64)])[0]
+    b = whole.predict(image, [sample(64, 64)])[0]
+    assert torch.allclose(a.seg_logits.data, b.seg_logits.data, atol=1e-12)
+
+
+def test_slide_averages_overlapping_windows(tiny_clip):
+    model = build(tiny_clip, test_cfg=dict(mode='slide', crop_size=(32, 32), stride=(16, 16)))
+    image = torch.randn(3, 48, 40, dtype=torch.float64)
+    logits = model.inference_logits(image)
+    expected = torch.zeros_like(logits)
+    count = torch.zeros(48, 40, dtype=torch.float64)
+    for y in (0, 16):
+        for x in (0, 8):
+            crop = model.crop_logits(image[None, :, y:y + 32, x:x + 32])[0]
+            expected[:, y:y + 32, x:x + 32] += crop
+            count[y:y + 32, x:x + 32] += 1
+    assert torch.allclose(logits, expected / count, atol=1e-12)
+
+
+def test_small_image_is_padded_to_the_crop(tiny_clip):
+    model = build(tiny_clip, test_cfg=dict(mode='slide', crop_size=(64, 64), stride=(32, 32)))
+    image = torch.randn(3, 20, 30, dtype=torch.float64)
+    padded = torch.zeros(1, 3, 64, 64, dtype=torch.float64)
+    padded[0, :, :20, :30] = image
+    expected = model.crop_logits(padded)[0, :, :20, :30]
+    assert torch.allclose(model.inference_logits(image), expected, atol=1e-12)
+
+
+def test_batch_of_two_equals_two_batches_of_one(tiny_clip):
+    model = build(tiny_clip, test_cfg=dict(mode='slide', crop_size=(32, 32), stride=(16, 16)))
+    images = torch.randn(2, 3, 48, 48, dtype=torch.float64)
+    both = model.predict(images, [sample(48, 48, (60, 50)), sample(40, 48, (40, 48))])
+    for i, (h, w, ori) in enumerate([(48, 48, (60, 50)), (40, 48, (40, 48))]):
+        single = model.predict(images[i:i + 1, :, :h, :w], [sample(h, w, ori)])[0]
+        assert torch.equal(both[i].pred_sem_seg.data, single.pred_sem_seg.data)
+        assert torch.allclose(both[i].seg_logits.data, single.seg_logits.data, atol=1e-12)
+        assert both[i].seg_logits.data.shape == (3, *ori)
+
+
+def test_synonym_max_and_probability_threshold_on_a_hand_made_map(tiny_clip):
+    model = build(tiny_clip, logit_scale=1.0, prob_thd=0.4)
+    # queries: cat | dog, puppy | grass; two pixels.
+    logits = torch.log(torch.tensor([[0.1, 0.5], [0.3, 0.2], [0.35, 0.2], [0.25, 0.1]],
+                                    dtype=torch.float64)).view(4, 1, 2)
+    probs = model.class_probabilities(logits, (1, 2))
+    expected = torch.tensor([[0.1, 0.5], [0.35, 0.2], [0.25, 0.1]], dtype=torch.float64)
+    assert torch.allclose(probs[:, 0], expected)
+    # pixel 0: dog wins with 0.35 < 0.4 → class 0; pixel 1: cat 0.5 ≥ 0.4.
+    assert model.label_map(probs).tolist() == [[[0, 0]]]
+    model.prob_thd = 0.3
+    assert model.label_map(probs).tolist() == [[[1, 0]]]
+
+
+def test_vocabulary_can_change_at_run_time(tiny_clip):
+    model = build(tiny_clip, test_cfg=dict(mode='whole'))
+    model.set_vocabulary(['sky', 'road', 'tree; bush', 'car'])
+    assert model.num_classes == 4 and model.query_embeddings.shape == (5, 32)
+    out = model.predict(torch.randn(1, 3, 32, 32, dtype=torch.float64))[0]
+    assert out.seg_logits.data.shape == (4, 32, 32)
+    assert int(out.pred_sem_seg.data.max()) < 4
+
+
+def test_training_is_refused(tiny_clip):
+    with pytest.raises(NotImplementedError, match='training-free'):
+        build(tiny_clip).loss(None, None)

@@ -1,0 +1,76 @@
+import pytest
+import torch
+from mmseg.registry import MODELS
+from torch import nn
+
+from fsa_seg.models.segmentors import proxy_attention
+
+
+class FixedVFM(nn.Module):
+    """Stand-in VFM returning given features (one map per image of the batch)."""
+
+    def __init__(self, features):
+        super().__init__()
+        self.features = features
+
+    def forward(self, images):
+        return self.features[:images.shape[0]]
+
+
+def build_golden(golden, plugin=None):
+    cfg = golden['model_cfg']
+    arch = dict(embed_dim=cfg['output_dim'],
+                vision_cfg=dict(image_size=cfg['image_size'], patch_size=cfg['patch_size'],
+                                width=cfg['width'], layers=cfg['layers'],
+                                head_width=cfg['width'] // cfg['heads'],
+                                mlp_ratio=cfg['mlp_ratio']),
+                text_cfg=dict(context_length=77, vocab_size=49408, width=32, heads=2, layers=1))
+    MODELS.register_module('GoldenVFM', module=FixedVFM, force=True)
+    model = MODELS.build(dict(
+        type='ProxyCLIP', clip=dict(arch=arch, random_init=True, precision='fp64'),
+        vfm=dict(type='GoldenVFM', features=golden['vfm_features']),
+        vocabulary=[str(i) for i in range(len(golden['text_features']))], templates='plain',
+        beta=golden['beta'], gamma=golden['gamma'], plugin=plugin))
+    model.clip.visual.load_state_dict(golden['state_dict'], strict=True)
+    model.set_query_embeddings(golden['text_features'])
+    return model
+
+
+def test_proxy_attention_and_values_match_the_official_code(golden):
+    model = build_golden(golden)
+    attn = proxy_attention(golden['vfm_features'], golden['beta'], golden['gamma'])
+    assert (attn - golden['attn']).abs().max() < 1e-15
+    values = model.values_on_grid(golden['image'], (28, 28))
+    assert (values - golden['values']).abs().max() < 1e-12
+
+
+def test_proxyclip_tokens_reproduce_the_official_outputs(golden):
+    tokens, grid = build_golden(golden).output_tokens(golden['image'])
+    assert grid == (28, 28)
+    assert (tokens - golden['proxyclip_tokens']).abs().max() < 1e-10
+
+
+def test_proxyclip_with_fsa_reproduces_the_official_outputs(golden):
+    plugin = dict(type='FSA', lamda=golden['lamda'], top_p=golden['top_p'],
+                  logit_scales=golden['logit_scales'])
+    tokens, _ = build_golden(golden, plugin).output_tokens(golden['image'])
+    assert (tokens - golden['fsa_tokens']).abs().max() < 1e-10
+
+
+def test_mean_similarity_is_taken_per_image():
+    features = torch.randn(2, 8, 3, 3, dtype=torch.float64)
+    both = proxy_attention(features, 1.2, 3.0)
+    for i in range(2):
+        assert torch.allclose(both[i:i + 1], proxy_attention(features[i:i + 1], 1.2, 3.0))
+
+
+@pytest.mark.parametrize('plugin', [None, dict(type='FSA')])
+def test_batch_of_two_crops_equals_two_batches_of_one(golden, plugin):
+    model = build_golden(golden, plugin)
+    model.vfm.features = torch.cat([golden['vfm_features'], golden['vfm_features'].flip(-1)])
+    images = torch.cat([golden['image'], golden['image'].flip(-2)])
+    both = model.encode_crops(images)
+    first = model.encode_crops(images[:1])
+    model.vfm.features = model.vfm.features[1:]
+    second = model.encode_crops(images[1:])
+    assert torch.allclose(both, torch.cat([first, second]), atol=1e-12)

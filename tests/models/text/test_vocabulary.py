@@ -1,0 +1,66 @@
+import pytest
+
+from fsa_seg.models.text import (VocabularyError, bundled_vocabularies, load_vocabulary,
+                                 read_class_names)
+
+EXPECTED_CLASSES = dict(voc21=21, context60=60, coco_object=81, voc20=20, context59=59,
+                        coco_stuff164k=171, cityscapes=19, ade20k=150)
+
+
+def test_file_with_synonyms_blank_lines_and_trailing_whitespace(tmp_path):
+    path = tmp_path / 'names.txt'
+    path.write_bytes(b'sky; cloud  \r\n\r\n  person; man;woman\r\ncar\t\n\n')
+    vocab = read_class_names(path)
+    assert vocab.classes == (('sky', 'cloud'), ('person', 'man', 'woman'), ('car',))
+    assert vocab.class_names == ['sky', 'person', 'car']
+    assert vocab.queries == ['sky', 'cloud', 'person', 'man', 'woman', 'car']
+    assert vocab.query_to_class == [0, 0, 1, 1, 1, 2]
+
+
+def test_empty_file_is_an_error_naming_the_file(tmp_path):
+    path = tmp_path / 'empty.txt'
+    path.write_text('\n  \n')
+    with pytest.raises(VocabularyError, match='empty.txt.*empty'):
+        read_class_names(path)
+
+
+@pytest.mark.parametrize('line', ['cat;;dog', 'cat; ', ' ;cat'])
+def test_empty_name_is_an_error_naming_file_and_line(tmp_path, line):
+    path = tmp_path / 'bad.txt'
+    path.write_text(f'sky\n\n{line}\n')
+    with pytest.raises(VocabularyError, match=r'bad.txt:3'):
+        read_class_names(path)
+
+
+def test_missing_and_non_utf8_files(tmp_path):
+    with pytest.raises(VocabularyError, match='not found'):
+        read_class_names(tmp_path / 'nope.txt')
+    path = tmp_path / 'latin1.txt'
+    path.write_bytes(b'caf\xe9\n')
+    with pytest.raises(VocabularyError, match='UTF-8'):
+        read_class_names(path)
+
+
+def test_vocabulary_from_list_name_or_path(tmp_path):
+    assert load_vocabulary(['cat', 'dog; puppy', ['grass', 'lawn']]).classes == (
+        ('cat', ), ('dog', 'puppy'), ('grass', 'lawn'))
+    with pytest.raises(VocabularyError, match='empty'):
+        load_vocabulary([])
+    with pytest.raises(VocabularyError, match='entry 1'):
+        load_vocabulary(['cat', ''])
+    with pytest.raises(VocabularyError, match='neither a bundled'):
+        load_vocabulary('no_such_vocabulary')
+    path = tmp_path / 'mine.txt'
+    path.write_text('a\nb\n')
+    assert load_vocabulary(str(path)).class_names == ['a', 'b']
+
+
+@pytest.mark.parametrize('name', sorted(EXPECTED_CLASSES))
+def test_bundled_vocabularies_have_the_benchmarks_class_counts(name):
+    assert name in bundled_vocabularies()
+    assert len(load_vocabulary(name)) == EXPECTED_CLASSES[name]
+
+
+def test_voc21_background_is_the_26_stuff_words():
+    background = load_vocabulary('voc21').classes[0]
+    assert len(background) == 26 and background[0] == 'sky' and background[-1] == 'fence'

@@ -1,0 +1,93 @@
+"""Latency and peak memory, two variants side by side in one run (see fsa_seg/analysis/benchmark.py).
+
+    # our FSA vs the official formulation on random inputs
+    python tools/analysis/benchmark.py plugin --n 1764 --q 171 --heads 12 --head-dim 64 \
+        [--batch 1] [--dtype fp32] [--repeat 3] [--device cpu] [--json out.json]
+
+    # one crop through any config's segmentor, with and without the FSA plug-in
+    python tools/analysis/benchmark.py config CONFIG [--random-weights] [--crop 336] [--q Q] \
+        [--batch 1] [--precision fp32] [--repeat 3] [--device cpu] [--json out.json]
+
+    # ProxyCLIP (CLIP ViT-B/16 + DINO ViT-B/8) +- FSA: real sizes, random weights, 336 crop, Q=171
+    python tools/analysis/benchmark.py proxyclip [--repeat 3] [--device cpu] [--json out.json]
+"""
+import argparse
+import os
+import sys
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+if REPO_ROOT not in sys.path:
+    sys.path.insert(0, REPO_ROOT)
+
+from fsa_seg.analysis import benchmark  # noqa: E402
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest='command', required=True)
+
+    def common(command):
+        command.add_argument('--repeat', type=int, default=3, help='timed runs per variant')
+        command.add_argument('--device', default='cpu', help="'cpu' (default) or 'cuda[:i]'")
+        command.add_argument('--json', help='also write the measurements to this JSON file')
+
+    plugin = sub.add_parser('plugin', help='our FSA vs the official formulation')
+    plugin.add_argument('--n', type=int, default=1764, help='patch tokens N')
+    plugin.add_argument('--q', type=int, default=171, help='queries Q')
+    plugin.add_argument('--heads', type=int, default=12)
+    plugin.add_argument('--head-dim', type=int, default=64)
+    plugin.add_argument('--batch', type=int, default=1)
+    plugin.add_argument('--dtype', choices=sorted(benchmark.DTYPES), default='fp32')
+    common(plugin)
+
+    config = sub.add_parser('config', help="one crop of a config's segmentor, with / without FSA")
+    config.add_argument('config', help='config file (configs/**)')
+    config.add_argument('--random-weights', action='store_true',
+                        help='replace CLIP and the VFM by real-size models with random weights')
+    config.add_argument('--crop', type=int, default=336, help='square crop size')
+    config.add_argument('--q', type=int, help="queries Q (default: the config's vocabulary)")
+    config.add_argument('--batch', type=int, default=1, help='crops per forward')
+    config.add_argument('--precision', choices=sorted(benchmark.DTYPES),
+                        help="CLIP precision (default: the config's)")
+    common(config)
+
+    proxyclip = sub.add_parser('proxyclip', help='ProxyCLIP +- FSA, one 336 crop, Q=171, '
+                                                 'real sizes with random weights')
+    common(proxyclip)
+    args = parser.parse_args(argv)
+    if args.repeat < 1:
+        parser.error('--repeat must be at least 1')
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    # This process has imported torch but run nothing with it: forked workers are safe (and
+    # start in a fraction of a second). CUDA is never initialised before a fork.
+    start_method = 'fork' if sys.platform.startswith('linux') else 'forkserver'
+    if args.command == 'plugin':
+        comparison = benchmark.run_plugin(args.n, args.q, args.heads, args.head_dim, args.batch,
+                                          args.dtype, args.device, args.repeat, start_method)
+        report = benchmark.plugin_report(comparison)
+    elif args.command == 'config':
+        comparison = benchmark.run_segmentor(args.config, args.random_weights, args.crop, args.q,
+                                             args.batch, args.precision, args.device,
+                                             args.repeat, start_method)
+        report = benchmark.segmentor_report(comparison, 'Segmentor with and without FSA, '
+                                                        'per crop')
+    else:
+        comparison = benchmark.run_segmentor(benchmark.PROXYCLIP_CONFIG, random_weights=True,
+                                             crop=336, q=171, device=args.device,
+                                             repeat=args.repeat, start_method=start_method)
+        report = benchmark.segmentor_report(
+            comparison, 'ProxyCLIP (CLIP ViT-B/16, DINO ViT-B/8) with and without FSA, one crop',
+            target=benchmark.PROXYCLIP_TARGET)
+    print(report)
+    if args.json:
+        benchmark.write_json(args.json, comparison)
+    return comparison
+
+
+if __name__ == '__main__':
+    main()

@@ -8,6 +8,6 @@ from .compat import ensure_mmcv_ops
 
 ensure_mmcv_ops()
 
-from . import evaluation, models  # noqa: E402,F401  (register into mmseg's registries)
+from . import datasets, engine, evaluation, models  # noqa: E402,F401  (register into the registries)
 
 __version__ = '0.1.0'

@@ -21,3 +21,5 @@ default_hooks = dict(
     visualization=dict(type='SegVisualizationHook', draw=False, interval=1),
 )
 test_cfg = dict(type='TestLoop')
+# Frozen models: no DistributedDataParallel in multi-process evaluation (fsa_seg/engine).
+model_wrapper_cfg = dict(type='InferenceWrapper')

@@ -5,12 +5,15 @@ import os
 import os.path as osp
 from typing import Optional, Sequence
 
-from mmengine.config import Config, DictAction  # noqa: F401  (DictAction re-exported for tools)
+import torch
+import torch.distributed as dist
+from mmengine.config import Config
 from mmengine.logging import print_log
 from mmengine.runner import Runner
 
-SPLIT_SIZE_HINT = ('pass --allow-partial-split to evaluate anyway (the JSON results then say '
-                   '"complete": false)')
+from ..datasets import check_split_size
+
+SPLIT_SIZE_HINT = 'pass --allow-partial-split (the JSON results then say "complete": false)'
 
 
 def load_test_config(config: str, cfg_options: Optional[dict] = None,
@@ -38,6 +41,14 @@ def enable_visualization(cfg: Config, show_dir: str) -> None:
     cfg.visualizer.vis_backends = [dict(type='LocalVisBackend')]
 
 
+def init_cpu_processes(cfg: Config) -> None:
+    """mmengine's pytorch launcher needs CUDA; without GPUs, join torchrun's processes with the
+    gloo backend here (mmengine then finds the process group initialised and uses it)."""
+    if cfg.launcher == 'none' or torch.cuda.is_available() or dist.is_initialized():
+        return
+    dist.init_process_group(backend='gloo')
+
+
 def check_dataset_folder(cfg: Config) -> None:
     """A missing dataset is a clear error that says where the data was expected."""
     dataset = cfg.test_dataloader.dataset
@@ -51,26 +62,26 @@ def check_dataset_folder(cfg: Config) -> None:
             '--cfg-options test_dataloader.dataset.data_root=/path/to/dataset')
 
 
-def check_split_size(cfg: Config, num_images: int, allow_partial: bool) -> bool:
+def check_dataset_size(cfg: Config, num_images: int, allow_partial: bool) -> bool:
     """True if the dataset has as many images as its official split; otherwise an error, or
     a warning with ``allow_partial``."""
     expected = cfg.get('split_size')
-    if expected is None or num_images == expected:
+    problem = None if expected is None else check_split_size(
+        num_images, expected, cfg.test_dataloader.dataset.type)
+    if problem is None:
         return True
-    message = (f'{cfg.test_dataloader.dataset.type} has {num_images} images, but the official '
-               f'evaluation split has {expected}: the dataset looks incomplete')
     if not allow_partial:
-        raise RuntimeError(f'{message}; {SPLIT_SIZE_HINT}')
-    print_log(f'WARNING: {message}; its numbers are not comparable with published ones.',
-              logger='current', level=logging.WARNING)
+        raise RuntimeError(f'{problem} To evaluate anyway, {SPLIT_SIZE_HINT}.')
+    print_log(f'WARNING: {problem}', logger='current', level=logging.WARNING)
     return False
 
 
 def evaluate(cfg: Config, out: Optional[str] = None, allow_partial: bool = False) -> dict:
     """Run mmengine's test loop; write the metrics as JSON to ``out`` if given."""
     check_dataset_folder(cfg)
+    init_cpu_processes(cfg)
     runner = Runner.from_cfg(cfg)
-    complete = check_split_size(cfg, len(runner.test_dataloader.dataset), allow_partial)
+    complete = check_dataset_size(cfg, len(runner.test_dataloader.dataset), allow_partial)
     metrics = runner.test()
     if out and runner.rank == 0:
         write_results(out, cfg, metrics, runner.test_evaluator.metrics, complete)

@@ -5,9 +5,9 @@ hold the COCO category id minus one: things 0..89 (80 ids in use), stuff 91..181
 unlabeled pixels. COCO-Object keeps the 80 things as 1..80 in COCO category order and merges
 every stuff class into background 0.
 
-Unlabeled pixels also become background by default: that is what GroupViT's converter does, and
-the published COCO-Object numbers (GroupViT, TCL, SCLIP, ProxyCLIP, FSA) were computed on its
-output. ``ignore_to_background=False`` keeps them as 255 (ignored) instead.
+Unlabeled pixels stay 255 (ignored) by default, as our protocol specifies. GroupViT's converter,
+whose output the published COCO-Object numbers (GroupViT, TCL, SCLIP, ProxyCLIP, FSA) used,
+makes them background instead: ``ignore_to_background=True`` reproduces that.
 """
 import os
 from pathlib import Path
@@ -24,7 +24,7 @@ _STUFF_RAW = range(91, 182)  # raw values of the 91 stuff classes (category ids 
 _OUTPUT_SUFFIX = '_instanceTrainIds.png'
 
 
-def coco_object_lut(ignore_to_background: bool = True) -> np.ndarray:
+def coco_object_lut(ignore_to_background: bool = False) -> np.ndarray:
     """Lookup table raw COCO-Stuff value -> COCO-Object label; -1 marks values that never occur
     in COCO-Stuff (unused category ids), which the conversion rejects."""
     lut = np.full(256, -1, dtype=np.int16)
@@ -72,7 +72,7 @@ def _save_png(array: np.ndarray, target: Path) -> None:
 
 def convert_coco_object(coco_stuff_root: Union[str, os.PathLike],
                         splits: Iterable[str] = ('val2017', ),
-                        ignore_to_background: bool = True,
+                        ignore_to_background: bool = False,
                         force: bool = False,
                         progress: bool = True) -> Dict[str, int]:
     """Write ``annotations/<split>/<id>_instanceTrainIds.png`` next to each raw map.

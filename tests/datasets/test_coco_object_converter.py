@@ -18,7 +18,7 @@ TOOL = Path(__file__).resolve().parents[2] / 'tools' / 'dataset_converters' / 'c
 RAW_TO_NAME = {0: 'person', 1: 'bicycle', 12: 'stop sign', 26: 'backpack', 89: 'toothbrush',
                91: 'background', 181: 'background'}
 RAW = np.array([[0, 1, 12, 26], [89, 91, 181, 255]], dtype=np.uint8)
-EXPECTED = np.array([[1, 2, 12, 25], [80, 0, 0, 0]], dtype=np.uint8)
+EXPECTED = np.array([[1, 2, 12, 25], [80, 0, 0, 255]], dtype=np.uint8)
 
 
 def write_raw(root: Path, stem: str, raw: np.ndarray, split: str = 'val2017') -> Path:
@@ -50,11 +50,11 @@ def test_converts_hand_made_map(tmp_path):
     np.testing.assert_array_equal(read(output_of(source)), EXPECTED)
 
 
-def test_keep_ignore(tmp_path):
+def test_unlabeled_to_background(tmp_path):
     source = write_raw(tmp_path, '000000000139', RAW)
-    convert_coco_object(tmp_path, ignore_to_background=False, progress=False)
+    convert_coco_object(tmp_path, ignore_to_background=True, progress=False)
     expected = EXPECTED.copy()
-    expected[1, 3] = 255
+    expected[1, 3] = 0
     np.testing.assert_array_equal(read(output_of(source)), expected)
 
 
@@ -93,7 +93,7 @@ def test_unexpected_value_names_file_and_value(bad_value, tmp_path):
 
 def test_command_line(tmp_path, monkeypatch, capsys):
     source = write_raw(tmp_path, '000000000139', RAW)
-    monkeypatch.setattr(sys, 'argv', [str(TOOL), str(tmp_path), '--keep-ignore'])
+    monkeypatch.setattr(sys, 'argv', [str(TOOL), str(tmp_path), '--unlabeled-to-background'])
     runpy.run_path(str(TOOL), run_name='__main__')
-    assert read(output_of(source))[1, 3] == 255
+    assert read(output_of(source))[1, 3] == 0
     assert '1 label maps written' in capsys.readouterr().out

@@ -7,22 +7,29 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
+from fsa_seg.models.backbones import OpenCLIP, tiny_clip_arch
+from fsa_seg.models.text import load_vocabulary
 from synthetic_data import make_benchmark
 
 REPO = Path(__file__).resolve().parents[2]
-TINY_CLIP = ("dict(_delete_=True, random_init=True, arch=dict(embed_dim=32, vision_cfg=dict("
-             "image_size=224, patch_size=16, width=64, layers=3, head_width=16, mlp_ratio=4.0), "
-             "text_cfg=dict(context_length=77, vocab_size=49408, width=32, heads=2, layers=1)))")
+TINY_ARCH = ("dict(embed_dim=32, vision_cfg=dict(image_size=224, patch_size=16, width=64, "
+             "layers=3, head_width=16, mlp_ratio=4.0), text_cfg=dict(context_length=77, "
+             "vocab_size=49408, width=32, heads=2, layers=1))")
 TINY_VFM = ("dict(_delete_=True, type='TimmVFM', name='dino_vitb16', random_init=True, "
             "model_kwargs=dict(embed_dim=32, depth=2, num_heads=2))")
 
 
-def tiny_config(tmp_path: Path, config: str, data_root: Path, proxy: bool = False) -> Path:
-    """A user-style config: inherit one of ours, swap in tiny random models."""
+def tiny_config(tmp_path: Path, config: str, data_root: Path, proxy: bool = False,
+                clip_weights: Path = None) -> Path:
+    """A user-style config: inherit one of ours, swap in tiny models (random weights, or the
+    given checkpoint file)."""
     vfm = f', vfm={TINY_VFM}' if proxy else ''
+    weights = f"pretrained='{clip_weights}'" if clip_weights else 'random_init=True'
+    clip = f'dict(_delete_=True, {weights}, arch={TINY_ARCH})'
     text = (f"_base_ = ['{REPO / 'configs' / config}']\n"
-            f"model = dict(clip={TINY_CLIP}{vfm}, templates='plain',\n"
+            f"model = dict(clip={clip}{vfm}, templates='plain',\n"
             "             test_cfg=dict(crop_size=(224, 224), stride=(112, 112)))\n"
             f"test_dataloader = dict(num_workers=0, persistent_workers=False,\n"
             f"                       dataset=dict(data_root='{data_root}'))\n")
@@ -88,5 +95,56 @@ def test_missing_dataset_folder_says_where_and_how(tmp_path):
 def test_incomplete_dataset_is_refused_without_the_flag(tmp_path):
     data_root = make_benchmark('voc21', tmp_path / 'data', sizes=((30, 30), ))
     config = tiny_config(tmp_path, 'clearclip/clearclip_vit-b16_voc21.py', data_root)
-    with pytest.raises(RuntimeError, match='1 images.*1449.*--allow-partial-split'):
+    with pytest.raises(RuntimeError, match='found 1 images.*1449.*--allow-partial-split'):
         run_test_script(config, '--work-dir', tmp_path / 'work')
+
+
+def test_two_processes_give_the_same_metrics_as_one(tmp_path):
+    data_root = make_benchmark('voc21', tmp_path / 'data', sizes=((40, 56), (30, 30), (36, 28)))
+    weights = tmp_path / 'tiny_clip.pt'  # every process loads the same weights
+    torch.save(OpenCLIP(arch=tiny_clip_arch(), random_init=True).model.state_dict(), weights)
+    config = tiny_config(tmp_path, 'clearclip/clearclip_vit-b16_voc21.py', data_root,
+                         clip_weights=weights)
+    single, double = tmp_path / 'single.json', tmp_path / 'double.json'
+    run_test_script(config, '--work-dir', tmp_path / 'w1', '--out', single,
+                    '--allow-partial-split')
+    result = subprocess.run(
+        ['bash', 'tools/dist_test.sh', str(config), '2', '--work-dir', str(tmp_path / 'w2'),
+         '--out', str(double), '--allow-partial-split'],
+        cwd=REPO, capture_output=True, text=True, timeout=600,
+        env=dict(os.environ, PORT='29517', OMP_NUM_THREADS='1'))
+    assert result.returncode == 0, result.stderr[-3000:]
+    one, two = json.loads(single.read_text()), json.loads(double.read_text())
+    assert two['num_images'] == one['num_images'] == 3
+    assert two['metrics'] == pytest.approx(one['metrics'], abs=1e-6)
+    for name, metrics in one['per_class'].items():
+        assert two['per_class'][name] == pytest.approx(metrics, nan_ok=True), name
+
+
+@pytest.mark.parametrize('dataset', ['voc21', 'context60', 'coco_object', 'voc20', 'context59',
+                                       'coco_stuff164k', 'cityscapes', 'ade20k'])
+def test_each_benchmark_config_runs(tmp_path, dataset):
+    data_root = make_benchmark(dataset, tmp_path / 'data', sizes=((40, 56), (30, 30)))
+    out = tmp_path / 'results.json'
+    config = tiny_config(tmp_path, f'sclip/sclip_vit-b16_{dataset}.py', data_root)
+    run_test_script(config, '--work-dir', tmp_path / 'work', '--out', out,
+                    '--allow-partial-split')
+    results = json.loads(out.read_text())
+    classes = len(load_vocabulary(dataset))
+    assert results['num_images'] == 2 and len(results['per_class']) == classes
+
+
+def test_leaf_configs_are_generated_and_all_load():
+    from mmengine import Config
+    check = subprocess.run([sys.executable, 'tools/misc/generate_configs.py', '--check'],
+                           cwd=REPO, capture_output=True, text=True)
+    assert check.returncode == 0, check.stdout
+    leaves = sorted(p for p in (REPO / 'configs').glob('*/*.py') if p.parent.name != '_base_')
+    assert len(leaves) == 480
+    for path in leaves:
+        model = Config.fromfile(str(path), import_custom_modules=False).model
+        assert model.vocabulary in path.stem and model.clip.pretrained, path
+        assert ('plugin' in model) == ('_fsa_' in path.name), path
+        if '_fsa_' in path.name:
+            expected = 4.5 if 'mae' in path.name else 2.3 if 'vit-h14' in path.name else 3.0
+            assert model.plugin.lamda == expected, path

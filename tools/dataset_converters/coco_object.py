@@ -16,9 +16,9 @@ def parse_args():
     parser.add_argument('coco_stuff_root', help='COCO-Stuff164k root (holds annotations/val2017)')
     parser.add_argument('--splits', nargs='+', default=['val2017'],
                         help='annotation folders to convert (default: val2017)')
-    parser.add_argument('--keep-ignore', action='store_true',
-                        help='keep unlabeled pixels as 255 (ignored) instead of background, '
-                        'unlike the published COCO-Object protocol')
+    parser.add_argument('--unlabeled-to-background', action='store_true',
+                        help='make unlabeled pixels background (0) instead of ignored (255), '
+                        'as GroupViT\'s converter used by the published numbers does')
     parser.add_argument('--force', action='store_true', help='rewrite up-to-date outputs too')
     return parser.parse_args()
 
@@ -28,7 +28,7 @@ def main():
     counts = convert_coco_object(
         args.coco_stuff_root,
         splits=args.splits,
-        ignore_to_background=not args.keep_ignore,
+        ignore_to_background=args.unlabeled_to_background,
         force=args.force)
     print(f"COCO-Object: {counts['written']} label maps written, "
           f"{counts['skipped']} already up to date.")

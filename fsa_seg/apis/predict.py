@@ -1,0 +1,193 @@
+"""Segment image files and write the results: the library code behind ``fsa-seg predict``.
+
+Per image ``<name>`` (the file's stem, made unique within a run) in the output folder:
+
+- ``<name>_labels.png``: the label map as a palette PNG (pixel value = class index, palette
+  entry i = the colour of class i; a 16-bit grayscale PNG above 256 classes);
+- ``<name>_overlay.png``: the image with the class colours over it and a legend of the classes
+  that occur;
+- ``<name>.json``: each class's pixel count and share of the image (shares sum to 1);
+- ``<name>_probs.npz`` (optional): ``probs`` (C, H, W) float32 class probabilities and
+  ``class_names``.
+
+``summary.json`` describes the run: config, weights, settings, vocabulary, every processed image
+with its outputs, every skipped input with the reason.
+"""
+import glob
+import json
+import os
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from ..visualization import make_palette, render_overlay, save_label_png
+from .inference import (ImageReadError, SegmentationResult, build_test_pipeline, load_image,
+                        run_model)
+
+IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.tif', '.tiff', '.webp', '.gif', '.ppm',
+                    '.pgm', '.pbm')
+DEMO_IMAGE = Path(__file__).resolve().parents[1] / 'assets' / 'demo.jpg'
+DEMO_VOCABULARY = ['sky', 'cloud', 'sun', 'grass', 'tree', 'house', 'road']
+SUMMARY_NAME = 'summary.json'
+
+
+class OutputDirError(OSError):
+    """The output folder cannot be created or written."""
+
+
+def check_output_dir(out_dir) -> Path:
+    """Create ``out_dir`` if needed and prove it writable (a file is created and removed)."""
+    path = Path(out_dir).expanduser()
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix='.fsa_seg_write_test_'):
+            pass
+    except OSError as error:
+        raise OutputDirError(f'cannot write to the output folder {path}: '
+                             f'{error.strerror or error}') from error
+    return path
+
+
+def _is_glob(pattern: str) -> bool:
+    return any(char in pattern for char in '*?[')
+
+
+def expand_inputs(inputs: Sequence[str]) -> Tuple[List[Path], List[dict]]:
+    """Files, folders (their images, sorted, not recursive) and glob patterns (``**`` recursive)
+    → (image paths in order, without repeats; skipped entries with reasons)."""
+    paths: List[Path] = []
+    skipped: List[dict] = []
+    seen = set()
+
+    def add(path: Path):
+        key = os.path.abspath(path)
+        if key not in seen:
+            seen.add(key)
+            paths.append(path)
+
+    for entry in inputs:
+        entry = str(entry)
+        path = Path(entry).expanduser()
+        if path.is_dir():
+            found = sorted(p for p in path.iterdir()
+                           if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+            if not found:
+                skipped.append(dict(input=entry, reason='folder holds no image files '
+                                                        f'({", ".join(IMAGE_EXTENSIONS)})'))
+            for p in found:
+                add(p)
+        elif path.is_file():
+            add(path)
+        elif _is_glob(entry):
+            found = sorted(Path(p) for p in glob.glob(os.path.expanduser(entry), recursive=True)
+                           if os.path.isfile(p) and Path(p).suffix.lower() in IMAGE_EXTENSIONS)
+            if not found:
+                skipped.append(dict(input=entry, reason='pattern matches no image files'))
+            for p in found:
+                add(p)
+        else:
+            skipped.append(dict(input=entry, reason='no such file or folder'))
+    return paths, skipped
+
+
+def _output_names(paths: Sequence[Path]) -> List[str]:
+    """A distinct output name per image: its stem, else stem_<extension>, else a counter."""
+    used, names = set(), []
+    for path in paths:
+        candidates = [path.stem, f'{path.stem}_{path.suffix.lstrip(".").lower()}']
+        name = next((c for c in candidates if c and c not in used), None)
+        counter = 2
+        while name is None or name in used:
+            name, counter = f'{path.stem}_{counter}', counter + 1
+        used.add(name)
+        names.append(name)
+    return names
+
+
+def class_shares(result: SegmentationResult) -> List[dict]:
+    counts = result.pixel_counts()
+    shares = result.shares()
+    return [dict(index=i, name=name, pixels=int(counts[i]), share=float(shares[i]))
+            for i, name in enumerate(result.class_names)]
+
+
+def write_result(result: SegmentationResult, image: np.ndarray, out_dir: Path, name: str,
+                 palette: np.ndarray, save_probs: bool = False, opacity: float = 0.5) -> Dict:
+    """Write one image's outputs; returns their paths by kind."""
+    outputs = dict(labels=out_dir / f'{name}_labels.png', overlay=out_dir / f'{name}_overlay.png',
+                   shares=out_dir / f'{name}.json')
+    save_label_png(result.labels, outputs['labels'], palette)
+    render_overlay(image, result.labels, result.class_names, palette, opacity).save(
+        outputs['overlay'])
+    height, width = result.labels.shape
+    record = dict(image=result.source, height=height, width=width,
+                  classes=class_shares(result))
+    outputs['shares'].write_text(json.dumps(record, indent=2), encoding='utf-8')
+    if save_probs:
+        outputs['probs'] = out_dir / f'{name}_probs.npz'
+        np.savez_compressed(outputs['probs'], probs=result.probs.astype(np.float32),
+                            class_names=np.array(result.class_names))
+    return {kind: str(path) for kind, path in outputs.items()}
+
+
+@dataclass
+class PredictionRun:
+    """What :func:`predict_files` did."""
+    processed: List[dict] = field(default_factory=list)
+    skipped: List[dict] = field(default_factory=list)
+
+
+def _warn(message: str, progress) -> None:
+    if progress is not None:
+        progress.write(message, file=sys.stderr)
+    else:
+        print(message, file=sys.stderr)
+
+
+def predict_files(model, paths: Sequence[Path], out_dir, batch_size: int = 1,
+                  save_probs: bool = False, opacity: float = 0.5,
+                  progress: bool = True) -> PredictionRun:
+    """Segment image files in chunks of ``batch_size``; unreadable ones are reported and
+    skipped. Outputs go to ``out_dir`` (see the module doc)."""
+    from tqdm import tqdm
+    out_dir = Path(out_dir)
+    pipeline = build_test_pipeline(model.cfg)
+    palette = make_palette(len(model.vocabulary))
+    names = _output_names(paths)
+    run = PredictionRun()
+    bar = tqdm(total=len(paths), unit='img', desc='segmenting', disable=not progress,
+               file=sys.stderr)
+    try:
+        for start in range(0, len(paths), batch_size):
+            chunk = list(zip(paths[start:start + batch_size], names[start:start + batch_size]))
+            loaded = []
+            for path, name in chunk:
+                try:
+                    loaded.append((path, name, load_image(path)))
+                except ImageReadError as error:
+                    run.skipped.append(dict(input=str(path), reason=error.reason))
+                    _warn(f'skipped {path}: {error.reason}', bar if progress else None)
+            results = run_model(model, pipeline, [image for _, _, image in loaded], batch_size)
+            for (path, name, image), result in zip(loaded, results):
+                result.source = str(path)
+                outputs = write_result(result, image, out_dir, name, palette, save_probs,
+                                       opacity)
+                run.processed.append(dict(input=str(path), height=image.shape[0],
+                                          width=image.shape[1], outputs=outputs))
+            bar.update(len(chunk))
+    finally:
+        bar.close()
+    return run
+
+
+def write_summary(out_dir, run: PredictionRun, info: dict) -> Path:
+    """``summary.json``: ``info`` (config, settings, vocabulary …) and the run's images."""
+    path = Path(out_dir) / SUMMARY_NAME
+    summary = dict(info, num_processed=len(run.processed), num_skipped=len(run.skipped),
+                   images=run.processed, skipped=run.skipped)
+    path.write_text(json.dumps(summary, indent=2), encoding='utf-8')
+    return path

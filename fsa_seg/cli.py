@@ -1,0 +1,287 @@
+"""The ``fsa-seg`` command.
+
+    fsa-seg predict [INPUT ...] [--vocab "sky; tree; house, building"] [--config NAME_OR_FILE]
+                    [--out-dir DIR] [--device cuda] [--precision fp16] ...
+
+``fsa-seg predict`` with no input segments the bundled demo image with a demo vocabulary.
+Run ``fsa-seg predict --help`` for every option.
+"""
+import argparse
+import os
+import sys
+from typing import List, Optional, Sequence, Tuple, Union
+
+DEFAULT_OUT_DIR = 'fsa_seg_predictions'
+
+PREDICT_DESCRIPTION = """\
+Segment your own images with a training-free open-vocabulary segmentor (default: ProxyCLIP +
+FSA, CLIP ViT-B/16 OpenAI, DINO ViT-B/8). Without INPUT, segments the bundled demo image with the
+vocabulary "sky; cloud; sun; grass; tree; house; road".
+
+Outputs per image in --out-dir: NAME_labels.png (palette PNG, pixel value = class index),
+NAME_overlay.png (colours + legend), NAME.json (each class's pixel share), with --save-logits
+NAME_probs.npz (class probabilities); and summary.json for the whole run."""
+
+PREDICT_EPILOG = """\
+vocabulary (--vocab):
+  a list          "background; cat, kitten; dog"  ';' separates classes, ',' separates
+                  synonyms of one class (the class is named by its first synonym)
+  a bundled name  voc21, context60, ade20k, cityscapes, coco_object, coco_stuff164k, ...
+  a file          one class per line, synonyms on a line separated by ';'
+  default: the config's vocabulary (VOC's 21 classes for the default config).
+  --prob-thd sends pixels whose top probability is lower to class 0, so put a background class
+  first when you use it; with your own vocabulary the default is no threshold.
+
+weights: the config's pretrained weights are downloaded into the open_clip / timm (Hugging Face)
+caches. Without network access, download them elsewhere and pass the files:
+  --clip-weights  the open_clip checkpoint (default config: ViT-B-16 'openai',
+                  https://huggingface.co/timm/vit_base_patch16_clip_224.openai,
+                  open_clip_model.safetensors or open_clip_pytorch_model.bin)
+  --vfm-weights   the timm / official VFM checkpoint (default config: timm
+                  vit_base_patch8_224.dino, https://huggingface.co/timm/vit_base_patch8_224.dino,
+                  model.safetensors, or the official dino_vitbase8_pretrain.pth)
+
+examples:
+  fsa-seg predict
+  fsa-seg predict photos/ "more/**/*.jpg" --vocab "sky; tree; road; car, vehicle" --device cuda
+  fsa-seg predict img.png --vocab voc21 --prob-thd 0.2 --save-logits --out-dir out/
+  fsa-seg predict img.png --config maskclip_fsa_vit-b16_context60 --precision fp16
+"""
+
+
+class VocabularyArgumentError(ValueError):
+    """A --vocab value that is neither a list of classes, a bundled name nor a file."""
+
+
+def parse_vocabulary(text: str, bundled: Sequence[str]) -> Union[str, List[List[str]]]:
+    """``--vocab`` → a class-name file path, a bundled name, or a list of classes (each a list of
+    synonyms). In a list ``;`` separates classes and ``,`` synonyms."""
+    if os.path.isfile(text):
+        return text
+    if ';' in text:
+        classes = []
+        for number, entry in enumerate((e for e in text.split(';') if e.strip()), start=1):
+            synonyms = [name.strip() for name in entry.split(',')]
+            if any(not name for name in synonyms):
+                raise VocabularyArgumentError(f'--vocab: class {number} ({entry.strip()!r}) has '
+                                              'an empty synonym')
+            classes.append(synonyms)
+        if len(classes) < 2:
+            raise VocabularyArgumentError(f'--vocab {text!r}: give at least two classes')
+        return classes
+    if text in bundled:
+        return text
+    raise VocabularyArgumentError(
+        f'--vocab {text!r} is not a list of classes, a bundled vocabulary ({", ".join(bundled)}) '
+        'nor an existing class-name file. Separate classes with ";" and synonyms of one class '
+        'with ",", e.g. --vocab "sky; tree; house, building".')
+
+
+def _size(text: str) -> Tuple[int, int]:
+    """``336`` or ``336x448`` (height x width)."""
+    try:
+        parts = [int(p) for p in text.lower().replace(',', 'x').split('x')]
+    except ValueError:
+        parts = []
+    if len(parts) == 1:
+        parts = parts * 2
+    if len(parts) != 2 or min(parts) <= 0:
+        raise argparse.ArgumentTypeError(f'expected a positive size like 336 or 336x448, got '
+                                         f'{text!r}')
+    return parts[0], parts[1]
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f'expected a positive integer, got {text!r}')
+    return value
+
+
+def _unit_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f'expected a number in [0, 1], got {text!r}')
+    return value
+
+
+def add_predict_arguments(parser: argparse.ArgumentParser) -> None:
+    from mmengine.config import DictAction
+    parser.add_argument('inputs', nargs='*', metavar='INPUT',
+                        help='image files, folders (their images) or glob patterns (quote them; '
+                             '** recurses). Default: the bundled demo image')
+    parser.add_argument('--vocab', '--vocabulary', dest='vocab', metavar='VOCAB',
+                        help='classes: "a; b, b2; c", a bundled name or a class-name file '
+                             '(see below)')
+    parser.add_argument('--config', default=None, metavar='NAME_OR_FILE',
+                        help='a config name (configs/**/NAME.py) or file; default '
+                             'proxyclip_fsa_vit-b16_dino-b8_voc21')
+    parser.add_argument('--out-dir', default=DEFAULT_OUT_DIR, metavar='DIR',
+                        help=f'output folder (created; default ./{DEFAULT_OUT_DIR})')
+    parser.add_argument('--device', default=None,
+                        help='cpu, cuda, cuda:1 ... (default: cuda if available, else cpu)')
+    parser.add_argument('--precision', choices=['fp32', 'fp16', 'bf16'], default=None,
+                        help="CLIP's and the VFM's precision (default: the config's, fp32)")
+    parser.add_argument('--crop', type=_size, metavar='SIZE',
+                        help='sliding-window crop, 336 or HxW (default: the config\'s)')
+    parser.add_argument('--stride', type=_size, metavar='SIZE',
+                        help='sliding-window stride, 112 or HxW (default: the config\'s)')
+    parser.add_argument('--prob-thd', type=_unit_float, default=None, metavar='P',
+                        help='pixels whose top class probability is below P become class 0 '
+                             '(default: the config\'s with its own vocabulary, else 0)')
+    parser.add_argument('--batch-size', type=_positive_int, default=1, metavar='N',
+                        help='images per forward pass (images of one prepared size are '
+                             'batched; results never depend on it)')
+    parser.add_argument('--save-logits', '--save-probs', dest='save_logits', action='store_true',
+                        help='also write NAME_probs.npz: class probabilities (C, H, W) float32')
+    parser.add_argument('--opacity', type=_unit_float, default=0.5,
+                        help='opacity of the class colours in the overlay (default 0.5)')
+    parser.add_argument('--clip-weights', metavar='PATH',
+                        help='local CLIP checkpoint instead of downloading the config\'s')
+    parser.add_argument('--vfm-weights', metavar='PATH',
+                        help='local VFM checkpoint (ProxyCLIP) instead of downloading the '
+                             'config\'s')
+    parser.add_argument('--random-weights', action='store_true',
+                        help='TESTING ONLY: build with random weights (meaningless output)')
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction, metavar='KEY=VALUE',
+                        help='override config keys, e.g. model.logit_scale=50')
+    parser.add_argument('--quiet', action='store_true', help='no progress bar')
+
+
+def build_parser(prog: str = 'fsa-seg') -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=prog, description='Training-free open-vocabulary semantic segmentation with CLIP '
+                               'and the FSA plug-in.')
+    commands = parser.add_subparsers(dest='command', metavar='COMMAND')
+    predict = commands.add_parser(
+        'predict', help='segment your own images', description=PREDICT_DESCRIPTION,
+        epilog=PREDICT_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_predict_arguments(predict)
+    return parser
+
+
+def build_predict_parser(prog: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog, description=PREDICT_DESCRIPTION,
+                                     epilog=PREDICT_EPILOG,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_predict_arguments(parser)
+    return parser
+
+
+def _fail(prog: str, message: str) -> int:
+    print(f'{prog}: error: {message}', file=sys.stderr)
+    return 1
+
+
+def _weights_description(component: Optional[dict]) -> Optional[str]:
+    if component is None:
+        return None
+    if component.get('random_init'):
+        return 'random'
+    pretrained = component.get('pretrained', True)
+    return str(pretrained)
+
+
+def _resize_description(cfg) -> Optional[dict]:
+    for step in cfg.get('test_pipeline') or []:
+        if step['type'].split('.')[-1] == 'Resize':
+            return {k: v for k, v in step.items() if k != 'type'}
+    return None
+
+
+def run_predict(args: argparse.Namespace, prog: str = 'fsa-seg predict') -> int:
+    """``fsa-seg predict`` with parsed arguments; returns the exit status."""
+    # Everything that can be checked without a model is checked first.
+    from .apis.predict import (DEMO_IMAGE, DEMO_VOCABULARY, OutputDirError, check_output_dir,
+                               expand_inputs, predict_files, write_summary)
+    try:
+        out_dir = check_output_dir(args.out_dir)
+    except OutputDirError as error:
+        return _fail(prog, str(error))
+    inputs = args.inputs or [str(DEMO_IMAGE)]
+    vocab_text = args.vocab
+    if not args.inputs and vocab_text is None:
+        vocab_text = '; '.join(DEMO_VOCABULARY)
+    paths, skipped = expand_inputs(inputs)
+    for entry in skipped:
+        print(f'{prog}: skipped {entry["input"]}: {entry["reason"]}', file=sys.stderr)
+    if not paths:
+        return _fail(prog, 'no images to segment')
+
+    import torch
+
+    from .apis.inference import (DEFAULT_CONFIG, ConfigNotFoundError, WeightsError,
+                                 default_device, init_segmentor)
+    from .models.text import VocabularyError, bundled_vocabularies
+    try:
+        vocabulary = None if vocab_text is None else parse_vocabulary(vocab_text,
+                                                                      bundled_vocabularies())
+    except VocabularyArgumentError as error:
+        return _fail(prog, str(error))
+    device = args.device or default_device()
+    try:
+        torch_device = torch.device(device)
+    except RuntimeError as error:
+        return _fail(prog, f'--device {device!r}: {error}')
+    if torch_device.type == 'cuda' and not torch.cuda.is_available():
+        return _fail(prog, f'--device {device}: CUDA is not available here (use --device cpu)')
+    try:
+        model = init_segmentor(
+            args.config or DEFAULT_CONFIG, device=device, vocabulary=vocabulary,
+            cfg_options=args.cfg_options, clip_weights=args.clip_weights,
+            vfm_weights=args.vfm_weights, random_weights=args.random_weights,
+            precision=args.precision, prob_thd=args.prob_thd, crop=args.crop,
+            stride=args.stride)
+    except (ConfigNotFoundError, WeightsError, VocabularyError) as error:
+        return _fail(prog, str(error))
+    except ValueError as error:  # invalid option combinations (crop/stride, precision …)
+        return _fail(prog, str(error))
+
+    run = predict_files(model, paths, out_dir, batch_size=args.batch_size,
+                        save_probs=args.save_logits, opacity=args.opacity,
+                        progress=not args.quiet)
+    run.skipped[:0] = skipped
+    cfg = model.cfg
+    info = dict(
+        config=cfg.filename, model=cfg.model.type,
+        weights=dict(clip=_weights_description(cfg.model.clip),
+                     vfm=_weights_description(cfg.model.get('vfm'))),
+        random_weights=bool(cfg.model.clip.get('random_init') or (
+            cfg.model.get('vfm') or {}).get('random_init')),
+        device=device, precision=cfg.model.clip.get('precision', 'fp32'),
+        resize=_resize_description(cfg), test_cfg=dict(model.test_cfg),
+        prob_thd=model.prob_thd, batch_size=args.batch_size,
+        vocabulary=[dict(index=i, name=synonyms[0], synonyms=list(synonyms))
+                    for i, synonyms in enumerate(model.vocabulary.classes)])
+    summary = write_summary(out_dir, run, info)
+    skipped_note = f'{len(run.skipped)} skipped (listed in the summary)' if run.skipped \
+        else 'none skipped'
+    print(f'{len(run.processed)} image(s) segmented, {skipped_note}; results in {out_dir}, '
+          f'summary {summary}')
+    return 0 if run.processed else 1
+
+
+def predict_main(argv: Optional[Sequence[str]] = None, prog: Optional[str] = None) -> int:
+    """Entry of ``tools/predict.py``: the ``fsa-seg predict`` arguments."""
+    prog = prog or os.path.basename(sys.argv[0]) or 'predict.py'
+    args = build_predict_parser(prog).parse_args(argv)
+    return run_predict(args, prog)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == 'predict':
+        return run_predict(args)
+    parser.print_help(sys.stderr)
+    return 1
+
+
+if __name__ == '__main__':
+    sys.exit(main())

@@ -1,0 +1,3 @@
+from .wrapper import InferenceWrapper
+
+__all__ = ['InferenceWrapper']

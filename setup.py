@@ -1,5 +1,20 @@
 """fsa-seg: training-free open-vocabulary semantic segmentation with CLIP and FSA."""
+import shutil
+from pathlib import Path
+
 from setuptools import find_packages, setup
+from setuptools.command.build_py import build_py
+
+
+class BuildPyWithConfigs(build_py):
+    """Ship configs/ inside the package (fsa_seg/.mim/configs), as OpenMMLab packages do, so a
+    non-editable install can resolve config names; an editable install reads the checkout."""
+
+    def run(self):
+        super().run()
+        target = Path(self.build_lib) / 'fsa_seg' / '.mim' / 'configs'
+        shutil.copytree('configs', target, dirs_exist_ok=True)
+
 
 setup(
     name='fsa-seg',
@@ -30,4 +45,5 @@ setup(
         'tests': ['pytest>=7'],
     },
     entry_points={'console_scripts': ['fsa-seg=fsa_seg.cli:main']},
+    cmdclass={'build_py': BuildPyWithConfigs},
 )

@@ -30,7 +30,8 @@ vocabulary (--vocab):
   a file          one class per line, synonyms on a line separated by ';'
   default: the config's vocabulary (VOC's 21 classes for the default config).
   --prob-thd sends pixels whose top probability is lower to class 0, so put a background class
-  first when you use it; with your own vocabulary the default is no threshold.
+  first when you use it; with a vocabulary other than the config's the default is no
+  threshold (the config's own, e.g. 0.2 for VOC21, applies to its own vocabulary only).
 
 weights: the config's pretrained weights are downloaded into the open_clip / timm (Hugging Face)
 caches. Without network access, download them elsewhere and pass the files:

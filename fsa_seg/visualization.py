@@ -94,6 +94,10 @@ def _text_size(draw: ImageDraw.ImageDraw, text: str, font) -> Tuple[int, int]:
     return right - left, bottom - top
 
 
+def _percent(share: float) -> str:
+    return '<0.1%' if 0 < share < 0.0005 else f'{share * 100:.1f}%'
+
+
 def draw_legend(image: Image.Image, entries: Sequence[Tuple[str, Sequence[int], float]],
                 font_size: Optional[int] = None) -> Image.Image:
     """The image with a legend panel on its right: one swatch, name and share per entry."""
@@ -101,7 +105,7 @@ def draw_legend(image: Image.Image, entries: Sequence[Tuple[str, Sequence[int], 
     font_size = font_size or int(min(max(height / 28, 12), 28))
     font = _font(font_size)
     scratch = ImageDraw.Draw(Image.new('RGB', (1, 1)))
-    lines = [f'{name}  {share * 100:.1f}%' for name, _, share in entries]
+    lines = [f'{name}  {_percent(share)}' for name, _, share in entries]
     text_w = max((_text_size(scratch, line, font)[0] for line in lines), default=0)
     row = int(font_size * 1.6)
     pad = max(font_size // 2, 4)

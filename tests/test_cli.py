@@ -177,7 +177,9 @@ def test_api_gives_the_same_label_maps_as_the_cli(cli_run, tiny_config, images):
 
 
 # ------------------------------------------------------------------ defaults and failures
-def test_no_input_segments_the_demo_image_with_the_demo_vocabulary(tiny_config, tmp_path):
+def test_no_input_segments_the_demo_image_with_the_demo_vocabulary(tiny_config, tmp_path,
+                                                                   monkeypatch):
+    logs = record_logs(monkeypatch)
     demo = Image.open(DEMO_IMAGE)
     assert demo.mode == 'RGB' and DEMO_IMAGE.stat().st_size <= 100_000
     assert (DEMO_IMAGE.parent / 'README.md').read_text().count('CC0') >= 1
@@ -185,6 +187,7 @@ def test_no_input_segments_the_demo_image_with_the_demo_vocabulary(tiny_config, 
                                 '--out-dir', tmp_path, '--quiet', '--crop', 224,
                                 '--stride', 224)
     assert status == 0
+    assert any('RANDOM WEIGHTS' in message for message in logs)  # the loud warning
     mode, labels, _ = read_labels(tmp_path / 'demo_labels.png')
     assert labels.shape == (demo.height, demo.width)
     summary = json.loads((tmp_path / 'summary.json').read_text())
@@ -258,3 +261,50 @@ def test_tools_predict_is_the_same_command(monkeypatch, capsys):
                    '--prob-thd', '--batch-size', '--out-dir', '--save-logits', '--random-weights',
                    '--clip-weights', '--vfm-weights'):
         assert option in help_text
+
+
+def test_output_names_stay_distinct():
+    from fsa_seg.apis.predict import _output_names
+    paths = [Path('a/x.jpg'), Path('b/x.jpg'), Path('x.png'), Path('c/x.jpg'), Path('y.png')]
+    assert _output_names(paths) == ['x', 'x_jpg', 'x_png', 'x_2', 'y']
+
+
+def record_logs(monkeypatch):
+    messages = []
+    monkeypatch.setattr(inference, 'print_log', lambda message, **kwargs: messages.append(message))
+    return messages
+
+
+def test_local_weight_files_replace_random_weights(cli_run, tiny_config, images, tmp_path,
+                                                   monkeypatch):
+    """Weights saved from the (seeded) random model and given back as files reproduce its
+    label maps; nothing random is left and the summary names the files."""
+    import torch
+    model = inference.init_segmentor(str(tiny_config), device='cpu', random_weights=True,
+                                     vocabulary=['a', 'b'])
+    clip_file, vfm_file = tmp_path / 'tiny_clip.pt', tmp_path / 'tiny_dino.pth'
+    torch.save(model.clip.model.state_dict(), clip_file)
+    torch.save(model.vfm.model.state_dict(), vfm_file)
+    out = tmp_path / 'out'
+    logs = record_logs(monkeypatch)
+    status, stdout, stderr = run_cli('predict', images / 'blocks.png', '--config', tiny_config,
+                                     '--clip-weights', clip_file, '--vfm-weights', vfm_file,
+                                     '--vocab', VOCAB, '--out-dir', out, '--quiet')
+    assert status == 0, stderr
+    assert not any('RANDOM WEIGHTS' in message for message in logs)
+    summary = json.loads((out / 'summary.json').read_text())
+    assert summary['weights'] == dict(clip=str(clip_file), vfm=str(vfm_file))
+    assert summary['random_weights'] is False
+    _, expected, _ = read_labels(cli_run['out'] / 'blocks_labels.png')
+    _, labels, _ = read_labels(out / 'blocks_labels.png')
+    assert (labels == expected).all()
+
+
+def test_a_bad_weight_file_is_named_not_blamed_on_the_network(tmp_path, monkeypatch):
+    monkeypatch.setattr(inference, 'hub_reachable', lambda *args, **kwargs: False)
+    bad = tmp_path / 'clip.bin'
+    bad.write_bytes(b'not a checkpoint')
+    status, _, stderr = run_cli('predict', '--clip-weights', bad, '--out-dir', tmp_path / 'out',
+                                '--device', 'cpu')
+    assert status == 1
+    assert str(bad) in stderr and 'huggingface.co cannot be reached' not in stderr

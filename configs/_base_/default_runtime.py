@@ -7,7 +7,8 @@ env_cfg = dict(
     dist_cfg=dict(backend='nccl'),
 )
 vis_backends = [dict(type='LocalVisBackend')]
-visualizer = dict(type='SegLocalVisualizer', vis_backends=vis_backends, name='visualizer', alpha=0.6)
+# No fixed name: each Runner gets its own visualizer, even several in one process.
+visualizer = dict(type='SegLocalVisualizer', vis_backends=vis_backends, alpha=0.6)
 log_processor = dict(by_epoch=False)
 log_level = 'INFO'
 load_from = None

@@ -188,16 +188,19 @@ def apply_overrides(cfg: Config, *, vocabulary=None, clip_weights: Optional[str]
         model.clip = dict(model.clip, precision=precision)
     if vocabulary is not None:
         vocab = load_vocabulary(vocabulary)
+        own = load_vocabulary(model.vocabulary) if model.get('vocabulary') is not None else None
         model.vocabulary = [list(synonyms) for synonyms in vocab.classes]
-        # The config's threshold sends uncertain pixels to class 0 (its background); in another
-        # vocabulary class 0 is whatever came first, so no threshold unless asked for.
-        model.prob_thd = 0.0
+        if vocab != own:
+            # The config's threshold sends uncertain pixels to class 0 (its background); in
+            # another vocabulary class 0 is whatever came first, so no threshold unless asked.
+            model.prob_thd = 0.0
     if prob_thd is not None:
         if not 0.0 <= float(prob_thd) <= 1.0:
             raise ValueError(f'prob_thd must lie in [0, 1], got {prob_thd}')
         model.prob_thd = float(prob_thd)
     if crop is not None or stride is not None:
-        test_cfg = dict(model.get('test_cfg') or dict(mode='whole'))
+        test_cfg = dict(model.get('test_cfg') or dict(  # TrainingFreeSegmentor's default
+            mode='slide', crop_size=(336, 336), stride=(112, 112)))
         slide = test_cfg.get('mode') == 'slide'
         crop_hw = _pair(crop, 'crop') if crop is not None else (
             tuple(test_cfg['crop_size']) if slide else None)
@@ -351,6 +354,12 @@ def missing_weights_message(config_name: str, needed: Sequence[DownloadableWeigh
 
 
 # ---------------------------------------------------------------------------------- building
+def _local_weight_files(cfg: Config) -> List[str]:
+    components = [cfg.model.clip, cfg.model.get('vfm') or {}]
+    return [c['pretrained'] for c in components
+            if isinstance(c.get('pretrained'), str) and os.path.isfile(c['pretrained'])]
+
+
 def has_random_weights(cfg: Config) -> bool:
     return bool(cfg.model.clip.get('random_init')) or bool(
         cfg.model.get('vfm') and cfg.model.vfm.get('random_init'))
@@ -383,7 +392,7 @@ def init_segmentor(config: Union[str, os.PathLike, Config] = DEFAULT_CONFIG,
         device: ``'cpu'``, ``'cuda'``, ``'cuda:1'`` …; None: CUDA if available.
         vocabulary: the classes; a bundled name (``'voc21'``), a class-name file, or a list
             (``['sky', 'house; building']``: ``;`` separates synonyms of one class). None keeps
-            the config's. With a vocabulary given, ``prob_thd`` defaults to 0.
+            the config's. With another vocabulary than the config's, ``prob_thd`` defaults to 0.
         cfg_options: config keys to override (``{'model.logit_scale': 50}``).
         clip_weights, vfm_weights: local checkpoint files instead of the config's pretrained tags.
         random_weights: random weights (tests and pipeline checks only; a warning is logged).
@@ -407,7 +416,7 @@ def init_segmentor(config: Union[str, os.PathLike, Config] = DEFAULT_CONFIG,
     model = build_segmentor(cfg, seed=seed, check_network=check_network)
     model.to(device or default_device())
     _model_dtype_cast(model, precision)
-    # The query embeddings are plain tensors, not buffers: put them where the model now is.
+    # Query embeddings on the CLIP's device, whether or not the segmentor keeps them as buffers.
     model.set_query_embeddings(model.query_embeddings)
     model.eval()
     return model
@@ -433,8 +442,9 @@ def build_segmentor(cfg: Config, seed: int = 0, check_network: bool = True):
             torch.manual_seed(seed)
             model = MODELS.build(cfg.model)
     except WeightsError as error:
-        if not needed or isinstance(error, WeightsUnavailableError):
-            raise
+        if not needed or isinstance(error, WeightsUnavailableError) \
+                or any(path in str(error) for path in _local_weight_files(cfg)):
+            raise  # nothing to download, or a local file is the problem: the error says which
         raise WeightsUnavailableError(
             missing_weights_message(config_name, needed, error, offline)) from error
     model.cfg = cfg

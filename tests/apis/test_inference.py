@@ -1,6 +1,5 @@
 """Python inference API (fsa_seg.apis.inference) and mmseg's own inference APIs on our configs,
 with tiny random models."""
-import inspect
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +13,6 @@ from fsa_seg.apis.inference import (ConfigNotFoundError, ImageReadError, Segment
                                     apply_overrides, build_test_pipeline, init_segmentor,
                                     load_config, load_image, resolve_config, run_model, segment)
 from fsa_seg.models.backbones import tiny_clip_arch
-from fsa_seg.models.segmentors.base import TrainingFreeSegmentor
 from fsa_seg.models.weights import WeightsError
 
 REPO = Path(__file__).resolve().parents[2]
@@ -97,6 +95,7 @@ def test_overrides_of_window_threshold_and_vocabulary():
     assert cfg.model.prob_thd == 0.2  # the config's own vocabulary keeps its threshold
     cfg = apply_overrides(load_config(DEFAULT), vocabulary=['a; b', 'c'])
     assert cfg.model.vocabulary == [['a', 'b'], ['c']] and cfg.model.prob_thd == 0.0
+    assert apply_overrides(load_config(DEFAULT), vocabulary='voc21').model.prob_thd == 0.2
     with pytest.raises(ValueError, match='gaps'):
         apply_overrides(load_config(DEFAULT), crop=100, stride=200)
 
@@ -139,10 +138,10 @@ def test_segment_uses_the_config_resize_and_returns_the_original_size(model, tmp
 
 
 def test_batch_size_and_mixed_sizes_never_change_results(model):
-    images = [blocks(60, 80, 1), blocks(48, 40, 2), blocks(60, 80, 3), blocks(30, 30, 4)]
+    images = [blocks(60, 80, 1), blocks(48, 40, 2), blocks(60, 80, 3)]
     pipeline = build_test_pipeline(model.cfg)
     one = run_model(model, pipeline, images, batch_size=1)
-    many = run_model(model, pipeline, images, batch_size=4)
+    many = run_model(model, pipeline, images, batch_size=3)
     for a, b, image in zip(one, many, images):
         assert a.labels.shape == image.shape[:2]
         assert (a.labels == b.labels).all()
@@ -171,7 +170,11 @@ def test_random_weights_are_reproducible(cache_dir):
                             'ignore:Failed to add')
 def test_mmseg_inferencer_runs_our_config(cache_dir):
     from mmseg.apis import MMSegInferencer
-    inferencer = MMSegInferencer(tiny_config(cache_dir), weights=None, device='cpu')
+    cfg = tiny_config(cache_dir)
+    # mmengine keeps visualizers by name for the whole process; the runtime config's name
+    # ('visualizer') would be taken over by a Runner built later (tools/test.py's tests).
+    cfg.visualizer.name = 'test_inference_mmseg_inferencer'
+    inferencer = MMSegInferencer(cfg, weights=None, device='cpu')
     images = [blocks(60, 80, 5), blocks(50, 40, 6)]
     predictions = inferencer(images, batch_size=1)['predictions']
     assert [p.shape for p in predictions] == [(60, 80), (50, 40)]
@@ -179,14 +182,6 @@ def test_mmseg_inferencer_runs_our_config(cache_dir):
         assert p.min() >= 0 and p.max() < 21  # the config's voc21 vocabulary
 
 
-_ACCEPTS_MMSEG_KWARGS = any(
-    name in inspect.signature(TrainingFreeSegmentor.__init__).parameters
-    for name in ('pretrained', 'kwargs'))
-
-
-@pytest.mark.xfail(not _ACCEPTS_MMSEG_KWARGS, raises=TypeError, strict=True,
-                   reason="mmseg.apis.init_model sets model.pretrained and model.train_cfg, which "
-                          "TrainingFreeSegmentor.__init__ does not accept yet")
 def test_mmseg_init_model_and_inference_model(cache_dir):
     from mmseg.apis import inference_model, init_model
     model = init_model(tiny_config(cache_dir), device='cpu')

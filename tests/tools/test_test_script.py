@@ -148,3 +148,17 @@ def test_leaf_configs_are_generated_and_all_load():
         if '_fsa_' in path.name:
             expected = 4.5 if 'mae' in path.name else 2.3 if 'vit-h14' in path.name else 3.0
             assert model.plugin.lamda == expected, path
+
+
+def test_show_dir_saves_prediction_beside_ground_truth(tmp_path):
+    data_root = make_benchmark('voc21', tmp_path / 'data', sizes=((40, 56), (30, 30)))
+    config = tiny_config(tmp_path, 'clearclip/clearclip_vit-b16_voc21.py', data_root)
+    show_dir = tmp_path / 'show'
+    run_test_script(config, '--work-dir', tmp_path / 'work', '--show-dir', show_dir,
+                    '--allow-partial-split')
+    drawn = sorted(show_dir.rglob('*.png'))
+    assert len(drawn) == 2
+    from PIL import Image
+    width, height = Image.open(drawn[0]).size
+    # ground truth and prediction side by side at the original size (one of 40x56, 30x30)
+    assert (height, width) in ((40, 112), (30, 60))

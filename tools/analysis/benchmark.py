@@ -2,14 +2,14 @@
 
     # our FSA vs the official formulation on random inputs
     python tools/analysis/benchmark.py plugin --n 1764 --q 171 --heads 12 --head-dim 64 \
-        [--batch 1] [--dtype fp32] [--repeat 3] [--device cpu] [--json out.json]
+        [--batch 1] [--dtype fp32] [--repeat 3] [--threads T] [--device cpu] [--json out.json]
 
     # one crop through any config's segmentor, with and without the FSA plug-in
     python tools/analysis/benchmark.py config CONFIG [--random-weights] [--crop 336] [--q Q] \
-        [--batch 1] [--precision fp32] [--repeat 3] [--device cpu] [--json out.json]
+        [--batch 1] [--precision fp32] [--repeat 3] [--threads T] [--device cpu] [--json out.json]
 
     # ProxyCLIP (CLIP ViT-B/16 + DINO ViT-B/8) +- FSA: real sizes, random weights, 336 crop, Q=171
-    python tools/analysis/benchmark.py proxyclip [--repeat 3] [--device cpu] [--json out.json]
+    python tools/analysis/benchmark.py proxyclip [--repeat 3] [--threads T] [--device cpu] [--json out.json]
 """
 import argparse
 import os
@@ -30,6 +30,8 @@ def parse_args(argv=None):
     def common(command):
         command.add_argument('--repeat', type=int, default=3, help='timed runs per variant')
         command.add_argument('--device', default='cpu', help="'cpu' (default) or 'cuda[:i]'")
+        command.add_argument('--threads', type=int,
+                             help="torch CPU threads in the workers (default: torch's)")
         command.add_argument('--json', help='also write the measurements to this JSON file')
 
     plugin = sub.add_parser('plugin', help='our FSA vs the official formulation')
@@ -68,18 +70,20 @@ def main(argv=None):
     start_method = 'fork' if sys.platform.startswith('linux') else 'forkserver'
     if args.command == 'plugin':
         comparison = benchmark.run_plugin(args.n, args.q, args.heads, args.head_dim, args.batch,
-                                          args.dtype, args.device, args.repeat, start_method)
+                                          args.dtype, args.device, args.repeat, args.threads,
+                                          start_method)
         report = benchmark.plugin_report(comparison)
     elif args.command == 'config':
         comparison = benchmark.run_segmentor(args.config, args.random_weights, args.crop, args.q,
                                              args.batch, args.precision, args.device,
-                                             args.repeat, start_method)
+                                             args.repeat, args.threads, start_method)
         report = benchmark.segmentor_report(comparison, 'Segmentor with and without FSA, '
                                                         'per crop')
     else:
         comparison = benchmark.run_segmentor(benchmark.PROXYCLIP_CONFIG, random_weights=True,
                                              crop=336, q=171, device=args.device,
-                                             repeat=args.repeat, start_method=start_method)
+                                             repeat=args.repeat, threads=args.threads,
+                                             start_method=start_method)
         report = benchmark.segmentor_report(
             comparison, 'ProxyCLIP (CLIP ViT-B/16, DINO ViT-B/8) with and without FSA, one crop',
             target=benchmark.PROXYCLIP_TARGET)

@@ -13,11 +13,13 @@ attention over patches and ensembles it with the baseline's own attention:
 Unlike the official code this never builds an N×N×Q tensor (the KL is a matrix product of q with
 log q) nor an N×N·N×N product: A_ens·V = A_new·(A·V + V) + A·(A_new·V), three N×N·N×d products
 (two when the caller gives A·V), an attention shared by the heads applied to all heads at once;
-the uniform branch is the mean of the values. The N×N work reuses its buffers (on CPU a fresh
-N×N buffer costs more than the arithmetic on it), and on CPU the rows are ordered by numpy's
-vectorised argsort, several times faster than ``torch.sort``; exactly equal similarities in a row
-(the official code leaves their order to its sort, which differs between devices) may be ordered
-differently.
+the uniform branch is the mean of the values. Without autograd the N×N work reuses its buffers
+(on CPU a fresh N×N buffer often costs more than the arithmetic on it), and the pruning needs only
+the sorted values of each row (numpy's vectorised sort on CPU, several times faster than
+``torch.sort``): the kept entries are the row's k largest, those at or above the k-th value. Only
+rows where exactly equal similarities straddle the cut (a one-query vocabulary, identical padded
+patches) are sorted with ``torch.sort`` as in the official code, whose order decides which of them
+are kept.
 """
 from typing import Callable, Optional, Sequence
 
@@ -73,12 +75,8 @@ class FSA(nn.Module):
             return _split_heads(new_attn[:, 0] @ _merge_heads(values), heads)
         # (A_new·A + A·A_new + A_new)·V = A_new·(A·V + V) + A·(A_new·V), without any N×N·N×N
         # product; A_new·V and A_new·(A·V + V) as one product over both, all heads at once.
-        batch, _, num_tokens, _ = values.shape
-        both = values.new_empty(batch, num_tokens, 2, heads, head_dim)
-        both[:, :, 0] = values.transpose(1, 2)
-        torch.add(attended.transpose(1, 2), values.transpose(1, 2), out=both[:, :, 1])
-        both = new_attn[:, 0] @ both.view(batch, num_tokens, 2 * heads * head_dim)
-        both = both.view(batch, num_tokens, 2, heads, head_dim)
+        both = torch.stack([values.transpose(1, 2), (attended + values).transpose(1, 2)], dim=2)
+        both = (new_attn[:, 0] @ both.flatten(2)).unflatten(-1, (2, heads, head_dim))
         new_attended = both[:, :, 0].transpose(1, 2)                         # (B, H, N, d)
         mixed = both[:, :, 1].transpose(1, 2)                                # A_new·(A·V + V)
         if attn.shape[1] == 1:
@@ -102,7 +100,9 @@ class FSA(nn.Module):
         log_q = torch.log(q + self.eps)
         self_term = (q * log_q).sum(dim=-1, keepdim=True)                          # (B, N, 1)
         kl = torch.baddbmm(self_term, q, log_q.transpose(-1, -2), alpha=-1)        # (B, N, N)
-        return kl.clamp_min_(0).add_(1).reciprocal_()
+        if _records_grad(kl):
+            return 1.0 / (1.0 + kl.clamp_min(0))
+        return kl.clamp_min_(0).add_(1).reciprocal_()                              # in place
 
     def prune_and_sharpen(self, sim: Tensor) -> Tensor:
         """Keep each row's most similar entries within ``top_p`` softmax mass, sharpen, softmax."""
@@ -110,18 +110,38 @@ class FSA(nn.Module):
 
     def _prune_and_sharpen(self, sim: Tensor, reuse_input: bool) -> Tensor:
         """:meth:`prune_and_sharpen`; ``reuse_input`` lets it overwrite ``sim``."""
-        order = _argsort_descending(sim, may_modify=reuse_input)
-        sorted_sim = sim.gather(-1, order)
+        if _records_grad(sim):
+            sorted_sim, order = sim.sort(dim=-1, descending=True)
+            mass = sorted_sim.softmax(dim=-1).cumsum(dim=-1)
+            keep_sorted = mass <= self.top_p
+            keep_sorted[..., 0] = True
+            keep = torch.empty_like(keep_sorted).scatter_(-1, order, keep_sorted)
+            sharpened = sim * torch.exp(self.lamda * sim)
+            return sharpened.masked_fill(~keep, float('-inf')).softmax(dim=-1)
+        # The same selection without autograd. The cumulative mass is non-decreasing, so the kept
+        # sorted positions are a prefix of length k ≥ 1: the k largest entries of the row.
+        sorted_sim = _sorted_descending(sim)
         mass = sorted_sim.softmax(dim=-1).cumsum_(dim=-1)
-        drop_sorted = mass <= self.top_p
-        drop_sorted[..., 0] = True
-        drop_sorted.logical_not_()
-        drop = torch.empty_like(drop_sorted).scatter_(-1, order, drop_sorted)
-        del order, drop_sorted
-        sharpened = torch.mul(sim, self.lamda, out=sorted_sim).exp_()              # exp(λ·sim)
-        sharpened = sim.mul_(sharpened) if reuse_input else sharpened.mul_(sim)    # sim·exp(λ·sim)
-        sharpened.masked_fill_(drop, float('-inf'))
-        return torch.softmax(sharpened, dim=-1, out=mass)
+        kept = (mass <= self.top_p).sum(dim=-1, keepdim=True).clamp_(min=1)        # (B, N, 1)
+        threshold = sorted_sim.gather(-1, kept - 1)                                # k-th value
+        drop = sim < threshold
+        size = sim.shape[-1]
+        following = sorted_sim.gather(-1, kept.clamp(max=size - 1))
+        straddling = ((kept < size) & (following == threshold)).squeeze(-1)
+        if straddling.any():  # equal values across the cut: the sort's order decides, as there
+            rows = straddling.nonzero(as_tuple=True)
+            order = sim[rows].sort(dim=-1, descending=True).indices
+            keep_sorted = torch.arange(size, device=sim.device) < kept[rows]
+            drop[rows] = torch.empty_like(keep_sorted).scatter_(-1, order,
+                                                                 keep_sorted.logical_not_())
+        # sorted_sim's buffer becomes exp(λ·sim) (then sim·exp(λ·sim) unless sim may be
+        # overwritten), mass's the result.
+        sharpened = torch.mul(sim, self.lamda, out=sorted_sim).exp_()
+        sharpened = sim.mul_(sharpened) if reuse_input else sharpened.mul_(sim)   # sim·exp(λ·sim)
+        return torch.softmax(sharpened.masked_fill_(drop, float('-inf')), dim=-1, out=mass)
+
+def _records_grad(x: Tensor) -> bool:
+    return torch.is_grad_enabled() and x.requires_grad
 
 
 def _merge_heads(x: Tensor) -> Tensor:
@@ -134,16 +154,11 @@ def _split_heads(x: Tensor, heads: int) -> Tensor:
     return x.unflatten(-1, (heads, -1)).transpose(1, 2)
 
 
-def _argsort_descending(x: Tensor, may_modify: bool = False) -> Tensor:
-    """Indices that sort each row of ``x`` in descending order. On CPU numpy's vectorised sort
-    of −x (with ``may_modify``, x is negated in place and restored exactly, saving a copy)."""
-    if x.device.type != 'cpu' or x.dtype not in (torch.float32, torch.float64) \
-            or x.requires_grad or not x.is_contiguous():
-        return x.argsort(dim=-1, descending=True)
-    if not may_modify:
-        return torch.from_numpy(np.argsort(np.negative(x.numpy()), axis=-1))
-    array = x.neg_().numpy()
-    try:
-        return torch.from_numpy(np.argsort(array, axis=-1))
-    finally:
-        x.neg_()
+def _sorted_descending(x: Tensor) -> Tensor:
+    """Each row of ``x`` sorted in descending order, values only (a new tensor)."""
+    if x.device.type == 'cpu' and x.dtype in (torch.float32, torch.float64) \
+            and not x.requires_grad:
+        negated = np.negative(x.detach().numpy())   # a copy; negation is exact both ways
+        negated.sort(axis=-1)
+        return torch.from_numpy(negated).neg_()
+    return x.sort(dim=-1, descending=True).values

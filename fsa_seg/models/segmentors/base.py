@@ -49,7 +49,13 @@ class TrainingFreeSegmentor(BaseSegmentor):
                  logit_scale: float = 40.0, prob_thd: float = 0.0, test_cfg: Optional[dict] = None,
                  crop_batch_size: int = 16, plugin: Optional[dict] = None,
                  text_cache_dir: Union[str, bool, None] = None,
-                 data_preprocessor: Optional[dict] = None, init_cfg=None):
+                 data_preprocessor: Optional[dict] = None, init_cfg=None,
+                 pretrained: Optional[str] = None, train_cfg: Optional[dict] = None):
+        # mmseg.apis.init_model sets `pretrained` and `train_cfg` to None on every model.
+        if pretrained is not None or train_cfg is not None:
+            raise ValueError(f'{type(self).__name__} is training-free and takes its weights from '
+                             'clip.pretrained (and vfm.pretrained), not from `pretrained` or '
+                             '`train_cfg`')
         super().__init__(data_preprocessor=data_preprocessor or CLIP_PREPROCESSOR,
                          init_cfg=init_cfg)
         self.clip = MODELS.build(dict(dict(type='OpenCLIP'), **clip))
@@ -84,8 +90,10 @@ class TrainingFreeSegmentor(BaseSegmentor):
             raise ValueError(f'{embeddings.shape[0]} embeddings for '
                              f'{len(self.vocabulary.queries)} queries')
         device = self.clip.visual.proj.device
-        self.query_embeddings = embeddings.to(device)
-        self.query_to_class = torch.tensor(self.vocabulary.query_to_class, device=device)
+        # Buffers (not saved in checkpoints) so that model.to(device) moves them too.
+        self.register_buffer('query_embeddings', embeddings.to(device), persistent=False)
+        self.register_buffer('query_to_class', torch.tensor(self.vocabulary.query_to_class,
+                                                            device=device), persistent=False)
 
     @property
     def num_classes(self) -> int:

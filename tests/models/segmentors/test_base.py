@@ -94,3 +94,9 @@ def test_vocabulary_can_change_at_run_time(tiny_clip):
 def test_training_is_refused(tiny_clip):
     with pytest.raises(NotImplementedError, match='training-free'):
         build(tiny_clip).loss(None, None)
+
+
+def test_mmseg_checkpoint_arguments_are_accepted_only_when_empty(tiny_clip):
+    build(tiny_clip, pretrained=None, train_cfg=None)  # what mmseg.apis.init_model passes
+    with pytest.raises(ValueError, match='clip.pretrained'):
+        build(tiny_clip, pretrained='some_checkpoint.pth')

@@ -1,0 +1,123 @@
+"""The official FSA formulation (fsa_reference.official_fsa): it reproduces the golden fixture, and
+our FSA plug-in equals it on random problems; the benchmark CLI runs at tiny sizes."""
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from fsa_seg.models.plugins import FSA
+from fsa_seg.models.plugins.fsa_reference import official_fsa
+
+REPO = Path(__file__).resolve().parents[3]
+
+
+def hyper(golden):
+    return dict(lamda=golden['lamda'], top_p=golden['top_p'],
+                logit_scales=golden['logit_scales'])
+
+
+# ---------------------------------------------------------------------------- golden fixture
+def test_reference_reproduces_the_official_code_on_the_golden_fixture(golden, golden_logits_fn):
+    with torch.no_grad():
+        out = official_fsa(golden['attn'], golden['values'], golden_logits_fn, **hyper(golden))
+    assert out.dtype == torch.float64 and out.shape == golden['attended'].shape
+    assert (out - golden['attended']).abs().max() < 1e-12
+
+
+def test_fixture_output_is_far_from_the_baseline(golden):
+    """The parity above is meaningful: FSA moves ProxyCLIP's output by far more than 1e-12."""
+    baseline = golden['attn'] @ golden['values']
+    assert (baseline - golden['attended']).abs().max() > 0.03
+
+
+@pytest.mark.parametrize('grad', [False, True], ids=['no_grad', 'grad'])
+def test_fsa_reproduces_the_fixture_with_and_without_autograd(golden, golden_logits_fn, grad):
+    """Both paths of the plug-in (buffer-reusing without autograd, functional with it)."""
+    with torch.set_grad_enabled(grad):
+        out = FSA(**hyper(golden))(golden['attn'], golden['values'], golden_logits_fn)
+    assert (out - golden['attended']).abs().max() < 1e-12
+
+
+# ---------------------------------------------------------------------------- random problems
+def random_problem(batch, heads, n, dim, queries, attention, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    dtype = torch.float64
+    values = torch.randn(batch, heads, n, dim, generator=generator, dtype=dtype)
+    if attention == 'per-head':
+        attn = (3 * torch.randn(batch, heads, n, n, generator=generator, dtype=dtype)).softmax(-1)
+    elif attention == 'shared':  # ProxyCLIP-like: masked, shared by the heads
+        logits = 3 * torch.randn(batch, 1, n, n, generator=generator, dtype=dtype)
+        attn = logits.masked_fill(logits < -1, float('-inf'))
+        attn = attn.diagonal_scatter(torch.zeros(batch, 1, n, dtype=dtype), dim1=-2, dim2=-1)
+        attn = attn.softmax(-1)
+    else:
+        attn = None
+    head = torch.randn(heads * dim, 8, generator=generator, dtype=dtype)
+    text = F.normalize(torch.randn(queries, 8, generator=generator, dtype=dtype), dim=-1)
+
+    def logits_fn(o):
+        merged = o.transpose(1, 2).flatten(2)
+        return F.normalize(merged @ head, dim=-1) @ text.t()
+
+    return attn, values, logits_fn
+
+
+@pytest.mark.parametrize('attention', ['per-head', 'shared', 'identity'])
+@pytest.mark.parametrize('batch, heads, n, dim, queries', [
+    (1, 4, 7, 8, 3),
+    (2, 3, 50, 4, 12),
+    (1, 12, 196, 8, 21),
+    (2, 2, 64, 16, 1),   # a single query: q is one-hot, every KL is zero
+])
+def test_fsa_equals_the_reference_on_random_problems(attention, batch, heads, n, dim, queries):
+    attn, values, logits_fn = random_problem(batch, heads, n, dim, queries, attention,
+                                             seed=n + queries)
+    kwargs = dict(lamda=3.0, top_p=0.45, logit_scales=(20.0, 35.0))
+    with torch.no_grad():
+        expected = official_fsa(attn, values, logits_fn, **kwargs)
+        out = FSA(**kwargs)(attn, values, logits_fn)
+        given = FSA(**kwargs)(attn, values, logits_fn,
+                              attended=values if attn is None else attn @ values)
+    assert out.shape == expected.shape == values.shape
+    assert (out - expected).abs().max() < 1e-10
+    assert (given - expected).abs().max() < 1e-10
+
+
+@pytest.mark.parametrize('lamda, top_p', [(2.3, 0.3), (4.5, 0.8), (3.0, 0.0)])
+def test_fsa_equals_the_reference_for_other_hyper_parameters(lamda, top_p):
+    attn, values, logits_fn = random_problem(1, 3, 40, 8, 10, 'per-head', seed=1)
+    kwargs = dict(lamda=lamda, top_p=top_p, logit_scales=(15.0, 30.0))
+    with torch.no_grad():
+        expected = official_fsa(attn, values, logits_fn, **kwargs)
+        out = FSA(**kwargs)(attn, values, logits_fn)
+    assert (out - expected).abs().max() < 1e-10
+
+
+def test_reference_identity_attention_is_the_explicit_identity_matrix():
+    _, values, logits_fn = random_problem(1, 2, 20, 4, 6, 'identity')
+    eye = torch.eye(20, dtype=values.dtype)[None, None]
+    kwargs = dict(lamda=3.0, top_p=0.45, logit_scales=(20.0, 35.0))
+    assert torch.allclose(official_fsa(None, values, logits_fn, **kwargs),
+                          official_fsa(eye, values, logits_fn, **kwargs), atol=1e-14)
+
+
+# ---------------------------------------------------------------------------- benchmark CLI
+NUMBER = r'(\d+\.\d+)'
+
+
+def test_benchmark_plugin_subcommand_at_tiny_sizes():
+    result = subprocess.run(
+        [sys.executable, str(REPO / 'tools' / 'analysis' / 'benchmark.py'), 'plugin',
+         '--n', '16', '--q', '5', '--heads', '2', '--head-dim', '8', '--repeat', '2'],
+        cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    for variant in ('ours', 'official'):  # median, min latency and extra peak memory
+        assert re.search(rf'^{variant}\s+{NUMBER}\s+{NUMBER}\s+{NUMBER}$', out, re.M), out
+    assert re.search(rf'official / ours: latency {NUMBER}x', out), out
+    assert re.search(r'extra peak memory (\d+\.\d+x|n/a)', out), out
+    assert 'target' not in out  # the issue's target is only judged at its sizes

@@ -1,15 +1,16 @@
-"""Latency and peak memory, two variants side by side in one run (see fsa_seg/analysis/benchmark.py).
+r"""Latency and peak memory, two variants side by side in one run (fsa_seg/analysis/benchmark.py).
 
     # our FSA vs the official formulation on random inputs
     python tools/analysis/benchmark.py plugin --n 1764 --q 171 --heads 12 --head-dim 64 \
-        [--batch 1] [--dtype fp32] [--repeat 3] [--threads T] [--device cpu] [--json out.json]
+        [--batch 1] [--dtype fp32] [--repeat 7] [--threads T] [--device cpu] [--json out.json]
 
     # one crop through any config's segmentor, with and without the FSA plug-in
     python tools/analysis/benchmark.py config CONFIG [--random-weights] [--crop 336] [--q Q] \
-        [--batch 1] [--precision fp32] [--repeat 3] [--threads T] [--device cpu] [--json out.json]
+        [--batch 1] [--precision fp32] [--repeat 7] [--threads T] [--device cpu] [--json out.json]
 
     # ProxyCLIP (CLIP ViT-B/16 + DINO ViT-B/8) +- FSA: real sizes, random weights, 336 crop, Q=171
-    python tools/analysis/benchmark.py proxyclip [--repeat 3] [--threads T] [--device cpu] [--json out.json]
+    python tools/analysis/benchmark.py proxyclip [--repeat 7] [--threads T] [--device cpu] \
+        [--json out.json]
 """
 import argparse
 import os
@@ -23,12 +24,13 @@ from fsa_seg.analysis import benchmark  # noqa: E402
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0],
+    parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest='command', required=True)
 
     def common(command):
-        command.add_argument('--repeat', type=int, default=3, help='timed runs per variant')
+        command.add_argument('--repeat', type=int, default=7,
+                             help='timed runs per variant (noisy machines need several)')
         command.add_argument('--device', default='cpu', help="'cpu' (default) or 'cuda[:i]'")
         command.add_argument('--threads', type=int,
                              help="torch CPU threads in the workers (default: torch's)")
@@ -65,9 +67,16 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    # This process has imported torch but run nothing with it: forked workers are safe (and
-    # start in a fraction of a second). CUDA is never initialised before a fork.
-    start_method = 'fork' if sys.platform.startswith('linux') else 'forkserver'
+    try:
+        return run(args)
+    except (benchmark.WeightsError, benchmark.WorkerError) as error:
+        sys.exit(f'error: {error}')
+
+
+def run(args):
+    # This process has imported torch but run nothing with it: on CPU, forked workers are safe
+    # and start at once. CUDA workers are spawned (the library's default).
+    start_method = 'fork' if sys.platform.startswith('linux') and args.device == 'cpu' else None
     if args.command == 'plugin':
         comparison = benchmark.run_plugin(args.n, args.q, args.heads, args.head_dim, args.batch,
                                           args.dtype, args.device, args.repeat, args.threads,

@@ -13,13 +13,13 @@ attention over patches and ensembles it with the baseline's own attention:
 Unlike the official code this never builds an N×N×Q tensor (the KL is a matrix product of q with
 log q) nor an N×N·N×N product: A_ens·V = A_new·(A·V + V) + A·(A_new·V), three N×N·N×d products
 (two when the caller gives A·V), an attention shared by the heads applied to all heads at once;
-the uniform branch is the mean of the values. Without autograd the N×N work reuses its buffers
-(on CPU a fresh N×N buffer often costs more than the arithmetic on it), and the pruning needs only
-the sorted values of each row (numpy's vectorised sort on CPU, several times faster than
-``torch.sort``): the kept entries are the row's k largest, those at or above the k-th value. Only
-rows where exactly equal similarities straddle the cut (a one-query vocabulary, identical padded
-patches) are sorted with ``torch.sort`` as in the official code, whose order decides which of them
-are kept.
+the uniform branch is the mean of the values. Without autograd, A_new is made and applied a block
+of rows at a time (each step works on rows independently), so that its N×N buffers shrink to
+block×N ones and it is never held whole; the pruning needs only each row's sorted values (numpy's
+vectorised sort on CPU, several times faster than ``torch.sort``): the kept entries are the row's
+k largest, those at or above the k-th value. Only rows where exactly equal similarities straddle
+the cut (a one-query vocabulary, identical padded patches) are sorted with ``torch.sort`` as in
+the official code, whose order decides which of them are kept.
 """
 from typing import Callable, Optional, Sequence
 
@@ -29,6 +29,7 @@ from mmseg.registry import MODELS
 from torch import Tensor, nn
 
 LogitsFn = Callable[[Tensor], Tensor]
+BLOCK_ELEMENTS = 2 ** 19  # rows of A_new made at once: about this many entries (2 MB in fp32)
 
 
 @MODELS.register_module()
@@ -69,14 +70,15 @@ class FSA(nn.Module):
         """
         if attended is None:
             attended = values if attn is None else attn @ values
-        new_attn = self.feedback_attention(attended, values, logits_fn)  # (B, 1, N, N)
         heads, head_dim = values.shape[1], values.shape[-1]
         if attn is None:
-            return _split_heads(new_attn[:, 0] @ _merge_heads(values), heads)
+            return _split_heads(self._feedback_product(attended, values, logits_fn,
+                                                       _merge_heads(values)), heads)
         # (A_new·A + A·A_new + A_new)·V = A_new·(A·V + V) + A·(A_new·V), without any N×N·N×N
         # product; A_new·V and A_new·(A·V + V) as one product over both, all heads at once.
         both = torch.stack([values.transpose(1, 2), (attended + values).transpose(1, 2)], dim=2)
-        both = (new_attn[:, 0] @ both.flatten(2)).unflatten(-1, (2, heads, head_dim))
+        both = self._feedback_product(attended, values, logits_fn, both.flatten(2))
+        both = both.unflatten(-1, (2, heads, head_dim))
         new_attended = both[:, :, 0].transpose(1, 2)                         # (B, H, N, d)
         mixed = both[:, :, 1].transpose(1, 2)                                # A_new·(A·V + V)
         if attn.shape[1] == 1:
@@ -86,19 +88,51 @@ class FSA(nn.Module):
 
     def feedback_attention(self, attended: Tensor, values: Tensor, logits_fn: LogitsFn) -> Tensor:
         """A_new (B, 1, N, N), shared by the heads, in the dtype of ``values``."""
+        sim = self.patch_similarity(self._isolated_logits(attended, values, logits_fn))
+        return self._prune_and_sharpen(sim, reuse_input=True).to(values.dtype).unsqueeze(1)
+
+    def _isolated_logits(self, attended: Tensor, values: Tensor, logits_fn: LogitsFn) -> Tensor:
+        """P − P_u (B, N, Q), in at least fp32."""
         scale_attn, scale_uniform = self.logit_scales
         logits = scale_attn * logits_fn(attended)                                  # (B, N, Q)
         uniform = scale_uniform * logits_fn(values.mean(dim=2, keepdim=True))      # (B, 1, Q)
         # fp16's smallest normal number is above the 1e-10 of the logarithm: work in ≥ fp32.
         work_dtype = torch.promote_types(values.dtype, torch.float32)
-        sim = self.patch_similarity((logits - uniform).to(work_dtype))
-        return self._prune_and_sharpen(sim, reuse_input=True).to(values.dtype).unsqueeze(1)
+        return (logits - uniform).to(work_dtype)
+
+    def _feedback_product(self, attended: Tensor, values: Tensor, logits_fn: LogitsFn,
+                          operand: Tensor) -> Tensor:
+        """A_new[:, 0] · operand (B, N, C) for operand (B, N, C) in the dtype of ``values``.
+
+        Without autograd, A_new is made and applied a block of rows at a time (every step of it
+        works on rows independently): its N×N buffers become block×N ones, small enough to stay
+        in cache, and A_new is never held whole."""
+        isolated = self._isolated_logits(attended, values, logits_fn)
+        if _records_grad(isolated) or _records_grad(operand):
+            sim = self.patch_similarity(isolated)
+            return self._prune_and_sharpen(sim, reuse_input=True).to(values.dtype) @ operand
+        q, log_q, self_term = self._kl_terms(isolated)
+        log_q_t = log_q.transpose(-1, -2)
+        num_tokens = q.shape[1]
+        block = max(1, BLOCK_ELEMENTS // num_tokens)
+        out = operand.new_empty(operand.shape)
+        for start in range(0, num_tokens, block):
+            rows = slice(start, start + block)
+            kl = torch.baddbmm(self_term[:, rows], q[:, rows], log_q_t, alpha=-1)  # (B, b, N)
+            sim = kl.clamp_min_(0).add_(1).reciprocal_()
+            new_rows = self._prune_and_sharpen(sim, reuse_input=True).to(values.dtype)
+            out[:, rows] = new_rows @ operand
+        return out
+
+    def _kl_terms(self, isolated_logits: Tensor):
+        """q, log(q + eps) and Σ_c q·log(q + eps) per token: KL_ij = self_i − q_i·log q_jᵀ."""
+        q = isolated_logits.softmax(dim=-1)
+        log_q = torch.log(q + self.eps)
+        return q, log_q, (q * log_q).sum(dim=-1, keepdim=True)                    # (B, N, 1)
 
     def patch_similarity(self, isolated_logits: Tensor) -> Tensor:
         """1 / (1 + KL(q_i ‖ q_j)) for q = softmax over queries, as one matrix product."""
-        q = isolated_logits.softmax(dim=-1)
-        log_q = torch.log(q + self.eps)
-        self_term = (q * log_q).sum(dim=-1, keepdim=True)                          # (B, N, 1)
+        q, log_q, self_term = self._kl_terms(isolated_logits)
         kl = torch.baddbmm(self_term, q, log_q.transpose(-1, -2), alpha=-1)        # (B, N, N)
         if _records_grad(kl):
             return 1.0 / (1.0 + kl.clamp_min(0))
@@ -139,6 +173,7 @@ class FSA(nn.Module):
         sharpened = torch.mul(sim, self.lamda, out=sorted_sim).exp_()
         sharpened = sim.mul_(sharpened) if reuse_input else sharpened.mul_(sim)   # sim·exp(λ·sim)
         return torch.softmax(sharpened.masked_fill_(drop, float('-inf')), dim=-1, out=mass)
+
 
 def _records_grad(x: Tensor) -> bool:
     return torch.is_grad_enabled() and x.requires_grad

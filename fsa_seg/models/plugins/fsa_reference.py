@@ -1,10 +1,11 @@
 """The official FSA formulation, written plainly: an independent reference for tests and benchmarks.
 
-This follows the official code's description step by step (``tests/fixtures`` README) and builds
-what it builds: the (B, N, N, Q) tensor of the KL divergences and the N×N·N×N attention products
-of the ensemble, per head. It is slow and memory-hungry by design — :class:`~.fsa.FSA` is the
-implementation to use; this one exists to check it (tests) and to measure it against
-(``tools/analysis/benchmark.py``). It is not registered as a plug-in.
+This follows the official code step by step and builds what it builds: the (B, N, N, Q) tensor of
+the KL divergences, an explicit uniform attention, and the N×N·N×N attention products of the
+ensemble for every head (a shared attention is repeated per head, as the official code does). It
+is slow and memory-hungry by design: :class:`~.fsa.FSA` is the implementation to use; this one
+exists to check it (tests) and to measure it against (``tools/analysis/benchmark.py``). It is not
+registered as a plug-in.
 """
 from typing import Callable, Optional, Sequence
 
@@ -23,16 +24,19 @@ def official_fsa(attn: Optional[Tensor], values: Tensor, logits_fn: LogitsFn, la
     ``values`` (B, H, N, d); ``logits_fn`` maps per-head outputs (B, H, n, d) to cosine
     similarities (B, n, Q). Everything is computed in the dtype of ``values``.
     """
-    batch, _, num_tokens, _ = values.shape
+    batch, heads, num_tokens, _ = values.shape
     if attn is None:  # identity attention, materialised like any other attention
         attn = torch.eye(num_tokens, dtype=values.dtype, device=values.device)
-        attn = attn.expand(batch, 1, num_tokens, num_tokens)
+    # The official code repeats an attention shared by the heads for every head.
+    attn = attn.expand(batch, heads, num_tokens, num_tokens).contiguous()
     scale_attn, scale_uniform = logit_scales
 
-    # 1. attention isolation: attention branch minus uniform branch, softmax over the queries.
+    # 1. attention isolation: attention branch minus uniform branch, softmax over the queries;
+    #    the uniform branch is an explicit uniform attention (softmax of ones), per head.
     attended = attn @ values                                                   # (B, H, N, d)
     logits = scale_attn * logits_fn(attended)                                  # (B, N, Q)
-    uniform = scale_uniform * logits_fn(values.mean(dim=2, keepdim=True))      # (B, 1, Q)
+    uniform_attn = torch.ones_like(attn).softmax(dim=-1)
+    uniform = scale_uniform * logits_fn(uniform_attn @ values)                 # (B, N, Q)
     q = (logits - uniform).softmax(dim=-1)                                     # (B, N, Q)
 
     # 2. patch similarity 1 / (1 + KL(q_i || q_j)) through the (B, N, N, Q) tensor.
@@ -41,7 +45,7 @@ def official_fsa(attn: Optional[Tensor], values: Tensor, logits_fn: LogitsFn, la
     kl = (q_i * (torch.log(q_i + eps) - torch.log(q_j + eps))).sum(dim=-1)     # (B, N, N)
     sim = 1.0 / (1.0 + kl.clamp(min=0))
 
-    # 3. confidence-based pruning on the sorted rows, sharpening, row softmax.
+    # 3. confidence-based pruning on the sorted rows, sharpening, row softmax per head.
     sorted_sim, order = torch.sort(sim, dim=-1, descending=True)
     cumulative = torch.cumsum(torch.softmax(sorted_sim, dim=-1), dim=-1)
     keep_sorted = cumulative <= top_p
@@ -49,8 +53,8 @@ def official_fsa(attn: Optional[Tensor], values: Tensor, logits_fn: LogitsFn, la
     keep = torch.zeros_like(keep_sorted).scatter(-1, order, keep_sorted)
     sharpened = sim * torch.exp(lamda * sim)
     sharpened = torch.where(keep, sharpened, torch.full_like(sharpened, float('-inf')))
-    new_attn = torch.softmax(sharpened, dim=-1).unsqueeze(1)                   # (B, 1, N, N)
+    new_attn = torch.softmax(sharpened.unsqueeze(1).repeat(1, heads, 1, 1), dim=-1)  # (B, H, N, N)
 
-    # 4. ensemble of N×N attention matrices (per head when attn is), applied to the values.
-    ensemble = (new_attn @ attn + attn @ new_attn + new_attn) / 3               # (B, H', N, N)
+    # 4. ensemble of the N×N attention matrices of every head, applied to the values.
+    ensemble = (new_attn @ attn + attn @ new_attn + new_attn) / 3               # (B, H, N, N)
     return ensemble @ values

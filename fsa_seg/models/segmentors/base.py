@@ -147,8 +147,9 @@ class TrainingFreeSegmentor(BaseSegmentor):
                                                                  0, crop_h - (y2 - y1)))
                                  for y1, y2, x1, x2 in chunk])
             logits = self.crop_logits(crops)
-            if total is None:
-                total = logits.new_zeros((logits.shape[1], height, width))
+            if total is None:  # accumulate half-precision logits in fp32
+                total = logits.new_zeros((logits.shape[1], height, width),
+                                         dtype=torch.promote_types(logits.dtype, torch.float32))
             for (y1, y2, x1, x2), crop_logit in zip(chunk, logits):
                 total[:, y1:y2, x1:x2] += crop_logit[:, :y2 - y1, :x2 - x1]
                 count[:, y1:y2, x1:x2] += 1

@@ -87,6 +87,19 @@ def test_fsa_equals_the_reference_on_random_problems(attention, batch, heads, n,
     assert (given - expected).abs().max() < 1e-10
 
 
+@pytest.mark.parametrize('attention', ['per-head', 'shared', 'identity'])
+def test_fsa_in_many_uneven_row_blocks_equals_the_reference(monkeypatch, attention):
+    """A_new made a block of rows at a time (7 rows of 50 per block here) changes nothing."""
+    import fsa_seg.models.plugins.fsa as fsa_module
+    monkeypatch.setattr(fsa_module, 'BLOCK_ELEMENTS', 7 * 50)
+    attn, values, logits_fn = random_problem(2, 3, 50, 4, 12, attention, seed=3)
+    kwargs = dict(lamda=3.0, top_p=0.45, logit_scales=(20.0, 35.0))
+    with torch.no_grad():
+        expected = official_fsa(attn, values, logits_fn, **kwargs)
+        out = FSA(**kwargs)(attn, values, logits_fn)
+    assert (out - expected).abs().max() < 1e-10
+
+
 @pytest.mark.parametrize('lamda, top_p', [(2.3, 0.3), (4.5, 0.8), (3.0, 0.0)])
 def test_fsa_equals_the_reference_for_other_hyper_parameters(lamda, top_p):
     attn, values, logits_fn = random_problem(1, 3, 40, 8, 10, 'per-head', seed=1)
@@ -103,6 +116,22 @@ def test_reference_identity_attention_is_the_explicit_identity_matrix():
     kwargs = dict(lamda=3.0, top_p=0.45, logit_scales=(20.0, 35.0))
     assert torch.allclose(official_fsa(None, values, logits_fn, **kwargs),
                           official_fsa(eye, values, logits_fn, **kwargs), atol=1e-14)
+
+
+def test_fsa_pruning_with_equal_similarities_across_the_cut_follows_the_sort():
+    """Rows whose equal values straddle the top-p cut are pruned in the sort's order, exactly as
+    the functional (autograd) path and the official code do."""
+    generator = torch.Generator().manual_seed(0)
+    sim = (torch.rand(3, 40, 40, generator=generator, dtype=torch.float64) * 6).round() / 6 + 0.1
+    fsa = FSA(lamda=3.0, top_p=0.45)
+    with torch.no_grad():
+        fast = fsa.prune_and_sharpen(sim)
+    functional = fsa.prune_and_sharpen(sim.clone().requires_grad_()).detach()
+    assert torch.equal(fast, functional)
+    # the case is exercised: some row keeps only part of a group of equal values
+    kept = fast > 0
+    kept_values = torch.where(kept, sim, torch.inf).amin(-1, keepdim=True)
+    assert ((sim == kept_values) & ~kept).any()
 
 
 # ---------------------------------------------------------------------------- benchmark CLI

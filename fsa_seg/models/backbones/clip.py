@@ -22,12 +22,18 @@ PRECISIONS = {'fp32': torch.float32, 'fp16': torch.float16, 'bf16': torch.bfloat
 
 def interpolate_pos_embed(pos_embed: Tensor, grid: Tuple[int, int],
                           native_grid: Tuple[int, int]) -> Tensor:
-    """(1 + h0·w0, C) positional embeddings → (1 + h·w, C), bicubic over the patch grid."""
+    """(1 + h0·w0, C) positional embeddings → (1 + h·w, C), bicubic over the patch grid.
+
+    As DINO and the training-free segmentation codebases (SCLIP, ProxyCLIP, FSA) do it: by scale
+    factors (h + 0.1) / h0 and (w + 0.1) / w0, which sample slightly differently from resizing to
+    the size (h, w) and so keep our numbers comparable with theirs."""
     if tuple(grid) == tuple(native_grid):
         return pos_embed
     cls_pos, patch_pos = pos_embed[:1], pos_embed[1:]
     patch_pos = patch_pos.reshape(1, *native_grid, -1).permute(0, 3, 1, 2)
-    patch_pos = F.interpolate(patch_pos.float(), size=grid, mode='bicubic', align_corners=False)
+    scale = tuple((size + 0.1) / native for size, native in zip(grid, native_grid))
+    patch_pos = F.interpolate(patch_pos.float(), scale_factor=scale, mode='bicubic',
+                              align_corners=False)
     patch_pos = patch_pos.to(pos_embed.dtype).permute(0, 2, 3, 1).reshape(grid[0] * grid[1], -1)
     return torch.cat([cls_pos, patch_pos])
 

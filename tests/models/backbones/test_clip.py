@@ -99,3 +99,20 @@ def test_text_encoder_embeds_prompts(tiny_clip):
     expected = clip.model.encode_text(open_clip.SimpleTokenizer()(['a photo of a cat.', 'dog']))
     assert out.shape == (2, 32) and torch.allclose(out, expected)
     assert F.cosine_similarity(out[0], out[1], dim=0) < 1
+
+
+def test_pos_embed_interpolation_follows_the_dino_formula_of_the_segmentation_codebases():
+    import math
+    torch.manual_seed(0)
+    pos = torch.randn(1 + 14 * 14, 8)
+    out = interpolate_pos_embed(pos, (21, 28), (14, 14))
+    # DINO's interpolate_pos_encoding, as SCLIP / ProxyCLIP / FSA copy it.
+    side = int(math.sqrt(pos.shape[0] - 1))
+    h0, w0 = 21 + 0.1, 28 + 0.1
+    patch = F.interpolate(pos[1:].reshape(1, side, side, 8).permute(0, 3, 1, 2),
+                          scale_factor=(h0 / side, w0 / side), mode='bicubic')
+    expected = patch.permute(0, 2, 3, 1).reshape(-1, 8)
+    assert torch.allclose(out[1:], expected)
+    resized = F.interpolate(pos[1:].reshape(1, 14, 14, 8).permute(0, 3, 1, 2), size=(21, 28),
+                            mode='bicubic').permute(0, 2, 3, 1).reshape(-1, 8)
+    assert not torch.allclose(out[1:], resized)  # the two samplings do differ

@@ -217,9 +217,10 @@ def run_predict(args: argparse.Namespace, prog: str = 'fsa-seg predict') -> int:
 
     import torch
 
-    from .apis.inference import (DEFAULT_CONFIG, ConfigNotFoundError, WeightsError,
-                                 default_device, init_segmentor)
+    from .apis.configs import DEFAULT_CONFIG, ConfigNotFoundError, has_random_weights
+    from .apis.inference import default_device, init_segmentor
     from .models.text import VocabularyError, bundled_vocabularies
+    from .models.weights import WeightsError
     try:
         vocabulary = None if vocab_text is None else parse_vocabulary(vocab_text,
                                                                       bundled_vocabularies())
@@ -253,8 +254,7 @@ def run_predict(args: argparse.Namespace, prog: str = 'fsa-seg predict') -> int:
         config=cfg.filename, model=cfg.model.type,
         weights=dict(clip=_weights_description(cfg.model.clip),
                      vfm=_weights_description(cfg.model.get('vfm'))),
-        random_weights=bool(cfg.model.clip.get('random_init') or (
-            cfg.model.get('vfm') or {}).get('random_init')),
+        random_weights=has_random_weights(cfg),
         device=device, precision=cfg.model.clip.get('precision', 'fp32'),
         resize=_resize_description(cfg), test_cfg=dict(model.test_cfg),
         prob_thd=model.prob_thd, batch_size=args.batch_size,

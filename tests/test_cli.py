@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from fsa_seg import cli
-from fsa_seg.apis import inference
+from fsa_seg.apis import downloads, inference
 from fsa_seg.apis.predict import DEMO_IMAGE, DEMO_VOCABULARY
 from fsa_seg.models.backbones import tiny_clip_arch
 from fsa_seg.visualization import make_palette
@@ -216,7 +216,7 @@ def test_missing_weights_fail_fast_and_name_the_flags(tmp_path, monkeypatch):
         connections.append(args)
         raise OSError('network disabled in this test')
     monkeypatch.setattr(socket, 'create_connection', no_network)
-    monkeypatch.setattr(inference, 'hub_reachable', lambda *args, **kwargs: False)
+    monkeypatch.setattr(downloads, 'hub_reachable', lambda *args, **kwargs: False)
     monkeypatch.setattr(huggingface_hub.constants, 'HF_HUB_CACHE', str(tmp_path / 'hf'))
     monkeypatch.delenv('HF_HUB_OFFLINE', raising=False)
     start = time.monotonic()
@@ -301,7 +301,7 @@ def test_local_weight_files_replace_random_weights(cli_run, tiny_config, images,
 
 
 def test_a_bad_weight_file_is_named_not_blamed_on_the_network(tmp_path, monkeypatch):
-    monkeypatch.setattr(inference, 'hub_reachable', lambda *args, **kwargs: False)
+    monkeypatch.setattr(downloads, 'hub_reachable', lambda *args, **kwargs: False)
     bad = tmp_path / 'clip.bin'
     bad.write_bytes(b'not a checkpoint')
     status, _, stderr = run_cli('predict', '--clip-weights', bad, '--out-dir', tmp_path / 'out',

@@ -2,6 +2,8 @@
 
     python tools/test.py CONFIG [--work-dir DIR] [--out results.json] [--show-dir DIR]
                                 [--cfg-options key=value ...] [--launcher pytorch]
+
+CONFIG is a config file or a config name (``clearclip_fsa_vit-b16_voc21``: configs/**/NAME.py).
 """
 import argparse
 import os
@@ -13,7 +15,7 @@ from fsa_seg.apis import evaluate, load_test_config
 
 def parse_args():
     parser = argparse.ArgumentParser(description='Evaluate a training-free segmentor (mIoU)')
-    parser.add_argument('config', help='config file')
+    parser.add_argument('config', help='config file or config name (configs/**/NAME.py)')
     parser.add_argument('--work-dir', help='folder for logs (default: ./work_dirs/<config>)')
     parser.add_argument('--out', help='write the metrics as JSON to this file')
     parser.add_argument('--show-dir', help='save prediction / ground-truth overlays here')

@@ -3,7 +3,8 @@ import json
 import logging
 import os
 import os.path as osp
-from typing import Optional, Sequence
+from pathlib import Path
+from typing import Optional, Sequence, Union
 
 import torch
 import torch.distributed as dist
@@ -12,19 +13,20 @@ from mmengine.logging import print_log
 from mmengine.runner import Runner
 
 from ..datasets import check_split_size
+from .configs import read_config
 
 SPLIT_SIZE_HINT = 'pass --allow-partial-split (the JSON results then say "complete": false)'
 
 
-def load_test_config(config: str, cfg_options: Optional[dict] = None,
+def load_test_config(config: Union[str, os.PathLike], cfg_options: Optional[dict] = None,
                      work_dir: Optional[str] = None, launcher: str = 'none',
                      show_dir: Optional[str] = None) -> Config:
-    cfg = Config.fromfile(config)
-    if cfg_options:
-        cfg.merge_from_dict(cfg_options)
+    """The config (a file, or a config name as :func:`~fsa_seg.apis.resolve_config` finds it)
+    set up for mmengine's test loop."""
+    cfg = read_config(config, cfg_options)
     cfg.launcher = launcher
     cfg.work_dir = work_dir or cfg.get('work_dir') or osp.join(
-        './work_dirs', osp.splitext(osp.basename(config))[0])
+        './work_dirs', Path(cfg.filename).stem)
     if show_dir:
         enable_visualization(cfg, show_dir)
     return cfg

@@ -85,6 +85,15 @@ def test_every_baseline_with_fsa_and_proxyclip_run_end_to_end(tmp_path, config, 
     assert 0 <= results['metrics']['mIoU'] <= 100
 
 
+def test_a_config_name_works_as_well_as_a_path():
+    from fsa_seg.apis import load_test_config
+    name = 'clearclip_fsa_vit-b16_voc21'
+    cfg = load_test_config(name)
+    assert cfg.model.type == 'ClearCLIP'
+    assert cfg.filename.endswith(f'{name}.py')
+    assert cfg.work_dir == os.path.join('./work_dirs', name)
+
+
 def test_missing_dataset_folder_says_where_and_how(tmp_path):
     config = tiny_config(tmp_path, 'clearclip/clearclip_vit-b16_voc21.py',
                          tmp_path / 'nowhere' / 'VOC2012')

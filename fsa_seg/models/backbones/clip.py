@@ -20,6 +20,11 @@ PRECISIONS = {'fp32': torch.float32, 'fp16': torch.float16, 'bf16': torch.bfloat
               'fp64': torch.float64}
 
 
+def tag_uses_quick_gelu(model_name: str, tag: str) -> bool:
+    """Whether open_clip's pretrained ``tag`` of ``model_name`` was trained with QuickGELU."""
+    return bool(open_clip.get_pretrained_cfg(model_name, tag).get('quick_gelu', False))
+
+
 def interpolate_pos_embed(pos_embed: Tensor, grid: Tuple[int, int],
                           native_grid: Tuple[int, int]) -> Tensor:
     """(1 + h0·w0, C) positional embeddings → (1 + h·w, C), bicubic over the patch grid.
@@ -91,7 +96,7 @@ class OpenCLIP(nn.Module):
             raise WeightsError(f'{model_name}: unknown pretrained tag {pretrained!r} and no such '
                                f'file; known tags: {known_tags}')
         if quick_gelu is None:
-            quick_gelu = open_clip.get_pretrained_cfg(model_name, pretrained).get('quick_gelu', False)
+            quick_gelu = tag_uses_quick_gelu(model_name, pretrained)
         try:
             return open_clip.create_model(model_name, pretrained=pretrained, cache_dir=cache_dir,
                                           force_quick_gelu=quick_gelu, require_pretrained=True)

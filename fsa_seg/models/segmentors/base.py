@@ -22,6 +22,7 @@ from ..text import (Vocabulary, cached_query_embeddings, load_vocabulary, resolv
 # CLIP's normalisation on 0..255 RGB values; mmseg loads BGR.
 CLIP_PREPROCESSOR = dict(type='mmseg.SegDataPreProcessor', mean=[122.771, 116.746, 104.094],
                          std=[68.501, 66.632, 70.323], bgr_to_rgb=True)
+DEFAULT_TEST_CFG = dict(mode='slide', crop_size=(336, 336), stride=(112, 112))
 
 
 def window_starts(size: int, crop: int, stride: int) -> List[int]:
@@ -62,8 +63,7 @@ class TrainingFreeSegmentor(BaseSegmentor):
         self.plugin = MODELS.build(plugin) if plugin else None
         self.logit_scale = float(logit_scale)
         self.prob_thd = float(prob_thd)
-        self.test_cfg = ConfigDict(test_cfg or dict(mode='slide', crop_size=(336, 336),
-                                                    stride=(112, 112)))
+        self.test_cfg = ConfigDict(test_cfg or DEFAULT_TEST_CFG)
         if self.test_cfg.mode not in ('slide', 'whole'):
             raise ValueError(f"test_cfg.mode must be 'slide' or 'whole', got {self.test_cfg.mode!r}")
         self.crop_batch_size = crop_batch_size

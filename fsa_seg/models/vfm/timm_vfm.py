@@ -106,13 +106,18 @@ def load_local_weights(model: nn.Module, path: str) -> None:
     load_state_dict_strict(model, state, path)
 
 
+def timm_pretrained_cfg(full_name: str):
+    """timm's pretrained config of ``arch.tag``, or None where timm knows no such tag."""
+    try:
+        return timm.models.get_pretrained_cfg(full_name)
+    except RuntimeError:
+        return None
+
+
 def _fetch_pretrained(name: str, arch: str, tag: str, kwargs: dict) -> nn.Module:
     """Build with timm's own pretrained download; any failure names the weights and the way out."""
     full_name = f'{arch}.{tag}'
-    try:
-        cfg = timm.models.get_pretrained_cfg(full_name)
-    except RuntimeError:
-        cfg = None
+    cfg = timm_pretrained_cfg(full_name)
     if cfg is None:
         known = ', '.join(n.split('.', 1)[1] for n in timm.list_pretrained(f'{arch}.*'))
         raise WeightsError(f'VFM {name!r}: {tag!r} is neither a local file nor a timm pretrained '

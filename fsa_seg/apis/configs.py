@@ -1,0 +1,219 @@
+"""Configs by name or path, and the options of :func:`~fsa_seg.apis.init_segmentor` applied to
+them.
+
+A config name (``'proxyclip_fsa_vit-b16_dino-b8_voc21'``, with or without ``.py``) is looked up
+in :func:`config_roots`; a path is used as it is.
+"""
+import copy
+import difflib
+import os
+from pathlib import Path
+from typing import Iterator, List, Optional, Sequence, Tuple, Union
+
+from mmengine.config import Config
+
+from ..models.backbones.clip import tag_uses_quick_gelu
+from ..models.segmentors.base import DEFAULT_TEST_CFG
+from ..models.text import load_vocabulary
+from ..models.weights import WeightsError, is_local_path
+
+DEFAULT_CONFIG = 'proxyclip_fsa_vit-b16_dino-b8_voc21'
+PACKAGE_DIR = Path(__file__).resolve().parents[1]
+REPO_ROOT = PACKAGE_DIR.parent
+PRECISIONS = ('fp32', 'fp16', 'bf16')
+
+ConfigSource = Union[str, os.PathLike, Config]
+Size = Union[int, Sequence[int]]
+
+
+class ConfigNotFoundError(FileNotFoundError):
+    """A config name or path that does not lead to a config file."""
+
+
+# ---------------------------------------------------------------------------------- lookup
+def config_roots() -> List[Path]:
+    """Folders that config names are looked up in: ``$FSA_SEG_CONFIGS``, configs shipped inside
+    the package (``fsa_seg/.mim/configs``, ``fsa_seg/configs``), and the checkout's ``configs/``."""
+    candidates = [os.environ.get('FSA_SEG_CONFIGS'), PACKAGE_DIR / '.mim' / 'configs',
+                  PACKAGE_DIR / 'configs', REPO_ROOT / 'configs']
+    roots = []
+    for candidate in candidates:
+        if candidate and (Path(candidate) / '_base_' / 'default_runtime.py').is_file():
+            root = Path(candidate).resolve()
+            if root not in roots:
+                roots.append(root)
+    return roots
+
+
+def _named_configs(root: Path) -> Iterator[Path]:
+    for path in sorted(root.rglob('*.py')):
+        if '_base_' not in path.relative_to(root).parts:
+            yield path
+
+
+def list_configs() -> List[str]:
+    """Names of every config that :func:`resolve_config` finds by name."""
+    return sorted({path.stem for root in config_roots() for path in _named_configs(root)})
+
+
+def resolve_config(config: Union[str, os.PathLike]) -> Path:
+    """A config file path, or a config name (``'proxyclip_fsa_vit-b16_dino-b8_voc21'``, with or
+    without ``.py``) looked up in :func:`config_roots`."""
+    path = Path(config).expanduser()
+    if path.is_file():
+        return path.resolve()
+    name = path.name[:-3] if path.name.endswith('.py') else path.name
+    roots = config_roots()
+    if not roots:
+        raise ConfigNotFoundError(
+            f'config {str(config)!r} is not a file, and there is no configs folder to look the '
+            f'name up in: this fsa_seg installation ({PACKAGE_DIR}) has no configs. Pass the path '
+            f'of a config file (a checkout\'s configs/proxyclip/{DEFAULT_CONFIG}.py), or set '
+            'FSA_SEG_CONFIGS to a checkout\'s configs/ folder.')
+    for root in roots:
+        for candidate in _named_configs(root):
+            if candidate.stem == name:
+                return candidate
+    close = difflib.get_close_matches(name, list_configs(), n=5, cutoff=0.5)
+    hint = f' Did you mean: {", ".join(close)}?' if close else ''
+    raise ConfigNotFoundError(
+        f'config {str(config)!r} is neither a file nor the name of a config in '
+        f'{", ".join(str(r) for r in roots)}.{hint}')
+
+
+# ---------------------------------------------------------------------------------- loading
+def read_config(config: ConfigSource, cfg_options: Optional[dict] = None) -> Config:
+    """A config (name, path or :class:`Config`, copied) with ``cfg_options`` merged in."""
+    if isinstance(config, Config):
+        cfg = copy.deepcopy(config)
+    else:
+        cfg = Config.fromfile(str(resolve_config(config)))
+    if cfg_options:
+        cfg.merge_from_dict(cfg_options)
+    return cfg
+
+
+def load_config(config: ConfigSource, cfg_options: Optional[dict] = None) -> Config:
+    """:func:`read_config`, refusing configs that are not of an fsa_seg segmentor."""
+    cfg = read_config(config, cfg_options)
+    if 'model' not in cfg or 'clip' not in cfg.model:
+        raise ValueError(f'{cfg.filename or "the config"} has no model.clip: not a config of an '
+                         'fsa_seg training-free segmentor')
+    return cfg
+
+
+def has_random_weights(cfg: Config) -> bool:
+    return bool(cfg.model.clip.get('random_init')) or bool(
+        cfg.model.get('vfm') and cfg.model.vfm.get('random_init'))
+
+
+# ---------------------------------------------------------------------------------- overrides
+def apply_overrides(cfg: Config, *, vocabulary=None, clip_weights: Optional[str] = None,
+                    vfm_weights: Optional[str] = None, random_weights: bool = False,
+                    precision: Optional[str] = None, prob_thd: Optional[float] = None,
+                    crop: Optional[Size] = None, stride: Optional[Size] = None,
+                    text_cache_dir: Union[str, bool, None] = None) -> Config:
+    """Apply the options of :func:`init_segmentor` to ``cfg.model`` (in place; see there)."""
+    model = cfg.model
+    if random_weights and (clip_weights or vfm_weights):
+        raise ValueError('random weights and weight files exclude each other')
+    if clip_weights:
+        _use_clip_file(model, clip_weights)
+    if vfm_weights:
+        _use_vfm_file(model, vfm_weights)
+    if random_weights:
+        _use_random_weights(model)
+    if precision is not None:
+        if precision not in PRECISIONS:
+            raise ValueError(f'precision must be one of {PRECISIONS}, got {precision!r}')
+        model.clip = dict(model.clip, precision=precision)
+    if vocabulary is not None:
+        _use_vocabulary(model, vocabulary)
+    if prob_thd is not None:
+        if not 0.0 <= float(prob_thd) <= 1.0:
+            raise ValueError(f'prob_thd must lie in [0, 1], got {prob_thd}')
+        model.prob_thd = float(prob_thd)
+    if crop is not None or stride is not None:
+        _use_sliding_window(cfg, crop, stride)
+    if text_cache_dir is not None:
+        model.text_cache_dir = text_cache_dir
+    return cfg
+
+
+def _set_pretrained(component: dict, pretrained) -> None:
+    component.pop('random_init', None)
+    component['pretrained'] = pretrained
+
+
+def _use_clip_file(model, path: str) -> None:
+    if not os.path.isfile(path):
+        raise WeightsError(f'CLIP weights file not found: {path}')
+    clip = dict(model.clip)
+    tag = clip.get('pretrained')
+    if clip.get('quick_gelu') is None and clip.get('arch') is None and tag \
+            and not is_local_path(tag):
+        # The tag decided QuickGELU; a file does not say, so keep what the tag implied.
+        clip['quick_gelu'] = tag_uses_quick_gelu(clip.get('model_name', 'ViT-B-16'), tag)
+    _set_pretrained(clip, os.path.abspath(path))
+    model.clip = clip
+
+
+def _use_vfm_file(model, path: str) -> None:
+    if 'vfm' not in model:
+        raise ValueError(f'{model.type} has no vision foundation model: vfm weights apply to '
+                         'ProxyCLIP configs only')
+    if not os.path.isfile(path):
+        raise WeightsError(f'VFM weights file not found: {path}')
+    vfm = dict(model.vfm)
+    _set_pretrained(vfm, os.path.abspath(path))
+    model.vfm = vfm
+
+
+def _use_random_weights(model) -> None:
+    model.clip = {k: v for k, v in model.clip.items() if k != 'pretrained'}
+    model.clip['random_init'] = True
+    if 'vfm' in model:
+        model.vfm = dict(model.vfm, pretrained=None, random_init=True)
+
+
+def _use_vocabulary(model, vocabulary) -> None:
+    vocab = load_vocabulary(vocabulary)
+    own = load_vocabulary(model.vocabulary) if model.get('vocabulary') is not None else None
+    model.vocabulary = [list(synonyms) for synonyms in vocab.classes]
+    if vocab != own:
+        # The config's threshold sends uncertain pixels to class 0 (its background); in
+        # another vocabulary class 0 is whatever came first, so no threshold unless asked.
+        model.prob_thd = 0.0
+
+
+def _pair(value: Size, what: str) -> Tuple[int, int]:
+    pair = (value, value) if isinstance(value, int) else tuple(int(v) for v in value)
+    if len(pair) != 2 or min(pair) <= 0:
+        raise ValueError(f'{what} must be a positive size or (height, width), got {value!r}')
+    return pair
+
+
+def _use_sliding_window(cfg: Config, crop: Optional[Size], stride: Optional[Size]) -> None:
+    """Slide with the given crop and stride; what is not given comes from the config's window
+    (a stride no larger than the crop), and a whole-image config must give the crop."""
+    model = cfg.model
+    test_cfg = dict(model.get('test_cfg') or DEFAULT_TEST_CFG)
+    slide = test_cfg.get('mode') == 'slide'
+    if crop is not None:
+        crop_hw = _pair(crop, 'crop')
+    elif slide:
+        crop_hw = tuple(test_cfg['crop_size'])
+    else:
+        raise ValueError(f'{cfg.filename}: whole-image inference; give a crop size as well')
+    if stride is not None:
+        stride_hw = _pair(stride, 'stride')
+    elif slide:
+        stride_hw = tuple(min(s, c) for s, c in zip(test_cfg['stride'], crop_hw))
+    else:
+        stride_hw = crop_hw
+    if any(s > c for s, c in zip(stride_hw, crop_hw)):
+        raise ValueError(f'stride {stride_hw} is larger than the crop {crop_hw}: windows '
+                         'would leave gaps')
+    model.test_cfg = dict(mode='slide', crop_size=crop_hw, stride=stride_hw)
+    if 'vfm' in model and 'input_size' in model.vfm:  # MAE: built at the slide crop size
+        model.vfm = dict(model.vfm, input_size=crop_hw)

@@ -54,12 +54,14 @@ def test_voc21_end_to_end_in_a_fresh_process(tmp_path):
     out = tmp_path / 'results.json'
     result = subprocess.run(
         [sys.executable, 'tools/test.py', str(config), '--work-dir', str(tmp_path / 'work'),
-         '--out', str(out), '--allow-partial-split'],
+         '--out', str(out), '--allow-partial-split',
+         '--cfg-options', 'default_hooks.logger.interval=1'],
         cwd=REPO, capture_output=True, text=True, timeout=600,
         env=dict(os.environ, PYTHONPATH=str(REPO)))
     assert result.returncode == 0, result.stderr[-3000:]
     log = result.stdout + result.stderr
     assert 'mIoU' in log and 'per class results' in log
+    assert 'Iter(test) [1/3]' in log and 'eta: ' in log  # progress with an ETA
     results = json.loads(out.read_text())
     assert results['num_images'] == 3 and results['complete'] is False
     assert set(results['metrics']) >= {'aAcc', 'mIoU', 'mAcc'}

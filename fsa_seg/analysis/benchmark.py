@@ -46,6 +46,7 @@ from mmengine.config import Config
 from mmengine.registry import init_default_scope
 from mmseg.registry import MODELS
 
+from ..apis.configs import use_random_weights
 from ..models.plugins.fsa import FSA
 from ..models.plugins.fsa_reference import official_fsa
 from ..models.segmentors.proxyclip import proxy_attention
@@ -251,11 +252,7 @@ class SegmentorWorkload:
         model_cfg.update(plugin=plugin_cfg, vocabulary=['object'], templates=['{}'],
                          text_cache_dir=False)
         if random_weights:
-            clip = dict(model_cfg.get('clip', {}))
-            clip.pop('pretrained', None)
-            model_cfg['clip'] = dict(clip, random_init=True)
-            if model_cfg.get('vfm'):
-                model_cfg['vfm'] = dict(model_cfg['vfm'], pretrained=None, random_init=True)
+            use_random_weights(model_cfg)
         if precision:
             model_cfg['clip'] = dict(model_cfg.get('clip', {}), precision=precision)
         self.device = torch.device(device)

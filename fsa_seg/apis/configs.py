@@ -122,7 +122,7 @@ def apply_overrides(cfg: Config, *, vocabulary=None, clip_weights: Optional[str]
     if vfm_weights:
         _use_vfm_file(model, vfm_weights)
     if random_weights:
-        _use_random_weights(model)
+        use_random_weights(model)
     if precision is not None:
         if precision not in PRECISIONS:
             raise ValueError(f'precision must be one of {PRECISIONS}, got {precision!r}')
@@ -169,11 +169,13 @@ def _use_vfm_file(model, path: str) -> None:
     model.vfm = vfm
 
 
-def _use_random_weights(model) -> None:
-    model.clip = {k: v for k, v in model.clip.items() if k != 'pretrained'}
-    model.clip['random_init'] = True
-    if 'vfm' in model:
-        model.vfm = dict(model.vfm, pretrained=None, random_init=True)
+def use_random_weights(model: dict) -> None:
+    """Give a model config's CLIP (and VFM) random weights: the explicit opt-in of tests and
+    benchmarks."""
+    model['clip'] = {k: v for k, v in model.get('clip', {}).items() if k != 'pretrained'}
+    model['clip']['random_init'] = True
+    if model.get('vfm'):
+        model['vfm'] = dict(model['vfm'], pretrained=None, random_init=True)
 
 
 def _use_vocabulary(model, vocabulary) -> None:

@@ -219,7 +219,7 @@ def run_predict(args: argparse.Namespace, prog: str = 'fsa-seg predict') -> int:
 
     from .apis.configs import DEFAULT_CONFIG, ConfigNotFoundError, has_random_weights
     from .apis.inference import default_device, init_segmentor
-    from .models.text import VocabularyError, bundled_vocabularies
+    from .models.text import bundled_vocabularies
     from .models.weights import WeightsError
     try:
         vocabulary = None if vocab_text is None else parse_vocabulary(vocab_text,
@@ -240,9 +240,8 @@ def run_predict(args: argparse.Namespace, prog: str = 'fsa-seg predict') -> int:
             vfm_weights=args.vfm_weights, random_weights=args.random_weights,
             precision=args.precision, prob_thd=args.prob_thd, crop=args.crop,
             stride=args.stride)
-    except (ConfigNotFoundError, WeightsError, VocabularyError) as error:
-        return _fail(prog, str(error))
-    except ValueError as error:  # invalid option combinations (crop/stride, precision …)
+    except (ConfigNotFoundError, WeightsError, ValueError) as error:
+        # ValueError: a bad vocabulary or option combination (crop/stride, precision …)
         return _fail(prog, str(error))
 
     run = predict_files(model, paths, out_dir, batch_size=args.batch_size,

@@ -32,8 +32,6 @@ from mmengine.registry import init_default_scope
 from PIL import Image, ImageOps
 
 from ..models.backbones.clip import PRECISIONS as CLIP_DTYPES
-from ..models.text import Vocabulary
-from ..visualization import make_palette
 from .configs import (DEFAULT_CONFIG, ConfigSource, Size, apply_overrides, has_random_weights,
                       load_config)
 from .downloads import downloadable_weights, explained_download_failures, must_work_offline
@@ -107,15 +105,13 @@ def init_segmentor(config: ConfigSource = DEFAULT_CONFIG,
     model = build_segmentor(cfg, seed=seed, check_network=check_network)
     model.to(device or default_device())
     _model_dtype_cast(model, precision)
-    # Query embeddings on the CLIP's device, whether or not the segmentor keeps them as buffers.
-    model.set_query_embeddings(model.query_embeddings)
     model.eval()
     return model
 
 
 def build_segmentor(cfg: Config, seed: int = 0, check_network: bool = True):
     """``MODELS.build(cfg.model)`` with fast, explained failures when weights cannot be fetched,
-    reproducible random weights, and ``cfg``/``dataset_meta`` attached."""
+    reproducible random weights, and ``cfg`` attached."""
     from mmseg.registry import MODELS
     init_default_scope(cfg.get('default_scope', 'mmseg'))
     needed = downloadable_weights(cfg)
@@ -126,22 +122,7 @@ def build_segmentor(cfg: Config, seed: int = 0, check_network: bool = True):
         torch.manual_seed(seed)
         model = MODELS.build(cfg.model)
     model.cfg = cfg
-    refresh_dataset_meta(model)
     return model.eval()
-
-
-def refresh_dataset_meta(model) -> None:
-    """mmseg's ``dataset_meta`` (classes, palette) from the model's current vocabulary."""
-    names = list(model.vocabulary.class_names)
-    model.dataset_meta = dict(classes=tuple(names),
-                              palette=make_palette(len(names)).tolist())
-
-
-def set_vocabulary(model, vocabulary, templates=None) -> Vocabulary:
-    """``model.set_vocabulary`` that also refreshes ``dataset_meta``."""
-    vocab = model.set_vocabulary(vocabulary, templates)
-    refresh_dataset_meta(model)
-    return vocab
 
 
 # ---------------------------------------------------------------------------------- images

@@ -98,7 +98,7 @@ def test_batch_size_and_mixed_sizes_never_change_results(model):
 def test_set_vocabulary_changes_the_classes(cache_dir):
     model = init_segmentor(tiny_config(cache_dir), device='cpu', vocabulary=['a', 'b'])
     assert model.dataset_meta['classes'] == ('a', 'b')
-    inference.set_vocabulary(model, ['x', 'y', 'z'])
+    model.set_vocabulary(['x', 'y', 'z'])
     assert model.dataset_meta['classes'] == ('x', 'y', 'z')
     assert len(model.dataset_meta['palette']) == 3
     result = segment(model, blocks(40, 40))

@@ -17,6 +17,7 @@ from mmseg.registry import MODELS
 from mmseg.structures import SegDataSample
 from torch import Tensor
 
+from ...visualization import make_palette
 from ..text import (Vocabulary, cached_query_embeddings, load_vocabulary, resolve_templates)
 
 # CLIP's normalisation on 0..255 RGB values; mmseg loads BGR.
@@ -77,6 +78,9 @@ class TrainingFreeSegmentor(BaseSegmentor):
         if templates is not None:
             self.templates = resolve_templates(templates)
         self.vocabulary = load_vocabulary(vocabulary)
+        # mmseg's class names and palette (visualizers, inferencers) follow the vocabulary.
+        names = tuple(self.vocabulary.class_names)
+        self.dataset_meta = dict(classes=names, palette=make_palette(len(names)).tolist())
         embeddings = cached_query_embeddings(
             self.clip.encode_text, self.vocabulary.queries, self.templates,
             model_id=self.clip.model_name, weights_id=self.clip.weights_id,

@@ -86,6 +86,8 @@ def test_vocabulary_can_change_at_run_time(tiny_clip):
     model = build(tiny_clip, test_cfg=dict(mode='whole'))
     model.set_vocabulary(['sky', 'road', 'tree; bush', 'car'])
     assert model.num_classes == 4 and model.query_embeddings.shape == (5, 32)
+    assert model.dataset_meta['classes'] == ('sky', 'road', 'tree', 'car')
+    assert len(model.dataset_meta['palette']) == 4
     out = model.predict(torch.randn(1, 3, 32, 32, dtype=torch.float64))[0]
     assert out.seg_logits.data.shape == (4, 32, 32)
     assert int(out.pred_sem_seg.data.max()) < 4

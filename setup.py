@@ -16,9 +16,16 @@ class BuildPyWithConfigs(build_py):
         shutil.copytree('configs', target, dirs_exist_ok=True)
 
 
+def read_version() -> str:
+    """The one version string, fsa_seg/version.py (not imported: setup runs before the deps)."""
+    namespace = {}
+    exec(Path('fsa_seg/version.py').read_text(encoding='utf-8'), namespace)
+    return namespace['__version__']
+
+
 setup(
     name='fsa-seg',
-    version='0.1.0',
+    version=read_version(),
     description='Training-free open-vocabulary segmentation with CLIP and the FSA plug-in '
                 '(mmsegmentation 1.x toolbox)',
     long_description=open('README.md', encoding='utf-8').read(),
@@ -42,7 +49,7 @@ setup(
     extras_require={
         # mmseg 1.2.x needs mmcv < 2.2; the compiled mmcv is optional (see README, "Why mmcv-lite").
         'lite': ['mmcv-lite>=2.0.0rc4,<2.2.0'],
-        'tests': ['pytest>=7'],
+        'tests': ['pytest>=7', 'ruff>=0.6'],
     },
     entry_points={'console_scripts': ['fsa-seg=fsa_seg.cli:main']},
     cmdclass={'build_py': BuildPyWithConfigs},

@@ -9,5 +9,4 @@ from .compat import ensure_mmcv_ops
 ensure_mmcv_ops()
 
 from . import datasets, engine, evaluation, models  # noqa: E402,F401  (register into the registries)
-
-__version__ = '0.1.0'
+from .version import __version__  # noqa: E402,F401

@@ -199,8 +199,15 @@ def _resize_description(cfg) -> Optional[dict]:
 def run_predict(args: argparse.Namespace, prog: str = 'fsa-seg predict') -> int:
     """``fsa-seg predict`` with parsed arguments; returns the exit status."""
     # Everything that can be checked without a model is checked first.
-    from .apis.predict import (DEMO_IMAGE, DEMO_VOCABULARY, OutputDirError, check_output_dir,
-                               expand_inputs, predict_files, write_summary)
+    from .apis.predict import (
+        DEMO_IMAGE,
+        DEMO_VOCABULARY,
+        OutputDirError,
+        check_output_dir,
+        expand_inputs,
+        predict_files,
+        write_summary,
+    )
     try:
         out_dir = check_output_dir(args.out_dir)
     except OutputDirError as error:

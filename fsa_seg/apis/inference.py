@@ -32,8 +32,14 @@ from mmengine.registry import init_default_scope
 from PIL import Image, ImageOps
 
 from ..models.backbones.clip import PRECISIONS as CLIP_DTYPES
-from .configs import (DEFAULT_CONFIG, ConfigSource, Size, apply_overrides, has_random_weights,
-                      load_config)
+from .configs import (
+    DEFAULT_CONFIG,
+    ConfigSource,
+    Size,
+    apply_overrides,
+    has_random_weights,
+    load_config,
+)
 from .downloads import downloadable_weights, explained_download_failures, must_work_offline
 
 ImageInput = Union[str, os.PathLike, np.ndarray, Image.Image]

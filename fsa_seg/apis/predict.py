@@ -25,8 +25,13 @@ from typing import Dict, List, Sequence, Tuple
 import numpy as np
 
 from ..visualization import make_palette, render_overlay, save_label_png
-from .inference import (ImageReadError, SegmentationResult, build_test_pipeline, load_image,
-                        run_model)
+from .inference import (
+    ImageReadError,
+    SegmentationResult,
+    build_test_pipeline,
+    load_image,
+    run_model,
+)
 
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.tif', '.tiff', '.webp', '.gif', '.ppm',
                     '.pgm', '.pbm')

@@ -5,8 +5,7 @@ from pathlib import Path
 import pytest
 
 from fsa_seg.apis import configs
-from fsa_seg.apis.configs import (ConfigNotFoundError, apply_overrides, load_config,
-                                  resolve_config)
+from fsa_seg.apis.configs import ConfigNotFoundError, apply_overrides, load_config, resolve_config
 from fsa_seg.models.weights import WeightsError
 
 REPO = Path(__file__).resolve().parents[2]

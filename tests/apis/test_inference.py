@@ -8,9 +8,15 @@ import torch
 from mmengine import Config
 from PIL import Image
 
-from fsa_seg.apis import inference
-from fsa_seg.apis.inference import (ImageReadError, SegmentationResult, build_test_pipeline,
-                                    init_segmentor, load_image, run_model, segment)
+from fsa_seg.apis.inference import (
+    ImageReadError,
+    SegmentationResult,
+    build_test_pipeline,
+    init_segmentor,
+    load_image,
+    run_model,
+    segment,
+)
 from fsa_seg.models.backbones import tiny_clip_arch
 
 REPO = Path(__file__).resolve().parents[2]

@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 from mmengine import Config
 from mmengine.registry import init_default_scope
+from mmseg.registry import DATASETS, TRANSFORMS
 
 import fsa_seg.datasets  # noqa: F401  (registers PascalVOC20Dataset, COCOObjectDataset)
-from mmseg.registry import DATASETS, TRANSFORMS
 
 REPO = Path(__file__).resolve().parents[2]
 DATASET_CONFIGS = REPO / 'configs' / '_base_' / 'datasets'

@@ -7,13 +7,12 @@ import pytest
 from mmengine import Config
 from mmengine.runner import Runner
 from mmengine.structures import PixelData
-from PIL import Image
-
-import fsa_seg.datasets  # noqa: F401  (registers PascalVOC20Dataset, COCOObjectDataset)
 from mmseg.models.segmentors import BaseSegmentor
 from mmseg.registry import MODELS
-
+from PIL import Image
 from synthetic_data import BENCHMARKS, DEFAULT_SIZES, LAYOUTS, make_benchmark
+
+import fsa_seg.datasets  # noqa: F401  (registers PascalVOC20Dataset, COCOObjectDataset)
 
 pytestmark = pytest.mark.filterwarnings('ignore:The draw is False')  # default_runtime's hook
 

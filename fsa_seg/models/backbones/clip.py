@@ -6,7 +6,7 @@ of the last block and the output head. Nothing of open_clip is re-implemented.
 """
 import hashlib
 import os
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import open_clip
 import torch
@@ -72,8 +72,11 @@ class OpenCLIP(nn.Module):
         require_weights(f'CLIP {self.model_name}', pretrained, random_init)
         self.model = self._build(model_name, pretrained, arch, quick_gelu, cache_dir)
         self.model.to(PRECISIONS[precision]).eval().requires_grad_(False)
-        self.tokenizer = (open_clip.SimpleTokenizer(context_length=arch.get('text_cfg', {}).get('context_length', 77))
-                          if arch is not None else open_clip.get_tokenizer(model_name))
+        if arch is not None:
+            context_length = arch.get('text_cfg', {}).get('context_length', 77)
+            self.tokenizer = open_clip.SimpleTokenizer(context_length=context_length)
+        else:
+            self.tokenizer = open_clip.get_tokenizer(model_name)
         self.weights_id = self._weights_id(pretrained)
 
     def _build(self, model_name, pretrained, arch, quick_gelu, cache_dir) -> nn.Module:
@@ -157,7 +160,8 @@ class OpenCLIP(nn.Module):
         x = x.flatten(2).transpose(1, 2)
         cls = visual.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
         x = torch.cat([cls, x], dim=1)
-        x = x + interpolate_pos_embed(visual.positional_embedding, grid, visual.grid_size).to(x.dtype)
+        pos_embed = interpolate_pos_embed(visual.positional_embedding, grid, visual.grid_size)
+        x = x + pos_embed.to(x.dtype)
         return visual.ln_pre(x), grid
 
     def forward_to_last_block(self, images: Tensor) -> Tuple[Tensor, Tuple[int, int]]:

@@ -3,8 +3,8 @@
 The plug-in turns the output-level patch predictions of a training-free CLIP segmentor back into an
 attention over patches and ensembles it with the baseline's own attention:
 
-1. attention isolation: P = s_a·cos(head(A·V), T) (attention branch) and P_u = s_u·cos(head(mean V), T)
-   (uniform branch); q = softmax_Q(P − P_u);
+1. attention isolation: P = s_a·cos(head(A·V), T) (attention branch) and
+   P_u = s_u·cos(head(mean V), T) (uniform branch); q = softmax_Q(P − P_u);
 2. patch similarity 1 / (1 + KL(q_i ‖ q_j));
 3. confidence-based pruning: per row, the most similar patches whose softmax mass stays ≤ top_p
    (the first always kept); sharpening sim·exp(λ·sim); row softmax → A_new;
@@ -48,7 +48,8 @@ class FSA(nn.Module):
                  logit_scales: Sequence[float] = (20.0, 35.0), eps: float = 1e-10):
         super().__init__()
         if len(logit_scales) != 2:
-            raise ValueError(f'logit_scales needs two values (attention, uniform), got {logit_scales}')
+            raise ValueError('logit_scales needs two values (attention, uniform), '
+                             f'got {logit_scales}')
         self.lamda = float(lamda)
         self.top_p = float(top_p)
         self.logit_scales = tuple(float(s) for s in logit_scales)

@@ -1,5 +1,5 @@
 from .base import CLIP_PREPROCESSOR, TrainingFreeSegmentor
-from .clip_baselines import CLIPSegmentor, ClearCLIP, MaskCLIP, NACLIP, SCLIP, VanillaCLIP
+from .clip_baselines import NACLIP, SCLIP, ClearCLIP, CLIPSegmentor, MaskCLIP, VanillaCLIP
 from .last_block import ATTENTIONS, LastBlock, register_attention
 from .proxyclip import ProxyCLIP, proxy_attention
 

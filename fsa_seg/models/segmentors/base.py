@@ -18,7 +18,7 @@ from mmseg.structures import SegDataSample
 from torch import Tensor
 
 from ...visualization import make_palette
-from ..text import (Vocabulary, cached_query_embeddings, load_vocabulary, resolve_templates)
+from ..text import Vocabulary, cached_query_embeddings, load_vocabulary, resolve_templates
 
 # CLIP's normalisation on 0..255 RGB values; mmseg loads BGR.
 CLIP_PREPROCESSOR = dict(type='mmseg.SegDataPreProcessor', mean=[122.771, 116.746, 104.094],
@@ -66,7 +66,8 @@ class TrainingFreeSegmentor(BaseSegmentor):
         self.prob_thd = float(prob_thd)
         self.test_cfg = ConfigDict(test_cfg or DEFAULT_TEST_CFG)
         if self.test_cfg.mode not in ('slide', 'whole'):
-            raise ValueError(f"test_cfg.mode must be 'slide' or 'whole', got {self.test_cfg.mode!r}")
+            raise ValueError("test_cfg.mode must be 'slide' or 'whole', "
+                             f'got {self.test_cfg.mode!r}')
         self.crop_batch_size = crop_batch_size
         self.text_cache_dir = text_cache_dir
         self.set_vocabulary(vocabulary, templates)

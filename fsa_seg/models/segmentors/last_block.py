@@ -81,7 +81,8 @@ class LastBlock:
 
     def __post_init__(self):
         if self.attention not in ATTENTIONS:
-            raise KeyError(f'unknown attention {self.attention!r}; registered: {sorted(ATTENTIONS)}')
+            raise KeyError(f'unknown attention {self.attention!r}; '
+                           f'registered: {sorted(ATTENTIONS)}')
 
     def updated(self, **overrides) -> 'LastBlock':
         """A copy with config overrides (``attention_kwargs`` given as a dict)."""

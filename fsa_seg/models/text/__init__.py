@@ -1,7 +1,12 @@
 from .classifier import cache_key, cached_query_embeddings, default_cache_dir, embed_queries
 from .templates import OPENAI_IMAGENET_TEMPLATES, TEMPLATE_SETS, resolve_templates
-from .vocabulary import (Vocabulary, VocabularyError, bundled_vocabularies, load_vocabulary,
-                         read_class_names)
+from .vocabulary import (
+                         Vocabulary,
+                         VocabularyError,
+                         bundled_vocabularies,
+                         load_vocabulary,
+                         read_class_names,
+)
 
 __all__ = [
     'cache_key', 'cached_query_embeddings', 'default_cache_dir', 'embed_queries',

@@ -20,8 +20,13 @@ from mmseg.registry import MODELS
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 from torch import Tensor, nn
 
-from ..weights import (WeightsError, is_local_path, load_state_dict_strict, read_state_dict,
-                       require_weights)
+from ..weights import (
+    WeightsError,
+    is_local_path,
+    load_state_dict_strict,
+    read_state_dict,
+    require_weights,
+)
 
 Size = Union[int, Sequence[int]]
 

@@ -3,8 +3,6 @@ import torch
 import torch.nn.functional as F
 from mmseg.registry import MODELS
 
-from fsa_seg.models.plugins import FSA
-
 
 def build(**kwargs):
     return MODELS.build(dict(type='FSA', **kwargs))

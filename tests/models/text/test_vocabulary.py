@@ -1,7 +1,11 @@
 import pytest
 
-from fsa_seg.models.text import (VocabularyError, bundled_vocabularies, load_vocabulary,
-                                 read_class_names)
+from fsa_seg.models.text import (
+    VocabularyError,
+    bundled_vocabularies,
+    load_vocabulary,
+    read_class_names,
+)
 
 EXPECTED_CLASSES = dict(voc21=21, context60=60, coco_object=81, voc20=20, context59=59,
                         coco_stuff164k=171, cityscapes=19, ade20k=150)

@@ -10,9 +10,10 @@ from mmengine.structures import PixelData
 from mmseg.models.segmentors import BaseSegmentor
 from mmseg.registry import MODELS
 from PIL import Image
-from synthetic_data import BENCHMARKS, DEFAULT_SIZES, LAYOUTS, make_benchmark
 
 import fsa_seg.datasets  # noqa: F401  (registers PascalVOC20Dataset, COCOObjectDataset)
+
+from synthetic_data import BENCHMARKS, DEFAULT_SIZES, LAYOUTS, make_benchmark
 
 pytestmark = pytest.mark.filterwarnings('ignore:The draw is False')  # default_runtime's hook
 

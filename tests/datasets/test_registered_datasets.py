@@ -7,9 +7,10 @@ from mmengine import Config
 from mmengine.registry import init_default_scope
 from mmseg.datasets import COCOStuffDataset, PascalVOCDataset
 from mmseg.registry import DATASETS
-from synthetic_data import DEFAULT_SIZES, make_benchmark
 
 from fsa_seg.datasets import COCOObjectDataset, PascalVOC20Dataset, check_split_size
+
+from synthetic_data import DEFAULT_SIZES, make_benchmark
 
 DATASET_CONFIGS = Path(__file__).resolve().parents[2] / 'configs' / '_base_' / 'datasets'
 

@@ -8,10 +8,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from synthetic_data import make_benchmark
 
 from fsa_seg.models.backbones import OpenCLIP, tiny_clip_arch
 from fsa_seg.models.text import load_vocabulary
+
+from synthetic_data import make_benchmark
 
 REPO = Path(__file__).resolve().parents[2]
 TINY_ARCH = ("dict(embed_dim=32, vision_cfg=dict(image_size=224, patch_size=16, width=64, "

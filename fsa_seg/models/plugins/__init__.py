@@ -1,3 +1,4 @@
+from .base import AttentionPlugin, LogitsFn
 from .fsa import FSA
 
-__all__ = ['FSA']
+__all__ = ['AttentionPlugin', 'LogitsFn', 'FSA']

@@ -21,20 +21,22 @@ k largest, those at or above the k-th value. Only rows where exactly equal simil
 the cut (a one-query vocabulary, identical padded patches) are sorted with ``torch.sort`` as in
 the official code, whose order decides which of them are kept.
 """
-from typing import Callable, Optional, Sequence
+from typing import Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 from mmseg.registry import MODELS
-from torch import Tensor, nn
+from torch import Tensor
 
-LogitsFn = Callable[[Tensor], Tensor]
+from .base import AttentionPlugin, LogitsFn
+
 BLOCK_ELEMENTS = 2 ** 19  # rows of A_new made at once: about this many entries (2 MB in fp32)
 
 
 @MODELS.register_module()
-class FSA(nn.Module):
-    """Feedback self-adaptive attention plug-in.
+class FSA(AttentionPlugin):
+    """Feedback self-adaptive attention plug-in; acts on patch tokens only (its attention is an
+    attention over patches).
 
     Args:
         lamda: sharpening strength λ of sim·exp(λ·sim) (3.0 for ViT-B/16 and L/14, 2.3 for H/14,
@@ -43,6 +45,8 @@ class FSA(nn.Module):
         logit_scales: scales of the attention branch and the uniform branch.
         eps: added inside the logarithms of the KL, as the official code does.
     """
+
+    tokens = 'patches'
 
     def __init__(self, lamda: float = 3.0, top_p: float = 0.45,
                  logit_scales: Sequence[float] = (20.0, 35.0), eps: float = 1e-10):
@@ -59,7 +63,8 @@ class FSA(nn.Module):
         return f'lamda={self.lamda}, top_p={self.top_p}, logit_scales={self.logit_scales}'
 
     def forward(self, attn: Optional[Tensor], values: Tensor, logits_fn: LogitsFn,
-                attended: Optional[Tensor] = None) -> Tensor:
+                attended: Optional[Tensor] = None, grid: Optional[Tuple[int, int]] = None,
+                num_prefix: int = 0) -> Tensor:
         """Return A_ens · values, (B, H, N, d), before out_proj.
 
         Args:
@@ -68,6 +73,8 @@ class FSA(nn.Module):
             values: per-head values of the patch tokens, (B, H, N, d).
             logits_fn: per-head attention outputs (B, H, n, d) → cosine similarities (B, n, Q).
             attended: attn · values if the caller already computed it (saves one product).
+            grid, num_prefix: the contract's patch grid and prefix count (unused: FSA works on
+                patches only, so ``num_prefix`` is 0).
         """
         if attended is None:
             attended = values if attn is None else attn @ values

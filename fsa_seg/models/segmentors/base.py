@@ -2,11 +2,14 @@
 
 A subclass only says how a batch of crops becomes dense, L2-normalised features in CLIP's joint
 space (:meth:`TrainingFreeSegmentor.encode_crops`). Everything else lives here: the vocabulary
-and its text embeddings, sliding-window or whole-image inference (the windows of one image
-batched), and the post-processing shared by the training-free literature.
+and its text embeddings, the attention plug-in, sliding-window or whole-image inference (the
+windows of one image batched), and the post-processing shared by the training-free literature.
+A segmentor whose crops need more than their pixels (CASS: a prior from the whole image, text
+adapted per crop) overrides :meth:`~TrainingFreeSegmentor.image_context` and
+:meth:`~TrainingFreeSegmentor.crop_logits`.
 """
 from abc import abstractmethod
-from typing import List, Optional, Sequence, Tuple, Union
+from typing import Any, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -18,6 +21,7 @@ from mmseg.structures import SegDataSample
 from torch import Tensor
 
 from ...visualization import make_palette
+from ..plugins import AttentionPlugin, LogitsFn
 from ..text import Vocabulary, cached_query_embeddings, load_vocabulary, resolve_templates
 
 # CLIP's normalisation on 0..255 RGB values; mmseg loads BGR.
@@ -43,7 +47,8 @@ class TrainingFreeSegmentor(BaseSegmentor):
         prob_thd: pixels whose top class probability is below it become class 0.
         test_cfg: ``dict(mode='slide', crop_size=(h, w), stride=(h, w))`` or ``dict(mode='whole')``.
         crop_batch_size: windows of one image encoded together.
-        plugin: config of an attention plug-in (``dict(type='FSA', ...)``) or None.
+        plugin: config of an attention plug-in (``dict(type='FSA', ...)``, an
+            :class:`~fsa_seg.models.plugins.AttentionPlugin`) or None.
         text_cache_dir: text-embedding cache folder; None for the default, False for none.
     """
 
@@ -61,7 +66,7 @@ class TrainingFreeSegmentor(BaseSegmentor):
         super().__init__(data_preprocessor=data_preprocessor or CLIP_PREPROCESSOR,
                          init_cfg=init_cfg)
         self.clip = MODELS.build(dict(dict(type='OpenCLIP'), **clip))
-        self.plugin = MODELS.build(plugin) if plugin else None
+        self.plugin = build_plugin(plugin)
         self.logit_scale = float(logit_scale)
         self.prob_thd = float(prob_thd)
         self.test_cfg = ConfigDict(test_cfg or DEFAULT_TEST_CFG)
@@ -104,6 +109,31 @@ class TrainingFreeSegmentor(BaseSegmentor):
     def num_classes(self) -> int:
         return len(self.vocabulary)
 
+    # ------------------------------------------------------------------ attention plug-in
+    @property
+    def plugin_keeps_prefix(self) -> bool:
+        """Whether the last attention keeps its prefix (class) token: yes without a plug-in or
+        with one that acts on all tokens; a plug-in that acts on patches has it dropped."""
+        return self.plugin is None or self.plugin.tokens == 'all'
+
+    def apply_plugin(self, attn: Optional[Tensor], values: Tensor, attended: Tensor,
+                     grid: Tuple[int, int], num_prefix: int = 0,
+                     logits_fn: Optional[LogitsFn] = None) -> Tensor:
+        """The attention output after the plug-in (``attended`` itself without one); see
+        :mod:`fsa_seg.models.plugins.base` for the contract. ``logits_fn`` defaults to
+        :meth:`attention_logits`."""
+        if self.plugin is None:
+            return attended
+        return self.plugin(attn, values, logits_fn or self.attention_logits, attended=attended,
+                           grid=grid, num_prefix=num_prefix)
+
+    def attention_logits(self, heads: Tensor) -> Tensor:
+        """Per-head attention outputs of the last block (B, H, n, d) → cosine similarities
+        (B, n, Q) of the attention output alone (out_proj, ln_post, proj): the plug-ins'
+        ``logits_fn``."""
+        features = F.normalize(self.clip.head(self.clip.out_proj(heads)), dim=-1)
+        return features @ self.query_embeddings.to(features.dtype).t()
+
     # ------------------------------------------------------------------ features
     @abstractmethod
     def encode_crops(self, crops: Tensor) -> Tensor:
@@ -114,14 +144,12 @@ class TrainingFreeSegmentor(BaseSegmentor):
         text = self.query_embeddings.to(features.dtype)
         return torch.einsum('bdhw,qd->bqhw', features, text)
 
-    def isolation_logits(self, heads: Tensor) -> Tensor:
-        """Per-head attention outputs of the last block (B, H, n, d) → cosine similarities
-        (B, n, Q) of the attention output alone (out_proj, ln_post, proj): the ``logits_fn``
-        of attention plug-ins such as FSA."""
-        features = F.normalize(self.clip.head(self.clip.out_proj(heads)), dim=-1)
-        return features @ self.query_embeddings.to(features.dtype).t()
+    def image_context(self, image: Tensor) -> Any:
+        """What every crop of one (3, H, W) image shares, computed once per image and passed to
+        :meth:`crop_logits`; None here (crops need only their pixels)."""
+        return None
 
-    def crop_logits(self, crops: Tensor) -> Tensor:
+    def crop_logits(self, crops: Tensor, context: Any = None) -> Tensor:
         """Cosine logits of crops, upsampled to the crop size."""
         logits = self.cosine_logits(self.encode_crops(crops))
         return F.interpolate(logits, size=crops.shape[-2:], mode='bilinear', align_corners=False)
@@ -143,6 +171,7 @@ class TrainingFreeSegmentor(BaseSegmentor):
         """(3, H, W) image → (Q, H, W) cosine logits averaged over the windows covering it."""
         height, width = image.shape[-2:]
         boxes, (crop_h, crop_w) = self.windows(height, width)
+        context = self.image_context(image)
         total = None
         count = image.new_zeros((1, height, width))
         for start in range(0, len(boxes), self.crop_batch_size):
@@ -151,7 +180,7 @@ class TrainingFreeSegmentor(BaseSegmentor):
             crops = torch.stack([F.pad(image[:, y1:y2, x1:x2], (0, crop_w - (x2 - x1),
                                                                  0, crop_h - (y2 - y1)))
                                  for y1, y2, x1, x2 in chunk])
-            logits = self.crop_logits(crops)
+            logits = self.crop_logits(crops, context)
             if total is None:  # accumulate half-precision logits in fp32
                 total = logits.new_zeros((logits.shape[1], height, width),
                                          dtype=torch.promote_types(logits.dtype, torch.float32))
@@ -204,3 +233,14 @@ class TrainingFreeSegmentor(BaseSegmentor):
 
     def loss(self, inputs, data_samples):
         raise NotImplementedError(f'{type(self).__name__} is training-free: it has no loss')
+
+
+def build_plugin(cfg: Optional[dict]) -> Optional[AttentionPlugin]:
+    """The plug-in of a config (None for none); anything but an attention plug-in is refused."""
+    if not cfg:
+        return None
+    plugin = MODELS.build(cfg)
+    if not isinstance(plugin, AttentionPlugin):
+        raise TypeError(f'plugin {type(plugin).__name__} is not an attention plug-in '
+                        '(fsa_seg.models.plugins.AttentionPlugin)')
+    return plugin

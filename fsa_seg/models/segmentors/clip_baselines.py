@@ -17,8 +17,8 @@ from .last_block import LastBlock
 class CLIPSegmentor(TrainingFreeSegmentor):
     """Dense CLIP features from a modified last block.
 
-    With an attention plug-in (FSA) the last block works on the patch tokens alone: the plug-in's
-    attention is an attention over patches, so the class token is dropped before q, k, v.
+    With a plug-in that acts on patches (FSA: its attention is an attention over patches) the
+    last block works on the patch tokens alone: the class token is dropped before q, k, v.
     """
     default_last_block = LastBlock('q-k')
 
@@ -34,13 +34,12 @@ class CLIPSegmentor(TrainingFreeSegmentor):
 
     def last_block_tokens(self, tokens: Tensor, grid: Tuple[int, int]) -> Tensor:
         """Patch-token outputs (B, N, C) of the last block as the baseline describes it."""
-        num_prefix = 0 if self.plugin is not None else 1
+        num_prefix = 1 if self.plugin_keeps_prefix else 0
         tokens = tokens[:, 1 - num_prefix:]
         q, k, v = self.clip.qkv(tokens)
         attn = self.last_block.attention_weights(q, k, grid, num_prefix)
         attended = v if attn is None else attn @ v
-        if self.plugin is not None:
-            attended = self.plugin(attn, v, self.isolation_logits, attended=attended)
+        attended = self.apply_plugin(attn, v, attended, grid, num_prefix)
         block = self.clip.last_block
         x = block.ls_1(self.clip.out_proj(attended))
         if self.last_block.residual:

@@ -44,9 +44,7 @@ class ProxyCLIP(TrainingFreeSegmentor):
         grid = tuple(vfm_features.shape[-2:])
         attn = proxy_attention(vfm_features.to(self.clip.dtype), self.beta, self.gamma)
         values = self.values_on_grid(crops, grid)
-        attended = attn @ values
-        if self.plugin is not None:
-            attended = self.plugin(attn, values, self.isolation_logits, attended=attended)
+        attended = self.apply_plugin(attn, values, attn @ values, grid)
         return self.clip.head(self.clip.out_proj(attended)), grid
 
     def values_on_grid(self, crops: Tensor, grid) -> Tensor:

@@ -5,6 +5,8 @@ from mmseg.registry import MODELS
 
 from fsa_seg.models.segmentors import ATTENTIONS, CLIPSegmentor, LastBlock, register_attention
 
+from references import reference_features, reference_fsa
+
 
 @pytest.fixture
 def key_attention_baseline():
@@ -15,24 +17,24 @@ def key_attention_baseline():
     class KeyCLIP(CLIPSegmentor):
         default_last_block = LastBlock('test-k-k', residual=False, ffn=True)
 
-    MODELS.register_module('TestKeyCLIP', module=KeyCLIP, force=True)
-    yield key_attention
+    MODELS.register_module('TestKeyCLIP', module=KeyCLIP)
+    yield
     del ATTENTIONS['test-k-k']
+    MODELS.module_dict.pop('TestKeyCLIP')
 
 
-def test_a_new_baseline_is_one_attention_and_one_description(tiny_clip, key_attention_baseline):
+@pytest.mark.parametrize('plugin', [None, dict(type='FSA', lamda=2.5)])
+def test_a_new_baseline_is_one_attention_and_one_description(tiny_clip, key_attention_baseline,
+                                                             plugin):
     model = MODELS.build(dict(type='TestKeyCLIP', clip=tiny_clip, vocabulary=['a', 'b'],
-                              templates='plain', plugin=dict(type='FSA')))
+                              templates='plain', plugin=plugin))
     images = torch.randn(1, 3, 32, 48, dtype=torch.float64)
-    tokens, grid = model.clip.forward_to_last_block(images)
-    q, k, v = model.clip.qkv(tokens[:, 1:])
-    attn = key_attention_baseline(q, k)
-    attended = model.plugin(attn, v, model.isolation_logits)
-    x = model.clip.out_proj(attended)
-    x = x + model.clip.last_block.mlp(model.clip.last_block.ln_2(x))
-    expected = torch.nn.functional.normalize(model.clip.head(x), dim=-1)
-    assert grid == (2, 3)
-    assert torch.allclose(model.encode_crops(images), expected.transpose(1, 2).unflatten(2, grid))
+    expected = reference_features(model.clip, images, 'k-k', residual=False, ffn=True,
+                                  drop_cls=plugin is not None,
+                                  plugin=plugin and reference_fsa(lamda=2.5),
+                                  text=model.query_embeddings.double())
+    assert expected.shape[-2:] == (2, 3)
+    assert torch.allclose(model.encode_crops(images), expected, atol=1e-12)
 
 
 def test_registering_an_attention_twice_is_refused():

@@ -1,0 +1,46 @@
+"""The contract between a segmentor and an attention plug-in.
+
+A segmentor computes its last attention ``A`` over some tokens and the per-head values ``V`` of
+those tokens; a plug-in may replace the attention output ``A·V`` before the segmentor's output
+projection. What the plug-in receives:
+
+* ``attn`` — ``A``, (B, H, N, N) per head or (B, 1, N, N) shared by the heads; None for identity
+  attention (every token attends to itself: MaskCLIP);
+* ``values`` — ``V``, (B, H, N, d);
+* ``attended`` — ``A·V`` as the segmentor computed it, (B, H, N, d);
+* ``logits_fn`` — per-head attention outputs (B, H, n, d) → cosine similarities (B, n, Q) with the
+  segmentor's text queries, through the rest of the segmentor's head (the feedback signal);
+* ``grid`` — the (h, w) patch grid of the patch tokens;
+* ``num_prefix`` — how many leading tokens of N are not patches (CLIP's class token).
+
+and it returns the new attention output, (B, H, N, d). Which tokens it works on is the plug-in's
+declaration (:attr:`AttentionPlugin.tokens`): ``'patches'`` — the segmentor drops the prefix
+tokens before the last attention (``num_prefix`` is then 0); ``'all'`` — the segmentor keeps its
+prefix tokens (``num_prefix`` says how many). Segmentors without prefix tokens in their last
+attention (ProxyCLIP, CASS) pass patches in either case. A segmentor never looks inside a plug-in.
+"""
+from typing import Callable, Optional, Tuple
+
+from torch import Tensor, nn
+
+LogitsFn = Callable[[Tensor], Tensor]
+PLUGIN_TOKENS = ('patches', 'all')
+
+
+class AttentionPlugin(nn.Module):
+    """Base of every attention plug-in (see the module docstring for the contract)."""
+
+    #: which tokens the plug-in acts on: 'patches' (prefix tokens dropped) or 'all'
+    tokens: str = 'patches'
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if cls.tokens not in PLUGIN_TOKENS:
+            raise TypeError(f'{cls.__name__}.tokens must be one of {PLUGIN_TOKENS}, '
+                            f'got {cls.tokens!r}')
+
+    def forward(self, attn: Optional[Tensor], values: Tensor, logits_fn: LogitsFn,
+                attended: Optional[Tensor] = None, grid: Optional[Tuple[int, int]] = None,
+                num_prefix: int = 0) -> Tensor:
+        """The new attention output (B, H, N, d); ``attended`` is ``attn · values``."""
+        raise NotImplementedError

@@ -31,7 +31,6 @@ from mmengine.logging import print_log
 from mmengine.registry import init_default_scope
 from PIL import Image, ImageOps
 
-from ..models.backbones.clip import PRECISIONS as CLIP_DTYPES
 from .configs import (
     DEFAULT_CONFIG,
     ConfigSource,
@@ -58,12 +57,6 @@ RANDOM_WEIGHTS_WARNING = (
     '\n' + '!' * 78 + '\n'
     '!!  RANDOM WEIGHTS: this model was built without pretrained weights.\n'
     '!!  Its predictions are MEANINGLESS; use it only to test the pipeline.\n' + '!' * 78)
-
-
-def _model_dtype_cast(model: torch.nn.Module, precision: Optional[str]) -> None:
-    """The VFM runs in the CLIP's precision too (TimmVFM casts its inputs to its own dtype)."""
-    if precision and precision != 'fp32' and getattr(model, 'vfm', None) is not None:
-        model.vfm.to(CLIP_DTYPES[precision])
 
 
 def default_device() -> str:
@@ -110,7 +103,6 @@ def init_segmentor(config: ConfigSource = DEFAULT_CONFIG,
                     text_cache_dir=text_cache_dir)
     model = build_segmentor(cfg, seed=seed, check_network=check_network)
     model.to(device or default_device())
-    _model_dtype_cast(model, precision)
     model.eval()
     return model
 

@@ -39,6 +39,13 @@ def proxyclip_leaf(backbone, proxy, benchmark):
         f'model = dict(clip=_base_.clip, vfm={vfm}, **_base_.protocol)\n'
 
 
+def cass_leaf(benchmark):
+    """CASS: CLIP ViT-B/16 (its only backbone) with CASS's own per-benchmark protocol."""
+    return base_list(['../_base_/models/cass.py', '../_base_/backbones/vit-b16.py',
+                      f'../_base_/cass/{benchmark}.py', '../_base_/default_runtime.py'
+                      ]) + 'model = dict(clip=_base_.clip, **_base_.protocol)\n'
+
+
 def fsa_leaf(parent, lamda='_base_.fsa_lamda'):
     return base_list([f'./{parent}', '../_base_/plugins/fsa.py']) + \
         f'model = dict(plugin=dict(_base_.fsa, lamda={lamda}))\n'
@@ -59,6 +66,9 @@ def leaves():
                 yield f'proxyclip/{name}', proxyclip_leaf(backbone, proxy, benchmark)
                 yield (f'proxyclip/proxyclip_fsa_{backbone}_{proxy}_{benchmark}.py',
                        fsa_leaf(name, lamda))
+    for benchmark in BENCHMARKS:
+        yield f'cass/cass_vit-b16_{benchmark}.py', cass_leaf(benchmark)
+        yield f'cass/cass_fsa_vit-b16_{benchmark}.py', fsa_leaf(f'cass_vit-b16_{benchmark}.py')
 
 
 def main():

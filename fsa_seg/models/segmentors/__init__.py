@@ -1,4 +1,5 @@
 from .base import CLIP_PREPROCESSOR, TrainingFreeSegmentor
+from .cass import CASS
 from .clip_baselines import NACLIP, SCLIP, ClearCLIP, CLIPSegmentor, MaskCLIP, VanillaCLIP
 from .last_block import ATTENTIONS, LastBlock, register_attention
 from .proxyclip import ProxyCLIP, proxy_attention
@@ -6,5 +7,5 @@ from .proxyclip import ProxyCLIP, proxy_attention
 __all__ = [
     'CLIP_PREPROCESSOR', 'TrainingFreeSegmentor', 'CLIPSegmentor', 'ClearCLIP', 'MaskCLIP',
     'NACLIP', 'SCLIP', 'VanillaCLIP', 'ATTENTIONS', 'LastBlock', 'register_attention',
-    'ProxyCLIP', 'proxy_attention'
+    'ProxyCLIP', 'proxy_attention', 'CASS'
 ]

@@ -31,7 +31,7 @@ class ProxyCLIP(TrainingFreeSegmentor):
 
     def __init__(self, *args, vfm: dict, beta: float = 1.2, gamma: float = 3.0, **kwargs):
         super().__init__(*args, **kwargs)
-        self.vfm = MODELS.build(vfm)
+        self.vfm = MODELS.build(vfm).to(self.clip.dtype)  # the model's precision throughout
         self.beta, self.gamma = float(beta), float(gamma)
 
     def encode_crops(self, crops: Tensor) -> Tensor:

@@ -4,10 +4,25 @@ A model never runs silently on random weights: ``random_init=True`` is the one e
 (tests use it); anything else that leaves weights unloaded is a :class:`WeightsError`.
 """
 import os
+import pickle
 from typing import Dict, Iterable, Mapping, Optional
 
 import torch
+from safetensors import SafetensorError
 from torch import nn
+
+# What a bad checkpoint file raises while it is read: missing or unreadable (OSError), empty
+# (EOFError), truncated (RuntimeError of torch's zip reader), not a checkpoint at all.
+UNREADABLE_FILE_ERRORS = (OSError, EOFError, RuntimeError, pickle.UnpicklingError,
+                          SafetensorError)
+# ... and while it is loaded: keys or shapes that do not fit (RuntimeError of a strict
+# load_state_dict, KeyError/ValueError of the key converters).
+CHECKPOINT_ERRORS = UNREADABLE_FILE_ERRORS + (KeyError, ValueError)
+# What fetching weights raises when the network, the hub or the cache is the problem: OSError
+# covers urllib's, requests' and huggingface_hub's connection, HTTP, offline-mode and
+# missing-file errors; a cached file may be unreadable. Anything else (an out-of-memory
+# RuntimeError, a TypeError of a version mismatch) is not a download problem and propagates.
+DOWNLOAD_ERRORS = (OSError, EOFError, pickle.UnpicklingError, SafetensorError)
 
 
 class WeightsError(RuntimeError):
@@ -39,7 +54,7 @@ def read_state_dict(path: str, strip_prefixes: Iterable[str] = ()) -> Dict[str, 
             state = load_file(path)
         else:
             state = torch.load(path, map_location='cpu', weights_only=False)
-    except Exception as error:  # any unreadable file is the same problem for the user
+    except UNREADABLE_FILE_ERRORS as error:
         raise WeightsError(f'cannot read checkpoint {path}: {error}') from error
     if isinstance(state, nn.Module):
         state = state.state_dict()

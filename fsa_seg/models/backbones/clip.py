@@ -14,7 +14,14 @@ import torch.nn.functional as F
 from mmseg.registry import MODELS
 from torch import Tensor, nn
 
-from ..weights import WeightsError, is_local_path, require_weights
+from ..pos_embed import DINO_RESAMPLING, needs_resampling
+from ..weights import (
+    CHECKPOINT_ERRORS,
+    DOWNLOAD_ERRORS,
+    WeightsError,
+    is_local_path,
+    require_weights,
+)
 
 PRECISIONS = {'fp32': torch.float32, 'fp16': torch.float16, 'bf16': torch.bfloat16,
               'fp64': torch.float64}
@@ -26,21 +33,17 @@ def tag_uses_quick_gelu(model_name: str, tag: str) -> bool:
 
 
 def interpolate_pos_embed(pos_embed: Tensor, grid: Tuple[int, int],
-                          native_grid: Tuple[int, int]) -> Tensor:
+                          native_grid: Tuple[int, int], square_input: bool = True) -> Tensor:
     """(1 + h0·w0, C) positional embeddings → (1 + h·w, C), bicubic over the patch grid.
 
-    As DINO and the training-free segmentation codebases (SCLIP, ProxyCLIP, FSA) do it: by scale
-    factors (h + 0.1) / h0 and (w + 0.1) / w0, which sample slightly differently from resizing to
-    the size (h, w) and so keep our numbers comparable with theirs."""
-    if tuple(grid) == tuple(native_grid):
+    As DINO and the training-free segmentation codebases (SCLIP, ClearCLIP, NACLIP, ProxyCLIP,
+    CASS, FSA) do it: by scale factors (h + 0.1) / h0 and (w + 0.1) / w0, which sample slightly
+    differently from resizing to the size (h, w), in the model's dtype (fp64 stays fp64). Like
+    them, a non-square input (``square_input=False``) is resampled even at the native grid."""
+    if not needs_resampling(grid, native_grid, square_input):
         return pos_embed
-    cls_pos, patch_pos = pos_embed[:1], pos_embed[1:]
-    patch_pos = patch_pos.reshape(1, *native_grid, -1).permute(0, 3, 1, 2)
-    scale = tuple((size + 0.1) / native for size, native in zip(grid, native_grid))
-    patch_pos = F.interpolate(patch_pos.float(), scale_factor=scale, mode='bicubic',
-                              align_corners=False)
-    patch_pos = patch_pos.to(pos_embed.dtype).permute(0, 2, 3, 1).reshape(grid[0] * grid[1], -1)
-    return torch.cat([cls_pos, patch_pos])
+    patch_pos = DINO_RESAMPLING(pos_embed[1:], native_grid, grid)
+    return torch.cat([pos_embed[:1], patch_pos])
 
 
 @MODELS.register_module()
@@ -87,25 +90,30 @@ class OpenCLIP(nn.Module):
             return model
         if model_name not in open_clip.list_models():
             raise ValueError(f'unknown open_clip model {model_name!r}; see open_clip.list_models()')
-        if not pretrained or is_local_path(pretrained):
-            model = open_clip.create_model(model_name, pretrained=None, load_weights=False,
-                                           pretrained_text=False,
-                                           force_quick_gelu=bool(quick_gelu))
-            if pretrained:
-                self._load_file(model, pretrained)
-            return model
+        if pretrained and not is_local_path(pretrained):
+            if quick_gelu is None:
+                quick_gelu = tag_uses_quick_gelu(model_name, pretrained)
+            pretrained = self._download(model_name, pretrained, cache_dir)
+        model = open_clip.create_model(model_name, pretrained=None, load_weights=False,
+                                       pretrained_text=False, force_quick_gelu=bool(quick_gelu))
+        if pretrained:
+            self._load_file(model, pretrained)
+        return model
+
+    @staticmethod
+    def _download(model_name: str, tag: str, cache_dir: Optional[str]) -> str:
+        """The checkpoint file of an open_clip tag, fetched into (or found in) its cache: what
+        ``open_clip.create_model(pretrained=tag)`` loads, with download and load errors apart."""
         known_tags = open_clip.list_pretrained_tags_by_model(model_name)
-        if pretrained not in known_tags:
-            raise WeightsError(f'{model_name}: unknown pretrained tag {pretrained!r} and no such '
+        if tag not in known_tags:
+            raise WeightsError(f'{model_name}: unknown pretrained tag {tag!r} and no such '
                                f'file; known tags: {known_tags}')
-        if quick_gelu is None:
-            quick_gelu = tag_uses_quick_gelu(model_name, pretrained)
         try:
-            return open_clip.create_model(model_name, pretrained=pretrained, cache_dir=cache_dir,
-                                          force_quick_gelu=quick_gelu, require_pretrained=True)
-        except Exception as error:
+            return open_clip.download_pretrained(open_clip.get_pretrained_cfg(model_name, tag),
+                                                 cache_dir=cache_dir)
+        except (*DOWNLOAD_ERRORS, RuntimeError) as error:  # open_clip: checksum as RuntimeError
             raise WeightsError(
-                f'could not load CLIP {model_name} weights {pretrained!r} through open_clip '
+                f'could not download CLIP {model_name} weights {tag!r} through open_clip '
                 f'({type(error).__name__}: {error}). Without network access, download the '
                 f'checkpoint elsewhere and pass its local path as pretrained=...') from error
 
@@ -115,7 +123,7 @@ class OpenCLIP(nn.Module):
             raise WeightsError(f'CLIP checkpoint file not found: {path}')
         try:
             open_clip.load_checkpoint(model, path, strict=True, weights_only=False)
-        except Exception as error:  # mismatched keys or shapes, unreadable file: never partial
+        except CHECKPOINT_ERRORS as error:  # mismatched keys or shapes, unreadable file
             raise WeightsError(f'CLIP checkpoint {path} does not fit the model '
                                f'({type(error).__name__}: {error})') from error
 
@@ -160,7 +168,8 @@ class OpenCLIP(nn.Module):
         x = x.flatten(2).transpose(1, 2)
         cls = visual.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
         x = torch.cat([cls, x], dim=1)
-        pos_embed = interpolate_pos_embed(visual.positional_embedding, grid, visual.grid_size)
+        pos_embed = interpolate_pos_embed(visual.positional_embedding, grid, visual.grid_size,
+                                          square_input=images.shape[-2] == images.shape[-1])
         x = x + pos_embed.to(x.dtype)
         return visual.ln_pre(x), grid
 

@@ -2,25 +2,48 @@
 
 ProxyCLIP takes its proxy attention from a VFM's patch features. The official code builds each VFM
 from its own repository and adds a forward hook per crop that is never removed; here every VFM is
-one timm model, built once, frozen, read out through ``forward_features`` with no hooks at all.
+one timm model, built once, frozen, run through its public modules (``patch_embed``, ``cls_token``,
+``reg_token``, ``pos_embed``, ``blocks``, ``norm``) with no hooks at all.
+
+What timm does not do as the official codes do is the position embedding at other crop sizes
+(timm resizes to the target size, antialiased, in float32); so each preset names the official rule
+(:mod:`fsa_seg.models.pos_embed`) and the tokens are assembled here with it:
+
+- DINO ViT-B/8, B/16 — per crop, DINO's ``interpolate_pos_encoding`` (scale factors
+  (n + 0.1)/n0, no antialias, in the model's dtype), non-square crops included;
+- DINOv2 ViT-B/14 with registers — per crop, DINOv2's ``interpolate_pos_encoding`` as its hub
+  model ``dinov2_vitb14_reg`` is built (to the size, antialiased, in float32);
+- MAE — built at the (square) slide crop, its checkpoint's embedding resampled once as MAE's
+  ``interpolate_pos_embed`` does, every crop resized to the crop size (ProxyCLIP);
+- SAM — every crop resized to 1024 (ProxyCLIP), nothing resampled: timm's forward as is.
 
 Images arrive in CLIP normalisation (the segmentor's data preprocessor); the VFM wants its own, read
 from the timm pretrained config of the chosen weights, so :meth:`TimmVFM.renormalize` maps one to
 the other with a single per-channel affine map.
 """
 import os
-import sys
 from dataclasses import dataclass
-from typing import Dict, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, Optional, Sequence, Tuple, Union
 
 import timm
 import torch
 import torch.nn.functional as F
 from mmseg.registry import MODELS
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
+from timm.models.vision_transformer import checkpoint_filter_fn as vit_checkpoint_filter
+from timm.models.vision_transformer_sam import checkpoint_filter_fn as sam_checkpoint_filter
 from torch import Tensor, nn
 
+from ..pos_embed import (
+    DINO_RESAMPLING,
+    DINOV2_REG_RESAMPLING,
+    MAE_RESAMPLING,
+    PosEmbedResampling,
+    needs_resampling,
+)
 from ..weights import (
+    CHECKPOINT_ERRORS,
+    DOWNLOAD_ERRORS,
     WeightsError,
     is_local_path,
     load_state_dict_strict,
@@ -29,6 +52,7 @@ from ..weights import (
 )
 
 Size = Union[int, Sequence[int]]
+StateDict = Dict[str, Tensor]
 
 
 @dataclass(frozen=True)
@@ -38,32 +62,41 @@ class VFMPreset:
     Attributes:
         arch: timm architecture name.
         tag: timm pretrained tag of the weights ProxyCLIP uses.
-        features: ``'tokens'`` — final-norm patch tokens of ``forward_features`` with the
-            prefix (cls, register) tokens dropped; ``'map'`` — ``forward_features`` is already a
-            (B, C, h, w) map (SAM's image-encoder neck).
+        convert: timm's converter of official checkpoints (DINO/DINOv2/MAE, SAM) to its keys.
+        features: ``'tokens'`` — final-norm patch tokens, prefix (cls, register) tokens dropped;
+            ``'map'`` — timm's ``forward_features`` is already a (B, C, h, w) map (SAM's neck).
+        resampling: the official rule that resamples the position embedding to each crop's grid;
+            None — the model only runs at its own grid.
         resize_to_model: resize every crop to the model's ``img_size`` (SAM at 1024, MAE at the
             slide crop size) instead of using it at its own size.
-        img_size_from_input: build the model at the ``input_size`` constructor argument (MAE, whose
-            absolute position embedding is then resampled once at load time, as the official code).
-        dynamic_img_size: timm's ViT option that resamples the position embedding to any input grid;
-            SAM's timm model always does this and does not take the option.
+        checkpoint_resampling: build the model at the ``input_size`` constructor argument and
+            resample the checkpoint's position embedding once, with this rule (MAE).
+        dynamic_img_size: timm's ViT option that lets the patch embedding take any input size;
+            SAM's timm model does not take it.
     """
     arch: str
     tag: str
+    convert: Callable[[StateDict, nn.Module], StateDict] = vit_checkpoint_filter
     features: str = 'tokens'
+    resampling: Optional[PosEmbedResampling] = None
     resize_to_model: bool = False
-    img_size_from_input: bool = False
+    checkpoint_resampling: Optional[PosEmbedResampling] = None
     dynamic_img_size: bool = True
+
+    @property
+    def img_size_from_input(self) -> bool:
+        return self.checkpoint_resampling is not None
 
 
 VFM_PRESETS: Dict[str, VFMPreset] = {
-    'dino_vitb8': VFMPreset('vit_base_patch8_224', 'dino'),
-    'dino_vitb16': VFMPreset('vit_base_patch16_224', 'dino'),
-    'dinov2_vitb14_reg': VFMPreset('vit_base_patch14_reg4_dinov2', 'lvd142m'),
-    'sam_vitb': VFMPreset('samvit_base_patch16', 'sa1b', features='map', resize_to_model=True,
-                          dynamic_img_size=False),
+    'dino_vitb8': VFMPreset('vit_base_patch8_224', 'dino', resampling=DINO_RESAMPLING),
+    'dino_vitb16': VFMPreset('vit_base_patch16_224', 'dino', resampling=DINO_RESAMPLING),
+    'dinov2_vitb14_reg': VFMPreset('vit_base_patch14_reg4_dinov2', 'lvd142m',
+                                   resampling=DINOV2_REG_RESAMPLING),
+    'sam_vitb': VFMPreset('samvit_base_patch16', 'sa1b', convert=sam_checkpoint_filter,
+                          features='map', resize_to_model=True, dynamic_img_size=False),
     'mae_vitb16': VFMPreset('vit_base_patch16_224', 'mae', resize_to_model=True,
-                            img_size_from_input=True),
+                            checkpoint_resampling=MAE_RESAMPLING),
 }
 
 
@@ -71,44 +104,56 @@ def _pair(size: Size) -> Tuple[int, int]:
     return (int(size), int(size)) if isinstance(size, int) else tuple(int(s) for s in size)
 
 
-def _timm_kwargs(preset: VFMPreset, input_size: Optional[Size],
-                 overrides: Optional[dict]) -> dict:
+def _timm_kwargs(preset: VFMPreset, overrides: Optional[dict]) -> dict:
     """timm constructor arguments: no classifier head, the preset's size rule, then overrides."""
     kwargs = dict(num_classes=0)
     if preset.dynamic_img_size:
         kwargs['dynamic_img_size'] = True
-    if preset.img_size_from_input:
-        kwargs['img_size'] = _pair(input_size)
     kwargs.update(overrides or {})
     return kwargs
 
 
-def _filter_fn(model: nn.Module):
-    """timm's key converter of the model's module (official DINO/DINOv2/MAE/SAM → timm keys)."""
-    module = sys.modules[type(model).__module__]
-    return getattr(module, 'checkpoint_filter_fn', lambda state, _: state)
-
-
-def _check_patch_kernel(state: Dict[str, Tensor], model: nn.Module, path: str) -> None:
+def _check_patch_kernel(state: StateDict, model: nn.Module, source: str) -> None:
     """Refuse another patch size: timm's filter would silently resample the patch embedding."""
     own = tuple(model.patch_embed.proj.weight.shape[-2:])
     for key, value in state.items():
         if key.endswith('patch_embed.proj.weight') and value.ndim == 4 \
                 and tuple(value.shape[-2:]) != own:
-            raise WeightsError(f'checkpoint {path} does not match {type(model).__name__}: '
+            raise WeightsError(f'checkpoint {source} does not match {type(model).__name__}: '
                                f'{key} has patch size {tuple(value.shape[-2:])}, model {own}')
 
 
-def load_local_weights(model: nn.Module, path: str) -> None:
-    """Load a local checkpoint into a timm model: convert keys the timm way, then all-or-nothing."""
-    state = read_state_dict(path, strip_prefixes=('module.', 'model.'))
-    _check_patch_kernel(state, model, path)
+def _resample_checkpoint_pos_embed(state: StateDict, model: nn.Module,
+                                   resampling: PosEmbedResampling) -> StateDict:
+    """MAE's ``interpolate_pos_embed``: the checkpoint's square grid of patch positions to the
+    model's, prefix (cls) positions kept; before timm's filter, which would resample otherwise."""
+    pos = state.get('pos_embed')
+    if pos is None:
+        return state
+    extra = model.pos_embed.shape[-2] - model.patch_embed.num_patches
+    old, new = int((pos.shape[-2] - extra) ** 0.5), int(model.patch_embed.num_patches ** 0.5)
+    if old == new:
+        return state
+    patch_pos = resampling(pos[:, extra:], (old, old), (new, new))
+    return dict(state, pos_embed=torch.cat([pos[:, :extra], patch_pos], dim=1))
+
+
+def load_state(model: nn.Module, state: StateDict, source: str, preset: VFMPreset) -> None:
+    """Load a state dict (official or timm keys) into a timm model: all weights or none."""
+    _check_patch_kernel(state, model, source)
+    if preset.checkpoint_resampling is not None:
+        state = _resample_checkpoint_pos_embed(state, model, preset.checkpoint_resampling)
     try:
-        state = _filter_fn(model)(state, model)
-    except Exception as error:  # a file timm cannot convert is a file that does not fit
-        raise WeightsError(f'checkpoint {path} cannot be converted for '
+        state = preset.convert(state, model)
+    except CHECKPOINT_ERRORS as error:  # a file timm cannot convert is a file that does not fit
+        raise WeightsError(f'checkpoint {source} cannot be converted for '
                            f'{type(model).__name__}: {type(error).__name__}: {error}') from error
-    load_state_dict_strict(model, state, path)
+    load_state_dict_strict(model, state, source)
+
+
+def load_local_weights(model: nn.Module, path: str, preset: VFMPreset) -> None:
+    """Load a local checkpoint (timm's file or an official release) into a preset's timm model."""
+    load_state(model, read_state_dict(path, strip_prefixes=('module.', 'model.')), path, preset)
 
 
 def timm_pretrained_cfg(full_name: str):
@@ -120,7 +165,8 @@ def timm_pretrained_cfg(full_name: str):
 
 
 def _fetch_pretrained(name: str, arch: str, tag: str, kwargs: dict) -> nn.Module:
-    """Build with timm's own pretrained download; any failure names the weights and the way out."""
+    """Build with timm's own pretrained download; a failed download names the weights and the
+    way out. Other errors (out of memory, a version mismatch) propagate as they are."""
     full_name = f'{arch}.{tag}'
     cfg = timm_pretrained_cfg(full_name)
     if cfg is None:
@@ -129,7 +175,7 @@ def _fetch_pretrained(name: str, arch: str, tag: str, kwargs: dict) -> nn.Module
                            f'tag of {arch} (tags: {known}).')
     try:
         return timm.create_model(full_name, pretrained=True, **kwargs)
-    except Exception as error:  # network, hub, cache and fit errors all end the same way
+    except DOWNLOAD_ERRORS as error:
         hub = cfg.hf_hub_id and f'https://huggingface.co/{cfg.hf_hub_id}'
         source = ' or '.join(s for s in (hub, cfg.url) if s)
         raise WeightsError(
@@ -152,7 +198,8 @@ class TimmVFM(nn.Module):
             ``None``/``False`` — no weights, an error unless ``random_init``.
         random_init: random weights, the explicit opt-in for tests (the default ``pretrained=True``
             then means nothing).
-        input_size: slide crop size; MAE is built at it and every crop is resized to it.
+        input_size: slide crop size; MAE is built at it (square, as the official code) and every
+            crop is resized to it.
         model_kwargs: overrides of the timm architecture (tests build tiny models with them).
     """
 
@@ -163,30 +210,48 @@ class TimmVFM(nn.Module):
         if name not in VFM_PRESETS:
             raise ValueError(f'unknown VFM {name!r}; presets: {", ".join(VFM_PRESETS)}')
         preset = VFM_PRESETS[name]
-        if preset.img_size_from_input and input_size is None:
-            raise ValueError(f'VFM {name!r} is built at the slide crop size: pass input_size.')
         if random_init and pretrained is True:
             pretrained = None
         if pretrained is True:
             pretrained = preset.tag
         require_weights(f'VFM {name!r}', pretrained or None, random_init)
         self.name, self.preset = name, preset
-        self.model = self._build(preset, pretrained, random_init,
-                                 _timm_kwargs(preset, input_size, model_kwargs))
+        self.model = self._build(pretrained, random_init, _timm_kwargs(preset, model_kwargs),
+                                 self._crop_size_kwargs(input_size))
         self.model.eval().requires_grad_(False)
         cfg = self.model.pretrained_cfg
         self.mean = tuple(cfg.get('mean', IMAGENET_DEFAULT_MEAN))
         self.std = tuple(cfg.get('std', IMAGENET_DEFAULT_STD))
 
-    def _build(self, preset: VFMPreset, pretrained: Optional[str], random_init: bool,
-               kwargs: dict) -> nn.Module:
+    def _crop_size_kwargs(self, input_size: Optional[Size]) -> dict:
+        """MAE's constructor size: the slide crop, square as in the official code (every crop is
+        resized to ``slide_crop × slide_crop`` and the embedding resampled to a square grid)."""
+        if not self.preset.img_size_from_input:
+            return {}
+        if input_size is None:
+            raise ValueError(f'VFM {self.name!r} is built at the slide crop size: pass input_size.')
+        size = _pair(input_size)
+        if size[0] != size[1]:
+            raise ValueError(f'VFM {self.name!r} is built at a square crop, as the official code '
+                             f'(every crop resized to slide_crop × slide_crop); got {size}.')
+        return dict(img_size=size)
+
+    def _build(self, pretrained: Optional[str], random_init: bool, kwargs: dict,
+               crop_kwargs: dict) -> nn.Module:
+        full_name = f'{self.preset.arch}.{self.preset.tag}'
         local = bool(pretrained) and (is_local_path(pretrained) or os.path.isfile(pretrained))
         if random_init or local:
-            model = timm.create_model(f'{preset.arch}.{preset.tag}', pretrained=False, **kwargs)
+            model = timm.create_model(full_name, pretrained=False, **dict(crop_kwargs, **kwargs))
             if local:
-                load_local_weights(model, pretrained)
+                load_local_weights(model, pretrained, self.preset)
             return model
-        return _fetch_pretrained(self.name, preset.arch, pretrained, kwargs)
+        model = _fetch_pretrained(self.name, self.preset.arch, pretrained, kwargs)
+        if crop_kwargs:  # timm's weights at their own size, then resampled the official way
+            native, model = model, timm.create_model(full_name, pretrained=False,
+                                                     **dict(crop_kwargs, **kwargs))
+            load_state(model, native.state_dict(), f'timm {self.preset.arch}.{pretrained}',
+                       self.preset)
+        return model
 
     @property
     def patch_size(self) -> Tuple[int, int]:
@@ -196,6 +261,10 @@ class TimmVFM(nn.Module):
     def out_channels(self) -> int:
         """Channels of the feature map (the ViT width, or SAM's neck width)."""
         return self.model.num_features
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.model.patch_embed.proj.weight.dtype
 
     def grid_size(self, height: int, width: int) -> Tuple[int, int]:
         """Feature grid for an (height, width) crop."""
@@ -211,8 +280,9 @@ class TimmVFM(nn.Module):
         shift = (channels(OPENAI_CLIP_MEAN) - channels(self.mean)) / channels(self.std)
         return images * scale + shift
 
-    def _prepare(self, images: Tensor) -> Tensor:
-        """Resize to the model's size (SAM, MAE) or crop to whole patches (conv patchify floors)."""
+    def prepare(self, images: Tensor) -> Tensor:
+        """Resize to the model's size (SAM, MAE; bilinear, as ProxyCLIP) or crop to whole patches
+        (a convolutional patchify floors anyway)."""
         if self.preset.resize_to_model:
             size = tuple(self.model.patch_embed.img_size)
             if tuple(images.shape[-2:]) != size:
@@ -221,16 +291,67 @@ class TimmVFM(nn.Module):
         grid_h, grid_w = self.grid_size(*images.shape[-2:])
         return images[..., :grid_h * self.patch_size[0], :grid_w * self.patch_size[1]]
 
+    # ------------------------------------------------------------------ token ViTs
+    def embed(self, x: Tensor) -> Tuple[Tensor, Tuple[int, int]]:
+        """VFM-normalised, prepared input (B, 3, H, W) of whole patches → the tokens entering the
+        first block, (B, prefix + h·w, C) — prefix (cls, registers) tokens first, the position
+        embedding resampled to the grid by the preset's official rule, then ``norm_pre`` — and
+        the grid (h, w)."""
+        model = self._token_model()
+        x = x.to(self.dtype)
+        patches = model.patch_embed(x)
+        if patches.ndim == 4:  # (B, h, w, C): timm's patch embedding with dynamic_img_size
+            grid = tuple(patches.shape[1:3])
+            patches = patches.flatten(1, 2)
+        else:
+            grid = tuple(model.patch_embed.dynamic_feat_size(x.shape[-2:]))
+        pos = self._pos_embed(grid, square_input=x.shape[-2] == x.shape[-1])
+        prefix = [token.expand(len(x), -1, -1) for token in (model.cls_token, model.reg_token)
+                  if token is not None]
+        if model.no_embed_class:  # DINOv2: patches only carry a position, prefix tokens do not
+            tokens = torch.cat(prefix + [patches + pos], dim=1)
+        else:
+            tokens = torch.cat(prefix + [patches], dim=1) + pos
+        tokens = model.patch_drop(model.pos_drop(tokens))
+        return model.norm_pre(tokens), grid
+
+    def last_block_input(self, x: Tensor) -> Tuple[Tensor, Tuple[int, int]]:
+        """The tokens entering the last block (all blocks but the last run), and the grid; the
+        input as for :meth:`embed`."""
+        tokens, grid = self.embed(x)
+        for block in self.model.blocks[:-1]:
+            tokens = block(tokens)
+        return tokens, grid
+
+    def _token_model(self) -> nn.Module:
+        if self.preset.features != 'tokens':
+            raise ValueError(f'VFM {self.name!r} is not a token ViT (its encoder works on '
+                             'windowed maps): embed/last_block_input do not apply.')
+        return self.model
+
+    def _pos_embed(self, grid: Tuple[int, int], square_input: bool) -> Tensor:
+        """The position embedding for the grid, prefix positions (where the model has any) kept."""
+        model = self.model
+        slots = 0 if model.no_embed_class else model.num_prefix_tokens
+        prefix_pos, patch_pos = model.pos_embed[:, :slots], model.pos_embed[:, slots:]
+        native = tuple(model.patch_embed.grid_size)
+        if not needs_resampling(grid, native, square_input):
+            return model.pos_embed
+        if self.preset.resampling is None:
+            raise ValueError(f'VFM {self.name!r} runs at its own {native} grid only (crops are '
+                             f'resized to {tuple(model.patch_embed.img_size)}); got {grid}.')
+        return torch.cat([prefix_pos, self.preset.resampling(patch_pos, native, grid)], dim=1)
+
+    # ------------------------------------------------------------------ features
     @torch.no_grad()
     def forward(self, images: Tensor) -> Tensor:
         """(B, 3, H, W) CLIP-normalised → (B, C, h, w) features in the images' dtype."""
-        dtype = next(self.model.parameters()).dtype
-        x = self._prepare(self.renormalize(images)).to(dtype)
-        features = self.model.forward_features(x)
-        if self.preset.features == 'tokens':
-            grid_h, grid_w = self.grid_size(*x.shape[-2:])
-            tokens = features[:, self.model.num_prefix_tokens:]
-            features = tokens.reshape(len(x), grid_h, grid_w, -1).permute(0, 3, 1, 2)
+        x = self.prepare(self.renormalize(images)).to(self.dtype)
+        if self.preset.features == 'map':
+            return self.model.forward_features(x).to(images.dtype)
+        tokens, (grid_h, grid_w) = self.embed(x)
+        tokens = self.model.norm(self.model.blocks(tokens))[:, self.model.num_prefix_tokens:]
+        features = tokens.reshape(len(x), grid_h, grid_w, -1).permute(0, 3, 1, 2)
         return features.to(images.dtype)
 
     def train(self, mode: bool = True) -> 'TimmVFM':

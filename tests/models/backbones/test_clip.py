@@ -57,11 +57,21 @@ def test_unknown_tag_names_the_model_and_the_known_tags():
 
 
 def test_failed_download_says_which_weights_and_how_to_load_a_file(monkeypatch):
-    def offline(*args, pretrained=None, **kwargs):
-        raise RuntimeError('Failed to download weights')
+    def offline(cfg, cache_dir=None):
+        raise OSError('Failed to download file (open_clip_pytorch_model.bin)')
 
-    monkeypatch.setattr(open_clip, 'create_model', offline)
-    with pytest.raises(WeightsError, match=r"ViT-B-16 weights 'openai'.*local path"):
+    monkeypatch.setattr(open_clip, 'download_pretrained', offline)
+    with pytest.raises(WeightsError, match=r"ViT-B-16 weights 'openai'.*OSError.*local path"):
+        OpenCLIP('ViT-B-16', pretrained='openai')
+
+
+def test_errors_other_than_download_errors_propagate_as_they_are(monkeypatch):
+    # a TypeError of a version mismatch is not "could not download"
+    def mismatched(cfg, cache_dir=None):
+        raise TypeError("download_pretrained() got an unexpected keyword argument 'x'")
+
+    monkeypatch.setattr(open_clip, 'download_pretrained', mismatched)
+    with pytest.raises(TypeError, match='unexpected keyword'):
         OpenCLIP('ViT-B-16', pretrained='openai')
 
 
@@ -116,3 +126,61 @@ def test_pos_embed_interpolation_follows_the_dino_formula_of_the_segmentation_co
     resized = F.interpolate(pos[1:].reshape(1, 14, 14, 8).permute(0, 3, 1, 2), size=(21, 28),
                             mode='bicubic').permute(0, 2, 3, 1).reshape(-1, 8)
     assert not torch.allclose(out[1:], resized)  # the two samplings do differ
+
+
+def official_interpolate_pos_encoding(positional_embedding, patch_size, x, w, h):
+    """``VisionTransformer.interpolate_pos_encoding`` of ProxyCLIP's open_clip/transformer.py
+    (mc-lan/ProxyCLIP@e7b767f; SCLIP, ClearCLIP, NACLIP and CASS have the same), verbatim."""
+    import math
+    npatch = x.shape[1] - 1
+    N = positional_embedding.shape[0] - 1
+    if npatch == N and w == h:
+        return positional_embedding
+    class_pos_embed = positional_embedding[[0]]
+    patch_pos_embed = positional_embedding[1:]
+    dim = x.shape[-1]
+    w0 = w // patch_size[0]
+    h0 = h // patch_size[1]
+    w0, h0 = w0 + 0.1, h0 + 0.1
+    patch_pos_embed = F.interpolate(
+        patch_pos_embed.reshape(1, int(math.sqrt(N)), int(math.sqrt(N)), dim).permute(0, 3, 1, 2),
+        scale_factor=(w0 / math.sqrt(N), h0 / math.sqrt(N)),
+        mode='bicubic',
+    )
+    assert int(w0) == patch_pos_embed.shape[-2] and int(h0) == patch_pos_embed.shape[-1]
+    patch_pos_embed = patch_pos_embed.permute(0, 2, 3, 1).view(1, -1, dim)
+    return torch.cat((class_pos_embed.unsqueeze(0), patch_pos_embed), dim=1)
+
+
+@pytest.mark.parametrize('size', [(224, 224), (336, 336), (448, 448), (224, 336), (224, 232)],
+                         ids=lambda s: f'{s[0]}x{s[1]}')
+def test_fp64_embedding_equals_the_official_interpolation_in_fp64(tiny_clip, size):
+    clip = OpenCLIP(**tiny_clip)
+    visual = clip.visual
+    with torch.no_grad():  # random init leaves a smooth embedding; any values will do
+        visual.positional_embedding.copy_(torch.randn_like(visual.positional_embedding))
+    images = torch.randn(1, 3, *size, dtype=torch.float64)
+    tokens, grid = clip.embed(images)
+    # the official trunk: conv1, cls, + interpolate_pos_encoding(x, w, h).to(x.dtype), ln_pre
+    x = visual.conv1(images).flatten(2).transpose(1, 2)
+    x = torch.cat([visual.class_embedding.expand(1, 1, -1), x], dim=1)
+    pos = official_interpolate_pos_encoding(visual.positional_embedding, (16, 16), x, *size)
+    pos = pos.reshape(-1, pos.shape[-1])  # (1 + h·w, C); (1, 1 + h·w, C) where resampled
+    assert pos.dtype == torch.float64
+    expected = visual.ln_pre(x + pos.to(x.dtype))
+    assert grid == (size[0] // 16, size[1] // 16)
+    assert (tokens - expected).abs().max() <= 1e-12
+    resampled = interpolate_pos_embed(visual.positional_embedding, grid, (14, 14),
+                                      square_input=size[0] == size[1])
+    assert resampled.dtype == torch.float64
+    assert (resampled - pos).abs().max() <= 1e-12
+    if size != (224, 224):  # the old float32 round trip is visible against this tolerance
+        as_float32 = interpolate_pos_embed(visual.positional_embedding.float(), grid, (14, 14),
+                                           square_input=size[0] == size[1]).double()
+        assert (as_float32 - pos).abs().max() > 1e-12
+
+
+def test_half_embedding_stays_half():
+    pos = torch.randn(1 + 14 * 14, 8).half()
+    out = interpolate_pos_embed(pos, (21, 21), (14, 14))
+    assert out.dtype == torch.float16 and out.shape == (1 + 21 * 21, 8)

@@ -109,12 +109,15 @@ def test_renormalize_constant_image(name):
 
 
 @pytest.mark.parametrize('name', list(VFM_PRESETS))
-def test_features_equal_timm_forward_features(name):
+def test_features_equal_timm_forward_features_at_the_native_grid(name):
+    # At the native grid (224² for these tiny models; SAM and MAE resize every crop to theirs)
+    # nothing is resampled, so timm's forward_features is the reference. At other grids timm
+    # resamples its own way, not the official codes' (tests/models/vfm/test_official_pos_embed.py).
     vfm = tiny(name).double()
-    images = torch.randn(2, 3, 224, 336, dtype=torch.float64)
+    images = torch.randn(2, 3, 224, 224, dtype=torch.float64)
     out = vfm(images)
     assert out.dtype == torch.float64
-    torch.testing.assert_close(out, timm_reference(vfm, images), rtol=0, atol=1e-6)
+    torch.testing.assert_close(out, timm_reference(vfm, images), rtol=0, atol=1e-12)
 
 
 def test_dtype_follows_input_and_model():
@@ -273,3 +276,29 @@ def test_unknown_tag_and_preset():
         TimmVFM('dino_vitl99', random_init=True)
     with pytest.raises(ValueError, match='input_size'):
         TimmVFM('mae_vitb16', random_init=True, model_kwargs=TINY)
+
+
+def test_errors_other_than_download_errors_propagate_as_they_are(monkeypatch):
+    # an out-of-memory RuntimeError or a TypeError of a version mismatch is not "could not
+    # download": it reaches the caller unchanged
+    for error in (TypeError("create_model() got an unexpected keyword argument 'x'"),
+                  RuntimeError('CUDA out of memory')):
+        def failing(name, pretrained=False, error=error, **kwargs):
+            raise error
+        monkeypatch.setattr(timm, 'create_model', failing)
+        with pytest.raises(type(error)) as info:
+            TimmVFM('dino_vitb8', model_kwargs=TINY)
+        assert info.value is error
+
+
+def test_converter_errors_become_weights_errors_and_others_propagate(tmp_path, monkeypatch):
+    import dataclasses
+    path = tmp_path / 'tiny.pth'
+    torch.save(tiny('dino_vitb8').model.state_dict(), path)
+    preset = VFM_PRESETS['dino_vitb8']
+    for error, expected in ((KeyError('pos_embed'), WeightsError), (TypeError('api'), TypeError)):
+        def convert(state, model, error=error):
+            raise error
+        monkeypatch.setitem(VFM_PRESETS, 'dino_vitb8', dataclasses.replace(preset, convert=convert))
+        with pytest.raises(expected, match="tiny.pth cannot be converted.*KeyError|api"):
+            TimmVFM('dino_vitb8', pretrained=str(path), model_kwargs=TINY)

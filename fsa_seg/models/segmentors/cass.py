@@ -220,8 +220,8 @@ class CASS(TrainingFreeSegmentor):
         """DINO's last-block keys of the patch tokens, split into CLIP's heads, bilinearly
         resized to the CLIP grid and min-max rescaled to the range of CLIP's keys, per crop:
         (b, H, N, d)."""
-        images = self.dino_input(crops).to(next(self.vfm.parameters()).dtype)
-        tokens = self.vfm.last_block_input(images)
+        images = self.dino_input(crops)                 # float32; the VFM casts to its dtype
+        tokens, _ = self.vfm.last_block_input(images)
         block = self.vfm.model.blocks[-1]
         qkv = block.attn.qkv(block.norm1(tokens))
         batch, length, _ = qkv.shape

@@ -11,6 +11,10 @@ r"""Latency and peak memory, two variants side by side in one run (fsa_seg/analy
     # ProxyCLIP (CLIP ViT-B/16 + DINO ViT-B/8) +- FSA: real sizes, random weights, 336 crop, Q=171
     python tools/analysis/benchmark.py proxyclip [--repeat 7] [--threads T] [--device cpu] \
         [--json out.json]
+
+    # first use of a vocabulary: text embeddings at the full context (before) vs cut per batch
+    python tools/analysis/benchmark.py text [--vocab voc21] [--model ViT-B-16] \
+        [--precision fp32] [--repeat 1] [--threads T] [--device cpu] [--json out.json]
 """
 import argparse
 import os
@@ -20,7 +24,7 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__fi
 if REPO_ROOT not in sys.path:
     sys.path.insert(0, REPO_ROOT)
 
-from fsa_seg.analysis import benchmark  # noqa: E402
+from fsa_seg.analysis import benchmark, text_benchmark  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -59,6 +63,15 @@ def parse_args(argv=None):
     proxyclip = sub.add_parser('proxyclip', help='ProxyCLIP +- FSA, one 336 crop, Q=171, '
                                                  'real sizes with random weights')
     common(proxyclip)
+
+    text = sub.add_parser('text', help='first use of a vocabulary: text embeddings at the full '
+                                       'context vs cut per batch, real size, random weights')
+    text.add_argument('--vocab', default='voc21', help='bundled vocabulary or class-name file')
+    text.add_argument('--templates', default='openai_imagenet', help='template set')
+    text.add_argument('--model', default='ViT-B-16', help='open_clip architecture')
+    text.add_argument('--precision', choices=sorted(benchmark.DTYPES), default='fp32')
+    common(text)
+    text.set_defaults(repeat=1)
     args = parser.parse_args(argv)
     if args.repeat < 1:
         parser.error('--repeat must be at least 1')
@@ -88,6 +101,11 @@ def run(args):
                                              args.repeat, args.threads, start_method)
         report = benchmark.segmentor_report(comparison, 'Segmentor with and without FSA, '
                                                         'per crop')
+    elif args.command == 'text':
+        comparison = text_benchmark.run_text(args.vocab, args.templates, args.model,
+                                             args.precision, args.device, args.repeat,
+                                             args.threads)
+        report = text_benchmark.text_report(comparison)
     else:
         comparison = benchmark.run_segmentor(benchmark.PROXYCLIP_CONFIG, random_weights=True,
                                              crop=336, q=171, device=args.device,

@@ -5,13 +5,15 @@ positional embeddings interpolated to the crop's token grid) and exposes what a 
 of the last block and the output head. Nothing of open_clip is re-implemented.
 """
 import hashlib
+import json
 import os
-from typing import Dict, List, Optional, Tuple
+from typing import Callable, Dict, Optional, Sequence, Tuple
 
 import open_clip
 import torch
 import torch.nn.functional as F
 from mmseg.registry import MODELS
+from open_clip.transformer import text_global_pool
 from torch import Tensor, nn
 
 from ..pos_embed import DINO_RESAMPLING, needs_resampling
@@ -81,6 +83,10 @@ class OpenCLIP(nn.Module):
         else:
             self.tokenizer = open_clip.get_tokenizer(model_name)
         self.weights_id = self._weights_id(pretrained)
+        config = arch if arch is not None else open_clip.get_model_config(model_name)
+        self._text_config = {key: config.get(key) for key in ('embed_dim', 'text_cfg',
+                                                               'custom_text')}
+        self._text_truncatable = is_causal_clip_text(self.model)
 
     def _build(self, model_name, pretrained, arch, quick_gelu, cache_dir) -> nn.Module:
         if arch is not None:
@@ -196,13 +202,85 @@ class OpenCLIP(nn.Module):
         return self.visual.ln_post(tokens) @ self.visual.proj
 
     # ------------------------------------------------------------------ text
+    @property
+    def text_id(self) -> str:
+        """Everything the text embeddings depend on besides the prompts (the cache identity):
+        the text tower's configuration, whether it runs QuickGELU (as built, whatever asked for
+        it), its current dtype, the tokenizer and the weights."""
+        tokenizer = dict(type=type(self.tokenizer).__name__,
+                         context_length=getattr(self.tokenizer, 'context_length', None))
+        quick_gelu = any(isinstance(module, open_clip.transformer.QuickGELU)
+                         for module in self.model.modules())
+        return json.dumps(dict(model=self.model_name, text=self._text_config,
+                               quick_gelu=quick_gelu, dtype=str(self.model.logit_scale.dtype),
+                               tokenizer=tokenizer, weights=self.weights_id),
+                          sort_keys=True, default=str)
+
     @torch.no_grad()
-    def encode_text(self, texts: List[str]) -> Tensor:
-        tokens = self.tokenizer(texts).to(self.visual.proj.device)
-        return self.model.encode_text(tokens)
+    def encode_text(self, texts: Sequence[str], batch_size: int = 256,
+                    progress: Optional[Callable[[int], None]] = None) -> Tensor:
+        """(len(texts), D) text embeddings, not normalised, in the model's dtype.
+
+        The texts are encoded longest first, in batches of similar length, each batch only up to
+        its longest text: under the causal mask the pooled (end-of-text) token never attends to
+        the padding after it, so this is open_clip's full-context ``encode_text`` at a fraction
+        of the cost. ``progress(k)`` is called after each batch of ``k`` texts."""
+        tokens = self.tokenizer(list(texts))  # on the CPU: lengths and order cost no host sync
+        lengths = (pooled_token_index(self.model, tokens) + 1 if self._text_truncatable
+                   else torch.full((len(tokens),), tokens.shape[1]))
+        order = torch.argsort(lengths, descending=True, stable=True)
+        device = self.model.logit_scale.device
+        encoded = []
+        for batch in order.split(batch_size):
+            length = int(lengths[batch[0]])
+            encoded.append(self._encode_tokens(tokens[batch, :length].to(device)))
+            if progress is not None:
+                progress(len(batch))
+        encoded = torch.cat(encoded)
+        in_order = torch.empty_like(encoded)
+        in_order[order.to(device)] = encoded
+        return in_order
+
+    def _encode_tokens(self, tokens: Tensor) -> Tensor:
+        """open_clip's ``CLIP.encode_text`` on tokens cut after the longest one's pooled token:
+        positional embeddings and causal mask cut to match. Other text towers (CustomTextCLIP,
+        bidirectional masks, pooling at a fixed position) get the full context."""
+        model = self.model
+        if not self._text_truncatable:
+            return model.encode_text(tokens)
+        length = tokens.shape[1]
+        cast_dtype = model.transformer.get_cast_dtype()
+        x = model.token_embedding(tokens).to(cast_dtype)
+        x = x + model.positional_embedding[:length].to(cast_dtype)
+        x = model.transformer(x, attn_mask=model.attn_mask[:length, :length])
+        x = model.ln_final(x)
+        x = text_global_pool(x, tokens, model.text_pool_type,
+                             eos_token_id=getattr(model, 'text_eos_id', None))
+        if isinstance(model.text_projection, nn.Linear):
+            return model.text_projection(x)
+        return x if model.text_projection is None else x @ model.text_projection
 
     def forward(self, images: Tensor) -> Tensor:  # the plain CLIP image embedding
         return self.model.encode_image(images.to(self.dtype))
+
+
+def is_causal_clip_text(model: nn.Module) -> bool:
+    """Whether ``model`` is open_clip's ``CLIP`` with a causal text mask and pooling at a token
+    found from the ids (end of text): then its text embedding of a prompt depends only on the
+    tokens up to that one."""
+    mask = getattr(model, 'attn_mask', None)
+    if (not isinstance(model, open_clip.CLIP) or mask is None
+            or model.text_pool_type not in ('argmax', 'eos')):
+        return False
+    return torch.equal(mask, torch.full_like(mask, float('-inf')).triu(1))
+
+
+def pooled_token_index(model: nn.Module, tokens: Tensor) -> Tensor:
+    """Per row of ``tokens``, the position open_clip's ``text_global_pool`` takes the embedding
+    from (argmax or eos pooling)."""
+    if model.text_pool_type == 'argmax':
+        return tokens.argmax(dim=-1)
+    return (tokens == model.text_eos_id).int().argmax(dim=-1)
 
 
 def tiny_clip_arch(embed_dim: int = 32, width: int = 64, layers: int = 3, heads: int = 4,

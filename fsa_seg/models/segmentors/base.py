@@ -87,10 +87,8 @@ class TrainingFreeSegmentor(BaseSegmentor):
         # mmseg's class names and palette (visualizers, inferencers) follow the vocabulary.
         names = tuple(self.vocabulary.class_names)
         self.dataset_meta = dict(classes=names, palette=make_palette(len(names)).tolist())
-        embeddings = cached_query_embeddings(
-            self.clip.encode_text, self.vocabulary.queries, self.templates,
-            model_id=self.clip.model_name, weights_id=self.clip.weights_id,
-            cache_dir=self.text_cache_dir)
+        embeddings = cached_query_embeddings(self.clip, self.vocabulary.queries, self.templates,
+                                             cache_dir=self.text_cache_dir)
         self.set_query_embeddings(embeddings)
         return self.vocabulary
 

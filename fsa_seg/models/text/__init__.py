@@ -1,4 +1,10 @@
-from .classifier import cache_key, cached_query_embeddings, default_cache_dir, embed_queries
+from .classifier import (
+                         TextEncoder,
+                         cache_key,
+                         cached_query_embeddings,
+                         default_cache_dir,
+                         embed_queries,
+)
 from .templates import OPENAI_IMAGENET_TEMPLATES, TEMPLATE_SETS, resolve_templates
 from .vocabulary import (
                          Vocabulary,
@@ -9,7 +15,7 @@ from .vocabulary import (
 )
 
 __all__ = [
-    'cache_key', 'cached_query_embeddings', 'default_cache_dir', 'embed_queries',
+    'TextEncoder', 'cache_key', 'cached_query_embeddings', 'default_cache_dir', 'embed_queries',
     'OPENAI_IMAGENET_TEMPLATES', 'TEMPLATE_SETS', 'resolve_templates', 'Vocabulary',
     'VocabularyError', 'bundled_vocabularies', 'load_vocabulary', 'read_class_names'
 ]

@@ -4,6 +4,7 @@ import torch
 import torch.nn.functional as F
 
 from fsa_seg.models.backbones import OpenCLIP, interpolate_pos_embed, tiny_clip_arch
+from fsa_seg.models.backbones.clip import is_causal_clip_text
 from fsa_seg.models.weights import WeightsError
 
 
@@ -109,6 +110,63 @@ def test_text_encoder_embeds_prompts(tiny_clip):
     expected = clip.model.encode_text(open_clip.SimpleTokenizer()(['a photo of a cat.', 'dog']))
     assert out.shape == (2, 32) and torch.allclose(out, expected)
     assert F.cosine_similarity(out[0], out[1], dim=0) < 1
+
+
+# Prompts of many lengths, in no order, one longer than the 77-token context (cut by the
+# tokenizer, its end-of-text token at the last position).
+PROMPTS = ['dog', 'a photo of a cat.', 'itap of my television monitor.', 'a {}.'.format(
+    'very ' * 90 + 'long name'), 'a black and white photo of the person in sweater.', 'sky',
+    'the plushie pottedplant.', 'a photo of the hard to see bicycle.', 'graffiti of a cow.']
+
+
+@pytest.mark.parametrize('batch_size', [1, 4, 256])
+def test_text_cut_at_each_batchs_longest_prompt_equals_open_clips_full_context(tiny_clip,
+                                                                             batch_size):
+    clip = OpenCLIP(**tiny_clip)
+    out = clip.encode_text(PROMPTS, batch_size=batch_size)
+    expected = clip.model.encode_text(open_clip.SimpleTokenizer()(PROMPTS))  # 77 tokens each
+    assert out.dtype == torch.float64
+    assert (out - expected).abs().max() <= 1e-12
+
+
+def test_text_batches_run_longest_first_each_only_up_to_its_longest_prompt(tiny_clip):
+    clip = OpenCLIP(**tiny_clip)
+    seen = []
+    clip.model.transformer.register_forward_pre_hook(
+        lambda module, args: seen.append(tuple(args[0].shape[:2])))
+    done = []
+    clip.encode_text(PROMPTS, batch_size=4, progress=done.append)
+    # Start, words and end of text: the BPE tokens of each prompt plus two.
+    tokenizer = open_clip.SimpleTokenizer()
+    lengths = sorted((min(len(tokenizer.encode(p)) + 2, 77) for p in PROMPTS), reverse=True)
+    assert seen == [(4, lengths[0]), (4, lengths[4]), (1, lengths[8])]
+    assert done == [4, 4, 1]
+
+
+@pytest.mark.parametrize('text_cfg', [dict(pool_type='eos', eos_id=49407),
+                                      dict(no_causal_mask=True), dict(pool_type='last')])
+def test_other_text_towers_equal_open_clip_whether_cut_or_not(text_cfg):
+    arch = tiny_clip_arch()
+    arch['text_cfg'] = dict(arch['text_cfg'], **text_cfg)
+    clip = OpenCLIP(arch=arch, random_init=True, precision='fp64')
+    out = clip.encode_text(PROMPTS, batch_size=4)
+    expected = clip.model.encode_text(open_clip.SimpleTokenizer()(PROMPTS))
+    assert (out - expected).abs().max() <= 1e-12
+    # Only end-of-text pooling under the causal mask depends on the tokens up to the pooled one.
+    assert is_causal_clip_text(clip.model) == ('eos_id' in text_cfg)
+
+
+def test_custom_text_clips_are_encoded_at_full_context():
+    arch = tiny_clip_arch()
+    model = open_clip.CustomTextCLIP(arch['embed_dim'], arch['vision_cfg'], arch['text_cfg'])
+    assert not is_causal_clip_text(model)
+
+
+def test_text_in_fp32_stays_close_to_the_full_context():
+    clip = OpenCLIP(arch=tiny_clip_arch(), random_init=True)
+    out = clip.encode_text(PROMPTS)
+    expected = clip.model.encode_text(open_clip.SimpleTokenizer()(PROMPTS))
+    assert out.dtype == torch.float32 and (out - expected).abs().max() <= 1e-5
 
 
 def test_pos_embed_interpolation_follows_the_dino_formula_of_the_segmentation_codebases():

@@ -1,6 +1,7 @@
 r"""Latency and peak memory, two variants side by side in one run (fsa_seg/analysis/benchmark.py).
 
-    # our FSA vs the official formulation on random inputs
+    # our FSA (both of its paths) vs the official formulation on random inputs; several --n and
+    # --dtype run each combination and end with one table (GPU: --n 1764 4096 --dtype fp16 fp32)
     python tools/analysis/benchmark.py plugin --n 1764 --q 171 --heads 12 --head-dim 64 \
         [--batch 1] [--dtype fp32] [--repeat 7] [--threads T] [--device cpu] [--json out.json]
 
@@ -41,12 +42,12 @@ def parse_args(argv=None):
         command.add_argument('--json', help='also write the measurements to this JSON file')
 
     plugin = sub.add_parser('plugin', help='our FSA vs the official formulation')
-    plugin.add_argument('--n', type=int, default=1764, help='patch tokens N')
+    plugin.add_argument('--n', type=int, nargs='+', default=[1764], help='patch tokens N')
     plugin.add_argument('--q', type=int, default=171, help='queries Q')
     plugin.add_argument('--heads', type=int, default=12)
     plugin.add_argument('--head-dim', type=int, default=64)
     plugin.add_argument('--batch', type=int, default=1)
-    plugin.add_argument('--dtype', choices=sorted(benchmark.DTYPES), default='fp32')
+    plugin.add_argument('--dtype', choices=sorted(benchmark.DTYPES), nargs='+', default=['fp32'])
     common(plugin)
 
     config = sub.add_parser('config', help="one crop of a config's segmentor, with / without FSA")
@@ -91,10 +92,7 @@ def run(args):
     # and start at once. CUDA workers are spawned (the library's default).
     start_method = 'fork' if sys.platform.startswith('linux') and args.device == 'cpu' else None
     if args.command == 'plugin':
-        comparison = benchmark.run_plugin(args.n, args.q, args.heads, args.head_dim, args.batch,
-                                          args.dtype, args.device, args.repeat, args.threads,
-                                          start_method)
-        report = benchmark.plugin_report(comparison)
+        return run_plugin_grid(args, start_method)
     elif args.command == 'config':
         comparison = benchmark.run_segmentor(args.config, args.random_weights, args.crop, args.q,
                                              args.batch, args.precision, args.device,
@@ -118,6 +116,24 @@ def run(args):
     if args.json:
         benchmark.write_json(args.json, comparison)
     return comparison
+
+
+def run_plugin_grid(args, start_method):
+    """``plugin`` for every N and dtype given, each reported as it ends, then one table."""
+    comparisons = []
+    for n in args.n:
+        for dtype in args.dtype:
+            comparison = benchmark.run_plugin(n, args.q, args.heads, args.head_dim, args.batch,
+                                              dtype, args.device, args.repeat, args.threads,
+                                              start_method)
+            print(benchmark.plugin_report(comparison), flush=True)
+            comparisons.append(comparison)
+    if len(comparisons) > 1:
+        print('\n' + benchmark.plugin_grid_report(comparisons))
+    if args.json:
+        benchmark.write_json(args.json, comparisons[0] if len(comparisons) == 1
+                             else dict(runs=comparisons))
+    return comparisons[0] if len(comparisons) == 1 else comparisons
 
 
 if __name__ == '__main__':

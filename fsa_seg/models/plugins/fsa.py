@@ -15,13 +15,26 @@ log q) nor an N×N·N×N product: A_ens·V = A_new·(A·V + V) + A·(A_new·V), 
 (two when the caller gives A·V), an attention shared by the heads applied to all heads at once;
 the uniform branch is the mean of the values. Without autograd, A_new is made and applied a block
 of rows at a time (each step works on rows independently), so that its N×N buffers shrink to
-block×N ones and it is never held whole; the pruning needs only each row's sorted values (numpy's
-vectorised sort on CPU, several times faster than ``torch.sort``): the kept entries are the row's
-k largest, those at or above the k-th value. Only rows where exactly equal similarities straddle
-the cut (a one-query vocabulary, identical padded patches) are sorted with ``torch.sort`` as in
-the official code, whose order decides which of them are kept.
+block×N ones and it is never held whole. Two paths do that, chosen by the device of the inputs:
+
+* CPU: small blocks (2^19 entries) that stay in cache; the pruning needs only each row's sorted
+  values (numpy's vectorised sort, several times faster than ``torch.sort``): the kept entries are
+  the row's k largest, those at or above the k-th value. Only rows where exactly equal similarities
+  straddle the cut are found (a host-side test, free on CPU) and sorted with ``torch.sort``.
+* any other device (CUDA): no host synchronisation and no data-dependent Python branch; large
+  blocks (2^22 entries, the whole matrix up to N = 2048), sizes from the shapes alone; every row
+  sorted with ``torch.sort`` (indices included, which the GPU sort makes anyway) and its kept
+  entries scattered back, as the official code does. The matrix products run in the dtype of the
+  values (tensor cores in fp16/bf16), the KL, similarities and pruning in at least fp32.
+
+Ties: where exactly equal similarities straddle the top-p cut (a one-query vocabulary, identical
+padded patches), which of them are kept is decided by the order of ``torch.sort(descending=True)``
+on the row, as in the official code; both paths call that very sort on the device of the inputs,
+so they keep what the official code keeps there. On CUDA that sort is stable for rows longer than
+32 (merge and radix sorts), i.e. the equal entries of lowest index are kept; on CPU its order among
+equal values is the (deterministic, unspecified) order of ``std::sort``.
 """
-from typing import Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -30,7 +43,9 @@ from torch import Tensor
 
 from .base import AttentionPlugin, LogitsFn
 
-BLOCK_ELEMENTS = 2 ** 19  # rows of A_new made at once: about this many entries (2 MB in fp32)
+BLOCK_ELEMENTS = 2 ** 19  # CPU path: rows of A_new made at once, about this many entries (2 MB)
+DEVICE_BLOCK_ELEMENTS = 2 ** 22  # device path: at most this many entries at once (16 MB in fp32)
+PATHS = ('cpu', 'device')
 
 
 @MODELS.register_module()
@@ -76,16 +91,24 @@ class FSA(AttentionPlugin):
             grid, num_prefix: the contract's patch grid and prefix count (unused: FSA works on
                 patches only, so ``num_prefix`` is 0).
         """
+        return self._forward(attn, values, logits_fn, attended, path=_path_for(values))
+
+    def _forward(self, attn: Optional[Tensor], values: Tensor, logits_fn: LogitsFn,
+                 attended: Optional[Tensor] = None, path: str = 'cpu') -> Tensor:
+        """:meth:`forward` on the given path, 'cpu' or 'device' (see the module's docstring);
+        either runs on any device, which lets the tests check the device path on CPU."""
+        if path not in PATHS:
+            raise ValueError(f'path must be one of {PATHS}, got {path!r}')
         if attended is None:
             attended = values if attn is None else attn @ values
         heads, head_dim = values.shape[1], values.shape[-1]
         if attn is None:
             return _split_heads(self._feedback_product(attended, values, logits_fn,
-                                                       _merge_heads(values)), heads)
+                                                       _merge_heads(values), path), heads)
         # (A_new·A + A·A_new + A_new)·V = A_new·(A·V + V) + A·(A_new·V), without any N×N·N×N
         # product; A_new·V and A_new·(A·V + V) as one product over both, all heads at once.
         both = torch.stack([values.transpose(1, 2), (attended + values).transpose(1, 2)], dim=2)
-        both = self._feedback_product(attended, values, logits_fn, both.flatten(2))
+        both = self._feedback_product(attended, values, logits_fn, both.flatten(2), path)
         both = both.unflatten(-1, (2, heads, head_dim))
         new_attended = both[:, :, 0].transpose(1, 2)                         # (B, H, N, d)
         mixed = both[:, :, 1].transpose(1, 2)                                # A_new·(A·V + V)
@@ -97,7 +120,7 @@ class FSA(AttentionPlugin):
     def feedback_attention(self, attended: Tensor, values: Tensor, logits_fn: LogitsFn) -> Tensor:
         """A_new (B, 1, N, N), shared by the heads, in the dtype of ``values``."""
         sim = self.patch_similarity(self._isolated_logits(attended, values, logits_fn))
-        return self._prune_and_sharpen(sim, reuse_input=True).to(values.dtype).unsqueeze(1)
+        return self._prune_and_sharpen(sim, True, _path_for(sim)).to(values.dtype).unsqueeze(1)
 
     def _isolated_logits(self, attended: Tensor, values: Tensor, logits_fn: LogitsFn) -> Tensor:
         """P − P_u (B, N, Q), in at least fp32."""
@@ -109,27 +132,25 @@ class FSA(AttentionPlugin):
         return (logits - uniform).to(work_dtype)
 
     def _feedback_product(self, attended: Tensor, values: Tensor, logits_fn: LogitsFn,
-                          operand: Tensor) -> Tensor:
+                          operand: Tensor, path: str) -> Tensor:
         """A_new[:, 0] · operand (B, N, C) for operand (B, N, C) in the dtype of ``values``.
 
         Without autograd, A_new is made and applied a block of rows at a time (every step of it
-        works on rows independently): its N×N buffers become block×N ones, small enough to stay
-        in cache, and A_new is never held whole."""
+        works on rows independently): its N×N buffers become block×N ones and A_new is never held
+        whole. The blocks depend on the shapes only."""
         isolated = self._isolated_logits(attended, values, logits_fn)
         if _records_grad(isolated) or _records_grad(operand):
             sim = self.patch_similarity(isolated)
-            return self._prune_and_sharpen(sim, reuse_input=True).to(values.dtype) @ operand
+            return self._prune_and_sharpen(sim, True, path).to(values.dtype) @ operand
         q, log_q, self_term = self._kl_terms(isolated)
         log_q_t = log_q.transpose(-1, -2)
-        num_tokens = q.shape[1]
-        block = max(1, BLOCK_ELEMENTS // num_tokens)
+        batch, num_tokens = q.shape[:2]
         out = operand.new_empty(operand.shape)
-        for start in range(0, num_tokens, block):
-            rows = slice(start, start + block)
+        for rows in _row_blocks(batch, num_tokens, path):
             kl = torch.baddbmm(self_term[:, rows], q[:, rows], log_q_t, alpha=-1)  # (B, b, N)
             sim = kl.clamp_min_(0).add_(1).reciprocal_()
-            new_rows = self._prune_and_sharpen(sim, reuse_input=True).to(values.dtype)
-            out[:, rows] = new_rows @ operand
+            new_rows = self._prune_and_sharpen(sim, True, path).to(values.dtype)
+            torch.matmul(new_rows, operand, out=out[:, rows])
         return out
 
     def _kl_terms(self, isolated_logits: Tensor):
@@ -148,10 +169,10 @@ class FSA(AttentionPlugin):
 
     def prune_and_sharpen(self, sim: Tensor) -> Tensor:
         """Keep each row's most similar entries within ``top_p`` softmax mass, sharpen, softmax."""
-        return self._prune_and_sharpen(sim, reuse_input=False)
+        return self._prune_and_sharpen(sim, False, _path_for(sim))
 
-    def _prune_and_sharpen(self, sim: Tensor, reuse_input: bool) -> Tensor:
-        """:meth:`prune_and_sharpen`; ``reuse_input`` lets it overwrite ``sim``."""
+    def _prune_and_sharpen(self, sim: Tensor, reuse_input: bool, path: str) -> Tensor:
+        """:meth:`prune_and_sharpen` on ``path``; ``reuse_input`` lets it overwrite ``sim``."""
         if _records_grad(sim):
             sorted_sim, order = sim.sort(dim=-1, descending=True)
             mass = sorted_sim.softmax(dim=-1).cumsum(dim=-1)
@@ -160,8 +181,26 @@ class FSA(AttentionPlugin):
             keep = torch.empty_like(keep_sorted).scatter_(-1, order, keep_sorted)
             sharpened = sim * torch.exp(self.lamda * sim)
             return sharpened.masked_fill(~keep, float('-inf')).softmax(dim=-1)
-        # The same selection without autograd. The cumulative mass is non-decreasing, so the kept
-        # sorted positions are a prefix of length k ≥ 1: the k largest entries of the row.
+        if path == 'device':
+            return self._prune_in_sort_order(sim, reuse_input)
+        return self._prune_by_threshold(sim, reuse_input)
+
+    def _prune_in_sort_order(self, sim: Tensor, reuse_input: bool) -> Tensor:
+        """The device path's pruning, without autograd: the official selection (sort, cumulative
+        mass, kept sorted positions scattered back), with no host synchronisation."""
+        sorted_sim, order = sim.sort(dim=-1, descending=True)
+        mass = sorted_sim.softmax(dim=-1).cumsum_(dim=-1)
+        drop_sorted = mass > self.top_p
+        drop_sorted[..., 0] = False                                  # the first is always kept
+        drop = torch.empty_like(drop_sorted).scatter_(-1, order, drop_sorted)
+        del order, drop_sorted
+        return self._sharpen_and_normalise(sim, drop, sorted_sim, mass, reuse_input)
+
+    def _prune_by_threshold(self, sim: Tensor, reuse_input: bool) -> Tensor:
+        """The CPU path's pruning, without autograd. The cumulative mass is non-decreasing, so
+        the kept sorted positions are a prefix of length k ≥ 1: the k largest entries of the row,
+        found from the sorted values alone; rows where equal values straddle the cut follow the
+        order of ``torch.sort`` as the official code does."""
         sorted_sim = _sorted_descending(sim)
         mass = sorted_sim.softmax(dim=-1).cumsum_(dim=-1)
         kept = (mass <= self.top_p).sum(dim=-1, keepdim=True).clamp_(min=1)        # (B, N, 1)
@@ -176,15 +215,35 @@ class FSA(AttentionPlugin):
             keep_sorted = torch.arange(size, device=sim.device) < kept[rows]
             drop[rows] = torch.empty_like(keep_sorted).scatter_(-1, order,
                                                                  keep_sorted.logical_not_())
-        # sorted_sim's buffer becomes exp(λ·sim) (then sim·exp(λ·sim) unless sim may be
-        # overwritten), mass's the result.
-        sharpened = torch.mul(sim, self.lamda, out=sorted_sim).exp_()
+        return self._sharpen_and_normalise(sim, drop, sorted_sim, mass, reuse_input)
+
+    def _sharpen_and_normalise(self, sim: Tensor, drop: Tensor, spare: Tensor, out: Tensor,
+                               reuse_input: bool) -> Tensor:
+        """softmax(sim·exp(λ·sim)) over the entries not dropped; ``spare`` (then ``sim`` if
+        ``reuse_input``) is overwritten, the result is written to ``out``."""
+        sharpened = torch.mul(sim, self.lamda, out=spare).exp_()                   # exp(λ·sim)
         sharpened = sim.mul_(sharpened) if reuse_input else sharpened.mul_(sim)   # sim·exp(λ·sim)
-        return torch.softmax(sharpened.masked_fill_(drop, float('-inf')), dim=-1, out=mass)
+        return torch.softmax(sharpened.masked_fill_(drop, float('-inf')), dim=-1, out=out)
 
 
 def _records_grad(x: Tensor) -> bool:
     return torch.is_grad_enabled() and x.requires_grad
+
+
+def _path_for(x: Tensor) -> str:
+    return 'cpu' if x.device.type == 'cpu' else 'device'
+
+
+def _row_blocks(batch: int, num_tokens: int, path: str) -> List[slice]:
+    """Rows of A_new made at once. CPU: about ``BLOCK_ELEMENTS`` entries per image, small enough
+    to stay in cache. Device: as few blocks as ``DEVICE_BLOCK_ELEMENTS`` allows for the whole
+    batch, of equal sizes (few large kernels; the whole matrix up to N = 2048)."""
+    if path == 'cpu':
+        rows = max(1, BLOCK_ELEMENTS // num_tokens)
+    else:
+        blocks = -(-batch * num_tokens * num_tokens // DEVICE_BLOCK_ELEMENTS)
+        rows = -(-num_tokens // blocks)
+    return [slice(start, start + rows) for start in range(0, num_tokens, rows)]
 
 
 def _merge_heads(x: Tensor) -> Tensor:

@@ -1,0 +1,256 @@
+"""FSA's two paths, CPU (numpy sort, host-side tie test) and device (no host synchronisation), both
+forced on CPU here: each equals the official formulation (fsa_reference) and the golden fixture,
+keeps the official code's choice among tied similarities, and the device path reads no tensor on
+the host (checked on fake CUDA tensors)."""
+import pytest
+import torch
+import torch.nn.functional as F
+from torch._subclasses.fake_tensor import FakeTensorMode
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
+
+import fsa_seg.models.plugins.fsa as fsa_module
+from fsa_seg.models.plugins import FSA
+from fsa_seg.models.plugins.fsa_reference import official_fsa
+
+PATHS = ('cpu', 'device')
+HYPER = dict(lamda=3.0, top_p=0.45, logit_scales=(20.0, 35.0))
+
+
+def random_problem(batch, heads, n, dim, queries, attention, seed=0, dtype=torch.float64):
+    generator = torch.Generator().manual_seed(seed)
+    values = torch.randn(batch, heads, n, dim, generator=generator, dtype=dtype)
+    if attention == 'per-head':
+        attn = (3 * torch.randn(batch, heads, n, n, generator=generator, dtype=dtype)).softmax(-1)
+    elif attention == 'shared':  # ProxyCLIP-like: masked, shared by the heads
+        logits = 3 * torch.randn(batch, 1, n, n, generator=generator, dtype=dtype)
+        attn = logits.masked_fill(logits < -1, float('-inf'))
+        attn = attn.diagonal_scatter(torch.zeros(batch, 1, n, dtype=dtype), dim1=-2, dim2=-1)
+        attn = attn.softmax(-1)
+    else:
+        attn = None
+    head = torch.randn(heads * dim, 8, generator=generator, dtype=dtype)
+    text = F.normalize(torch.randn(queries, 8, generator=generator, dtype=dtype), dim=-1)
+    return attn, values, linear_logits_fn(head, text)
+
+
+def linear_logits_fn(head, text):
+    def logits_fn(o):
+        merged = o.transpose(1, 2).flatten(2)
+        return F.normalize(merged @ head.to(o.dtype), dim=-1) @ text.to(o.dtype).t()
+    return logits_fn
+
+
+def run(path, attn, values, logits_fn, **hyper):
+    with torch.no_grad():
+        return FSA(**(hyper or HYPER))._forward(attn, values, logits_fn, path=path)
+
+
+def reference(attn, values, logits_fn, **hyper):
+    with torch.no_grad():
+        return official_fsa(attn, values, logits_fn, **(hyper or HYPER))
+
+
+def ties_straddle_the_cut(new_attn, sim):
+    """Some row keeps only part of a group of equal similarities (the tie rule decides)."""
+    kept = new_attn > 0
+    smallest_kept = torch.where(kept, sim, torch.inf).amin(-1, keepdim=True)
+    return bool(((sim == smallest_kept) & ~kept).any())
+
+
+# ---------------------------------------------------------------------------- exactness
+@pytest.mark.parametrize('path', PATHS)
+def test_each_path_reproduces_the_golden_fixture(golden, golden_logits_fn, path):
+    hyper = dict(lamda=golden['lamda'], top_p=golden['top_p'], logit_scales=golden['logit_scales'])
+    out = run(path, golden['attn'], golden['values'], golden_logits_fn, **hyper)
+    assert out.dtype == torch.float64
+    assert (out - golden['attended']).abs().max() < 1e-12
+
+
+@pytest.mark.parametrize('path', PATHS)
+@pytest.mark.parametrize('attention', ['per-head', 'shared', 'identity'])
+@pytest.mark.parametrize('batch, heads, n, dim, queries', [
+    (1, 4, 7, 8, 3),
+    (2, 3, 50, 4, 12),
+    (1, 12, 196, 8, 21),
+])
+def test_each_path_equals_the_reference(path, attention, batch, heads, n, dim, queries):
+    problem = random_problem(batch, heads, n, dim, queries, attention, seed=n + queries)
+    assert (run(path, *problem) - reference(*problem)).abs().max() < 1e-12
+
+
+@pytest.mark.parametrize('lamda, top_p', [(2.3, 0.3), (4.5, 0.8), (3.0, 0.0)])
+def test_device_path_equals_the_reference_for_other_hyper_parameters(lamda, top_p):
+    problem = random_problem(1, 3, 40, 8, 10, 'per-head', seed=1)
+    hyper = dict(lamda=lamda, top_p=top_p, logit_scales=(15.0, 30.0))
+    assert (run('device', *problem, **hyper) - reference(*problem, **hyper)).abs().max() < 1e-12
+
+
+@pytest.mark.parametrize('attention', ['per-head', 'shared', 'identity'])
+def test_device_path_in_uneven_row_blocks_equals_the_reference(monkeypatch, attention):
+    """A batch of 2 × 50 rows under a budget of 2 × 7 × 50 entries: 8 blocks of 7 rows, the last
+    of 1; the block boundaries change nothing."""
+    monkeypatch.setattr(fsa_module, 'DEVICE_BLOCK_ELEMENTS', 2 * 7 * 50)
+    assert [(b.start, b.stop) for b in fsa_module._row_blocks(2, 50, 'device')] == [
+        (0, 7), (7, 14), (14, 21), (21, 28), (28, 35), (35, 42), (42, 49), (49, 56)]
+    problem = random_problem(2, 3, 50, 4, 12, attention, seed=3)
+    assert (run('device', *problem) - reference(*problem)).abs().max() < 1e-12
+
+
+def test_device_row_blocks_follow_the_shapes_only():
+    """2^22 entries at most: N = 1764 (DINO-B/8 at 336) whole; N = 4096 (SAM) in 4 × 1024 rows;
+    a batch of 2 at N = 1764 in 2 × 882 rows. The CPU path keeps its 2^19-entry blocks."""
+    def spans(batch, n, path):
+        return [(b.start, min(b.stop, n)) for b in fsa_module._row_blocks(batch, n, path)]
+    assert spans(1, 1764, 'device') == [(0, 1764)]
+    assert spans(1, 4096, 'device') == [(0, 1024), (1024, 2048), (2048, 3072), (3072, 4096)]
+    assert spans(2, 1764, 'device') == [(0, 882), (882, 1764)]
+    assert spans(1, 1764, 'cpu')[:2] == [(0, 297), (297, 594)] and len(spans(1, 1764, 'cpu')) == 6
+
+
+def test_forward_picks_the_path_by_device_and_rejects_unknown_paths():
+    problem = random_problem(1, 2, 30, 4, 5, 'shared')
+    fsa = FSA(**HYPER)
+    with torch.no_grad():
+        assert torch.equal(fsa(*problem), fsa._forward(*problem, path='cpu'))
+    with pytest.raises(ValueError, match='path must be one of'):
+        fsa._forward(*problem, path='gpu')
+
+
+# ---------------------------------------------------------------------------- ties
+@pytest.mark.parametrize('path', PATHS)
+def test_one_query_vocabulary_keeps_what_the_official_code_keeps(path):
+    """One query: q ≡ 1, every KL is 0, every similarity 1; each row keeps ⌊0.45 · 50⌋ = 22 of 50
+    equal entries, and the official code's sort decides which."""
+    problem = random_problem(1, 2, 50, 4, 1, 'shared', seed=5)
+    fsa = FSA(**HYPER)
+    attn, values, logits_fn = problem
+    with torch.no_grad():
+        sim = fsa.patch_similarity(fsa._isolated_logits(attn @ values, values, logits_fn))
+        new_attn = fsa._prune_and_sharpen(sim.clone(), False, path)
+    assert torch.equal(sim, torch.ones_like(sim))
+    assert torch.equal((new_attn > 0).sum(-1), torch.full((1, 50), 22))
+    out = run(path, *problem)
+    assert (out - reference(*problem)).abs().max() < 1e-12
+    assert (out - run('cpu' if path == 'device' else 'device', *problem)).abs().max() < 1e-12
+
+
+def padded_problem(seed=0):
+    """A crop whose last 30 of 48 patches are padding: equal values and equal proxy features, so
+    equal ProxyCLIP attention rows and equal q rows; each row's similarities to them tie."""
+    generator = torch.Generator().manual_seed(seed)
+    n, pad, heads, dim = 48, 30, 2, 4
+    values = torch.randn(1, heads, n, dim, generator=generator, dtype=torch.float64)
+    values[..., n - pad:, :] = values[..., n - pad:n - pad + 1, :]
+    feats = torch.randn(1, n, 16, generator=generator, dtype=torch.float64)
+    feats[:, n - pad:] = feats[:, n - pad:n - pad + 1]
+    feats = F.normalize(feats, dim=-1)
+    attn = (3 * feats @ feats.transpose(1, 2)).softmax(-1).unsqueeze(1)
+    head = torch.randn(heads * dim, 8, generator=generator, dtype=torch.float64)
+    text = F.normalize(torch.randn(6, 8, generator=generator, dtype=torch.float64), dim=-1)
+    return attn, values, linear_logits_fn(head, text)
+
+
+@pytest.mark.parametrize('path', PATHS)
+def test_identical_padded_patches_keep_what_the_official_code_keeps(path):
+    """Tied padded patches straddle the cut; since they are exact duplicates (values and attention
+    rows), which of them are kept does not change the output."""
+    problem = padded_problem()
+    attn, values, logits_fn = problem
+    fsa = FSA(**HYPER)
+    with torch.no_grad():
+        sim = fsa.patch_similarity(fsa._isolated_logits(attn @ values, values, logits_fn))
+        new_attn = fsa._prune_and_sharpen(sim.clone(), False, path)
+    assert ties_straddle_the_cut(new_attn, sim)  # the case is exercised
+    out = run(path, *problem)
+    assert (out - reference(*problem)).abs().max() < 1e-12
+    assert (out - run('cpu' if path == 'device' else 'device', *problem)).abs().max() < 1e-12
+
+
+@pytest.mark.parametrize('path', PATHS)
+def test_pruning_of_straddling_ties_equals_the_official_selection(path):
+    """Similarities rounded to sevenths: many rows keep only part of a group of equal values. The
+    selection is the official code's (sorted, cumulative mass, scattered back: the autograd path
+    computes exactly that), on both paths."""
+    generator = torch.Generator().manual_seed(0)
+    sim = (torch.rand(3, 40, 40, generator=generator, dtype=torch.float64) * 6).round() / 6 + 0.1
+    fsa = FSA(**HYPER)
+    with torch.no_grad():
+        pruned = fsa._prune_and_sharpen(sim.clone(), False, path)
+    official = fsa.prune_and_sharpen(sim.clone().requires_grad_()).detach()
+    assert ties_straddle_the_cut(pruned, sim)
+    assert torch.equal(pruned, official)
+
+
+# ---------------------------------------------------------------------------- no host sync
+class DeviceToHostCopies(TorchDispatchMode):
+    """Records every operation that turns CUDA inputs into a CPU output (.cpu(), .to('cpu'))."""
+
+    def __init__(self):
+        super().__init__()
+        self.found = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        devices_in = {t.device.type for t in tree_leaves((args, kwargs))
+                      if isinstance(t, torch.Tensor)}
+        devices_out = {t.device.type for t in tree_leaves(out) if isinstance(t, torch.Tensor)}
+        if 'cuda' in devices_in and 'cpu' in devices_out:
+            self.found.append(str(func))
+        return out
+
+
+def fake_cuda_problem(batch=1, heads=12, n=1764, dim=64, queries=171, attention='shared',
+                      dtype=torch.float16):
+    """Real sizes as fake CUDA tensors (shapes, no data): any read of a value on the host
+    (.item(), bool(), .nonzero(), .tolist(), numpy) raises."""
+    values = torch.randn(batch, heads, n, dim, device='cuda', dtype=dtype)
+    attn = None if attention == 'identity' else torch.rand(
+        batch, heads if attention == 'per-head' else 1, n, n, device='cuda', dtype=dtype)
+    head = torch.randn(heads * dim, 512, device='cuda', dtype=dtype)
+    text = torch.randn(queries, 512, device='cuda', dtype=dtype)
+    return attn, values, linear_logits_fn(head, text)
+
+
+@pytest.mark.parametrize('grad', [False, True], ids=['no_grad', 'grad'])
+@pytest.mark.parametrize('attention', ['per-head', 'shared', 'identity'])
+def test_forward_on_cuda_makes_no_host_synchronisation(attention, grad):
+    """By construction: FSA.forward on fake CUDA tensors of real sizes (N = 1764, Q = 171, fp16)
+    takes the device path, branches on no value and copies nothing to the host."""
+    with FakeTensorMode(), DeviceToHostCopies() as copies, torch.set_grad_enabled(grad):
+        attn, values, logits_fn = fake_cuda_problem(attention=attention)
+        out = FSA(**HYPER)(attn, values.requires_grad_(grad), logits_fn)
+        new_attn = FSA(**HYPER).feedback_attention(values, values, logits_fn)
+    assert out.device.type == 'cuda' and out.dtype == torch.float16
+    assert out.shape == values.shape and new_attn.shape == (1, 1, 1764, 1764)
+    assert copies.found == []
+
+
+def test_the_host_sync_check_catches_the_cpu_path():
+    """The check above bites: the CPU path's tie test reads a value on the host."""
+    from torch._subclasses.fake_tensor import DataDependentOutputException
+    with FakeTensorMode(), torch.no_grad():
+        problem = fake_cuda_problem(n=64, queries=5)
+        with pytest.raises(DataDependentOutputException):
+            FSA(**HYPER)._forward(*problem, path='cpu')
+
+
+# ---------------------------------------------------------------------------- precision
+# fp16/bf16 against fp32 on the same problem (values ~ N(0, 1), N = 196, Q = 21): measured
+# max |Δ| 0.010–0.015 (fp16) and 0.09–0.11 (bf16), mean |Δ| 1e-3 (fp16) and 1e-2 (bf16); the
+# largest ones where the rounding moves the top-p cut of a row by one entry.
+HALF_TOLERANCE = {torch.float16: dict(max=0.05, mean=3e-3),
+                  torch.bfloat16: dict(max=0.3, mean=3e-2)}
+
+
+@pytest.mark.parametrize('dtype', [torch.float16, torch.bfloat16], ids=['fp16', 'bf16'])
+@pytest.mark.parametrize('path', PATHS)
+def test_half_precision_agrees_with_fp32_within_the_stated_tolerance(path, dtype):
+    attn, values, logits_fn = random_problem(1, 3, 196, 8, 21, 'shared', seed=1,
+                                             dtype=torch.float32)
+    expected = run(path, attn, values, logits_fn)
+    out = run(path, attn.to(dtype), values.to(dtype), logits_fn)
+    assert out.dtype == dtype and torch.isfinite(out).all()
+    error = (out.float() - expected).abs()
+    assert error.max() < HALF_TOLERANCE[dtype]['max']
+    assert error.mean() < HALF_TOLERANCE[dtype]['mean']

@@ -156,12 +156,12 @@ def pamr(image: torch.Tensor, mask: torch.Tensor, steps: int, dilations) -> torc
     return mask
 
 
-def omega_float32(h: int, w: int, std: float) -> torch.Tensor:
-    """NACLIP's Gaussian neighbourhood term (N, N) in float32:
+def omega_float32(h: int, w: int, std: float, dtype=torch.float32) -> torch.Tensor:
+    """NACLIP's Gaussian neighbourhood term (N, N) in float32 (other dtypes: deviation study):
     exp(-(Δy² + Δx²)/(2σ²)), with the coordinates scaled by 1/(σ√2) in float32 before squaring."""
     c = 1 / (std * math.sqrt(2))
-    ky = torch.linspace(-(h - 1) * c, (h - 1) * c, 2 * h - 1, dtype=torch.float32)
-    kx = torch.linspace(-(w - 1) * c, (w - 1) * c, 2 * w - 1, dtype=torch.float32)
+    ky = torch.linspace(-(h - 1) * c, (h - 1) * c, 2 * h - 1, dtype=dtype)
+    kx = torch.linspace(-(w - 1) * c, (w - 1) * c, 2 * w - 1, dtype=dtype)
     window = torch.exp(-(ky[:, None] ** 2 + kx[None, :] ** 2))
     iy, ix = torch.meshgrid(torch.arange(h), torch.arange(w), indexing='ij')
     iy, ix = iy.reshape(-1), ix.reshape(-1)

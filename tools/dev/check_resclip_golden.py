@@ -99,7 +99,8 @@ def resclip_pass(vit, img, text, hp, bench, dev=None):
     blk = vit.block(vit.layers - 1)
     _, k, v = vit.qkv(vit.ln(x, 'ln_1', blk), blk)
     kk = k @ k.transpose(1, 2) * k.shape[-1] ** -0.5
-    omega = F.pad(omega_float32(*grid, hp['gaussian_std']), (1, 0, 1, 0)).double()
+    omega = F.pad(omega_float32(*grid, hp['gaussian_std'], dev.get('omega_dtype', torch.float32)),
+                  (1, 0, 1, 0)).double()
 
     def logits_of(attn):
         feats = vit.head(vit.out_proj(attn @ v, blk))
@@ -184,13 +185,14 @@ def main():
             a = (r['sfr'] / r['sfr'].max()).half()
             b = (c0['sfr'] / c0['sfr'].max()).half()
             extra = f'  ({int((a != b).sum())} of {a.numel()} float16 SFR entries differ)'
-        print(f'    {name:<46} {max_abs(r["logits"], c0["logits"]):.1e}{extra}')
+        print(f'    {name:<40} {max_abs(r["logits"], c0["logits"]):.1e}{extra}')
     sys.exit(0 if ok else 1)
 
 
 DEVIATIONS = {
     'SFR kept in float32 (no float16 cast)': dict(no_fp16=True),
     'SFR blur in float64, then float16': dict(blur_dtype=torch.float64),
+    'Ω in float64 instead of float32': dict(omega_dtype=torch.float64),
     'no same-entity path check': dict(no_paths=True),
     'no PAMR in the SFR step': dict(skip_pamr=True),
     'RCS from blocks 6..9 instead of 5..8': dict(rcs_layers=(6, 10)),

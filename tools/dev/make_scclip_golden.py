@@ -4,7 +4,7 @@ Not run in CI. Writes tests/fixtures/scclip_tiny.pt (keys: tests/fixtures/README
 docs/specs/scclip.md). Usage, from the repository root:
 
     git --git-dir=<mirror of SuleBai/SC-CLIP> archive 0417ba9 | tar -x -C /tmp/scclip
-    python tools/dev/make_scclip_golden.py /tmp/scclip --commit 0417ba9
+    PYTHONPATH=$PWD python tools/dev/make_scclip_golden.py /tmp/scclip --commit 0417ba9
 
 The official code (SuleBai/SC-CLIP @ 0417ba9: `scclip_segmentor.py`, `clip/model.py`) is imported
 from that checkout and run as is, with these in-memory shims only:

@@ -175,3 +175,43 @@ def test_show_dir_saves_prediction_beside_ground_truth(tmp_path):
     width, height = Image.open(drawn[0]).size
     # ground truth and prediction side by side at the original size (one of 40x56, 30x30)
     assert (height, width) in ((40, 112), (30, 60))
+
+
+TINY_DINO_FOR_CASS = ("dict(_delete_=True, type='TimmVFM', name='dino_vitb8', random_init=True, "
+                      "model_kwargs=dict(embed_dim=64, depth=1, num_heads=4))")  # CLIP's width
+
+
+def test_cass_with_fsa_end_to_end_scores_its_own_predictions(tmp_path):
+    """CASS + FSA through tools/test.py; the mIoU it reports equals the IoU computed here by hand
+    from the same model's predictions (the Python API, same pipeline) and the raw annotations."""
+    import numpy as np
+    from PIL import Image
+
+    from fsa_seg.apis import init_segmentor, segment
+
+    data_root = make_benchmark('voc20', tmp_path / 'data', sizes=((64, 80), (72, 64)))
+    config = tiny_config(tmp_path, 'cass/cass_fsa_vit-b16_voc20.py', data_root)
+    config.write_text(config.read_text().replace(
+        'model = dict(clip=', f'model = dict(vfm={TINY_DINO_FOR_CASS}, clip='))
+    out = tmp_path / 'results.json'
+    run_test_script(config, '--work-dir', tmp_path / 'work', '--out', out,
+                    '--allow-partial-split', '--cfg-options', 'randomness.seed=0')
+    results = json.loads(out.read_text())
+
+    model = init_segmentor(str(config), device='cpu', seed=0)
+    images = data_root / 'JPEGImages'
+    names = (data_root / 'ImageSets' / 'Segmentation' / 'val.txt').read_text().split()
+    confusion = np.zeros((20, 20), dtype=np.int64)
+    for name in names:
+        predicted = segment(model, str(images / f'{name}.jpg')).labels
+        raw = np.array(Image.open(data_root / 'SegmentationClass' / f'{name}.png'))
+        truth = np.where((raw == 0) | (raw == 255), 255, raw.astype(np.int64) - 1)  # VOC20
+        valid = truth != 255
+        np.add.at(confusion, (truth[valid], np.asarray(predicted)[valid]), 1)
+    union = confusion.sum(0) + confusion.sum(1) - np.diag(confusion)
+    with np.errstate(invalid='ignore'):
+        iou = 100 * np.diag(confusion) / union        # NaN: a class neither true nor predicted
+    assert results['num_images'] == len(names) == 2
+    reported = [metrics['IoU'] for metrics in results['per_class'].values()]  # class order
+    np.testing.assert_allclose(reported, iou, rtol=0, atol=1e-5)   # mmseg counts in float32
+    assert results['metrics']['mIoU'] == pytest.approx(np.nanmean(iou), abs=0.005)  # 2 decimals

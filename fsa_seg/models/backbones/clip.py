@@ -179,23 +179,34 @@ class OpenCLIP(nn.Module):
         x = x + pos_embed.to(x.dtype)
         return visual.ln_pre(x), grid
 
-    def forward_to_last_block(self, images: Tensor) -> Tuple[Tensor, Tuple[int, int]]:
-        """Input tokens of the last block, (B, 1 + h·w, C), and the patch grid (h, w)."""
+    def forward_to_last_block(self, images: Tensor, return_intermediates: bool = False):
+        """Input tokens of the last block, (B, 1 + h·w, C), and the patch grid (h, w); with
+        ``return_intermediates`` also the list of every earlier block's output (the last of
+        them is the first return value): methods that read intermediate layers use them."""
         x, grid = self.embed(images)
+        outputs = []
         for block in self.visual.transformer.resblocks[:-1]:
             x = block(x)
-        return x, grid
+            outputs.append(x)
+        return (x, grid, outputs) if return_intermediates else (x, grid)
 
-    def qkv(self, tokens: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
-        """Per-head q, k, v of the last block, each (B, H, T, d), from its ln_1 and in_proj."""
-        attn = self.last_block.attn
-        q, k, v = F.linear(self.last_block.ln_1(tokens), attn.in_proj_weight,
+    def block(self, index: int = -1) -> nn.Module:
+        """The ``index``-th residual block of the visual trunk (-1: the last)."""
+        return self.visual.transformer.resblocks[index]
+
+    def qkv(self, tokens: Tensor, block: int = -1) -> Tuple[Tensor, Tensor, Tensor]:
+        """Per-head q, k, v of a block (default the last), each (B, H, T, d), from its ln_1 and
+        in_proj applied to ``tokens`` (that block's input)."""
+        layer = self.block(block)
+        attn = layer.attn
+        q, k, v = F.linear(layer.ln_1(tokens), attn.in_proj_weight,
                            attn.in_proj_bias).chunk(3, dim=-1)
         return tuple(t.unflatten(-1, (attn.num_heads, -1)).transpose(1, 2) for t in (q, k, v))
 
-    def out_proj(self, heads: Tensor) -> Tensor:
-        """Per-head attention outputs (B, H, T, d) → out_proj of the merged heads, (B, T, C)."""
-        return self.last_block.attn.out_proj(heads.transpose(1, 2).flatten(2))
+    def out_proj(self, heads: Tensor, block: int = -1) -> Tensor:
+        """Per-head attention outputs (B, H, T, d) → out_proj of the merged heads, (B, T, C),
+        of a block (default the last)."""
+        return self.block(block).attn.out_proj(heads.transpose(1, 2).flatten(2))
 
     def head(self, tokens: Tensor) -> Tensor:
         """ln_post then proj: token features in the joint image-text space."""

@@ -242,3 +242,27 @@ def test_half_embedding_stays_half():
     pos = torch.randn(1 + 14 * 14, 8).half()
     out = interpolate_pos_embed(pos, (21, 21), (14, 14))
     assert out.dtype == torch.float16 and out.shape == (1 + 21 * 21, 8)
+
+
+def test_intermediate_block_outputs_equal_open_clips_forward_intermediates(tiny_clip):
+    """The trunk's intermediate outputs (SC-CLIP, ResCLIP read them) at the native grid, against
+    open_clip's own forward_intermediates."""
+    clip = OpenCLIP(**tiny_clip)
+    images = torch.randn(2, 3, 224, 224, dtype=torch.float64)
+    x, grid, outputs = clip.forward_to_last_block(images, return_intermediates=True)
+    layers = len(clip.visual.transformer.resblocks)
+    assert len(outputs) == layers - 1 and torch.equal(outputs[-1], x)
+    upstream = clip.visual.forward_intermediates(
+        images, indices=list(range(layers - 1)), intermediates_only=True, output_fmt='NLC',
+        output_extra_tokens=True)
+    for ours, patches, prefix in zip(outputs, upstream['image_intermediates'],
+                                     upstream['image_intermediates_prefix']):
+        assert torch.allclose(ours, torch.cat([prefix, patches], dim=1), atol=1e-12)
+    # q, k, v and out_proj of any block, from that block's own weights
+    q, k, v = clip.qkv(outputs[0], block=1)
+    attn = clip.block(1).attn
+    width = attn.embed_dim
+    expected_k = F.linear(clip.block(1).ln_1(outputs[0]), attn.in_proj_weight[width:2 * width],
+                          attn.in_proj_bias[width:2 * width])
+    assert torch.allclose(k.transpose(1, 2).flatten(2), expected_k, atol=1e-12)
+    assert torch.allclose(clip.out_proj(v, block=1), attn.out_proj(v.transpose(1, 2).flatten(2)))

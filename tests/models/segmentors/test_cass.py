@@ -1,5 +1,6 @@
-"""CASS against golden outputs of the official code (tests/fixtures/cass_tiny.pt, README there):
-the contract of issue 9 end to end, and every per-crop intermediate the fixture stores."""
+"""CASS against golden outputs of the official code (tests/fixtures/cass_tiny*.pt, README there):
+the contract of issue 9 end to end (slide and whole-image inference, the ADE20K-style, VOC20 and
+Cityscapes paths), and every per-crop intermediate the fixtures store."""
 from pathlib import Path
 
 import pytest
@@ -19,11 +20,16 @@ from fsa_seg.models.segmentors.spectral import (
 from references import reference_fsa
 
 FIXTURES = Path(__file__).resolve().parents[2] / 'fixtures'
+# cass_tiny.pt was made on another CPU than ours, whose float32 exp differs in the last bit
+# (Ω, see test_neighbourhood_is_the_official_float32_window); the others were made on ours.
+MADE_ELSEWHERE = {'cass_tiny'}
 
 
-@pytest.fixture(scope='module')
-def fx():
-    return torch.load(FIXTURES / 'cass_tiny.pt', weights_only=False)
+@pytest.fixture(scope='module', params=['cass_tiny', 'cass_tiny_voc20', 'cass_tiny_cityscapes'])
+def fx(request):
+    data = torch.load(FIXTURES / f'{request.param}.pt', weights_only=False)
+    data['name'] = request.param
+    return data
 
 
 def build(fx, **overrides):
@@ -91,22 +97,49 @@ def test_contract_reproduces_the_official_slide_inference(fx):
 
 
 def test_contract_with_this_machines_float32_window(fx):
-    """Without the fixture's Ω: the official float32 window of this CPU, 1 ulp off in places."""
+    """Without the fixture's Ω: the official float32 window of this CPU."""
     out = predict(build(fx), model_input(fx))
     s = fx['subsample']
     expected = expected_probabilities(fx['slide_logits_sub'], fx)
-    assert (out.seg_logits.data[:, ::s, ::s] - expected).abs().max() < 1e-7
+    tolerance = 1e-7 if fx['name'] in MADE_ELSEWHERE else 1e-10   # 1 ulp of Ω moves 5e-9
+    assert (out.seg_logits.data[:, ::s, ::s] - expected).abs().max() < tolerance
     assert torch.equal(out.pred_sem_seg.data[0].to(torch.uint8), fx['pred'])
 
 
+def test_contract_whole_image_inference(fx):
+    """A VOC21-style run: whole image (not a multiple of the patch), σ-stretch on, the global
+    prior from the image itself, DINO on the image squashed to a square."""
+    if 'whole' not in fx:
+        pytest.skip('no whole-image run in this fixture')
+    whole = fx['whole']
+    model = build(fx, test_cfg=dict(mode='whole'),
+                  global_semantics_weight=whole['global_semantics_weight'],
+                  mean_vector_weight=whole['mean_vector_weight'], scale_singular_values=True)
+    x = model_input(fx, whole['image_uint8'])
+    assert torch.equal(dino_pixels(x)[0].permute(1, 2, 0), whole['dino_image'])
+    out = predict(model, x)
+    s = whole['subsample']
+    expected = expected_probabilities(whole['seg_logits_sub'], fx)
+    assert (out.seg_logits.data[:, ::s, ::s] - expected).abs().max() < 1e-10
+    assert torch.equal(out.pred_sem_seg.data[0].to(torch.uint8), whole['pred'])
+
+
 def test_neighbourhood_is_the_official_float32_window(fx):
-    omega = official_neighbourhood((10, 10), 5.0)
+    grid = tuple(fx['crop_logits'].shape[-2:])
+    omega = official_neighbourhood(grid, fx['hparams']['gaussian_std'])
     assert omega.dtype == torch.float32
     ulp = torch.finfo(torch.float32).eps
-    assert (omega.double() - fx['crop0']['omega']).abs().max() <= ulp
-    # NACLIP's Gaussian by hand: exp(-|p - q|² / (2σ²)), within float32 rounding
+    error = (omega.double() - fx['crop0']['omega']).abs().max()
+    assert error <= (ulp if fx['name'] in MADE_ELSEWHERE else 0)
+
+def test_neighbourhood_by_hand():
+    """NACLIP's Gaussian: exp(-|p - q|² / (2σ²)) over patch coordinates, float32 rounding."""
+    omega = official_neighbourhood((10, 10), 5.0)
+    ulp = torch.finfo(torch.float32).eps
     assert abs(omega[0, 11].item() - torch.tensor(-2 / 50).exp().item()) < 2 * ulp
+    assert abs(omega[23, 0].item() - torch.tensor(-13 / 50).exp().item()) < 2 * ulp
     assert omega[0, 0] == 1 and torch.equal(omega, omega.T)
+    assert official_neighbourhood((2, 3), 1.0).shape == (6, 6)
 
 
 def test_query_clusters_match_the_official_ward_clustering(fx):
@@ -143,17 +176,20 @@ def test_crop_spectral_distillation_steps(fx, crop0):
     dino_kk = crop0['dino_keys'] @ crop0['dino_keys'].transpose(-1, -2) * scale
     assert (clip_kk - golden['clip_kk']).abs().max() < 1e-12
     assert (dino_kk - golden['dino_kk']).abs().max() < 1e-12
-    # spectra: the fixture stores the top-20 eigenvalues before the L2 normalisation
+    # spectra: the fixture stores the top-k eigenvalues before the L2 normalisation
+    h = fx['hparams']
     for graphs, eig in ((clip_kk, golden['eig_clip']), (dino_kk, golden['eig_dino'])):
-        assert (top_spectra(graphs, 20) - F.normalize(eig, dim=1)).abs().max() < 1e-12
-    cost = matching_cost(top_spectra(dino_kk, 20), top_spectra(clip_kk, 20))
+        assert (top_spectra(graphs, h['k_eigen']) - F.normalize(eig, dim=1)).abs().max() < 1e-12
+    cost = matching_cost(top_spectra(dino_kk, h['k_eigen']), top_spectra(clip_kk, h['k_eigen']))
     assert cost.dtype == torch.float32 and torch.equal(cost, golden['cost'])
     # the randomized SVD replays the official draws: seed, then heads in order
     torch.manual_seed(fx['svd_seed'])
+    stretch = h['scale_singular_values']
     for idx, j in enumerate(golden['col_ind'].tolist()):
-        u, s, v = golden['svd_u'][idx], golden['svd_s_scaled'][idx], golden['svd_v'][idx]
-        expected = (u @ torch.diag(s) @ v.T).fill_diagonal_(0)
-        assert (low_rank_graph(dino_kk[j], 10, 2, stretch=True) - expected).abs().max() < 1e-12
+        s = golden['svd_s_scaled' if stretch else 'svd_s'][idx]
+        expected = (golden['svd_u'][idx] @ torch.diag(s) @ golden['svd_v'][idx].T)
+        graph = low_rank_graph(dino_kk[j], h['svd_q'], h['svd_niter'], stretch=stretch)
+        assert (graph - expected.fill_diagonal_(0)).abs().max() < 1e-12
 
 
 def test_crop_attention_logits_and_text(fx, crop0):
@@ -166,11 +202,13 @@ def test_crop_attention_logits_and_text(fx, crop0):
         out = model.clip.out_proj((attn @ crop0['values'])[None])[0]
         assert (out - golden['attn_output']).abs().max() < 1e-12
         context = model.image_context(model_input(fx)[0])
+        if context is None:   # the global prior from the crop itself (Cityscapes)
+            context = model.global_similarity(crop0['tokens'])
         assert (context[0] - golden['global_clip_sim']).abs().max() < 1e-12
         torch.manual_seed(fx['svd_seed'])
         logits = model.crop_logits(crop0['crop'], context)[0]
-    expected = F.interpolate(golden['logits'][None], size=(160, 160), mode='bilinear',
-                             align_corners=False)[0]
+    expected = F.interpolate(golden['logits'][None], size=crop0['crop'].shape[-2:],
+                             mode='bilinear', align_corners=False)[0]
     assert (logits - expected).abs().max() < 1e-12
 
 
@@ -184,7 +222,7 @@ def test_fsa_on_cass_uses_the_adjusted_text_and_per_head_attention(fx, crop0):
         context = model.image_context(model_input(fx)[0])
         torch.manual_seed(fx['svd_seed'])
         logits = model.crop_logits(crop0['crop'], context)[0]
-    clip, text = model.clip, golden['adjusted_text']
+    clip, text, size = model.clip, golden['adjusted_text'], crop0['crop'].shape[-2:]
 
     def features(heads):
         tokens = clip.head(clip.out_proj(heads))
@@ -194,16 +232,22 @@ def test_fsa_on_cass_uses_the_adjusted_text_and_per_head_attention(fx, crop0):
                                      lambda heads: features(heads) @ text.T)
     gamma = h['global_semantics_weight']
     expected = (features(attended)[0] @ text.T) * (1 - gamma) + golden['global_clip_sim'] * gamma
-    expected = F.interpolate(expected.T.reshape(1, -1, 10, 10), size=(160, 160),
+    expected = F.interpolate(expected.T.reshape(1, -1, *crop0['grid']), size=size,
                              mode='bilinear', align_corners=False)[0]
     assert (logits - expected).abs().max() < 1e-12
-    plain = F.interpolate(golden['logits'][None], size=(160, 160), mode='bilinear')[0]
+    plain = F.interpolate(golden['logits'][None], size=size, mode='bilinear')[0]
     assert (logits - plain).abs().max() > 1e-3   # FSA did change the crop
 
 
-def test_batch_and_seed_handling(fx):
+@pytest.fixture(scope='module')
+def tiny_fx():
+    return torch.load(FIXTURES / 'cass_tiny.pt', weights_only=False)
+
+
+def test_batch_and_seed_handling(tiny_fx):
     """Each image seeds its own draws: a batch equals the images alone, and the caller's RNG
     state is left as it was."""
+    fx = tiny_fx
     model = build(fx, test_cfg=dict(mode='slide', crop_size=(160, 160), stride=(120, 120)))
     x = model_input(fx)[:, :, :200, :300]
     pair = torch.cat([x, x.flip(-1)])
@@ -216,7 +260,8 @@ def test_batch_and_seed_handling(fx):
         assert torch.equal(alone.seg_logits.data, result.seg_logits.data)
 
 
-def test_small_crops_and_mismatched_models_are_refused(fx):
+def test_small_crops_and_mismatched_models_are_refused(tiny_fx):
+    fx = tiny_fx
     model = build(fx, test_cfg=dict(mode='whole'))
     with pytest.raises(ValueError, match='at least 10 patches'):
         predict(model, model_input(fx)[:, :, :40, :40])   # a 2x2 patch grid

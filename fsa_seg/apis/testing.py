@@ -32,13 +32,18 @@ def load_test_config(config: Union[str, os.PathLike], cfg_options: Optional[dict
     return cfg
 
 
+VISUALIZATION_HOOKS = ('SegVisualizationHook', 'DistSegVisualizationHook')
+
+
 def enable_visualization(cfg: Config, show_dir: str) -> None:
-    """Draw prediction beside ground truth for every image through mmseg's visualizer."""
+    """Draw prediction beside ground truth for every image, of every rank, through mmseg's
+    visualizer."""
     hook = cfg.default_hooks.get('visualization')
-    if hook is None or hook.get('type') != 'SegVisualizationHook':
+    if hook is None or hook.get('type', '').split('.')[-1] not in VISUALIZATION_HOOKS:
         raise RuntimeError('--show-dir needs default_hooks.visualization of type '
                            'SegVisualizationHook (see configs/_base_/default_runtime.py)')
-    hook.update(draw=True, interval=1)
+    # mmseg's hook draws rank 0's images only; ours gathers every rank's first.
+    hook.update(type='DistSegVisualizationHook', draw=True, interval=1)
     cfg.visualizer.save_dir = show_dir
     cfg.visualizer.vis_backends = [dict(type='LocalVisBackend')]
 
@@ -49,6 +54,18 @@ def init_cpu_processes(cfg: Config) -> None:
     if cfg.launcher == 'none' or torch.cuda.is_available() or dist.is_initialized():
         return
     dist.init_process_group(backend='gloo')
+
+
+def leave_process_group(wait: bool) -> None:
+    """Destroy the process group before the interpreter exits: gloo's threads still alive at
+    exit abort the process ("terminate called without an active exception", SIGABRT), which
+    made a finished run fail at random. ``wait``: first let every rank finish its collectives
+    (not after an error, where the other ranks may never arrive)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    if wait:
+        dist.barrier()
+    dist.destroy_process_group()
 
 
 def check_dataset_folder(cfg: Config) -> None:
@@ -82,11 +99,16 @@ def evaluate(cfg: Config, out: Optional[str] = None, allow_partial: bool = False
     """Run mmengine's test loop; write the metrics as JSON to ``out`` if given."""
     check_dataset_folder(cfg)
     init_cpu_processes(cfg)
-    runner = Runner.from_cfg(cfg)
-    complete = check_dataset_size(cfg, len(runner.test_dataloader.dataset), allow_partial)
-    metrics = runner.test()
-    if out and runner.rank == 0:
-        write_results(out, cfg, metrics, runner.test_evaluator.metrics, complete)
+    try:
+        runner = Runner.from_cfg(cfg)
+        complete = check_dataset_size(cfg, len(runner.test_dataloader.dataset), allow_partial)
+        metrics = runner.test()
+        if out and runner.rank == 0:
+            write_results(out, cfg, metrics, runner.test_evaluator.metrics, complete)
+    except BaseException:
+        leave_process_group(wait=False)
+        raise
+    leave_process_group(wait=True)
     return metrics
 
 

@@ -2,6 +2,7 @@
 import json
 import os
 import runpy
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -110,7 +111,13 @@ def test_incomplete_dataset_is_refused_without_the_flag(tmp_path):
         run_test_script(config, '--work-dir', tmp_path / 'work')
 
 
-def test_two_processes_give_the_same_metrics_as_one(tmp_path):
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(('127.0.0.1', 0))
+        return probe.getsockname()[1]
+
+
+def test_two_processes_give_the_same_metrics_as_one_and_draw_every_image(tmp_path):
     data_root = make_benchmark('voc21', tmp_path / 'data', sizes=((40, 56), (30, 30), (36, 28)))
     weights = tmp_path / 'tiny_clip.pt'  # every process loads the same weights
     torch.save(OpenCLIP(arch=tiny_clip_arch(), random_init=True).model.state_dict(), weights)
@@ -119,17 +126,22 @@ def test_two_processes_give_the_same_metrics_as_one(tmp_path):
     single, double = tmp_path / 'single.json', tmp_path / 'double.json'
     run_test_script(config, '--work-dir', tmp_path / 'w1', '--out', single,
                     '--allow-partial-split')
+    show_dir = tmp_path / 'show'
     result = subprocess.run(
         ['bash', 'tools/dist_test.sh', str(config), '2', '--work-dir', str(tmp_path / 'w2'),
-         '--out', str(double), '--allow-partial-split'],
+         '--out', str(double), '--allow-partial-split', '--show-dir', str(show_dir)],
         cwd=REPO, capture_output=True, text=True, timeout=600,
-        env=dict(os.environ, PORT='29517', OMP_NUM_THREADS='1'))
+        env=dict(os.environ, PORT=str(free_port()), OMP_NUM_THREADS='1'))
     assert result.returncode == 0, result.stderr[-3000:]
     one, two = json.loads(single.read_text()), json.loads(double.read_text())
     assert two['num_images'] == one['num_images'] == 3
     assert two['metrics'] == pytest.approx(one['metrics'], abs=1e-6)
     for name, metrics in one['per_class'].items():
         assert two['per_class'][name] == pytest.approx(metrics, nan_ok=True), name
+    # rank 0 draws its own image and the ones rank 1 gathered to it: all three
+    drawn = sorted(path.name for path in show_dir.rglob('*.png'))
+    assert drawn == ['test_2007_000000.jpg_0.png', 'test_2007_000001.jpg_0.png',
+                     'test_2007_000002.jpg_0.png'], drawn
 
 
 @pytest.mark.parametrize('dataset', ['voc21', 'context60', 'coco_object', 'voc20', 'context59',

@@ -59,3 +59,16 @@ def test_an_importable_mmcv_ops_is_left_unchanged(monkeypatch):
     monkeypatch.setitem(sys.modules, 'mmcv.ops', compiled)
     assert ensure_mmcv_ops() is False
     assert sys.modules['mmcv.ops'] is compiled
+
+
+def test_the_start_up_finder_answers_for_mmcv_ops_alone(monkeypatch):
+    import _fsa_seg_mmcv_lite as hook
+    assert hook.MMCVOpsFinder in sys.meta_path  # installed at start-up or by import fsa_seg
+    assert hook.MMCVOpsFinder.find_spec('mmcv.cnn') is None
+    assert hook.MMCVOpsFinder.find_spec('torch') is None
+    monkeypatch.setattr(hook, 'compiled_ops_available', lambda: True)
+    assert hook.MMCVOpsFinder.find_spec('mmcv.ops') is None  # the compiled mmcv is left alone
+    monkeypatch.setattr(hook, 'compiled_ops_available', lambda: False)
+    spec = hook.MMCVOpsFinder.find_spec('mmcv.ops')
+    module = importlib.util.module_from_spec(spec)
+    assert module.IS_FSA_SEG_FALLBACK and module.point_sample is point_sample

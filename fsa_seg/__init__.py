@@ -6,9 +6,10 @@ own registries, so configs with ``default_scope='mmseg'`` and
 """
 import warnings
 
-from .compat import ensure_mmcv_ops
+from .compat import ensure_mmcv_ops, use_importlib_metadata_for_mmengine
 
 ensure_mmcv_ops()
+use_importlib_metadata_for_mmengine()
 
 with warnings.catch_warnings():
     # mmcv-lite lacks MultiScaleDeformableAttention, which no segmentor here uses; mmcv warns

@@ -2,6 +2,7 @@
 virtual environment that shares this one's dependencies, used from a folder outside the
 checkout, in fresh processes."""
 import importlib.util
+import json
 import os
 import shutil
 import subprocess
@@ -114,3 +115,47 @@ def test_custom_imports_alone_in_an_mmseg_script(installed):
     result = run_python(python, outside, code, str(config))
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.split('\n')[-2] == "ClearCLIP (40, 60) ('sky', 'building')"
+
+
+def readme_block(first_line: str) -> str:
+    """The README's code block that starts with ``first_line``."""
+    text = (REPO / 'README.md').read_text(encoding='utf-8')
+    start = text.index(first_line)
+    return text[start:text.index('```', start)]
+
+
+def test_readme_inheritance_example_outside_the_checkout(installed, tmp_path, request):
+    """The README's example, verbatim, from a folder outside the checkout against the
+    non-editable install: export a config, inherit it, evaluate with fsa-seg test."""
+    if request.node.callspec.params['installed'] != 'wheel':
+        pytest.skip('run against the non-editable install')
+    python, outside = installed
+    fsa_seg_command = python.parent / 'fsa-seg'
+    env = {k: v for k, v in os.environ.items() if k != 'PYTHONPATH'}
+    export = subprocess.run([str(fsa_seg_command), 'config', 'clearclip_fsa_vit-b16_voc21',
+                             '--dump', 'clearclip_voc21.py'], cwd=outside, env=env,
+                            capture_output=True, text=True, timeout=600)
+    assert export.returncode == 0, export.stderr[-2000:]
+    import torch
+    from synthetic_data import make_benchmark
+
+    from fsa_seg.models.backbones import OpenCLIP, tiny_clip_arch
+    weights = tmp_path / 'ViT-B-16.pt'  # stands in for OpenAI's file: a tiny CLIP's weights
+    torch.save(OpenCLIP(arch=tiny_clip_arch(), random_init=True).model.state_dict(), weights)
+    data_root = make_benchmark('voc21', tmp_path / 'data', sizes=((40, 56), (30, 30)))
+    example = readme_block('# my_experiment.py')
+    assert "_base_ = ['./clearclip_voc21.py']" in example
+    (outside / 'my_experiment.py').write_text(
+        example.replace('/models/ViT-B-16.pt', str(weights))
+        .replace('/datasets/VOC2012', str(data_root)))
+    (outside / 'tiny.py').write_text(  # the tiny CLIP the weights fit, fast settings
+        "_base_ = ['./my_experiment.py']\n"
+        f'model = dict(clip=dict(arch={tiny_clip_arch()!r}), templates="plain",\n'
+        '             test_cfg=dict(crop_size=(224, 224), stride=(112, 112)))\n'
+        'test_dataloader = dict(num_workers=0, persistent_workers=False)\n')
+    run = subprocess.run([str(fsa_seg_command), 'test', 'tiny.py', '--out', 'results.json',
+                          '--allow-partial-split', '--work-dir', 'work'], cwd=outside, env=env,
+                         capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    results = json.loads((outside / 'results.json').read_text())
+    assert results['num_images'] == 2 and len(results['per_class']) == 21

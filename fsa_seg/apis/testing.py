@@ -13,9 +13,17 @@ from mmengine.logging import print_log
 from mmengine.runner import Runner
 
 from ..datasets import check_split_size
-from .configs import read_config
+from .configs import ConfigError, read_config
 
 SPLIT_SIZE_HINT = 'pass --allow-partial-split (the JSON results then say "complete": false)'
+# What a config may carry besides testing (mmseg's dataset and schedule bases set them): a test
+# run drops them, since mmengine's Runner insists that each of its loops be complete.
+TRAIN_AND_VAL_PARTS = ('train_dataloader', 'train_cfg', 'optim_wrapper', 'param_scheduler',
+                       'auto_scale_lr', 'val_dataloader', 'val_cfg', 'val_evaluator')
+
+
+class DatasetError(RuntimeError):
+    """A test dataset that is missing, empty, incomplete or inconsistent."""
 
 
 def load_test_config(config: Union[str, os.PathLike], cfg_options: Optional[dict] = None,
@@ -24,12 +32,26 @@ def load_test_config(config: Union[str, os.PathLike], cfg_options: Optional[dict
     """The config (a file, or a config name as :func:`~fsa_seg.apis.resolve_config` finds it)
     set up for mmengine's test loop."""
     cfg = read_config(config, cfg_options)
+    keep_test_parts(cfg)
     cfg.launcher = launcher
     cfg.work_dir = work_dir or cfg.get('work_dir') or osp.join(
         './work_dirs', Path(cfg.filename).stem)
     if show_dir:
         enable_visualization(cfg, show_dir)
     return cfg
+
+
+def keep_test_parts(cfg: Config) -> None:
+    """Only what a test run needs, so that configs mixing in mmseg's own dataset or schedule
+    bases run as they are: no training or validation parts, a test loop, the inference wrapper
+    for frozen models, and mmseg's IoUMetric kept per class (the same metrics)."""
+    for key in TRAIN_AND_VAL_PARTS:
+        cfg[key] = None
+    cfg.setdefault('test_cfg', dict(type='TestLoop'))
+    cfg.setdefault('model_wrapper_cfg', dict(type='InferenceWrapper'))
+    evaluator = cfg.get('test_evaluator')
+    if isinstance(evaluator, dict) and evaluator.get('type', '').split('.')[-1] == 'IoUMetric':
+        evaluator['type'] = 'PerClassIoUMetric'
 
 
 VISUALIZATION_HOOKS = ('SegVisualizationHook', 'DistSegVisualizationHook')
@@ -40,8 +62,8 @@ def enable_visualization(cfg: Config, show_dir: str) -> None:
     visualizer."""
     hook = cfg.default_hooks.get('visualization')
     if hook is None or hook.get('type', '').split('.')[-1] not in VISUALIZATION_HOOKS:
-        raise RuntimeError('--show-dir needs default_hooks.visualization of type '
-                           'SegVisualizationHook (see configs/_base_/default_runtime.py)')
+        raise ConfigError(f'{cfg.filename}: --show-dir needs default_hooks.visualization of '
+                          'type SegVisualizationHook (see configs/_base_/default_runtime.py)')
     # mmseg's hook draws rank 0's images only; ours gathers every rank's first.
     hook.update(type='DistSegVisualizationHook', draw=True, interval=1)
     cfg.visualizer.save_dir = show_dir
@@ -74,7 +96,7 @@ def check_dataset_folder(cfg: Config) -> None:
     root = dataset.get('data_root', '')
     image_dir = osp.join(root, dataset.get('data_prefix', {}).get('img_path', ''))
     if not osp.isdir(image_dir):
-        raise FileNotFoundError(
+        raise DatasetError(
             f'{dataset.type}: image folder {osp.abspath(image_dir)} not found. Prepare the '
             f'dataset in mmseg\'s layout under {osp.abspath(root) or "data/"} as described in '
             'data/README.md, or point the config at it with '
@@ -90,7 +112,7 @@ def check_dataset_size(cfg: Config, num_images: int, allow_partial: bool) -> boo
     if problem is None:
         return True
     if not allow_partial:
-        raise RuntimeError(f'{problem} To evaluate anyway, {SPLIT_SIZE_HINT}.')
+        raise DatasetError(f'{problem} To evaluate anyway, {SPLIT_SIZE_HINT}.')
     print_log(f'WARNING: {problem}', logger='current', level=logging.WARNING)
     return False
 

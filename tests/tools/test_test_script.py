@@ -87,11 +87,10 @@ def test_voc21_end_to_end_in_a_fresh_process(tmp_path):
 def test_every_baseline_with_fsa_and_proxyclip_run_end_to_end(tmp_path, config, proxy):
     data_root = make_benchmark('voc21', tmp_path / 'data', sizes=((40, 56), (30, 30)))
     out = tmp_path / 'results.json'
-    run_test_script(tiny_config(tmp_path, config, data_root, proxy), '--work-dir',
-                    tmp_path / 'work', '--out', out, '--allow-partial-split')
-    results = json.loads(out.read_text())
-    assert results['num_images'] == 2
-    assert 0 <= results['metrics']['mIoU'] <= 100
+    config = tiny_config(tmp_path, config, data_root, proxy)
+    run_test_script(config, '--work-dir', tmp_path / 'work', '--out', out,
+                    '--allow-partial-split', '--cfg-options', 'randomness.seed=0')
+    assert_reports_the_iou_of_its_own_predictions(config, data_root, out, 'voc21')
 
 
 def test_a_config_name_works_as_well_as_a_path():
@@ -201,13 +200,7 @@ TINY_DINO_FOR_CASS = ("dict(_delete_=True, type='TimmVFM', name='dino_vitb8', ra
 
 
 def test_cass_with_fsa_end_to_end_scores_its_own_predictions(tmp_path):
-    """CASS + FSA through tools/test.py; the mIoU it reports equals the IoU computed here by hand
-    from the same model's predictions (the Python API, same pipeline) and the raw annotations."""
-    import numpy as np
-    from PIL import Image
-
-    from fsa_seg.apis import init_segmentor, segment
-
+    """CASS + FSA through tools/test.py (its own protocol: VOC20, 224 crops)."""
     data_root = make_benchmark('voc20', tmp_path / 'data', sizes=((64, 80), (72, 64)))
     config = tiny_config(tmp_path, 'cass/cass_fsa_vit-b16_voc20.py', data_root)
     config.write_text(config.read_text().replace(
@@ -215,22 +208,33 @@ def test_cass_with_fsa_end_to_end_scores_its_own_predictions(tmp_path):
     out = tmp_path / 'results.json'
     run_test_script(config, '--work-dir', tmp_path / 'work', '--out', out,
                     '--allow-partial-split', '--cfg-options', 'randomness.seed=0')
-    results = json.loads(out.read_text())
+    assert_reports_the_iou_of_its_own_predictions(config, data_root, out, 'voc20')
 
+
+def assert_reports_the_iou_of_its_own_predictions(config, data_root, results_file, benchmark):
+    """The per-class IoU and mIoU tools/test.py reported equal those computed here by hand from
+    the same model's predictions (the Python API, the config's pipeline; the same seed for the
+    random weights) and the raw VOC annotations (VOC20: background and 255 ignored, labels − 1)."""
+    import numpy as np
+    from PIL import Image
+
+    from fsa_seg.apis import init_segmentor, segment
+
+    results = json.loads(results_file.read_text())
     model = init_segmentor(str(config), device='cpu', seed=0)
-    images = data_root / 'JPEGImages'
     names = (data_root / 'ImageSets' / 'Segmentation' / 'val.txt').read_text().split()
-    confusion = np.zeros((20, 20), dtype=np.int64)
+    classes = 20 if benchmark == 'voc20' else 21
+    confusion = np.zeros((classes, classes), dtype=np.int64)
     for name in names:
-        predicted = segment(model, str(images / f'{name}.jpg')).labels
-        raw = np.array(Image.open(data_root / 'SegmentationClass' / f'{name}.png'))
-        truth = np.where((raw == 0) | (raw == 255), 255, raw.astype(np.int64) - 1)  # VOC20
+        predicted = np.asarray(segment(model, str(data_root / 'JPEGImages' / f'{name}.jpg')).labels)
+        raw = np.array(Image.open(data_root / 'SegmentationClass' / f'{name}.png')).astype(int)
+        truth = np.where((raw == 0) | (raw == 255), 255, raw - 1) if classes == 20 else raw
         valid = truth != 255
-        np.add.at(confusion, (truth[valid], np.asarray(predicted)[valid]), 1)
+        np.add.at(confusion, (truth[valid], predicted[valid]), 1)
     union = confusion.sum(0) + confusion.sum(1) - np.diag(confusion)
     with np.errstate(invalid='ignore'):
         iou = 100 * np.diag(confusion) / union        # NaN: a class neither true nor predicted
-    assert results['num_images'] == len(names) == 2
+    assert results['num_images'] == len(names)
     reported = [metrics['IoU'] for metrics in results['per_class'].values()]  # class order
     np.testing.assert_allclose(reported, iou, rtol=0, atol=1e-5)   # mmseg counts in float32
     assert results['metrics']['mIoU'] == pytest.approx(np.nanmean(iou), abs=0.005)  # 2 decimals

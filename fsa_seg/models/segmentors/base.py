@@ -49,13 +49,15 @@ class TrainingFreeSegmentor(BaseSegmentor):
         crop_batch_size: windows of one image encoded together.
         plugin: config of an attention plug-in (``dict(type='FSA', ...)``, an
             :class:`~fsa_seg.models.plugins.AttentionPlugin`) or None.
+        post_refine: config of a refinement of the logits at the original size, guided by the
+            image (``dict(type='PAMR', steps=10, dilations=(8, 16))``), or None.
         text_cache_dir: text-embedding cache folder; None for the default, False for none.
     """
 
     def __init__(self, clip: dict, vocabulary, templates='openai_imagenet',
                  logit_scale: float = 40.0, prob_thd: float = 0.0, test_cfg: Optional[dict] = None,
                  crop_batch_size: int = 16, plugin: Optional[dict] = None,
-                 text_cache_dir: Union[str, bool, None] = None,
+                 post_refine: Optional[dict] = None, text_cache_dir: Union[str, bool, None] = None,
                  data_preprocessor: Optional[dict] = None, init_cfg=None,
                  pretrained: Optional[str] = None, train_cfg: Optional[dict] = None):
         # mmseg.apis.init_model sets `pretrained` and `train_cfg` to None on every model.
@@ -67,6 +69,7 @@ class TrainingFreeSegmentor(BaseSegmentor):
                          init_cfg=init_cfg)
         self.clip = MODELS.build(dict(dict(type='OpenCLIP'), **clip))
         self.plugin = build_plugin(plugin)
+        self.post_refine = MODELS.build(post_refine) if post_refine else None
         self.logit_scale = float(logit_scale)
         self.prob_thd = float(prob_thd)
         self.test_cfg = ConfigDict(test_cfg or DEFAULT_TEST_CFG)
@@ -187,11 +190,20 @@ class TrainingFreeSegmentor(BaseSegmentor):
                 count[:, y1:y2, x1:x2] += 1
         return total / count.to(total.dtype)
 
+    def refined_logits(self, logits: Tensor, image: Tensor, size: Sequence[int]) -> Tensor:
+        """(Q, h, w) cosine logits of a (3, h, w) image → (Q, H, W) at the original size, refined
+        by ``post_refine`` there (as NACLIP applies PAMR: to the resized raw logits, guided by
+        the network input resized bilinearly to the same size); resized only without one."""
+        logits = resize(logits, size)
+        if self.post_refine is None:
+            return logits
+        guide = resize(image, size).to(logits.dtype)
+        return self.post_refine(guide[None], logits[None])[0]
+
     def class_probabilities(self, logits: Tensor, size: Sequence[int]) -> Tensor:
         """(Q, h, w) cosine logits → (C, H, W): resize, scale, softmax over all queries, then the
         max over each class's synonyms."""
-        logits = F.interpolate(logits[None], size=tuple(size), mode='bilinear',
-                               align_corners=False)[0]
+        logits = resize(logits, size)
         probs = (logits * self.logit_scale).softmax(dim=0)
         index = self.query_to_class.view(-1, 1, 1).expand_as(probs)
         by_class = probs.new_zeros((self.num_classes, *probs.shape[1:]))
@@ -213,8 +225,10 @@ class TrainingFreeSegmentor(BaseSegmentor):
                             for _ in range(inputs.shape[0])]
         for image, sample in zip(inputs, data_samples):
             height, width = sample.metainfo.get('img_shape', image.shape[-2:])[:2]
-            logits = self.inference_logits(image[:, :height, :width])
-            probs = self.class_probabilities(logits, sample.metainfo['ori_shape'][:2])
+            image = image[:, :height, :width]
+            size = sample.metainfo['ori_shape'][:2]
+            logits = self.refined_logits(self.inference_logits(image), image, size)
+            probs = self.class_probabilities(logits, size)
             sample.set_data(dict(seg_logits=PixelData(data=probs),
                                  pred_sem_seg=PixelData(data=self.label_map(probs))))
         return data_samples
@@ -231,6 +245,13 @@ class TrainingFreeSegmentor(BaseSegmentor):
 
     def loss(self, inputs, data_samples):
         raise NotImplementedError(f'{type(self).__name__} is training-free: it has no loss')
+
+
+def resize(maps: Tensor, size: Sequence[int]) -> Tensor:
+    """(C, h, w) → (C, H, W), bilinear (align_corners=False); maps of that size as they are."""
+    if tuple(maps.shape[-2:]) == tuple(size):
+        return maps
+    return F.interpolate(maps[None], size=tuple(size), mode='bilinear', align_corners=False)[0]
 
 
 def build_plugin(cfg: Optional[dict]) -> Optional[AttentionPlugin]:

@@ -169,7 +169,8 @@ class ResCLIP(TrainingFreeSegmentor):
         logits = key_logits
         if sfr is not None:
             tau, lam = self.attn_sfr_weights
-            logits = tau * ((1 - lam) * logits + lam * sfr)   # λ·SFR16 is float16, as there
+            # λ·SFR16 rounded in float16 as there, then in the model's dtype (exact but bf16)
+            logits = tau * ((1 - lam) * logits + (lam * sfr).to(logits.dtype))
         attn = (logits + omega).softmax(dim=-1)
         if rcs is not None:
             tau, lam = self.attn_rcs_weights

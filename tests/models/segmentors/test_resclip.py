@@ -100,6 +100,20 @@ def test_inference_reproduces_the_official_runs(fx, settings, prefix):
     assert torch.equal(out.pred_sem_seg.data[0].to(torch.uint8), fx[f'{prefix}.pred'])
 
 
+def test_float32_within_the_official_float32_noise(fx):
+    """In float32 (Ω, SFR and PAMR's own dtypes unchanged) the official code moves the slide
+    logits by 1.3e-6 from its float64 run and flips no label (the fixture's `noise`)."""
+    clip = dict(tiny_clip_cfg(fx), precision='fp32')
+    model = build(fx, clip=clip)
+    s = fx['subsample']
+    with torch.no_grad():
+        logits = model.inference_logits(model_input(fx)[0].float())
+    assert logits.dtype == torch.float32
+    assert (logits[:, ::s, ::s].double() - fx['slide_logits_sub']).abs().max() < 5e-6
+    out = predict(model, fx)
+    assert torch.equal(out.pred_sem_seg.data[0].to(torch.uint8), fx['slide.pred'])
+
+
 # ------------------------------------------------------------------ per crop
 def crop_pass(model, crops):
     """The last block of ResCLIP on crops, step by step through the segmentor's own methods."""

@@ -121,6 +121,11 @@ class ResCLIP(TrainingFreeSegmentor):
         return boxes, (crop_h, crop_w)
 
     def encode_crops(self, crops: Tensor) -> Tensor:
+        """Both passes of the last block on a batch of crops → (b, D, h, w) features."""
+        patch_h, patch_w = self.clip.patch_size
+        if crops.shape[-2] < patch_h or crops.shape[-1] < patch_w:
+            raise ValueError(f'ResCLIP needs images of at least one {patch_h}x{patch_w} patch '
+                             f'(crops are not padded), got {tuple(crops.shape[-2:])}')
         tokens, grid, intermediates = self.clip.forward_to_last_block(crops,
                                                                       return_intermediates=True)
         num_prefix = 1 if self.plugin_keeps_prefix else 0

@@ -419,3 +419,5 @@ def test_bad_settings_are_refused(fx):
         build(fx, rcs_layers=(5, 11))
     with pytest.raises(ValueError, match=r'\(tau, lambda\)'):
         build(fx, attn_sfr_weights=(1.8,))
+    with pytest.raises(ValueError, match='at least one 8x8 patch'):
+        predict(build(fx), dict(fx, image_uint8=fx['image_uint8'][:, :6]))

@@ -67,3 +67,27 @@ def reference_features(clip, images, attention, residual, ffn, drop_cls=False, p
     patches = out if drop_cls else out[:, 1:]
     feats = F.normalize(clip.head(patches), dim=-1)
     return feats.transpose(1, 2).reshape(batch, -1, *grid)
+
+
+def reference_pamr(image, mask, steps, dilations):
+    """PAMR as docs/specs/pamr.md states it, with clamped index shifts instead of the official
+    shift kernels: image (B, K, H, W), mask (B, C, h, w) → (B, C, H, W)."""
+    height, width = image.shape[-2:]
+    mask = F.interpolate(mask, size=(height, width), mode='bilinear', align_corners=True)
+
+    def shifted(x, dy, dx):  # x[..., clamp(i + dy), clamp(j + dx)]
+        rows = (torch.arange(height) + dy).clamp(0, height - 1)
+        cols = (torch.arange(width) + dx).clamp(0, width - 1)
+        return x[..., rows, :][..., cols]
+
+    ring = [(-1, -1), (-1, 0), (-1, 1), (0, -1), (0, 1), (1, -1), (1, 0), (1, 1)]
+    window = [(a, b) for a in (-1, 0, 1) for b in (-1, 0, 1)]
+    offsets = [(a * d, b * d) for d in dilations for a, b in ring]
+    spread = torch.stack([shifted(image, a * d, b * d) for d in dilations for a, b in window],
+                         dim=2).std(dim=2, keepdim=True)
+    distance = torch.stack([(image - shifted(image, dy, dx)).abs() for dy, dx in offsets], dim=2)
+    affinity = torch.softmax((-distance / (1e-8 + 0.1 * spread)).mean(1, keepdim=True), dim=2)
+    for _ in range(steps):
+        mask = (torch.stack([shifted(mask, dy, dx) for dy, dx in offsets], dim=2)
+                * affinity).sum(2)
+    return mask

@@ -2,7 +2,6 @@
 import json
 import os
 import re
-import runpy
 import socket
 import subprocess
 import sys
@@ -15,12 +14,14 @@ from fsa_seg import cli
 from fsa_seg.models.backbones import OpenCLIP, tiny_clip_arch
 from fsa_seg.models.text import load_vocabulary
 
+from end_to_end import (
+    REPO,
+    TINY_ARCH,
+    assert_reports_the_iou_of_its_own_predictions,
+    run_test_script,
+)
 from synthetic_data import make_benchmark
 
-REPO = Path(__file__).resolve().parents[2]
-TINY_ARCH = ("dict(embed_dim=32, vision_cfg=dict(image_size=224, patch_size=16, width=64, "
-             "layers=3, head_width=16, mlp_ratio=4.0), text_cfg=dict(context_length=77, "
-             "vocab_size=49408, width=32, heads=2, layers=1))")
 TINY_VFM = ("dict(_delete_=True, type='TimmVFM', name='dino_vitb16', random_init=True, "
             "model_kwargs=dict(embed_dim=32, depth=2, num_heads=2))")
 
@@ -40,19 +41,6 @@ def tiny_config(tmp_path: Path, config: str, data_root: Path, proxy: bool = Fals
     path = tmp_path / ('tiny_' + Path(config).name)
     path.write_text(text)
     return path
-
-
-def run_test_script(*args):
-    """Run tools/test.py in this process (as `python tools/test.py ARGS` would); its exit
-    status must be 0."""
-    argv = sys.argv
-    sys.argv = ['tools/test.py', *map(str, args)]
-    try:
-        with pytest.raises(SystemExit) as exit_:
-            runpy.run_path(str(REPO / 'tools' / 'test.py'), run_name='__main__')
-    finally:
-        sys.argv = argv
-    assert exit_.value.code == 0
 
 
 def test_voc21_end_to_end_in_a_fresh_process(tmp_path):
@@ -170,7 +158,7 @@ def test_leaf_configs_are_generated_and_all_load():
                            cwd=REPO, capture_output=True, text=True)
     assert check.returncode == 0, check.stdout
     leaves = sorted(p for p in (REPO / 'configs').glob('*/*.py') if p.parent.name != '_base_')
-    assert len(leaves) == 480 + 16  # + CASS (ViT-B/16 only) ± FSA on 8 benchmarks
+    assert len(leaves) == 480 + 16 + 32  # + CASS (B/16) and ResCLIP (B/16, L/14) ± FSA
     for path in leaves:
         model = Config.fromfile(str(path), import_custom_modules=False).model
         vocabulary = model.vocabulary.replace('cass_', '')  # CASS's own COCO-Object names
@@ -209,35 +197,6 @@ def test_cass_with_fsa_end_to_end_scores_its_own_predictions(tmp_path):
     run_test_script(config, '--work-dir', tmp_path / 'work', '--out', out,
                     '--allow-partial-split', '--cfg-options', 'randomness.seed=0')
     assert_reports_the_iou_of_its_own_predictions(config, data_root, out, 'voc20')
-
-
-def assert_reports_the_iou_of_its_own_predictions(config, data_root, results_file, benchmark):
-    """The per-class IoU and mIoU tools/test.py reported equal those computed here by hand from
-    the same model's predictions (the Python API, the config's pipeline; the same seed for the
-    random weights) and the raw VOC annotations (VOC20: background and 255 ignored, labels − 1)."""
-    import numpy as np
-    from PIL import Image
-
-    from fsa_seg.apis import init_segmentor, segment
-
-    results = json.loads(results_file.read_text())
-    model = init_segmentor(str(config), device='cpu', seed=0)
-    names = (data_root / 'ImageSets' / 'Segmentation' / 'val.txt').read_text().split()
-    classes = 20 if benchmark == 'voc20' else 21
-    confusion = np.zeros((classes, classes), dtype=np.int64)
-    for name in names:
-        predicted = np.asarray(segment(model, str(data_root / 'JPEGImages' / f'{name}.jpg')).labels)
-        raw = np.array(Image.open(data_root / 'SegmentationClass' / f'{name}.png')).astype(int)
-        truth = np.where((raw == 0) | (raw == 255), 255, raw - 1) if classes == 20 else raw
-        valid = truth != 255
-        np.add.at(confusion, (truth[valid], predicted[valid]), 1)
-    union = confusion.sum(0) + confusion.sum(1) - np.diag(confusion)
-    with np.errstate(invalid='ignore'):
-        iou = 100 * np.diag(confusion) / union        # NaN: a class neither true nor predicted
-    assert results['num_images'] == len(names)
-    reported = [metrics['IoU'] for metrics in results['per_class'].values()]  # class order
-    np.testing.assert_allclose(reported, iou, rtol=0, atol=1e-5)   # mmseg counts in float32
-    assert results['metrics']['mIoU'] == pytest.approx(np.nanmean(iou), abs=0.005)  # 2 decimals
 
 
 def test_a_config_on_mmseg_own_bases_runs_as_it_is(tmp_path):

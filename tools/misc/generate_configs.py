@@ -18,6 +18,8 @@ BENCHMARKS = ('voc21', 'context60', 'coco_object', 'voc20', 'context59', 'coco_s
 CROP_SIZED_PROXIES = ('mae-b16',)
 # Proxies that set FSA's λ themselves, for any backbone.
 PROXIES_WITH_LAMDA = ('mae-b16',)
+# The backbones ResCLIP's official code runs (OpenAI CLIP).
+RESCLIP_BACKBONES = ('vit-b16', 'vit-l14')
 
 
 def base_list(items):
@@ -46,6 +48,13 @@ def cass_leaf(benchmark):
                       ]) + 'model = dict(clip=_base_.clip, **_base_.protocol)\n'
 
 
+def resclip_leaf(backbone, benchmark):
+    """ResCLIP over NACLIP with ResCLIP's own per-benchmark protocol."""
+    return base_list(['../_base_/models/resclip.py', f'../_base_/backbones/{backbone}.py',
+                      f'../_base_/resclip/{benchmark}.py', '../_base_/default_runtime.py'
+                      ]) + 'model = dict(clip=_base_.clip, **_base_.protocol)\n'
+
+
 def fsa_leaf(parent, lamda='_base_.fsa_lamda'):
     return base_list([f'./{parent}', '../_base_/plugins/fsa.py']) + \
         f'model = dict(plugin=dict(_base_.fsa, lamda={lamda}))\n'
@@ -69,6 +78,11 @@ def leaves():
     for benchmark in BENCHMARKS:
         yield f'cass/cass_vit-b16_{benchmark}.py', cass_leaf(benchmark)
         yield f'cass/cass_fsa_vit-b16_{benchmark}.py', fsa_leaf(f'cass_vit-b16_{benchmark}.py')
+    for backbone in RESCLIP_BACKBONES:
+        for benchmark in BENCHMARKS:
+            name = f'resclip_{backbone}_{benchmark}.py'
+            yield f'resclip/{name}', resclip_leaf(backbone, benchmark)
+            yield f'resclip/resclip_fsa_{backbone}_{benchmark}.py', fsa_leaf(name)
 
 
 def main():

@@ -50,17 +50,23 @@ class TrainingFreeSegmentor(BaseSegmentor):
             :attr:`batch_across_images` is False).
         plugin: config of an attention plug-in (``dict(type='FSA', ...)``, an
             :class:`~fsa_seg.models.plugins.AttentionPlugin`) or None.
+        post_refine: config of a refinement of the logits at the original size, guided by the
+            image (``dict(type='PAMR', steps=10, dilations=(8, 16))``), or None.
         text_cache_dir: text-embedding cache folder; None for the default, False for none.
     """
 
     #: whether the windows of several images may share a forward pass (not where per-image
     #: state, such as CASS's seeded random draws, must follow the image order)
     batch_across_images = True
+    #: whether crops of small images are zero-padded to the crop size and whole images to whole
+    #: patches (the official codes of CASS and ResCLIP pad neither: the patch embedding drops
+    #: the remainder)
+    pad_crops = True
 
     def __init__(self, clip: dict, vocabulary, templates='openai_imagenet',
                  logit_scale: float = 40.0, prob_thd: float = 0.0, test_cfg: Optional[dict] = None,
                  crop_batch_size: int = 16, plugin: Optional[dict] = None,
-                 text_cache_dir: Union[str, bool, None] = None,
+                 post_refine: Optional[dict] = None, text_cache_dir: Union[str, bool, None] = None,
                  data_preprocessor: Optional[dict] = None, init_cfg=None,
                  pretrained: Optional[str] = None, train_cfg: Optional[dict] = None):
         # mmseg.apis.init_model sets `pretrained` and `train_cfg` to None on every model.
@@ -72,6 +78,7 @@ class TrainingFreeSegmentor(BaseSegmentor):
                          init_cfg=init_cfg)
         self.clip = MODELS.build(dict(dict(type='OpenCLIP'), **clip))
         self.plugin = build_plugin(plugin)
+        self.post_refine = MODELS.build(post_refine) if post_refine else None
         self.logit_scale = float(logit_scale)
         self.prob_thd = float(prob_thd)
         self.test_cfg = ConfigDict(test_cfg or DEFAULT_TEST_CFG)
@@ -160,14 +167,20 @@ class TrainingFreeSegmentor(BaseSegmentor):
     # ------------------------------------------------------------------ inference
     def windows(self, height: int, width: int) -> Tuple[List[Tuple[int, int, int, int]],
                                                         Tuple[int, int]]:
-        """Window boxes (y1, y2, x1, x2) and the (padded) crop size for one image."""
+        """Window boxes (y1, y2, x1, x2) and the (padded) crop size for one image: mmseg's
+        windows; a crop of an image smaller than the crop is padded to the crop size, and a whole
+        image to whole patches, unless :attr:`pad_crops` is False (then neither is padded)."""
         if self.test_cfg.mode == 'whole':
+            if not self.pad_crops:
+                return [(0, height, 0, width)], (height, width)
             ph, pw = self.clip.patch_size
             return [(0, height, 0, width)], (-(-height // ph) * ph, -(-width // pw) * pw)
         (crop_h, crop_w), (stride_h, stride_w) = self.test_cfg.crop_size, self.test_cfg.stride
         boxes = [(y, min(y + crop_h, height), x, min(x + crop_w, width))
                  for y in window_starts(height, crop_h, stride_h)
                  for x in window_starts(width, crop_w, stride_w)]
+        if not self.pad_crops:
+            crop_h, crop_w = min(crop_h, height), min(crop_w, width)
         return boxes, (crop_h, crop_w)
 
     def inference_logits(self, image: Tensor) -> Tensor:
@@ -201,11 +214,20 @@ class TrainingFreeSegmentor(BaseSegmentor):
                 counts[index][:, y1:y2, x1:x2] += 1
         return [total / count.to(total.dtype) for total, count in zip(totals, counts)]
 
+    def refined_logits(self, logits: Tensor, image: Tensor, size: Sequence[int]) -> Tensor:
+        """(Q, h, w) cosine logits of a (3, h, w) image → (Q, H, W) at the original size, refined
+        by ``post_refine`` there (as NACLIP applies PAMR: to the resized raw logits, guided by
+        the network input resized bilinearly to the same size); resized only without one."""
+        logits = resize(logits, size)
+        if self.post_refine is None:
+            return logits
+        guide = resize(image, size).to(logits.dtype)
+        return self.post_refine(guide[None], logits[None])[0]
+
     def class_probabilities(self, logits: Tensor, size: Sequence[int]) -> Tensor:
         """(Q, h, w) cosine logits → (C, H, W): resize, scale, softmax over all queries, then the
         max over each class's synonyms."""
-        logits = F.interpolate(logits[None], size=tuple(size), mode='bilinear',
-                               align_corners=False)[0]
+        logits = resize(logits, size)
         probs = (logits * self.logit_scale).softmax(dim=0)
         index = self.query_to_class.view(-1, 1, 1).expand_as(probs)
         by_class = probs.new_zeros((self.num_classes, *probs.shape[1:]))
@@ -230,8 +252,9 @@ class TrainingFreeSegmentor(BaseSegmentor):
             all_logits = self.batch_inference_logits(images)
         else:
             all_logits = [self.inference_logits(image) for image in images]
-        for logits, sample in zip(all_logits, data_samples):
-            probs = self.class_probabilities(logits, sample.metainfo['ori_shape'][:2])
+        for image, logits, sample in zip(images, all_logits, data_samples):
+            size = sample.metainfo['ori_shape'][:2]
+            probs = self.class_probabilities(self.refined_logits(logits, image, size), size)
             sample.set_data(dict(seg_logits=PixelData(data=probs),
                                  pred_sem_seg=PixelData(data=self.label_map(probs))))
         return data_samples
@@ -266,6 +289,13 @@ def _batches(jobs: list, size: int):
         chunk.append(job)
     if chunk:
         yield chunk
+
+
+def resize(maps: Tensor, size: Sequence[int]) -> Tensor:
+    """(C, h, w) → (C, H, W), bilinear (align_corners=False); maps of that size as they are."""
+    if tuple(maps.shape[-2:]) == tuple(size):
+        return maps
+    return F.interpolate(maps[None], size=tuple(size), mode='bilinear', align_corners=False)[0]
 
 
 def build_plugin(cfg: Optional[dict]) -> Optional[AttentionPlugin]:

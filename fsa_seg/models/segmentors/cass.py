@@ -12,7 +12,7 @@ from mmseg.registry import MODELS
 from PIL import Image
 from torch import Tensor
 
-from .base import TrainingFreeSegmentor, window_starts
+from .base import TrainingFreeSegmentor
 from .spectral import (
     adjust_text,
     distil_graphs,
@@ -84,6 +84,7 @@ class CASS(TrainingFreeSegmentor):
     """
 
     batch_across_images = False   # each image replays its own seeded SVD draws
+    pad_crops = False
 
     def __init__(self, *args, vfm: dict, global_semantics_weight: float = 0.0,
                  mean_vector_weight: float = 0.0, h_threshold: float = 0.0,
@@ -120,18 +121,6 @@ class CASS(TrainingFreeSegmentor):
                              persistent=False)                              # (K, Q) bool
 
     # ------------------------------------------------------------------ inference
-    def windows(self, height: int, width: int):
-        """The official windows: mmseg's, but crops never padded (a crop of a small image is
-        the image's size) and whole images not padded to the patch size."""
-        if self.test_cfg.mode == 'whole':
-            return [(0, height, 0, width)], (height, width)
-        (crop_h, crop_w), (stride_h, stride_w) = self.test_cfg.crop_size, self.test_cfg.stride
-        crop_h, crop_w = min(crop_h, height), min(crop_w, width)
-        boxes = [(y, y + crop_h, x, x + crop_w)
-                 for y in window_starts(height, crop_h, stride_h)
-                 for x in window_starts(width, crop_w, stride_w)]
-        return boxes, (crop_h, crop_w)
-
     def inference_logits(self, image: Tensor) -> Tensor:
         with self._svd_rng(image.device):
             return super().inference_logits(image)

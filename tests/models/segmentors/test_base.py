@@ -1,9 +1,12 @@
 import pytest
 import torch
+import torch.nn.functional as F
 from mmseg.registry import MODELS
 from mmseg.structures import SegDataSample
 
 from fsa_seg.models.segmentors.base import window_starts
+
+from references import reference_pamr
 
 
 def build(tiny_clip, **kwargs):
@@ -97,6 +100,41 @@ def test_synonym_max_and_probability_threshold_on_a_hand_made_map(tiny_clip):
     assert model.label_map(probs).tolist() == [[[0, 0]]]
     model.prob_thd = 0.3
     assert model.label_map(probs).tolist() == [[[1, 0]]]
+
+
+def test_post_refine_refines_the_logits_at_the_original_size(tiny_clip):
+    """As NACLIP applies PAMR: the raw logits resized to the original size, refined there on the
+    network input's valid area resized to that size, then scaled, softmaxed, class max."""
+    refine = dict(type='PAMR', steps=3, dilations=(1, 2))
+    model = build(tiny_clip, test_cfg=dict(mode='whole'), post_refine=refine)
+    plain = build(tiny_clip, test_cfg=dict(mode='whole'))
+    plain.load_state_dict(model.state_dict())
+    plain.set_query_embeddings(model.query_embeddings)
+    inputs = torch.randn(1, 3, 40, 48, dtype=torch.float64)   # valid area 32×44 (batch padding)
+    ori = (41, 57)
+    out = model.predict(inputs, [sample(32, 44, ori)])[0]
+    image = inputs[:, :, :32, :44]
+    logits = plain.inference_logits(image[0])
+    resized = F.interpolate(logits[None], size=ori, mode='bilinear', align_corners=False)
+    guide = F.interpolate(image, size=ori, mode='bilinear', align_corners=False)
+    refined = reference_pamr(guide, resized, 3, (1, 2))[0]
+    assert (refined - resized[0]).abs().max() > 1e-3      # the refinement does something
+    probs = (refined * 40).softmax(0)                      # queries: cat | dog, puppy | grass
+    expected = torch.stack([probs[0], probs[1:3].amax(0), probs[3]])
+    assert (out.seg_logits.data - expected).abs().max() < 1e-12
+    assert torch.equal(out.pred_sem_seg.data[0], expected.argmax(0))
+
+
+def test_without_plugin_and_post_refine_predict_is_the_plain_pipeline_bit_for_bit(tiny_clip):
+    model = build(tiny_clip, test_cfg=dict(mode='slide', crop_size=(32, 32), stride=(16, 16)),
+                  plugin=None, post_refine=None)
+    assert model.plugin is None and model.post_refine is None
+    inputs = torch.randn(1, 3, 40, 48, dtype=torch.float64)
+    for ori in ((36, 44), (50, 61)):
+        out = model.predict(inputs, [sample(36, 44, ori)])[0]
+        probs = model.class_probabilities(model.inference_logits(inputs[0, :, :36, :44]), ori)
+        assert torch.equal(out.seg_logits.data, probs)
+        assert torch.equal(out.pred_sem_seg.data, model.label_map(probs))
 
 
 def test_vocabulary_can_change_at_run_time(tiny_clip):

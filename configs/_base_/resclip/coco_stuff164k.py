@@ -1,0 +1,8 @@
+# ResCLIP's protocol on COCO-Stuff164k (its configs/cfg_coco_stuff164k.py) where it differs from
+# ours.
+_base_ = ['../datasets/coco_stuff164k.py']
+
+protocol = dict(
+    prob_thd=0.0, test_cfg=dict(mode='slide', crop_size=(224, 224), stride=(112, 112)),
+    temp_thd=0.11, attn_rcs_weights=(2.0, 0.4), attn_sfr_weights=(1.8, 0.7),
+)

@@ -3,9 +3,10 @@ from .cass import CASS
 from .clip_baselines import NACLIP, SCLIP, ClearCLIP, CLIPSegmentor, MaskCLIP, VanillaCLIP
 from .last_block import ATTENTIONS, LastBlock, register_attention
 from .proxyclip import ProxyCLIP, proxy_attention
+from .scclip import SCCLIP
 
 __all__ = [
     'CLIP_PREPROCESSOR', 'TrainingFreeSegmentor', 'CLIPSegmentor', 'ClearCLIP', 'MaskCLIP',
     'NACLIP', 'SCLIP', 'VanillaCLIP', 'ATTENTIONS', 'LastBlock', 'register_attention',
-    'ProxyCLIP', 'proxy_attention', 'CASS'
+    'ProxyCLIP', 'proxy_attention', 'CASS', 'SCCLIP'
 ]

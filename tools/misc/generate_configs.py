@@ -18,6 +18,10 @@ BENCHMARKS = ('voc21', 'context60', 'coco_object', 'voc20', 'context59', 'coco_s
 CROP_SIZED_PROXIES = ('mae-b16',)
 # Proxies that set FSA's λ themselves, for any backbone.
 PROXIES_WITH_LAMDA = ('mae-b16',)
+# SC-CLIP's backbones (its official layer indices), and the benchmarks where a backbone has its
+# own post-processing (configs/_base_/scclip/<benchmark>_<backbone>.py).
+SCCLIP_BACKBONES = ('vit-b16', 'vit-l14')
+SCCLIP_BACKBONE_PROTOCOLS = (('vit-l14', 'voc21'), ('vit-l14', 'coco_object'))
 
 
 def base_list(items):
@@ -46,6 +50,16 @@ def cass_leaf(benchmark):
                       ]) + 'model = dict(clip=_base_.clip, **_base_.protocol)\n'
 
 
+def scclip_leaf(backbone, benchmark):
+    """SC-CLIP: its layer indices for the backbone and its own per-benchmark protocol."""
+    protocol = (f'{benchmark}_{backbone}' if (backbone, benchmark) in SCCLIP_BACKBONE_PROTOCOLS
+                else benchmark)
+    return base_list(['../_base_/models/scclip.py', f'../_base_/backbones/{backbone}.py',
+                      f'../_base_/scclip/{backbone}.py', f'../_base_/scclip/{protocol}.py',
+                      '../_base_/default_runtime.py']) + \
+        'model = dict(clip=_base_.clip, **_base_.scclip_layers, **_base_.protocol)\n'
+
+
 def fsa_leaf(parent, lamda='_base_.fsa_lamda'):
     return base_list([f'./{parent}', '../_base_/plugins/fsa.py']) + \
         f'model = dict(plugin=dict(_base_.fsa, lamda={lamda}))\n'
@@ -69,6 +83,11 @@ def leaves():
     for benchmark in BENCHMARKS:
         yield f'cass/cass_vit-b16_{benchmark}.py', cass_leaf(benchmark)
         yield f'cass/cass_fsa_vit-b16_{benchmark}.py', fsa_leaf(f'cass_vit-b16_{benchmark}.py')
+    for backbone in SCCLIP_BACKBONES:
+        for benchmark in BENCHMARKS:
+            name = f'scclip_{backbone}_{benchmark}.py'
+            yield f'scclip/{name}', scclip_leaf(backbone, benchmark)
+            yield f'scclip/scclip_fsa_{backbone}_{benchmark}.py', fsa_leaf(name)
 
 
 def main():

@@ -419,3 +419,40 @@ def test_fsa_crop_equals_the_reference_composition(fx):
         features, _ = build(fx, plugin=FSA_CFG).crop_features(all_crops(fx)[:1])
     assert max_error(features[0], expected) < TOL
     assert max_error(features[0], golden['features']) > 1e-3
+
+
+# ------------------------------------------------------------------ configs
+CONFIGS = FIXTURE.parents[2] / 'configs' / 'scclip'
+# From the official configs: base_config.py and cfg_*.py @0417ba9 (ViT-B/16), the commented L/14
+# blocks of 74471da. benchmark: (logit_scale, prob_thd, area_thd, short side)
+OFFICIAL_B16 = {
+    'voc21': (50.0, 0.15, 0.1, 336), 'context60': (40.0, 0.15, None, 336),
+    'coco_object': (55.0, 0.35, None, 336), 'voc20': (40.0, 0.0, None, 336),
+    'context59': (40.0, 0.0, None, 336), 'coco_stuff164k': (40.0, 0.0, None, 336),
+    'cityscapes': (40.0, 0.0, None, 560), 'ade20k': (40.0, 0.0, None, 336),
+}
+OFFICIAL_L14 = dict(OFFICIAL_B16, voc21=(40.0, 0.2, 0.1, 336),
+                    coco_object=(40.0, 0.25, None, 336))
+LAYERS = {'vit-b16': (8, 3, 3, 10, 0.3), 'vit-l14': (16, 6, 8, 19, 0.1)}
+
+
+@pytest.mark.parametrize('backbone', ['vit-b16', 'vit-l14'])
+@pytest.mark.parametrize('dataset', list(OFFICIAL_B16))
+def test_configs_carry_the_official_settings(backbone, dataset):
+    from mmengine import Config
+    official = OFFICIAL_B16 if backbone == 'vit-b16' else OFFICIAL_L14
+    logit_scale, prob_thd, area_thd, short_side = official[dataset]
+    cfg = Config.fromfile(str(CONFIGS / f'scclip_{backbone}_{dataset}.py'))
+    model = cfg.model
+    assert model.type == 'SCCLIP' and model.templates == 'openai_imagenet'
+    assert (model.pre_adjust_idx, model.post_adjust_idx, model.multi_start_idx,
+            model.multi_end_idx, model.res_cls) == LAYERS[backbone]
+    assert (model.logit_scale, model.prob_thd, model.get('area_thd')) == \
+        (logit_scale, prob_thd, area_thd)
+    assert model.test_cfg == dict(mode='slide', crop_size=(224, 224), stride=(112, 112))
+    assert model.vocabulary == ('cass_coco_object' if dataset == 'coco_object' else dataset)
+    resize = [t for t in cfg.test_dataloader.dataset.pipeline if t.type == 'Resize'][0]
+    assert resize.scale == (2048, short_side)
+    with_fsa = Config.fromfile(str(CONFIGS / f'scclip_fsa_{backbone}_{dataset}.py')).model
+    assert with_fsa.plugin == dict(type='FSA', top_p=0.45, logit_scales=(20.0, 35.0), lamda=3.0)
+    assert {k: v for k, v in with_fsa.items() if k != 'plugin'} == model

@@ -5,15 +5,29 @@ from pathlib import Path
 from setuptools import find_packages, setup
 from setuptools.command.build_py import build_py
 
+STARTUP_HOOK = 'fsa_seg_mmcv_lite.pth'
+
 
 class BuildPyWithConfigs(build_py):
     """Ship configs/ inside the package (fsa_seg/.mim/configs), as OpenMMLab packages do, so a
-    non-editable install can resolve config names; an editable install reads the checkout."""
+    non-editable install can resolve config names; an editable install reads the checkout.
+
+    Both install the start-up hook ``fsa_seg_mmcv_lite.pth`` into site-packages (see
+    ``_fsa_seg_mmcv_lite.py``): mmseg then imports with mmcv-lite whatever is imported first."""
 
     def run(self):
         super().run()
+        if self.editable_mode:
+            # An editable wheel holds only what lands in the install folder (setuptools'
+            # editable_wheel points `install_lib` at the unpacked wheel); build_lib is dropped.
+            site_packages = self.get_finalized_command('install').install_lib
+            self.copy_file(STARTUP_HOOK, str(Path(site_packages) / STARTUP_HOOK),
+                           preserve_mode=False)
+            return
         target = Path(self.build_lib) / 'fsa_seg' / '.mim' / 'configs'
         shutil.copytree('configs', target, dirs_exist_ok=True)
+        self.copy_file(STARTUP_HOOK, str(Path(self.build_lib) / STARTUP_HOOK),
+                       preserve_mode=False)
 
 
 def read_version() -> str:
@@ -32,6 +46,7 @@ setup(
     long_description_content_type='text/markdown',
     python_requires='>=3.9',
     packages=find_packages(include=['fsa_seg', 'fsa_seg.*']),
+    py_modules=['_fsa_seg_mmcv_lite'],
     package_data={'fsa_seg': ['class_names/*.txt', 'assets/*']},
     install_requires=[
         'torch>=2.0',

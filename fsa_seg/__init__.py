@@ -4,9 +4,17 @@ Importing this package registers every segmentor, plug-in, dataset and transform
 own registries, so configs with ``default_scope='mmseg'`` and
 ``custom_imports=dict(imports=['fsa_seg'])`` work in any mmseg pipeline.
 """
-from .compat import ensure_mmcv_ops
+import warnings
+
+from .compat import ensure_mmcv_ops, use_importlib_metadata_for_mmengine
 
 ensure_mmcv_ops()
+use_importlib_metadata_for_mmengine()
 
-from . import datasets, engine, evaluation, models  # noqa: E402,F401  (register into the registries)
+with warnings.catch_warnings():
+    # mmcv-lite lacks MultiScaleDeformableAttention, which no segmentor here uses; mmcv warns
+    # "install mmcv rather than mmcv-lite" when mmseg imports it. Silenced for this import only.
+    warnings.filterwarnings('ignore', message='Fail to import ``MultiScaleDeformableAttention``',
+                            category=UserWarning)
+    from . import datasets, engine, evaluation, models  # noqa: F401  (register into the registries)
 from .version import __version__  # noqa: E402,F401

@@ -19,7 +19,8 @@ default_hooks = dict(
     param_scheduler=dict(type='ParamSchedulerHook'),
     checkpoint=dict(type='CheckpointHook', by_epoch=False, interval=-1),
     sampler_seed=dict(type='DistSamplerSeedHook'),
-    visualization=dict(type='SegVisualizationHook', draw=False, interval=1),
+    # Draws the images of every rank with --show-dir (fsa_seg/engine/hooks.py).
+    visualization=dict(type='DistSegVisualizationHook', draw=False, interval=1),
 )
 test_cfg = dict(type='TestLoop')
 # Frozen models: no DistributedDataParallel in multi-process evaluation (fsa_seg/engine).

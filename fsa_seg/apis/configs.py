@@ -6,11 +6,15 @@ in :func:`config_roots`; a path is used as it is.
 """
 import copy
 import difflib
+import fnmatch
 import os
+import re
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Iterator, List, Optional, Sequence, Set, Tuple, Union
 
 from mmengine.config import Config
+from mmengine.config.utils import ConfigParsingError
 
 from ..models.backbones.clip import tag_uses_quick_gelu
 from ..models.segmentors.base import DEFAULT_TEST_CFG
@@ -28,6 +32,38 @@ Size = Union[int, Sequence[int]]
 
 class ConfigNotFoundError(FileNotFoundError):
     """A config name or path that does not lead to a config file."""
+
+
+class ConfigError(ValueError):
+    """A config file that cannot be read, or whose model or dataset cannot be built from it."""
+
+
+# mmengine's builders prefix each error with the class that raised it, once per level.
+_BUILD_PREFIX = re.compile(r'^(class `\w+` in [\w.]+: )+')
+
+
+def plain_message(error: BaseException) -> str:
+    """An exception's message without mmengine's builder prefixes (and KeyError's quotes)."""
+    message = error.args[0] if isinstance(error, KeyError) and error.args else str(error)
+    return _BUILD_PREFIX.sub('', str(message)).strip()
+
+
+def _registry_miss(error: BaseException) -> bool:
+    return isinstance(error, KeyError) and 'registry' in plain_message(error)
+
+
+@contextmanager
+def explained_config_errors(where: str):
+    """Errors of building from a config (a wrong value, an unknown argument or type) →
+    :class:`ConfigError` naming ``where``; others pass unchanged."""
+    try:
+        yield
+    except ConfigError:
+        raise
+    except (ValueError, TypeError, KeyError) as error:
+        if isinstance(error, KeyError) and not _registry_miss(error):
+            raise
+        raise ConfigError(f'{where}: {plain_message(error)}') from error
 
 
 # ---------------------------------------------------------------------------------- lookup
@@ -51,9 +87,15 @@ def _named_configs(root: Path) -> Iterator[Path]:
             yield path
 
 
-def list_configs() -> List[str]:
-    """Names of every config that :func:`resolve_config` finds by name."""
-    return sorted({path.stem for root in config_roots() for path in _named_configs(root)})
+def list_configs(pattern: Optional[str] = None) -> List[str]:
+    """Names of every config that :func:`resolve_config` finds by name; with ``pattern``, those
+    matching it (shell wildcards; without any, a substring)."""
+    names = sorted({path.stem for root in config_roots() for path in _named_configs(root)})
+    if pattern is None:
+        return names
+    if not any(char in pattern for char in '*?['):
+        pattern = f'*{pattern}*'
+    return [name for name in names if fnmatch.fnmatchcase(name, pattern)]
 
 
 def resolve_config(config: Union[str, os.PathLike]) -> Path:
@@ -87,10 +129,46 @@ def read_config(config: ConfigSource, cfg_options: Optional[dict] = None) -> Con
     if isinstance(config, Config):
         cfg = copy.deepcopy(config)
     else:
-        cfg = Config.fromfile(str(resolve_config(config)))
+        path = resolve_config(config)
+        try:
+            cfg = Config.fromfile(str(path))
+        except (SyntaxError, NameError, AttributeError, KeyError, TypeError, ValueError,
+                ImportError, FileNotFoundError, ConfigParsingError) as error:
+            # Whatever fails while reading a config file is a problem of that file (or of one
+            # of its _base_ files, which mmengine's message names).
+            raise ConfigError(f'cannot read config {path}: {type(error).__name__}: '
+                              f'{plain_message(error)}') from error
     if cfg_options:
-        cfg.merge_from_dict(cfg_options)
+        try:
+            cfg.merge_from_dict(cfg_options)
+        except (KeyError, TypeError, ValueError) as error:
+            raise ConfigError(f'--cfg-options {cfg_options}: {plain_message(error)}') from error
     return cfg
+
+
+# ---------------------------------------------------------------------------------- export
+def composition_variables() -> Set[str]:
+    """Top-level variables our configs only use to compose others (``_base_.clip``,
+    ``_base_.protocol`` …): after merging they are copies of what the model holds, so an export
+    leaves them out (editing them would change nothing)."""
+    names = set()
+    for root in config_roots():
+        for path in root.rglob('*.py'):
+            names.update(re.findall(r'_base_\.(\w+)', path.read_text(encoding='utf-8')))
+    return names
+
+
+def export_config(config: ConfigSource, cfg_options: Optional[dict] = None) -> str:
+    """A config with every base merged in, as Python text: self-contained, to edit or to use as
+    a ``_base_`` from anywhere (no checkout needed)."""
+    from ..version import __version__
+    cfg = read_config(config, cfg_options)
+    unused = composition_variables()
+    merged = Config({k: v for k, v in cfg.to_dict().items() if k not in unused})
+    name = Path(cfg.filename).stem if cfg.filename else 'config'
+    return (f'# {name}: exported by fsa-seg {__version__} (`fsa-seg config {name}`), every base '
+            'merged in.\n# Self-contained: edit it, or inherit it with _base_ = '
+            "['./this_file.py'].\n" + merged.pretty_text)
 
 
 def load_config(config: ConfigSource, cfg_options: Optional[dict] = None) -> Config:

@@ -1,3 +1,4 @@
+from .hooks import DistSegVisualizationHook
 from .wrapper import InferenceWrapper
 
-__all__ = ['InferenceWrapper']
+__all__ = ['DistSegVisualizationHook', 'InferenceWrapper']

@@ -1,3 +1,3 @@
-from .metrics import PerClassIoUMetric
+from .metrics import AnnotationError, PerClassIoUMetric
 
-__all__ = ['PerClassIoUMetric']
+__all__ = ['AnnotationError', 'PerClassIoUMetric']

@@ -25,3 +25,7 @@ class PerClassIoUMetric(IoUMetric):
                           for name, i, a in zip(self.dataset_meta['classes'], iou, acc)}
         self.num_images = len(results)
         return metrics
+
+
+class AnnotationError(ValueError):
+    """An annotation that does not fit its image or the benchmark's classes."""

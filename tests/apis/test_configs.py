@@ -3,9 +3,11 @@
 from pathlib import Path
 
 import pytest
+from mmengine.config import Config
 
 from fsa_seg.apis import configs
 from fsa_seg.apis.configs import ConfigNotFoundError, apply_overrides, load_config, resolve_config
+from fsa_seg.models.backbones import tiny_clip_arch
 from fsa_seg.models.weights import WeightsError
 
 REPO = Path(__file__).resolve().parents[2]
@@ -60,3 +62,102 @@ def test_overrides_of_window_threshold_and_vocabulary():
     assert apply_overrides(load_config(DEFAULT), vocabulary='voc21').model.prob_thd == 0.2
     with pytest.raises(ValueError, match='gaps'):
         apply_overrides(load_config(DEFAULT), crop=100, stride=200)
+
+
+# ---------------------------------------------------------------------------------- export
+def test_list_configs_by_pattern():
+    assert configs.list_configs('sclip_fsa_vit-b16_voc2?') == ['sclip_fsa_vit-b16_voc20',
+                                                              'sclip_fsa_vit-b16_voc21']
+    assert configs.list_configs('proxyclip_fsa_vit-h14_mae') == [
+        f'proxyclip_fsa_vit-h14_mae-b16_{b}' for b in sorted(
+            ('voc21', 'context60', 'coco_object', 'voc20', 'context59', 'coco_stuff164k',
+             'cityscapes', 'ade20k'))]
+    assert configs.list_configs('no_such_thing') == []
+
+
+def test_an_exported_config_is_self_contained_and_equal(tmp_path):
+    name = 'proxyclip_fsa_vit-b16_mae-b16_cityscapes'
+    exported = tmp_path / 'elsewhere' / 'exported.py'
+    exported.parent.mkdir()
+    exported.write_text(configs.export_config(name))
+    original, copy = Config.fromfile(str(resolve_config(name))), Config.fromfile(str(exported))
+    assert copy.model == original.model
+    assert copy.model.vfm.input_size == (224, 224) and copy.model.plugin.lamda == 4.5
+    for key in ('test_dataloader', 'test_evaluator', 'test_pipeline', 'default_hooks',
+                'custom_imports', 'split_size'):
+        assert copy[key] == original[key], key
+    # variables that only composed the leaf would change nothing if edited: left out
+    assert not {'clip', 'vfm', 'fsa', 'fsa_lamda', 'proxy_fsa_lamda', 'protocol'} & set(copy)
+    assert 'clip' in original and '_base_ =' not in exported.read_text().replace(
+        "_base_ = ['./this_file.py']", '')  # the header's usage hint
+
+
+TINY_CLIP = dict(arch=tiny_clip_arch(layers=2), random_init=True)
+
+
+def model_of(text: str, folder: Path):
+    path = folder / 'user.py'
+    path.write_text(text)
+    return Config.fromfile(str(path)).model
+
+
+@pytest.mark.parametrize('base', [
+    "'{repo}/configs/clearclip/clearclip_vit-b16_voc21.py'",
+    "'{repo}/configs/clearclip/clearclip_fsa_vit-b16_voc21.py'",
+    "'{repo}/configs/proxyclip/proxyclip_vit-b16_dino-b16_voc21.py'",
+    "'{repo}/configs/proxyclip/proxyclip_fsa_vit-b16_dino-b16_voc21.py'",
+    # composing the bases directly, as a new leaf does
+    "'{repo}/configs/_base_/models/sclip.py', '{repo}/configs/_base_/backbones/vit-b16.py'",
+    "'{repo}/configs/_base_/models/proxyclip.py', '{repo}/configs/_base_/backbones/vit-b16.py'",
+])
+def test_delete_replaces_clip_vfm_and_plugin_whatever_the_base(tmp_path, base):
+    bases = base.format(repo=REPO)
+    proxy = 'proxyclip' in base
+    vfm = ("vfm=dict(_delete_=True, type='TimmVFM', name='dino_vitb16', random_init=True),"
+           if proxy else '')
+    model = model_of(
+        f'_base_ = [{bases}]\n'
+        f'model = dict(clip=dict(_delete_=True, **{TINY_CLIP!r}), {vfm}\n'
+        "             plugin=dict(_delete_=True, type='FSA', lamda=2.0))\n", tmp_path)
+    assert model.clip == TINY_CLIP  # the base's type, name and weights are gone
+    if proxy:
+        assert model.vfm == dict(type='TimmVFM', name='dino_vitb16', random_init=True)
+    assert model.plugin == dict(type='FSA', lamda=2.0)
+    # without _delete_ the keys merge; plugin=None switches FSA off
+    model = model_of(f'_base_ = [{bases}]\n'
+                     "model = dict(clip=dict(precision='fp16'), plugin=None)\n", tmp_path)
+    assert model.clip.precision == 'fp16' and model.clip.type == 'OpenCLIP'
+    assert model.plugin is None
+
+
+def test_a_deleted_clip_builds(tmp_path):
+    from mmseg.registry import MODELS
+    model = model_of(
+        f"_base_ = ['{REPO}/configs/clearclip/clearclip_fsa_vit-b16_voc21.py']\n"
+        f'model = dict(clip=dict(_delete_=True, **{TINY_CLIP!r}), templates="plain",\n'
+        '             text_cache_dir=False)\n', tmp_path)
+    segmentor = MODELS.build(model)
+    assert segmentor.clip.model_name == 'custom' and segmentor.plugin.lamda == 3.0
+
+
+def test_mmengine_finds_installed_packages_without_pkg_resources():
+    import mmseg
+
+    from fsa_seg.compat import mmengine_packages
+    package_dir = str(Path(mmseg.__file__).parent)
+    assert mmengine_packages.get_installed_path('mmseg') == package_dir
+    assert mmengine_packages.get_installed_path('mmsegmentation') == package_dir
+    assert mmengine_packages.is_installed('mmsegmentation') and mmengine_packages.is_installed(
+        'mmseg')
+    assert not mmengine_packages.is_installed('no_such_package_here')
+
+
+def test_config_errors_name_the_file(tmp_path):
+    broken = tmp_path / 'broken.py'
+    broken.write_text("model = dict(type='ClearCLIP'\n")
+    with pytest.raises(configs.ConfigError, match=f'{broken}.*SyntaxError'):
+        load_config(broken)
+    missing_base = tmp_path / 'missing_base.py'
+    missing_base.write_text("_base_ = ['./nowhere.py']\n")
+    with pytest.raises(configs.ConfigError, match='nowhere.py'):
+        load_config(missing_base)

@@ -1,6 +1,9 @@
 import importlib
+import os
+import subprocess
 import sys
 import types
+from pathlib import Path
 
 import pytest
 import torch
@@ -59,3 +62,32 @@ def test_an_importable_mmcv_ops_is_left_unchanged(monkeypatch):
     monkeypatch.setitem(sys.modules, 'mmcv.ops', compiled)
     assert ensure_mmcv_ops() is False
     assert sys.modules['mmcv.ops'] is compiled
+
+
+def test_the_start_up_finder_answers_for_mmcv_ops_alone(monkeypatch):
+    import _fsa_seg_mmcv_lite as hook
+    assert hook.MMCVOpsFinder in sys.meta_path  # installed at start-up or by import fsa_seg
+    assert hook.MMCVOpsFinder.find_spec('mmcv.cnn') is None
+    assert hook.MMCVOpsFinder.find_spec('torch') is None
+    monkeypatch.setattr(hook, 'compiled_ops_available', lambda: True)
+    assert hook.MMCVOpsFinder.find_spec('mmcv.ops') is None  # the compiled mmcv is left alone
+    monkeypatch.setattr(hook, 'compiled_ops_available', lambda: False)
+    spec = hook.MMCVOpsFinder.find_spec('mmcv.ops')
+    module = importlib.util.module_from_spec(spec)
+    assert module.IS_FSA_SEG_FALLBACK and module.point_sample is point_sample
+
+
+def test_our_runs_print_no_mmcv_lite_warning():
+    """mmcv warns "install mmcv rather than mmcv-lite" when mmseg imports its transformer
+    bricks; fsa_seg silences that one warning where it imports mmseg, and only there."""
+    repo = Path(__file__).resolve().parents[2]
+    env = dict(os.environ, PYTHONPATH=str(repo))
+    ours = subprocess.run([sys.executable, '-W', 'always', '-c', 'import fsa_seg.apis'],
+                          capture_output=True, text=True, env=env, cwd=repo)
+    assert ours.returncode == 0 and 'mmcv-lite' not in ours.stderr, ours.stderr
+    theirs = subprocess.run(
+        [sys.executable, '-W', 'always', '-c',
+         'import _fsa_seg_mmcv_lite; _fsa_seg_mmcv_lite.install(); import mmseg.models'],
+        capture_output=True, text=True, env=env, cwd=repo)
+    lite = importlib.util.find_spec('mmcv._ext') is None
+    assert theirs.returncode == 0 and ('mmcv-lite' in theirs.stderr) == lite  # not filtered

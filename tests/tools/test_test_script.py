@@ -1,7 +1,9 @@
 """tools/test.py end to end on generated datasets with tiny random models."""
 import json
 import os
+import re
 import runpy
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -9,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from fsa_seg import cli
 from fsa_seg.models.backbones import OpenCLIP, tiny_clip_arch
 from fsa_seg.models.text import load_vocabulary
 
@@ -40,13 +43,16 @@ def tiny_config(tmp_path: Path, config: str, data_root: Path, proxy: bool = Fals
 
 
 def run_test_script(*args):
-    """Run tools/test.py in this process (as `python tools/test.py ARGS` would)."""
+    """Run tools/test.py in this process (as `python tools/test.py ARGS` would); its exit
+    status must be 0."""
     argv = sys.argv
     sys.argv = ['tools/test.py', *map(str, args)]
     try:
-        runpy.run_path(str(REPO / 'tools' / 'test.py'), run_name='__main__')
+        with pytest.raises(SystemExit) as exit_:
+            runpy.run_path(str(REPO / 'tools' / 'test.py'), run_name='__main__')
     finally:
         sys.argv = argv
+    assert exit_.value.code == 0
 
 
 def test_voc21_end_to_end_in_a_fresh_process(tmp_path):
@@ -81,11 +87,10 @@ def test_voc21_end_to_end_in_a_fresh_process(tmp_path):
 def test_every_baseline_with_fsa_and_proxyclip_run_end_to_end(tmp_path, config, proxy):
     data_root = make_benchmark('voc21', tmp_path / 'data', sizes=((40, 56), (30, 30)))
     out = tmp_path / 'results.json'
-    run_test_script(tiny_config(tmp_path, config, data_root, proxy), '--work-dir',
-                    tmp_path / 'work', '--out', out, '--allow-partial-split')
-    results = json.loads(out.read_text())
-    assert results['num_images'] == 2
-    assert 0 <= results['metrics']['mIoU'] <= 100
+    config = tiny_config(tmp_path, config, data_root, proxy)
+    run_test_script(config, '--work-dir', tmp_path / 'work', '--out', out,
+                    '--allow-partial-split', '--cfg-options', 'randomness.seed=0')
+    assert_reports_the_iou_of_its_own_predictions(config, data_root, out, 'voc21')
 
 
 def test_a_config_name_works_as_well_as_a_path():
@@ -97,21 +102,29 @@ def test_a_config_name_works_as_well_as_a_path():
     assert cfg.work_dir == os.path.join('./work_dirs', name)
 
 
-def test_missing_dataset_folder_says_where_and_how(tmp_path):
+def test_missing_dataset_folder_says_where_and_how(tmp_path, capsys):
     config = tiny_config(tmp_path, 'clearclip/clearclip_vit-b16_voc21.py',
                          tmp_path / 'nowhere' / 'VOC2012')
-    with pytest.raises(FileNotFoundError, match=r'nowhere/VOC2012/JPEGImages.*data/README.md'):
-        run_test_script(config, '--work-dir', tmp_path / 'work')
+    assert cli.test_main([str(config), '--work-dir', str(tmp_path / 'work')], 'fsa-seg test') == 1
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1 and 'Traceback' not in error
+    assert re.search(r'^fsa-seg test: error: .*nowhere/VOC2012/JPEGImages.*data/README.md', error)
 
 
-def test_incomplete_dataset_is_refused_without_the_flag(tmp_path):
+def test_incomplete_dataset_is_refused_without_the_flag(tmp_path, capsys):
     data_root = make_benchmark('voc21', tmp_path / 'data', sizes=((30, 30), ))
     config = tiny_config(tmp_path, 'clearclip/clearclip_vit-b16_voc21.py', data_root)
-    with pytest.raises(RuntimeError, match='found 1 images.*1449.*--allow-partial-split'):
-        run_test_script(config, '--work-dir', tmp_path / 'work')
+    assert cli.test_main([str(config), '--work-dir', str(tmp_path / 'work')], 'fsa-seg test') == 1
+    assert re.search('found 1 images.*1449.*--allow-partial-split', capsys.readouterr().err)
 
 
-def test_two_processes_give_the_same_metrics_as_one(tmp_path):
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(('127.0.0.1', 0))
+        return probe.getsockname()[1]
+
+
+def test_two_processes_give_the_same_metrics_as_one_and_draw_every_image(tmp_path):
     data_root = make_benchmark('voc21', tmp_path / 'data', sizes=((40, 56), (30, 30), (36, 28)))
     weights = tmp_path / 'tiny_clip.pt'  # every process loads the same weights
     torch.save(OpenCLIP(arch=tiny_clip_arch(), random_init=True).model.state_dict(), weights)
@@ -120,17 +133,22 @@ def test_two_processes_give_the_same_metrics_as_one(tmp_path):
     single, double = tmp_path / 'single.json', tmp_path / 'double.json'
     run_test_script(config, '--work-dir', tmp_path / 'w1', '--out', single,
                     '--allow-partial-split')
+    show_dir = tmp_path / 'show'
     result = subprocess.run(
         ['bash', 'tools/dist_test.sh', str(config), '2', '--work-dir', str(tmp_path / 'w2'),
-         '--out', str(double), '--allow-partial-split'],
+         '--out', str(double), '--allow-partial-split', '--show-dir', str(show_dir)],
         cwd=REPO, capture_output=True, text=True, timeout=600,
-        env=dict(os.environ, PORT='29517', OMP_NUM_THREADS='1'))
+        env=dict(os.environ, PORT=str(free_port()), OMP_NUM_THREADS='1'))
     assert result.returncode == 0, result.stderr[-3000:]
     one, two = json.loads(single.read_text()), json.loads(double.read_text())
     assert two['num_images'] == one['num_images'] == 3
     assert two['metrics'] == pytest.approx(one['metrics'], abs=1e-6)
     for name, metrics in one['per_class'].items():
         assert two['per_class'][name] == pytest.approx(metrics, nan_ok=True), name
+    # rank 0 draws its own image and the ones rank 1 gathered to it: all three
+    drawn = sorted(path.name for path in show_dir.rglob('*.png'))
+    assert drawn == ['test_2007_000000.jpg_0.png', 'test_2007_000001.jpg_0.png',
+                     'test_2007_000002.jpg_0.png'], drawn
 
 
 @pytest.mark.parametrize('dataset', ['voc21', 'context60', 'coco_object', 'voc20', 'context59',
@@ -157,7 +175,7 @@ def test_leaf_configs_are_generated_and_all_load():
         model = Config.fromfile(str(path), import_custom_modules=False).model
         vocabulary = model.vocabulary.replace('cass_', '')  # CASS's own COCO-Object names
         assert vocabulary in path.stem and model.clip.pretrained, path
-        assert ('plugin' in model) == ('_fsa_' in path.name), path
+        assert bool(model.get('plugin')) == ('_fsa_' in path.name), path
         if '_fsa_' in path.name:
             expected = 4.5 if 'mae' in path.name else 2.3 if 'vit-h14' in path.name else 3.0
             assert model.plugin.lamda == expected, path
@@ -182,13 +200,7 @@ TINY_DINO_FOR_CASS = ("dict(_delete_=True, type='TimmVFM', name='dino_vitb8', ra
 
 
 def test_cass_with_fsa_end_to_end_scores_its_own_predictions(tmp_path):
-    """CASS + FSA through tools/test.py; the mIoU it reports equals the IoU computed here by hand
-    from the same model's predictions (the Python API, same pipeline) and the raw annotations."""
-    import numpy as np
-    from PIL import Image
-
-    from fsa_seg.apis import init_segmentor, segment
-
+    """CASS + FSA through tools/test.py (its own protocol: VOC20, 224 crops)."""
     data_root = make_benchmark('voc20', tmp_path / 'data', sizes=((64, 80), (72, 64)))
     config = tiny_config(tmp_path, 'cass/cass_fsa_vit-b16_voc20.py', data_root)
     config.write_text(config.read_text().replace(
@@ -196,22 +208,53 @@ def test_cass_with_fsa_end_to_end_scores_its_own_predictions(tmp_path):
     out = tmp_path / 'results.json'
     run_test_script(config, '--work-dir', tmp_path / 'work', '--out', out,
                     '--allow-partial-split', '--cfg-options', 'randomness.seed=0')
-    results = json.loads(out.read_text())
+    assert_reports_the_iou_of_its_own_predictions(config, data_root, out, 'voc20')
 
+
+def assert_reports_the_iou_of_its_own_predictions(config, data_root, results_file, benchmark):
+    """The per-class IoU and mIoU tools/test.py reported equal those computed here by hand from
+    the same model's predictions (the Python API, the config's pipeline; the same seed for the
+    random weights) and the raw VOC annotations (VOC20: background and 255 ignored, labels − 1)."""
+    import numpy as np
+    from PIL import Image
+
+    from fsa_seg.apis import init_segmentor, segment
+
+    results = json.loads(results_file.read_text())
     model = init_segmentor(str(config), device='cpu', seed=0)
-    images = data_root / 'JPEGImages'
     names = (data_root / 'ImageSets' / 'Segmentation' / 'val.txt').read_text().split()
-    confusion = np.zeros((20, 20), dtype=np.int64)
+    classes = 20 if benchmark == 'voc20' else 21
+    confusion = np.zeros((classes, classes), dtype=np.int64)
     for name in names:
-        predicted = segment(model, str(images / f'{name}.jpg')).labels
-        raw = np.array(Image.open(data_root / 'SegmentationClass' / f'{name}.png'))
-        truth = np.where((raw == 0) | (raw == 255), 255, raw.astype(np.int64) - 1)  # VOC20
+        predicted = np.asarray(segment(model, str(data_root / 'JPEGImages' / f'{name}.jpg')).labels)
+        raw = np.array(Image.open(data_root / 'SegmentationClass' / f'{name}.png')).astype(int)
+        truth = np.where((raw == 0) | (raw == 255), 255, raw - 1) if classes == 20 else raw
         valid = truth != 255
-        np.add.at(confusion, (truth[valid], np.asarray(predicted)[valid]), 1)
+        np.add.at(confusion, (truth[valid], predicted[valid]), 1)
     union = confusion.sum(0) + confusion.sum(1) - np.diag(confusion)
     with np.errstate(invalid='ignore'):
         iou = 100 * np.diag(confusion) / union        # NaN: a class neither true nor predicted
-    assert results['num_images'] == len(names) == 2
+    assert results['num_images'] == len(names)
     reported = [metrics['IoU'] for metrics in results['per_class'].values()]  # class order
     np.testing.assert_allclose(reported, iou, rtol=0, atol=1e-5)   # mmseg counts in float32
     assert results['metrics']['mIoU'] == pytest.approx(np.nanmean(iou), abs=0.005)  # 2 decimals
+
+
+def test_a_config_on_mmseg_own_bases_runs_as_it_is(tmp_path):
+    """mmseg's dataset and runtime bases (through mmseg::, which needs pkg_resources or our
+    stand-in) carry training and validation parts; a test run needs no manual Nones."""
+    data_root = make_benchmark('voc21', tmp_path / 'data', sizes=((40, 56), (30, 30)))
+    config = tmp_path / 'on_mmseg_bases.py'
+    config.write_text(
+        "_base_ = ['mmseg::_base_/datasets/pascal_voc12.py', "
+        "'mmseg::_base_/default_runtime.py']\n"
+        "custom_imports = dict(imports=['fsa_seg'], allow_failed_imports=False)\n"
+        f"model = dict(type='ClearCLIP', clip=dict(random_init=True, arch={TINY_ARCH}),\n"
+        "             vocabulary='voc21', templates='plain',\n"
+        "             test_cfg=dict(mode='slide', crop_size=(224, 224), stride=(112, 112)))\n"
+        'test_dataloader = dict(num_workers=0, persistent_workers=False,\n'
+        f"                       dataset=dict(data_root='{data_root}'))\n")
+    out = tmp_path / 'results.json'
+    run_test_script(config, '--work-dir', tmp_path / 'work', '--out', out)
+    results = json.loads(out.read_text())
+    assert results['num_images'] == 2 and len(results['per_class']) == 21  # IoUMetric kept

@@ -24,11 +24,19 @@ def official_fsa(attn: Optional[Tensor], values: Tensor, logits_fn: LogitsFn, la
     ``values`` (B, H, N, d); ``logits_fn`` maps per-head outputs (B, H, n, d) to cosine
     similarities (B, n, Q). Everything is computed in the dtype of ``values``.
     """
-    batch, heads, num_tokens, _ = values.shape
-    if attn is None:  # identity attention, materialised like any other attention
-        attn = torch.eye(num_tokens, dtype=values.dtype, device=values.device)
-    # The official code repeats an attention shared by the heads for every head.
-    attn = attn.expand(batch, heads, num_tokens, num_tokens).contiguous()
+    attn = _per_head(attn, values)
+    new_attn = official_new_attention(attn, values, logits_fn, lamda, top_p, logit_scales, eps)
+    # 4. ensemble of the N×N attention matrices of every head, applied to the values.
+    ensemble = (new_attn @ attn + attn @ new_attn + new_attn) / 3               # (B, H, N, N)
+    return ensemble @ values
+
+
+def official_new_attention(attn: Optional[Tensor], values: Tensor, logits_fn: LogitsFn,
+                           lamda: float, top_p: float, logit_scales: Sequence[float],
+                           eps: float = 1e-10) -> Tensor:
+    """A_new (B, H, N, N), repeated for every head, as the official code makes it (steps 1-3)."""
+    attn = _per_head(attn, values)
+    heads = values.shape[1]
     scale_attn, scale_uniform = logit_scales
 
     # 1. attention isolation: attention branch minus uniform branch, softmax over the queries;
@@ -45,7 +53,13 @@ def official_fsa(attn: Optional[Tensor], values: Tensor, logits_fn: LogitsFn, la
     kl = (q_i * (torch.log(q_i + eps) - torch.log(q_j + eps))).sum(dim=-1)     # (B, N, N)
     sim = 1.0 / (1.0 + kl.clamp(min=0))
 
-    # 3. confidence-based pruning on the sorted rows, sharpening, row softmax per head.
+    # 3. confidence-based pruning, sharpening, row softmax per head.
+    return official_prune_and_sharpen(sim.unsqueeze(1).repeat(1, heads, 1, 1), lamda, top_p)
+
+
+def official_prune_and_sharpen(sim: Tensor, lamda: float, top_p: float) -> Tensor:
+    """Step 3 on similarity rows: sort, keep while the cumulative softmax mass of the sorted row
+    is ≤ top_p (the first always), scatter back, sharpen sim·exp(λ·sim), row softmax."""
     sorted_sim, order = torch.sort(sim, dim=-1, descending=True)
     cumulative = torch.cumsum(torch.softmax(sorted_sim, dim=-1), dim=-1)
     keep_sorted = cumulative <= top_p
@@ -53,8 +67,13 @@ def official_fsa(attn: Optional[Tensor], values: Tensor, logits_fn: LogitsFn, la
     keep = torch.zeros_like(keep_sorted).scatter(-1, order, keep_sorted)
     sharpened = sim * torch.exp(lamda * sim)
     sharpened = torch.where(keep, sharpened, torch.full_like(sharpened, float('-inf')))
-    new_attn = torch.softmax(sharpened.unsqueeze(1).repeat(1, heads, 1, 1), dim=-1)  # (B, H, N, N)
+    return torch.softmax(sharpened, dim=-1)
 
-    # 4. ensemble of the N×N attention matrices of every head, applied to the values.
-    ensemble = (new_attn @ attn + attn @ new_attn + new_attn) / 3               # (B, H, N, N)
-    return ensemble @ values
+
+def _per_head(attn: Optional[Tensor], values: Tensor) -> Tensor:
+    """The attention as the official code holds it: identity materialised, a shared attention
+    repeated for every head."""
+    batch, heads, num_tokens, _ = values.shape
+    if attn is None:
+        attn = torch.eye(num_tokens, dtype=values.dtype, device=values.device)
+    return attn.expand(batch, heads, num_tokens, num_tokens).contiguous()

@@ -46,11 +46,16 @@ class TrainingFreeSegmentor(BaseSegmentor):
         logit_scale: scale of the cosine logits before the softmax over queries.
         prob_thd: pixels whose top class probability is below it become class 0.
         test_cfg: ``dict(mode='slide', crop_size=(h, w), stride=(h, w))`` or ``dict(mode='whole')``.
-        crop_batch_size: windows of one image encoded together.
+        crop_batch_size: windows encoded together (from all images of a batch, unless
+            :attr:`batch_across_images` is False).
         plugin: config of an attention plug-in (``dict(type='FSA', ...)``, an
             :class:`~fsa_seg.models.plugins.AttentionPlugin`) or None.
         text_cache_dir: text-embedding cache folder; None for the default, False for none.
     """
+
+    #: whether the windows of several images may share a forward pass (not where per-image
+    #: state, such as CASS's seeded random draws, must follow the image order)
+    batch_across_images = True
 
     def __init__(self, clip: dict, vocabulary, templates='openai_imagenet',
                  logit_scale: float = 40.0, prob_thd: float = 0.0, test_cfg: Optional[dict] = None,
@@ -167,25 +172,34 @@ class TrainingFreeSegmentor(BaseSegmentor):
 
     def inference_logits(self, image: Tensor) -> Tensor:
         """(3, H, W) image → (Q, H, W) cosine logits averaged over the windows covering it."""
-        height, width = image.shape[-2:]
-        boxes, (crop_h, crop_w) = self.windows(height, width)
-        context = self.image_context(image)
-        total = None
-        count = image.new_zeros((1, height, width))
-        for start in range(0, len(boxes), self.crop_batch_size):
-            chunk = boxes[start:start + self.crop_batch_size]
+        return self.batch_inference_logits([image])[0]
+
+    def batch_inference_logits(self, images: Sequence[Tensor]) -> List[Tensor]:
+        """:meth:`inference_logits` of several images, their windows encoded together (up to
+        ``crop_batch_size`` crops at once; crops of one size and one image context per batch)."""
+        jobs = []  # (image index, box, padded crop size, context key)
+        contexts = [self.image_context(image) for image in images]
+        for index, image in enumerate(images):
+            boxes, crop_size = self.windows(*image.shape[-2:])
+            shared = -1 if contexts[index] is None else index
+            jobs += [(index, box, crop_size, shared) for box in boxes]
+        totals = [None] * len(images)
+        counts = [image.new_zeros((1, *image.shape[-2:])) for image in images]
+        for chunk in _batches(jobs, self.crop_batch_size):
+            (crop_h, crop_w), shared = chunk[0][2], chunk[0][3]
             # Crops smaller than the crop size (small images) are padded bottom/right.
-            crops = torch.stack([F.pad(image[:, y1:y2, x1:x2], (0, crop_w - (x2 - x1),
-                                                                 0, crop_h - (y2 - y1)))
-                                 for y1, y2, x1, x2 in chunk])
-            logits = self.crop_logits(crops, context)
-            if total is None:  # accumulate half-precision logits in fp32
-                total = logits.new_zeros((logits.shape[1], height, width),
-                                         dtype=torch.promote_types(logits.dtype, torch.float32))
-            for (y1, y2, x1, x2), crop_logit in zip(chunk, logits):
-                total[:, y1:y2, x1:x2] += crop_logit[:, :y2 - y1, :x2 - x1]
-                count[:, y1:y2, x1:x2] += 1
-        return total / count.to(total.dtype)
+            crops = torch.stack([F.pad(images[index][:, y1:y2, x1:x2],
+                                       (0, crop_w - (x2 - x1), 0, crop_h - (y2 - y1)))
+                                 for index, (y1, y2, x1, x2), _, _ in chunk])
+            logits = self.crop_logits(crops, None if shared < 0 else contexts[shared])
+            for (index, (y1, y2, x1, x2), _, _), crop_logit in zip(chunk, logits):
+                if totals[index] is None:  # accumulate half-precision logits in fp32
+                    totals[index] = logits.new_zeros(
+                        (logits.shape[1], *images[index].shape[-2:]),
+                        dtype=torch.promote_types(logits.dtype, torch.float32))
+                totals[index][:, y1:y2, x1:x2] += crop_logit[:, :y2 - y1, :x2 - x1]
+                counts[index][:, y1:y2, x1:x2] += 1
+        return [total / count.to(total.dtype) for total, count in zip(totals, counts)]
 
     def class_probabilities(self, logits: Tensor, size: Sequence[int]) -> Tensor:
         """(Q, h, w) cosine logits → (C, H, W): resize, scale, softmax over all queries, then the
@@ -211,9 +225,12 @@ class TrainingFreeSegmentor(BaseSegmentor):
             data_samples = [SegDataSample(metainfo=dict(img_shape=inputs.shape[-2:],
                                                         ori_shape=inputs.shape[-2:]))
                             for _ in range(inputs.shape[0])]
-        for image, sample in zip(inputs, data_samples):
-            height, width = sample.metainfo.get('img_shape', image.shape[-2:])[:2]
-            logits = self.inference_logits(image[:, :height, :width])
+        images = [_valid_area(image, sample) for image, sample in zip(inputs, data_samples)]
+        if self.batch_across_images:
+            all_logits = self.batch_inference_logits(images)
+        else:
+            all_logits = [self.inference_logits(image) for image in images]
+        for logits, sample in zip(all_logits, data_samples):
             probs = self.class_probabilities(logits, sample.metainfo['ori_shape'][:2])
             sample.set_data(dict(seg_logits=PixelData(data=probs),
                                  pred_sem_seg=PixelData(data=self.label_map(probs))))
@@ -231,6 +248,24 @@ class TrainingFreeSegmentor(BaseSegmentor):
 
     def loss(self, inputs, data_samples):
         raise NotImplementedError(f'{type(self).__name__} is training-free: it has no loss')
+
+
+def _valid_area(image: Tensor, sample: SegDataSample) -> Tensor:
+    """The image without the padding that batching added (mmseg pads to the batch's largest)."""
+    height, width = sample.metainfo.get('img_shape', image.shape[-2:])[:2]
+    return image[:, :height, :width]
+
+
+def _batches(jobs: list, size: int):
+    """Consecutive runs of at most ``size`` jobs that share a crop size and a context key."""
+    chunk = []
+    for job in jobs:
+        if chunk and (len(chunk) == size or job[2:] != chunk[0][2:]):
+            yield chunk
+            chunk = []
+        chunk.append(job)
+    if chunk:
+        yield chunk
 
 
 def build_plugin(cfg: Optional[dict]) -> Optional[AttentionPlugin]:

@@ -83,6 +83,8 @@ class CASS(TrainingFreeSegmentor):
         k_eigen, scale_factor, svd_q, svd_niter, topk_patches: the official constants.
     """
 
+    batch_across_images = False   # each image replays its own seeded SVD draws
+
     def __init__(self, *args, vfm: dict, global_semantics_weight: float = 0.0,
                  mean_vector_weight: float = 0.0, h_threshold: float = 0.0,
                  gaussian_std: float = 5.0, scale_singular_values: bool = True,

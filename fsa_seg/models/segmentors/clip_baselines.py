@@ -37,9 +37,10 @@ class CLIPSegmentor(TrainingFreeSegmentor):
         num_prefix = 1 if self.plugin_keeps_prefix else 0
         tokens = tokens[:, 1 - num_prefix:]
         q, k, v = self.clip.qkv(tokens)
-        attn = self.last_block.attention_weights(q, k, grid, num_prefix)
-        attended = v if attn is None else attn @ v
-        attended = self.apply_plugin(attn, v, attended, grid, num_prefix)
+        attended = self.last_block.attend(q, k, v, grid, num_prefix)  # fused: no T×T weights
+        if self.plugin is not None:  # the plug-in needs the weights themselves
+            attn = self.last_block.attention_weights(q, k, grid, num_prefix)
+            attended = self.apply_plugin(attn, v, attended, grid, num_prefix)
         block = self.clip.last_block
         x = block.ls_1(self.clip.out_proj(attended))
         if self.last_block.residual:

@@ -3,16 +3,21 @@
 Training-free CLIP segmentors differ only in the last block of the visual trunk: which attention
 it uses, and whether its residual connection and FFN are kept. An attention is a function
 ``(q, k, grid, num_prefix) -> attention weights (B, H, T, T)`` or None for identity attention
-(the value path alone); :func:`register_attention` adds one under a name.
+(the value path alone); :func:`register_attention` adds one under a name. Where the weights are
+not needed (no plug-in), an attention may also have a fused form ``(q, k, v, grid, num_prefix)
+-> A·V`` (:func:`register_fused_attention`), through ``scaled_dot_product_attention``: the T×T
+weights are then never materialised.
 """
 from dataclasses import dataclass, replace
 from typing import Callable, Dict, Optional, Tuple
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 AttentionFn = Callable[..., Optional[Tensor]]
 ATTENTIONS: Dict[str, AttentionFn] = {}
+FUSED_ATTENTIONS: Dict[str, Callable[..., Tensor]] = {}
 
 
 def register_attention(name: str):
@@ -22,6 +27,22 @@ def register_attention(name: str):
         ATTENTIONS[name] = fn
         return fn
     return register
+
+
+def register_fused_attention(name: str):
+    """Register the fused form ``(q, k, v, grid, num_prefix, **kwargs) -> A·V`` of a registered
+    attention (the same result without the weights)."""
+    def register(fn: Callable[..., Tensor]) -> Callable[..., Tensor]:
+        if name not in ATTENTIONS:
+            raise KeyError(f'register the attention {name!r} before its fused form')
+        FUSED_ATTENTIONS[name] = fn
+        return fn
+    return register
+
+
+def _attend(x: Tensor, y: Tensor, v: Tensor, bias: Optional[Tensor] = None) -> Tensor:
+    """softmax(s·x yᵀ + bias)·v without the weights, s = d^-½ as in :func:`_self_softmax`."""
+    return F.scaled_dot_product_attention(x, y, v, attn_mask=bias)
 
 
 def _self_softmax(x: Tensor, y: Tensor) -> Tensor:
@@ -52,6 +73,26 @@ def correlative_attention(q: Tensor, k: Tensor, **_) -> Tensor:
     return _self_softmax(q, q) + _self_softmax(k, k)
 
 
+@register_fused_attention('q-k')
+def fused_qk_attention(q: Tensor, k: Tensor, v: Tensor, **_) -> Tensor:
+    return _attend(q, k, v)
+
+
+@register_fused_attention('identity')
+def fused_identity_attention(q: Tensor, k: Tensor, v: Tensor, **_) -> Tensor:
+    return v
+
+
+@register_fused_attention('q-q')
+def fused_qq_attention(q: Tensor, k: Tensor, v: Tensor, **_) -> Tensor:
+    return _attend(q, q, v)
+
+
+@register_fused_attention('q-q+k-k')
+def fused_correlative_attention(q: Tensor, k: Tensor, v: Tensor, **_) -> Tensor:
+    return _attend(q, q, v) + _attend(k, k, v)
+
+
 def gaussian_window(grid: Tuple[int, int], sigma: float, dtype=torch.float32,
                     device=None) -> Tensor:
     """Ω_ij = exp(−‖p_i − p_j‖² / (2σ²)) over patch-grid coordinates, (h·w, h·w)."""
@@ -66,9 +107,20 @@ def neighbourhood_attention(q: Tensor, k: Tensor, grid: Tuple[int, int], num_pre
                             sigma: float = 5.0, **_) -> Tensor:
     """NACLIP: softmax(s·k kᵀ + Ω), the Gaussian window added between patch tokens only."""
     logits = k @ k.transpose(-1, -2) * k.shape[-1] ** -0.5
-    window = gaussian_window(grid, sigma, dtype=logits.dtype, device=logits.device)
-    logits[..., num_prefix:, num_prefix:] += window
-    return logits.softmax(dim=-1)
+    return (logits + _neighbourhood_bias(grid, num_prefix, sigma, logits)).softmax(dim=-1)
+
+
+@register_fused_attention('k-k+neighbourhood')
+def fused_neighbourhood_attention(q: Tensor, k: Tensor, v: Tensor, grid: Tuple[int, int],
+                                  num_prefix: int, sigma: float = 5.0, **_) -> Tensor:
+    return _attend(k, k, v, _neighbourhood_bias(grid, num_prefix, sigma, k))
+
+
+def _neighbourhood_bias(grid: Tuple[int, int], num_prefix: int, sigma: float,
+                        like: Tensor) -> Tensor:
+    """(T, T): the Gaussian window between patch tokens, 0 in the prefix rows and columns."""
+    window = gaussian_window(grid, sigma, dtype=like.dtype, device=like.device)
+    return F.pad(window, (num_prefix, 0, num_prefix, 0))
 
 
 @dataclass(frozen=True)
@@ -94,3 +146,12 @@ class LastBlock:
                           num_prefix: int) -> Optional[Tensor]:
         return ATTENTIONS[self.attention](q, k, grid=grid, num_prefix=num_prefix,
                                           **dict(self.attention_kwargs))
+
+    def attend(self, q: Tensor, k: Tensor, v: Tensor, grid: Tuple[int, int],
+               num_prefix: int) -> Tensor:
+        """A·V, through the fused form where the attention has one (no T×T weights)."""
+        kwargs = dict(grid=grid, num_prefix=num_prefix, **dict(self.attention_kwargs))
+        if self.attention in FUSED_ATTENTIONS:
+            return FUSED_ATTENTIONS[self.attention](q, k, v, **kwargs)
+        attn = ATTENTIONS[self.attention](q, k, **kwargs)
+        return v if attn is None else attn @ v

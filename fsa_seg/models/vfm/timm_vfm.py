@@ -222,6 +222,7 @@ class TimmVFM(nn.Module):
         cfg = self.model.pretrained_cfg
         self.mean = tuple(cfg.get('mean', IMAGENET_DEFAULT_MEAN))
         self.std = tuple(cfg.get('std', IMAGENET_DEFAULT_STD))
+        self._renorm = {}  # (dtype, device) → the affine map of renormalize, made once
 
     def _crop_size_kwargs(self, input_size: Optional[Size]) -> dict:
         """MAE's constructor size: the slide crop, square as in the official code (every crop is
@@ -274,10 +275,14 @@ class TimmVFM(nn.Module):
 
     def renormalize(self, images: Tensor) -> Tensor:
         """CLIP normalisation → the VFM's: one per-channel affine map, in the images' dtype."""
-        def channels(values):
-            return images.new_tensor(values).view(1, -1, 1, 1)
-        scale = channels(OPENAI_CLIP_STD) / channels(self.std)
-        shift = (channels(OPENAI_CLIP_MEAN) - channels(self.mean)) / channels(self.std)
+        key = (images.dtype, images.device)
+        if key not in self._renorm:  # once per dtype and device: no host→device copy per crop
+            mean, std = (torch.tensor(v, dtype=torch.float64) for v in (self.mean, self.std))
+            clip_mean, clip_std = (torch.tensor(v, dtype=torch.float64)
+                                   for v in (OPENAI_CLIP_MEAN, OPENAI_CLIP_STD))
+            self._renorm[key] = tuple(t.view(1, -1, 1, 1).to(images.device, images.dtype)
+                                      for t in (clip_std / std, (clip_mean - mean) / std))
+        scale, shift = self._renorm[key]
         return images * scale + shift
 
     def prepare(self, images: Tensor) -> Tensor:

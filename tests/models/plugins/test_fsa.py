@@ -3,6 +3,8 @@ import torch
 import torch.nn.functional as F
 from mmseg.registry import MODELS
 
+from fsa_seg.models.plugins.fsa_reference import official_new_attention
+
 
 def build(**kwargs):
     return MODELS.build(dict(type='FSA', **kwargs))
@@ -47,7 +49,7 @@ def test_identical_per_head_attention_equals_the_shared_form():
 def test_identity_attention_reduces_to_the_new_attention_alone():
     _, values, logits_fn = random_problem()
     fsa = build()
-    new_attn = fsa.feedback_attention(values, values, logits_fn)
+    new_attn = official_new_attention(None, values, logits_fn, 3.0, 0.45, (20.0, 35.0))
     assert torch.allclose(fsa(None, values, logits_fn), new_attn @ values, atol=1e-12)
     # the same as the ensemble with an explicit identity matrix
     eye = torch.eye(values.shape[2], dtype=values.dtype)[None, None]
@@ -57,7 +59,9 @@ def test_identity_attention_reduces_to_the_new_attention_alone():
 def test_ensemble_formula_against_explicit_matrices():
     attn, values, logits_fn = random_problem(heads=2)
     fsa = build(lamda=2.0, top_p=0.6)
-    new_attn = fsa.feedback_attention(attn @ values, values, logits_fn)
+    new_attn = official_new_attention(attn, values, logits_fn, 2.0, 0.6, (20.0, 35.0))
+    assert torch.allclose(fsa.feedback_attention(attn @ values, values, logits_fn),
+                          new_attn[:, :1], atol=1e-12)   # shared by the heads
     ensemble = (new_attn @ attn + attn @ new_attn + new_attn) / 3
     assert torch.allclose(fsa(attn, values, logits_fn), ensemble @ values, atol=1e-12)
 

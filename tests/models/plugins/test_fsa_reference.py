@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from fsa_seg.models.plugins import FSA
-from fsa_seg.models.plugins.fsa_reference import official_fsa
+from fsa_seg.models.plugins.fsa_reference import official_fsa, official_prune_and_sharpen
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -128,6 +128,7 @@ def test_fsa_pruning_with_equal_similarities_across_the_cut_follows_the_sort():
         fast = fsa.prune_and_sharpen(sim)
     functional = fsa.prune_and_sharpen(sim.clone().requires_grad_()).detach()
     assert torch.equal(fast, functional)
+    assert torch.equal(fast, official_prune_and_sharpen(sim, 3.0, 0.45))
     # the case is exercised: some row keeps only part of a group of equal values
     kept = fast > 0
     kept_values = torch.where(kept, sim, torch.inf).amin(-1, keepdim=True)

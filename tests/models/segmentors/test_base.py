@@ -57,8 +57,10 @@ def test_small_image_is_padded_to_the_crop(tiny_clip):
     assert torch.allclose(model.inference_logits(image), expected, atol=1e-12)
 
 
-def test_batch_of_two_equals_two_batches_of_one(tiny_clip):
-    model = build(tiny_clip, test_cfg=dict(mode='slide', crop_size=(32, 32), stride=(16, 16)))
+@pytest.mark.parametrize('crop_batch_size', [16, 3])   # 3: batches span both images
+def test_batch_of_two_equals_two_batches_of_one(tiny_clip, crop_batch_size):
+    model = build(tiny_clip, test_cfg=dict(mode='slide', crop_size=(32, 32), stride=(16, 16)),
+                  crop_batch_size=crop_batch_size)
     images = torch.randn(2, 3, 48, 48, dtype=torch.float64)
     both = model.predict(images, [sample(48, 48, (60, 50)), sample(40, 48, (40, 48))])
     for i, (h, w, ori) in enumerate([(48, 48, (60, 50)), (40, 48, (40, 48))]):
@@ -66,6 +68,21 @@ def test_batch_of_two_equals_two_batches_of_one(tiny_clip):
         assert torch.equal(both[i].pred_sem_seg.data, single.pred_sem_seg.data)
         assert torch.allclose(both[i].seg_logits.data, single.seg_logits.data, atol=1e-12)
         assert both[i].seg_logits.data.shape == (3, *ori)
+
+
+def test_windows_of_several_images_share_forward_passes(tiny_clip):
+    """Crops of one size from different images go through the model together; whole-image
+    inference batches only images of one (padded) size."""
+    calls = []
+    for mode, expected in ((dict(mode='slide', crop_size=(32, 32), stride=(16, 16)), [6]),
+                           (dict(mode='whole'), [1, 1])):
+        model = build(tiny_clip, test_cfg=mode)
+        model.crop_logits = lambda crops, context=None, f=model.crop_logits: (
+            calls.append(len(crops)) or f(crops, context))
+        images = torch.randn(2, 3, 48, 48, dtype=torch.float64)
+        model.predict(images, [sample(48, 48), sample(40, 32)])  # 4 + 2 windows; 48², 48×32
+        assert calls == expected
+        calls.clear()
 
 
 def test_synonym_max_and_probability_threshold_on_a_hand_made_map(tiny_clip):

@@ -40,3 +40,23 @@ def test_a_new_baseline_is_one_attention_and_one_description(tiny_clip, key_atte
 def test_registering_an_attention_twice_is_refused():
     with pytest.raises(KeyError, match='already registered'):
         register_attention('q-k')(lambda q, k, **_: None)
+
+
+@pytest.mark.parametrize('attention', ['q-k', 'identity', 'q-q', 'q-q+k-k', 'k-k+neighbourhood'])
+@pytest.mark.parametrize('num_prefix', [0, 1])
+def test_fused_attention_equals_the_weights_applied_to_the_values(attention, num_prefix):
+    """The fused (scaled_dot_product_attention) form used without a plug-in is A·V."""
+    from fsa_seg.models.segmentors.last_block import FUSED_ATTENTIONS
+    assert attention in FUSED_ATTENTIONS
+    block = LastBlock(attention, attention_kwargs=(('sigma', 2.0),)
+                      if attention == 'k-k+neighbourhood' else ())
+    q, k, v = torch.randn(3, 2, 4, num_prefix + 6, 8, dtype=torch.float64)
+    weights = block.attention_weights(q, k, (2, 3), num_prefix)
+    expected = v if weights is None else weights @ v
+    assert torch.allclose(block.attend(q, k, v, (2, 3), num_prefix), expected, atol=1e-13)
+
+
+def test_a_fused_form_needs_its_attention():
+    from fsa_seg.models.segmentors.last_block import register_fused_attention
+    with pytest.raises(KeyError, match='before its fused form'):
+        register_fused_attention('test-unknown')(lambda q, k, v, **_: v)

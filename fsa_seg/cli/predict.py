@@ -1,15 +1,16 @@
-"""The ``fsa-seg`` command.
+"""``fsa-seg predict``: segment your own images.
 
     fsa-seg predict [INPUT ...] [--vocab "sky; tree; house, building"] [--config NAME_OR_FILE]
                     [--out-dir DIR] [--device cuda] [--precision fp16] ...
 
-``fsa-seg predict`` with no input segments the bundled demo image with a demo vocabulary.
-Run ``fsa-seg predict --help`` for every option.
+With no input it segments the bundled demo image with a demo vocabulary.
 """
 import argparse
 import os
 import sys
 from typing import List, Optional, Sequence, Tuple, Union
+
+from .errors import fail
 
 DEFAULT_OUT_DIR = 'fsa_seg_predictions'
 
@@ -153,31 +154,25 @@ def add_predict_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--cfg-options', nargs='+', action=DictAction, metavar='KEY=VALUE',
                         help='override config keys, e.g. model.logit_scale=50')
     parser.add_argument('--quiet', action='store_true', help='no progress bar')
+    parser.add_argument('--debug', action='store_true',
+                        help='show the traceback of an error instead of one line')
+    parser.set_defaults(run=run_predict)
 
 
-def build_parser(prog: str = 'fsa-seg') -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog=prog, description='Training-free open-vocabulary semantic segmentation with CLIP '
-                               'and the FSA plug-in.')
-    commands = parser.add_subparsers(dest='command', metavar='COMMAND')
-    predict = commands.add_parser(
+def add_parsers(commands) -> None:
+    """``fsa-seg predict``."""
+    add_predict_arguments(commands.add_parser(
         'predict', help='segment your own images', description=PREDICT_DESCRIPTION,
-        epilog=PREDICT_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_predict_arguments(predict)
-    return parser
+        epilog=PREDICT_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter))
 
 
-def build_predict_parser(prog: str) -> argparse.ArgumentParser:
+def build_parser(prog: str) -> argparse.ArgumentParser:
+    """The ``fsa-seg predict`` arguments as a command of their own (``tools/predict.py``)."""
     parser = argparse.ArgumentParser(prog=prog, description=PREDICT_DESCRIPTION,
                                      epilog=PREDICT_EPILOG,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     add_predict_arguments(parser)
     return parser
-
-
-def _fail(prog: str, message: str) -> int:
-    print(f'{prog}: error: {message}', file=sys.stderr)
-    return 1
 
 
 def _weights_description(component: Optional[dict]) -> Optional[str]:
@@ -199,7 +194,7 @@ def _resize_description(cfg) -> Optional[dict]:
 def run_predict(args: argparse.Namespace, prog: str = 'fsa-seg predict') -> int:
     """``fsa-seg predict`` with parsed arguments; returns the exit status."""
     # Everything that can be checked without a model is checked first.
-    from .apis.predict import (
+    from ..apis.predict import (
         DEMO_IMAGE,
         DEMO_VOCABULARY,
         OutputDirError,
@@ -211,7 +206,7 @@ def run_predict(args: argparse.Namespace, prog: str = 'fsa-seg predict') -> int:
     try:
         out_dir = check_output_dir(args.out_dir)
     except OutputDirError as error:
-        return _fail(prog, str(error))
+        return fail(prog, str(error))
     inputs = args.inputs or [str(DEMO_IMAGE)]
     vocab_text = args.vocab
     if not args.inputs and vocab_text is None:
@@ -220,26 +215,26 @@ def run_predict(args: argparse.Namespace, prog: str = 'fsa-seg predict') -> int:
     for entry in skipped:
         print(f'{prog}: skipped {entry["input"]}: {entry["reason"]}', file=sys.stderr)
     if not paths:
-        return _fail(prog, 'no images to segment')
+        return fail(prog, 'no images to segment')
 
     import torch
 
-    from .apis.configs import DEFAULT_CONFIG, ConfigNotFoundError, has_random_weights
-    from .apis.inference import default_device, init_segmentor
-    from .models.text import bundled_vocabularies
-    from .models.weights import WeightsError
+    from ..apis.configs import DEFAULT_CONFIG, ConfigNotFoundError, has_random_weights
+    from ..apis.inference import default_device, init_segmentor
+    from ..models.text import bundled_vocabularies
+    from ..models.weights import WeightsError
     try:
         vocabulary = None if vocab_text is None else parse_vocabulary(vocab_text,
                                                                       bundled_vocabularies())
     except VocabularyArgumentError as error:
-        return _fail(prog, str(error))
+        return fail(prog, str(error))
     device = args.device or default_device()
     try:
         torch_device = torch.device(device)
     except RuntimeError as error:
-        return _fail(prog, f'--device {device!r}: {error}')
+        return fail(prog, f'--device {device!r}: {error}')
     if torch_device.type == 'cuda' and not torch.cuda.is_available():
-        return _fail(prog, f'--device {device}: CUDA is not available here (use --device cpu)')
+        return fail(prog, f'--device {device}: CUDA is not available here (use --device cpu)')
     try:
         model = init_segmentor(
             args.config or DEFAULT_CONFIG, device=device, vocabulary=vocabulary,
@@ -249,7 +244,7 @@ def run_predict(args: argparse.Namespace, prog: str = 'fsa-seg predict') -> int:
             stride=args.stride)
     except (ConfigNotFoundError, WeightsError, ValueError) as error:
         # ValueError: a bad vocabulary or option combination (crop/stride, precision …)
-        return _fail(prog, str(error))
+        return fail(prog, str(error))
 
     run = predict_files(model, paths, out_dir, batch_size=args.batch_size,
                         save_probs=args.save_logits, opacity=args.opacity,
@@ -273,22 +268,3 @@ def run_predict(args: argparse.Namespace, prog: str = 'fsa-seg predict') -> int:
           f'summary {summary}')
     return 0 if run.processed else 1
 
-
-def predict_main(argv: Optional[Sequence[str]] = None, prog: Optional[str] = None) -> int:
-    """Entry of ``tools/predict.py``: the ``fsa-seg predict`` arguments."""
-    prog = prog or os.path.basename(sys.argv[0]) or 'predict.py'
-    args = build_predict_parser(prog).parse_args(argv)
-    return run_predict(args, prog)
-
-
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.command == 'predict':
-        return run_predict(args)
-    parser.print_help(sys.stderr)
-    return 1
-
-
-if __name__ == '__main__':
-    sys.exit(main())

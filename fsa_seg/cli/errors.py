@@ -1,0 +1,46 @@
+"""User errors end in one line on stderr and exit status 1; ``--debug`` shows the traceback.
+
+A user error is an exception of the kinds a user's input causes (a config, dataset, weight file,
+vocabulary or output folder that cannot be used), raised with a message that names the file
+and what to do. Anything else is a bug and keeps its traceback.
+"""
+import sys
+from typing import Callable
+
+INTERRUPTED = 130  # the shell's status for a process ended by SIGINT
+
+
+def fail(prog: str, message: str) -> int:
+    print(f'{prog}: error: {message}', file=sys.stderr)
+    return 1
+
+
+def user_errors() -> tuple:
+    """The exception types that are user errors (imported late: they pull in torch)."""
+    from ..apis.configs import ConfigError, ConfigNotFoundError
+    from ..apis.predict import OutputDirError
+    from ..apis.testing import DatasetError
+    from ..evaluation import AnnotationError
+    from ..models.text import VocabularyError
+    from ..models.weights import WeightsError
+    return (ConfigNotFoundError, ConfigError, DatasetError, AnnotationError, VocabularyError,
+            WeightsError, OutputDirError)
+
+
+def one_line(error: BaseException) -> str:
+    from ..apis.configs import plain_message
+    return ' '.join(plain_message(error).split())
+
+
+def run_guarded(command: Callable, args, prog: str) -> int:
+    """``command(args, prog)`` → exit status; user errors → one line (re-raised with
+    ``args.debug``), Ctrl-C → one line and status 130."""
+    try:
+        return command(args, prog)
+    except KeyboardInterrupt:
+        print(f'{prog}: interrupted', file=sys.stderr)
+        return INTERRUPTED
+    except Exception as error:
+        if getattr(args, 'debug', False) or not isinstance(error, user_errors()):
+            raise
+        return fail(prog, one_line(error))

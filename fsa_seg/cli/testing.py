@@ -1,0 +1,108 @@
+"""``fsa-seg test`` and ``fsa-seg dist-test``: evaluate a config on its benchmark (mIoU).
+
+    fsa-seg test CONFIG [--work-dir DIR] [--out results.json] [--show-dir DIR] ...
+    fsa-seg dist-test CONFIG NUM_PROCS [fsa-seg test arguments ...]
+
+``tools/test.py`` and ``tools/dist_test.sh`` are the same commands for a checkout.
+"""
+import argparse
+import os
+
+from .errors import fail
+
+TEST_DESCRIPTION = """\
+Evaluate a training-free segmentor on a benchmark with sliding-window inference: the per-class
+table and mIoU / aAcc / mAcc in the log, and with --out the metrics and the settings that
+produced them as JSON. CONFIG is a config file or a config name (fsa-seg configs lists them)."""
+
+DIST_DESCRIPTION = """\
+fsa-seg test in NUM_PROCS processes (one per GPU; without GPUs, CPU processes with the gloo
+backend) through torchrun and mmengine's launcher. Every argument after NUM_PROCS is passed on
+to fsa-seg test. Several nodes: set NNODES, NODE_RANK, MASTER_ADDR and PORT."""
+
+
+def add_test_arguments(parser: argparse.ArgumentParser) -> None:
+    from mmengine.config import DictAction
+    parser.add_argument('config', help='config file or config name (fsa-seg configs)')
+    parser.add_argument('--work-dir', help='folder for logs (default: ./work_dirs/<config>)')
+    parser.add_argument('--out', help='write the metrics and settings as JSON to this file')
+    parser.add_argument('--show-dir', help='save prediction / ground-truth overlays here')
+    parser.add_argument('--allow-partial-split', action='store_true',
+                        help='evaluate a dataset whose image count differs from its split '
+                             '(the JSON then says "complete": false)')
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction, metavar='KEY=VALUE',
+                        help='override config keys, e.g. model.prob_thd=0.3')
+    parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'],
+                        default='none', help='job launcher')
+    parser.add_argument('--local_rank', '--local-rank', type=int, default=0,
+                        help=argparse.SUPPRESS)
+    parser.add_argument('--debug', action='store_true',
+                        help='show the traceback of an error instead of one line')
+    parser.set_defaults(run=run_test)
+
+
+def build_parser(prog: str) -> argparse.ArgumentParser:
+    """The ``fsa-seg test`` arguments as a command of their own (``tools/test.py``)."""
+    parser = argparse.ArgumentParser(prog=prog, description=TEST_DESCRIPTION)
+    add_test_arguments(parser)
+    return parser
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f'expected a positive number of processes, got {text!r}')
+    return value
+
+
+def add_parsers(commands) -> None:
+    """``fsa-seg test`` and ``fsa-seg dist-test``."""
+    add_test_arguments(commands.add_parser('test', help='evaluate a config on its benchmark',
+                                           description=TEST_DESCRIPTION))
+    dist = commands.add_parser('dist-test', help='evaluate in several processes (GPUs)',
+                               description=DIST_DESCRIPTION)
+    dist.add_argument('config', help='config file or config name')
+    dist.add_argument('num_procs', type=_positive_int, metavar='NUM_PROCS',
+                      help='processes per node (GPUs)')
+    dist.add_argument('test_args', nargs=argparse.REMAINDER, metavar='...',
+                      help='fsa-seg test arguments')
+    dist.set_defaults(run=run_dist_test, debug=False)
+
+
+def run_test(args: argparse.Namespace, prog: str = 'fsa-seg test') -> int:
+    from ..apis import evaluate, load_test_config
+    os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
+    cfg = load_test_config(args.config, args.cfg_options, args.work_dir, args.launcher,
+                           args.show_dir)
+    evaluate(cfg, out=args.out, allow_partial=args.allow_partial_split)
+    return 0
+
+
+def run_dist_test(args: argparse.Namespace, prog: str = 'fsa-seg dist-test') -> int:
+    """Check the arguments and the config here, once; then start the processes with torchrun.
+    A failed process has printed its own error: no launcher traceback on top of it."""
+    test_args = build_parser(f'{prog} {args.config} {args.num_procs}').parse_args(
+        [args.config, *args.test_args])
+    if test_args.launcher != 'none':
+        return fail(prog, '--launcher is set by dist-test (pytorch); leave it out')
+    from ..apis import load_test_config
+    load_test_config(test_args.config, test_args.cfg_options)  # config errors: once, here
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import get_args_parser, run
+    torchrun = get_args_parser().parse_args([
+        f'--nnodes={os.environ.get("NNODES", "1")}',
+        f'--node_rank={os.environ.get("NODE_RANK", "0")}',
+        f'--master_addr={os.environ.get("MASTER_ADDR", "127.0.0.1")}',
+        f'--master_port={os.environ.get("PORT", "29500")}',
+        f'--nproc_per_node={args.num_procs}',
+        '-m', 'fsa_seg.cli', 'test', args.config, '--launcher', 'pytorch', *args.test_args])
+    try:
+        run(torchrun)
+    except ChildFailedError as error:
+        ranks = sorted(failure.rank for failure in error.failures.values())
+        return fail(prog, f'process(es) of rank {", ".join(map(str, ranks))} failed (their '
+                          'messages are above)')
+    return 0

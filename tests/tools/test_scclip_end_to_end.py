@@ -83,9 +83,11 @@ def test_tools_test_scores_its_own_predictions(tmp_path):
     sys.argv = ['tools/test.py', str(config), '--work-dir', str(tmp_path / 'work'), '--out',
                 str(out), '--allow-partial-split', '--cfg-options', 'randomness.seed=0']
     try:
-        runpy.run_path(str(REPO / 'tools' / 'test.py'), run_name='__main__')
+        with pytest.raises(SystemExit) as exit_:
+            runpy.run_path(str(REPO / 'tools' / 'test.py'), run_name='__main__')
     finally:
         sys.argv = argv
+    assert exit_.value.code == 0
     results = json.loads(out.read_text())
 
     model = init_segmentor(str(config), device='cpu', seed=0)

@@ -158,7 +158,7 @@ def test_leaf_configs_are_generated_and_all_load():
                            cwd=REPO, capture_output=True, text=True)
     assert check.returncode == 0, check.stdout
     leaves = sorted(p for p in (REPO / 'configs').glob('*/*.py') if p.parent.name != '_base_')
-    assert len(leaves) == 480 + 16 + 32  # + CASS (B/16) and ResCLIP (B/16, L/14) ± FSA
+    assert len(leaves) == 480 + 16 + 32 + 32  # + CASS (B/16), ResCLIP and SC-CLIP (B/16, L/14)
     for path in leaves:
         model = Config.fromfile(str(path), import_custom_modules=False).model
         vocabulary = model.vocabulary.replace('cass_', '')  # CASS's own COCO-Object names

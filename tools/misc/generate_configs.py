@@ -20,6 +20,10 @@ CROP_SIZED_PROXIES = ('mae-b16',)
 PROXIES_WITH_LAMDA = ('mae-b16',)
 # The backbones ResCLIP's official code runs (OpenAI CLIP).
 RESCLIP_BACKBONES = ('vit-b16', 'vit-l14')
+# SC-CLIP's backbones (its official layer indices), and the benchmarks where a backbone has its
+# own post-processing (configs/_base_/scclip/<benchmark>_<backbone>.py).
+SCCLIP_BACKBONES = ('vit-b16', 'vit-l14')
+SCCLIP_BACKBONE_PROTOCOLS = (('vit-l14', 'voc21'), ('vit-l14', 'coco_object'))
 
 
 def base_list(items):
@@ -54,6 +58,15 @@ def resclip_leaf(backbone, benchmark):
                       f'../_base_/resclip/{benchmark}.py', '../_base_/default_runtime.py'
                       ]) + 'model = dict(clip=_base_.clip, **_base_.protocol)\n'
 
+def scclip_leaf(backbone, benchmark):
+    """SC-CLIP: its layer indices for the backbone and its own per-benchmark protocol."""
+    protocol = (f'{benchmark}_{backbone}' if (backbone, benchmark) in SCCLIP_BACKBONE_PROTOCOLS
+                else benchmark)
+    return base_list(['../_base_/models/scclip.py', f'../_base_/backbones/{backbone}.py',
+                      f'../_base_/scclip/{backbone}.py', f'../_base_/scclip/{protocol}.py',
+                      '../_base_/default_runtime.py']) + \
+        'model = dict(clip=_base_.clip, **_base_.scclip_layers, **_base_.protocol)\n'
+
 
 def fsa_leaf(parent, lamda='_base_.fsa_lamda'):
     return base_list([f'./{parent}', '../_base_/plugins/fsa.py']) + \
@@ -83,6 +96,11 @@ def leaves():
             name = f'resclip_{backbone}_{benchmark}.py'
             yield f'resclip/{name}', resclip_leaf(backbone, benchmark)
             yield f'resclip/resclip_fsa_{backbone}_{benchmark}.py', fsa_leaf(name)
+    for backbone in SCCLIP_BACKBONES:
+        for benchmark in BENCHMARKS:
+            name = f'scclip_{backbone}_{benchmark}.py'
+            yield f'scclip/{name}', scclip_leaf(backbone, benchmark)
+            yield f'scclip/scclip_fsa_{backbone}_{benchmark}.py', fsa_leaf(name)
 
 
 def main():

@@ -1,0 +1,5 @@
+_base_ = [
+    './scclip_vit-b16_cityscapes.py',
+    '../_base_/plugins/fsa.py',
+]
+model = dict(plugin=dict(_base_.fsa, lamda=_base_.fsa_lamda))

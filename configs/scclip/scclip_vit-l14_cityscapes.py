@@ -1,0 +1,8 @@
+_base_ = [
+    '../_base_/models/scclip.py',
+    '../_base_/backbones/vit-l14.py',
+    '../_base_/scclip/vit-l14.py',
+    '../_base_/scclip/cityscapes.py',
+    '../_base_/default_runtime.py',
+]
+model = dict(clip=_base_.clip, **_base_.scclip_layers, **_base_.protocol)

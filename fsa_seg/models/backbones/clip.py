@@ -16,7 +16,7 @@ from mmseg.registry import MODELS
 from open_clip.transformer import text_global_pool
 from torch import Tensor, nn
 
-from ..pos_embed import DINO_RESAMPLING, needs_resampling
+from ..pos_embed import DINO_RESAMPLING
 from ..weights import (
     CHECKPOINT_ERRORS,
     DOWNLOAD_ERRORS,
@@ -35,14 +35,17 @@ def tag_uses_quick_gelu(model_name: str, tag: str) -> bool:
 
 
 def interpolate_pos_embed(pos_embed: Tensor, grid: Tuple[int, int],
-                          native_grid: Tuple[int, int], square_input: bool = True) -> Tensor:
+                          native_grid: Tuple[int, int]) -> Tensor:
     """(1 + h0·w0, C) positional embeddings → (1 + h·w, C), bicubic over the patch grid.
 
-    As DINO and the training-free segmentation codebases (SCLIP, ClearCLIP, NACLIP, ProxyCLIP,
-    CASS, FSA) do it: by scale factors (h + 0.1) / h0 and (w + 0.1) / w0, which sample slightly
-    differently from resizing to the size (h, w), in the model's dtype (fp64 stays fp64). Like
-    them, a non-square input (``square_input=False``) is resampled even at the native grid."""
-    if not needs_resampling(grid, native_grid, square_input):
+    As the training-free segmentation codebases (SCLIP, ClearCLIP, NACLIP, ProxyCLIP, CASS, FSA)
+    do it: by DINO's scale factors (h + 0.1) / h0 and (w + 0.1) / w0, which sample slightly
+    differently from resizing to the size (h, w), in the model's dtype (fp64 stays fp64), and
+    only when the token count differs from the native one (their trunks test
+    ``x.shape[1] != positional_embedding.shape[0]``): a grid of the native count is given the
+    native embedding as it is, even a non-square one (e.g. 7×28 for 14×14, which they never
+    meet: their crops are square)."""
+    if grid[0] * grid[1] == native_grid[0] * native_grid[1]:
         return pos_embed
     patch_pos = DINO_RESAMPLING(pos_embed[1:], native_grid, grid)
     return torch.cat([pos_embed[:1], patch_pos])
@@ -174,8 +177,7 @@ class OpenCLIP(nn.Module):
         x = x.flatten(2).transpose(1, 2)
         cls = visual.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
         x = torch.cat([cls, x], dim=1)
-        pos_embed = interpolate_pos_embed(visual.positional_embedding, grid, visual.grid_size,
-                                          square_input=images.shape[-2] == images.shape[-1])
+        pos_embed = interpolate_pos_embed(visual.positional_embedding, grid, visual.grid_size)
         x = x + pos_embed.to(x.dtype)
         return visual.ln_pre(x), grid
 

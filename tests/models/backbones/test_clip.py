@@ -219,23 +219,33 @@ def test_fp64_embedding_equals_the_official_interpolation_in_fp64(tiny_clip, siz
         visual.positional_embedding.copy_(torch.randn_like(visual.positional_embedding))
     images = torch.randn(1, 3, *size, dtype=torch.float64)
     tokens, grid = clip.embed(images)
-    # the official trunk: conv1, cls, + interpolate_pos_encoding(x, w, h).to(x.dtype), ln_pre
+    # the official trunk: conv1, cls, + interpolate_pos_encoding(x, w, h).to(x.dtype) where the
+    # token count differs from the embedding's (else the embedding as it is), ln_pre
     x = visual.conv1(images).flatten(2).transpose(1, 2)
     x = torch.cat([visual.class_embedding.expand(1, 1, -1), x], dim=1)
-    pos = official_interpolate_pos_encoding(visual.positional_embedding, (16, 16), x, *size)
+    if x.shape[1] != visual.positional_embedding.shape[0]:
+        pos = official_interpolate_pos_encoding(visual.positional_embedding, (16, 16), x, *size)
+    else:
+        pos = visual.positional_embedding
     pos = pos.reshape(-1, pos.shape[-1])  # (1 + h·w, C); (1, 1 + h·w, C) where resampled
     assert pos.dtype == torch.float64
     expected = visual.ln_pre(x + pos.to(x.dtype))
     assert grid == (size[0] // 16, size[1] // 16)
     assert (tokens - expected).abs().max() <= 1e-12
-    resampled = interpolate_pos_embed(visual.positional_embedding, grid, (14, 14),
-                                      square_input=size[0] == size[1])
+    resampled = interpolate_pos_embed(visual.positional_embedding, grid, (14, 14))
     assert resampled.dtype == torch.float64
     assert (resampled - pos).abs().max() <= 1e-12
-    if size != (224, 224):  # the old float32 round trip is visible against this tolerance
-        as_float32 = interpolate_pos_embed(visual.positional_embedding.float(), grid, (14, 14),
-                                           square_input=size[0] == size[1]).double()
+    if grid != (14, 14):  # the old float32 round trip is visible against this tolerance
+        as_float32 = interpolate_pos_embed(visual.positional_embedding.float(), grid,
+                                           (14, 14)).double()
         assert (as_float32 - pos).abs().max() > 1e-12
+
+
+def test_a_grid_of_the_native_token_count_keeps_the_native_embedding():
+    """The official trunks' rule: resampled only when the token count differs."""
+    pos = torch.randn(1 + 14 * 14, 8, dtype=torch.float64)
+    assert interpolate_pos_embed(pos, (7, 28), (14, 14)) is pos
+    assert interpolate_pos_embed(pos, (14, 15), (14, 14)).shape == (1 + 14 * 15, 8)
 
 
 def test_half_embedding_stays_half():

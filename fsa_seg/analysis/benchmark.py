@@ -368,7 +368,8 @@ def build_workload(spec: dict):
 
 
 # ---------------------------------------------------------------------------- workers
-def _environment(device: torch.device) -> dict:
+def environment(device: torch.device) -> dict:
+    """torch, its CPU threads and the device (with its name on CUDA)."""
     env = dict(torch=torch.__version__, threads=torch.get_num_threads(), device=str(device))
     if device.type == 'cuda':
         env['device_name'] = torch.cuda.get_device_name(device)
@@ -412,7 +413,7 @@ def memory_worker(spec: dict, variant: str) -> dict:
                                         'malloc arena' if uncached and memory.device.type == 'cpu'
                                         else ''),
                 reliable=memory.reliable,
-                env=_environment(workload.device))
+                env=environment(workload.device))
     return info
 
 
@@ -644,6 +645,22 @@ def segmentor_report(comparison: dict, title: str) -> str:
              f"extra peak alone {_fmt_overhead(summary['extra_peak'])} "
              f"({summary['extra_peak_added_mb']:+.1f} MB)"]
     return '\n'.join(lines)
+
+
+def segmentor_line(comparison: dict) -> str:
+    """One line of a ``config`` / ``proxyclip`` comparison: the crop without and with the
+    plug-in (medians), the time inside the plug-in and the peak memory added."""
+    params = comparison['spec']['params']
+    without, with_ = (comparison['results'][v] for v in SegmentorWorkload.variants)
+    summary = segmentor_summary(comparison)
+    device = with_['env']['device']
+    return (f"{Path(params['config']).stem}, {params['precision'] or 'its precision'}, "
+            f"{params['batch']} x {params['crop']}^2 crop, Q={with_['q']}, {device}: "
+            f"{without['median_s'] * 1e3:.1f} ms without the plug-in, "
+            f"{with_['median_s'] * 1e3:.1f} ms with ({_fmt_overhead(summary['latency'])}); "
+            f"inside the plug-in {with_.get('plugin_median_s', 0.0) * 1e3:.1f} ms "
+            f"({(summary['plugin_share'] or 0) * 100:.1f}% of the crop); peak memory "
+            f"{_fmt_overhead(summary['total_peak'])}")
 
 
 def write_json(path: str, comparison: dict) -> None:

@@ -45,7 +45,7 @@ from ..apis.configs import apply_overrides, read_config
 from ..apis.testing import load_test_config
 from ..models.text import load_vocabulary
 from ..visualization import make_palette
-from .benchmark import DTYPES, PROXYCLIP_CONFIG, BenchmarkError
+from .benchmark import DTYPES, PROXYCLIP_CONFIG, BenchmarkError, environment
 
 REFERENCE = 'fp32'
 STAGES = ('VFM', 'CLIP trunk', 'last block', 'plug-in', 'post-processing', 'other')
@@ -336,13 +336,6 @@ class Variant:
                       for stage in ('model', *STAGES)})
 
 
-def _environment(device: torch.device) -> dict:
-    env = dict(torch=torch.__version__, threads=torch.get_num_threads(), device=str(device))
-    if device.type == 'cuda':
-        env['device_name'] = torch.cuda.get_device_name(device)
-    return env
-
-
 def run_e2e(config: str = PROXYCLIP_CONFIG, images: int = 30, size: Sequence[int] = (375, 500),
             precisions: Sequence[str] = ('fp32', ), device: str = 'cpu',
             random_weights: bool = False, repeat: int = 3, stage_repeat: int = 10,
@@ -393,7 +386,7 @@ def run_e2e(config: str = PROXYCLIP_CONFIG, images: int = 30, size: Sequence[int
         crop_batch_size=first.crop_batch_size, num_classes=len(class_names),
         random_weights=random_weights, repeat=repeat, stage_repeat=stage_repeat,
         plugin=plugin_repr.replace('\n', ' '), variants=[v.name for v in variants],
-        env=_environment(torch_device), results=results)
+        env=environment(torch_device), results=results)
 
 
 def _build_variants(config, precisions, dataset, root, random_weights, cfg_options, seed,

@@ -40,6 +40,13 @@ def test_report_gives_the_plugin_share_and_the_ratios_of_the_measurements():
     assert not re.search(r'target|MET|MISSED', report), report
 
 
+def test_one_line_summary_for_the_gpu_session():
+    line = benchmark.segmentor_line(comparison((0.0183, 0.0295), 0.0105, (100, 110), 890))
+    assert line == ('proxyclip_fsa, its precision, 1 x 336^2 crop, Q=171, cpu: 18.3 ms without '
+                    'the plug-in, 29.5 ms with (1.61x (+61.2%)); inside the plug-in 10.5 ms '
+                    '(35.6% of the crop); peak memory 1.01x (+1.0%)')
+
+
 def test_a_config_without_plugin_is_refused_before_any_worker_starts():
     with pytest.raises(benchmark.BenchmarkError, match='proxyclip_vit-b16_dino-b8_voc21 has no '
                                                        'plug-in'):

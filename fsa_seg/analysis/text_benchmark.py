@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from ..models.backbones import OpenCLIP
 from ..models.backbones.clip import is_causal_clip_text, pooled_token_index
 from ..models.text import embed_queries, load_vocabulary, resolve_templates
+from .benchmark import environment
 
 VARIANTS = ('full context', 'cut per batch')
 BATCH_SIZE = 256
@@ -98,7 +99,7 @@ def run_text(vocabulary: str = 'voc21', templates: str = 'openai_imagenet',
     return dict(
         vocabulary=vocabulary, num_queries=len(queries), num_templates=len(templates),
         model=model_name, precision=precision, repeat=repeat,
-        env=dict(torch=torch.__version__, threads=torch.get_num_threads(), device=str(device)),
+        env=environment(device),
         tokens=tokens_through_the_transformer(clip, prompts),
         results={variant: dict(times_s=times[variant], median_s=statistics.median(times[variant]),
                                min_s=min(times[variant])) for variant in VARIANTS},

@@ -1,0 +1,183 @@
+r"""Benchmarks that measure variants side by side in one run and print measurements and ratios.
+
+    # our FSA (both of its paths) vs the official formulation on random inputs, FSA set as the
+    # config says; several --n and --dtype run each combination and end with one table
+    python -m fsa_seg.analysis plugin --n 1764 4096 --dtype fp16 fp32 [--q 171] [--heads 12] \
+        [--head-dim 64] [--batch 1] [--config NAME] [--repeat 7] [--threads T] [--device cpu] \
+        [--json out.json]
+
+    # one crop through a config's segmentor, with and without its plug-in
+    python -m fsa_seg.analysis config CONFIG [--random-weights] [--crop 336] [--q Q] [--batch 1] \
+        [--precision fp32] [--cfg-options KEY=VALUE ...] [--repeat 7] [--device cpu] ...
+
+    # ProxyCLIP (CLIP ViT-B/16 + DINO ViT-B/8) +- FSA: real sizes, random weights, 336 crop, Q=171
+    python -m fsa_seg.analysis proxyclip [--precision fp16] [--repeat 7] [--device cpu] ...
+
+    # first use of a vocabulary: text embeddings at the full context (before) vs cut per batch
+    python -m fsa_seg.analysis text [--vocab voc21] [--model ViT-B-16] [--precision fp32] ...
+
+    # tools/test.py's path end to end on generated images: images/s, +- the plug-in, per
+    # precision, where the model's time goes, and agreement with fp32
+    python -m fsa_seg.analysis e2e [--config NAME] [--images 30] [--size 375 500] \
+        [--precision fp32 fp16] [--random-weights] [--repeat 3] [--stage-repeat 10] \
+        [--device cuda] [--cfg-options KEY=VALUE ...] [--json out.json]
+
+``tools/analysis/benchmark.py`` is the same command in a checkout. CONFIG is a config name
+(``fsa-seg configs`` lists them) or a config file.
+"""
+import argparse
+import sys
+
+from mmengine.config import DictAction
+
+from ..apis.configs import ConfigError, ConfigNotFoundError
+from ..models.weights import WeightsError
+from . import benchmark, e2e_benchmark, text_benchmark
+
+
+def parse_args(argv=None, prog=None):
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest='command', required=True)
+
+    def common(command, device='cpu'):
+        command.add_argument('--repeat', type=int, default=7,
+                             help='timed runs per variant (noisy machines need several)')
+        command.add_argument('--device', default=device, help="'cpu' or 'cuda[:i]'")
+        command.add_argument('--threads', type=int,
+                             help="torch CPU threads in the workers (default: torch's)")
+        command.add_argument('--json', help='also write the measurements to this JSON file')
+
+    def cfg_options(command):
+        command.add_argument('--cfg-options', nargs='+', action=DictAction, metavar='KEY=VALUE',
+                             help='override config keys, e.g. model.crop_batch_size=8')
+
+    plugin = sub.add_parser('plugin', help='our FSA vs the official formulation')
+    plugin.add_argument('--n', type=int, nargs='+', default=[1764], help='patch tokens N')
+    plugin.add_argument('--q', type=int, default=171, help='queries Q')
+    plugin.add_argument('--heads', type=int, default=12)
+    plugin.add_argument('--head-dim', type=int, default=64)
+    plugin.add_argument('--batch', type=int, default=1)
+    plugin.add_argument('--dtype', choices=sorted(benchmark.DTYPES), nargs='+', default=['fp32'])
+    plugin.add_argument('--config', default=benchmark.PROXYCLIP_CONFIG,
+                        help='ProxyCLIP config whose FSA and proxy attention settings to use')
+    common(plugin)
+
+    config = sub.add_parser('config', help="one crop of a config's segmentor, with / without "
+                                           'its plug-in')
+    config.add_argument('config', help='config name or file')
+    config.add_argument('--random-weights', action='store_true',
+                        help='replace CLIP and the VFM by real-size models with random weights')
+    config.add_argument('--crop', type=int, default=336, help='square crop size')
+    config.add_argument('--q', type=int, help="queries Q (default: the config's vocabulary)")
+    config.add_argument('--batch', type=int, default=1, help='crops per forward')
+    config.add_argument('--precision', choices=sorted(benchmark.DTYPES),
+                        help="CLIP precision (default: the config's)")
+    cfg_options(config)
+    common(config)
+
+    proxyclip = sub.add_parser('proxyclip', help='ProxyCLIP +- FSA, one 336 crop, Q=171, '
+                                                 'real sizes with random weights')
+    proxyclip.add_argument('--precision', choices=sorted(benchmark.DTYPES),
+                           help="CLIP precision (default: the config's)")
+    common(proxyclip)
+
+    text = sub.add_parser('text', help='first use of a vocabulary: text embeddings at the full '
+                                       'context vs cut per batch, real size, random weights')
+    text.add_argument('--vocab', default='voc21', help='bundled vocabulary or class-name file')
+    text.add_argument('--templates', default='openai_imagenet', help='template set')
+    text.add_argument('--model', default='ViT-B-16', help='open_clip architecture')
+    text.add_argument('--precision', choices=sorted(benchmark.DTYPES), default='fp32')
+    common(text)
+    text.set_defaults(repeat=1)
+
+    e2e = sub.add_parser('e2e', help="tools/test.py's path end to end on generated images")
+    e2e.add_argument('--config', default=benchmark.PROXYCLIP_CONFIG, help='config name or file')
+    e2e.add_argument('--images', type=int, default=30, help='generated images')
+    e2e.add_argument('--size', type=int, nargs=2, default=[375, 500], metavar=('H', 'W'),
+                     help='generated image size (default: VOC-like 375 x 500)')
+    e2e.add_argument('--precision', choices=sorted(benchmark.DTYPES), nargs='+',
+                     help='CLIP (and VFM) precisions (default: fp32 fp16 on CUDA, fp32 on CPU)')
+    e2e.add_argument('--random-weights', action='store_true',
+                     help='real-size models with random weights (no downloads)')
+    e2e.add_argument('--stage-repeat', type=int, default=10,
+                     help="probed runs of the first image for the model's stages")
+    cfg_options(e2e)
+    common(e2e, device=None)
+    e2e.set_defaults(repeat=3)
+    args = parser.parse_args(argv)
+    if args.repeat < 1:
+        parser.error('--repeat must be at least 1')
+    return args
+
+
+def main(argv=None, prog=None):
+    args = parse_args(argv, prog)
+    try:
+        return run(args)
+    except (benchmark.BenchmarkError, benchmark.WorkerError, WeightsError, ConfigError,
+            ConfigNotFoundError) as error:
+        sys.exit(f'error: {error}')
+
+
+def run(args):
+    # This process has imported torch but run nothing with it: on CPU, forked workers are safe
+    # and start at once. CUDA workers are spawned (the library's default).
+    start_method = 'fork' if sys.platform.startswith('linux') and args.device == 'cpu' else None
+    if args.command == 'plugin':
+        return run_plugin_grid(args, start_method)
+    if args.command == 'e2e':
+        comparison = run_e2e(args)
+        report = e2e_benchmark.e2e_report(comparison)
+    elif args.command == 'config':
+        comparison = benchmark.run_segmentor(args.config, args.random_weights, args.crop, args.q,
+                                             args.batch, args.precision, args.device,
+                                             args.repeat, args.threads, start_method,
+                                             args.cfg_options)
+        report = benchmark.segmentor_report(comparison, 'Segmentor with and without its '
+                                                        'plug-in, per crop')
+    elif args.command == 'text':
+        comparison = text_benchmark.run_text(args.vocab, args.templates, args.model,
+                                             args.precision, args.device, args.repeat,
+                                             args.threads)
+        report = text_benchmark.text_report(comparison)
+    else:
+        comparison = benchmark.run_segmentor(benchmark.PROXYCLIP_CONFIG, random_weights=True,
+                                             crop=336, q=171, precision=args.precision,
+                                             device=args.device, repeat=args.repeat,
+                                             threads=args.threads, start_method=start_method)
+        report = benchmark.segmentor_report(
+            comparison, 'ProxyCLIP (CLIP ViT-B/16, DINO ViT-B/8) with and without FSA, one crop')
+    print(report)
+    if args.json:
+        benchmark.write_json(args.json, comparison)
+    return comparison
+
+
+def run_e2e(args) -> dict:
+    import torch
+    device = args.device or ('cuda' if torch.cuda.is_available() else 'cpu')
+    precisions = args.precision or (['fp32', 'fp16'] if device.startswith('cuda') else ['fp32'])
+    return e2e_benchmark.run_e2e(
+        args.config, args.images, args.size, precisions, device, args.random_weights,
+        args.repeat, args.stage_repeat, args.threads, args.cfg_options,
+        log=lambda message: print(message, file=sys.stderr, flush=True))
+
+
+def run_plugin_grid(args, start_method):
+    """``plugin`` for every N and dtype given, each reported as it ends, then one table."""
+    settings = benchmark.fsa_settings(args.config)
+    comparisons = []
+    for n in args.n:
+        for dtype in args.dtype:
+            comparison = benchmark.run_plugin(n, args.q, args.heads, args.head_dim, args.batch,
+                                              dtype, args.device, args.repeat, args.threads,
+                                              start_method, settings)
+            print(benchmark.plugin_report(comparison), flush=True)
+            comparisons.append(comparison)
+    if len(comparisons) > 1:
+        print('\n' + benchmark.plugin_grid_report(comparisons))
+    if args.json:
+        benchmark.write_json(args.json, comparisons[0] if len(comparisons) == 1
+                             else dict(runs=comparisons))
+    return comparisons[0] if len(comparisons) == 1 else comparisons

@@ -1,0 +1,144 @@
+#!/usr/bin/env bash
+# Issue 10's GPU measurements in one device call, ending with one summary:
+#   1. plugin     FSA (both paths) vs the official formulation, N = 1764 and 4096, fp16 and fp32
+#   2. proxyclip  one ProxyCLIP B/16 + DINO-B/8 crop (336, Q = 171) +- FSA, fp32, then fp16
+#   3. e2e        tools/test.py's path on 30 generated 375x500 images, +- FSA, fp32 / fp16 / bf16:
+#                 images/s, where the model's time goes, agreement with fp32
+# All with random weights of the real sizes (the GPU machine reaches no network).
+#
+# Prepare, here (a machine with PyPI), in the repository root, once:
+#     echo /.whl/ >> .git/info/exclude
+#     bash tools/analysis/gpu_session.sh --download
+# which saves pure-Python wheels (about 8 MB) of what the GPU image lacks into .whl/: mmengine,
+# mmcv-lite, mmsegmentation, open_clip_torch, timm (pinned to the versions tested here) and their
+# pure-Python needs. The compiled dependencies come from the GPU image (torch 2.11, Python 3.12):
+# numpy, opencv-python-headless, scipy, matplotlib, pillow, pyyaml, regex, safetensors, plus
+# torchvision, tqdm, rich, huggingface_hub.
+# Run, on the GPU machine (device tool: carry ['.whl'], timeout_s 600), from the repository root:
+#     bash tools/analysis/gpu_session.sh
+# Each step has its own time limit (550 s in all; about 5 minutes expected on an H100). The
+# output of each step, its JSON and the summary are written to $OUT (else a new /tmp folder).
+# SMOKE=1 runs the same steps at tiny sizes on the CPU: a check of this script, not a measurement.
+set -u
+cd "$(dirname "$0")/../.."
+REPO=$PWD
+
+WHEELS=(mmengine==0.10.7 mmcv-lite==2.1.0 mmsegmentation==1.2.2 open_clip_torch==3.3.0
+        timm==1.0.31 ftfy==6.3.1 wcwidth==0.7.0 addict==2.4.0 yapf==0.43.0
+        platformdirs==4.14.8 termcolor==3.3.0 prettytable==3.18.0)
+
+if [ "${1:-}" = --download ]; then
+    exec python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 \
+        --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
+        --platform manylinux2014_x86_64 -d .whl "${WHEELS[@]}"
+fi
+
+RESULTS=${OUT:-$(mktemp -d /tmp/gpu_session.XXXXXX)}
+mkdir -p "$RESULTS"
+echo "outputs: $RESULTS"
+LOG=$RESULTS/steps.log
+: >"$LOG"
+if compgen -G ".whl/*.whl" >/dev/null; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+        --target /tmp/site .whl/*.whl || exit 1
+    export PYTHONPATH=/tmp/site
+fi
+export PYTHONPATH=$REPO${PYTHONPATH:+:$PYTHONPATH}
+export PYTHONUNBUFFERED=1
+
+echo "== machine"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null \
+    || echo "no nvidia-smi"
+python3 -c "import sys, torch, mmengine, mmseg, open_clip, timm
+print('python', sys.version.split()[0], '| torch', torch.__version__, '| cuda',
+      torch.cuda.is_available(), '| mmengine', mmengine.__version__, '| mmseg', mmseg.__version__,
+      '| open_clip', open_clip.__version__, '| timm', timm.__version__)" || exit 1
+
+STATUS=()
+step() {  # name, time limit in seconds, benchmark.py arguments ...
+    local name=$1 limit=$2
+    shift 2
+    local start=$SECONDS
+    echo "== $name: benchmark.py $* (limit ${limit} s)" | tee -a "$LOG"
+    timeout --kill-after=10 "$limit" python3 tools/analysis/benchmark.py "$@" \
+        --json "$RESULTS/$name.json" >>"$LOG" 2>&1
+    local rc=$?
+    local how="exit $rc"
+    [ $rc -eq 124 ] || [ $rc -eq 137 ] && how="stopped at its ${limit} s limit"
+    STATUS+=("$name: $how after $((SECONDS - start)) s")
+    echo "   ${STATUS[-1]}"
+}
+
+if [ "${SMOKE:-0}" = 1 ]; then
+    TINY=$RESULTS/tiny_proxyclip_fsa.py
+    python3 - "$TINY" <<'EOF' || exit 1
+import sys
+from fsa_seg.analysis.benchmark import PROXYCLIP_CONFIG
+from fsa_seg.apis import resolve_config
+from fsa_seg.models.backbones import tiny_clip_arch
+with open(sys.argv[1], 'w', encoding='utf-8') as handle:
+    handle.write(
+        f'_base_ = [{str(resolve_config(PROXYCLIP_CONFIG))!r}]\n'
+        f'model = dict(clip=dict(arch={tiny_clip_arch()!r}), templates="plain",\n'
+        '             vfm=dict(model_kwargs=dict(embed_dim=32, depth=2, num_heads=2)),\n'
+        '             test_cfg=dict(crop_size=(112, 112), stride=(56, 56)))\n')
+EOF
+    step plugin 120 plugin --device cpu --n 64 --q 5 --heads 2 --head-dim 8 --dtype fp16 fp32 \
+        --repeat 1
+    step proxyclip_fp32 120 config "$TINY" --random-weights --crop 112 --q 21 --repeat 1
+    step proxyclip_fp16 120 config "$TINY" --random-weights --crop 112 --q 21 --repeat 1 \
+        --precision bf16
+    step e2e 240 e2e --device cpu --config "$TINY" --random-weights --images 2 \
+        --precision fp32 bf16 --repeat 1 --stage-repeat 2
+else
+    step plugin 180 plugin --device cuda --n 1764 4096 --dtype fp16 fp32 --repeat 5
+    step proxyclip_fp32 90 proxyclip --device cuda --precision fp32 --repeat 7
+    step proxyclip_fp16 90 proxyclip --device cuda --precision fp16 --repeat 7
+    step e2e 190 e2e --device cuda --random-weights --images 30 --size 375 500 \
+        --precision fp32 fp16 bf16 --repeat 3 --stage-repeat 10
+fi
+
+python3 - "$RESULTS" 2>&1 <<'EOF' | tee "$RESULTS/summary.txt"
+import json
+import os
+import sys
+
+from fsa_seg.analysis import benchmark, e2e_benchmark
+
+results = sys.argv[1]
+
+
+def load(name):
+    path = os.path.join(results, f'{name}.json')
+    if not os.path.isfile(path):
+        print(f'{name}: no result (its output is in steps.log)\n')
+        return None
+    with open(path, encoding='utf-8') as handle:
+        return json.load(handle)
+
+
+print('\n================================ summary ================================')
+plugin = load('plugin')
+if plugin:
+    runs = plugin.get('runs', [plugin])
+    env = runs[0]['results']['ours']['env']
+    print(f"device: {env['device']} ({env.get('device_name', 'cpu')}), torch {env['torch']}")
+    print(benchmark.plugin_grid_report(runs))
+    for run in runs:
+        params = run['spec']['params']
+        syncs = {v: run['results'][v].get('host_syncs') for v in run['variants']
+                 if v.startswith('ours')}
+        if any(syncs.values()):
+            print(f"host synchronisations, N={params['n']} {params['dtype']}: "
+                  + '; '.join(f'{v}: {found}' for v, found in syncs.items()))
+    print()
+for name in ('proxyclip_fp32', 'proxyclip_fp16'):
+    comparison = load(name)
+    if comparison:
+        print(benchmark.segmentor_line(comparison))
+e2e = load('e2e')
+if e2e:
+    print('\n' + e2e_benchmark.e2e_report(e2e))
+EOF
+echo
+printf '%s\n' "${STATUS[@]}"

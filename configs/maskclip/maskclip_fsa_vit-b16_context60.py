@@ -2,4 +2,4 @@ _base_ = [
     './maskclip_vit-b16_context60.py',
     '../_base_/plugins/fsa.py',
 ]
-model = dict(plugin=dict(_base_.fsa, lamda=_base_.fsa_lamda))
+model = dict(plugin=dict(_base_.fsa, lamda=3.0))

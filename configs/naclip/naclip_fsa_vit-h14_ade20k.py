@@ -2,4 +2,4 @@ _base_ = [
     './naclip_vit-h14_ade20k.py',
     '../_base_/plugins/fsa.py',
 ]
-model = dict(plugin=dict(_base_.fsa, lamda=_base_.fsa_lamda))
+model = dict(plugin=dict(_base_.fsa, lamda=2.3))

@@ -2,4 +2,4 @@ _base_ = [
     './proxyclip_vit-h14_mae-b16_ade20k.py',
     '../_base_/plugins/fsa.py',
 ]
-model = dict(plugin=dict(_base_.fsa, lamda=_base_.proxy_fsa_lamda))
+model = dict(plugin=dict(_base_.fsa, lamda=4.5))

@@ -2,4 +2,4 @@ _base_ = [
     './proxyclip_vit-l14_mae-b16_coco_stuff164k.py',
     '../_base_/plugins/fsa.py',
 ]
-model = dict(plugin=dict(_base_.fsa, lamda=_base_.proxy_fsa_lamda))
+model = dict(plugin=dict(_base_.fsa, lamda=4.5))

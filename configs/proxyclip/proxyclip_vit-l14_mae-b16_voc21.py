@@ -5,4 +5,4 @@ _base_ = [
     '../_base_/datasets/voc21.py',
     '../_base_/default_runtime.py',
 ]
-model = dict(clip=_base_.clip, vfm=dict(_base_.vfm, input_size=_base_.protocol['test_cfg']['crop_size']), **_base_.protocol)
+model = dict(clip=_base_.clip, vfm=_base_.vfm, **_base_.protocol)

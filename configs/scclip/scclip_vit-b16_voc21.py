@@ -5,4 +5,4 @@ _base_ = [
     '../_base_/scclip/voc21.py',
     '../_base_/default_runtime.py',
 ]
-model = dict(clip=_base_.clip, **_base_.scclip_layers, **_base_.protocol)
+model = dict(clip=_base_.clip, **_base_.scclip_settings, **_base_.protocol)

@@ -295,5 +295,3 @@ def _use_sliding_window(cfg: Config, crop: Optional[Size], stride: Optional[Size
         raise ValueError(f'stride {stride_hw} is larger than the crop {crop_hw}: windows '
                          'would leave gaps')
     model.test_cfg = dict(mode='slide', crop_size=crop_hw, stride=stride_hw)
-    if 'vfm' in model and 'input_size' in model.vfm:  # MAE: built at the slide crop size
-        model.vfm = dict(model.vfm, input_size=crop_hw)

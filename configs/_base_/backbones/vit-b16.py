@@ -1,3 +1,2 @@
 # CLIP ViT-B/16, OpenAI weights (trained with QuickGELU).
 clip = dict(model_name='ViT-B-16', pretrained='openai', quick_gelu=True)
-fsa_lamda = 3.0  # FSA's sharpening λ for this backbone

@@ -1,3 +1,2 @@
 # OpenCLIP ViT-H/14 trained on LAION-2B.
 clip = dict(model_name='ViT-H-14', pretrained='laion2b_s32b_b79k')
-fsa_lamda = 2.3  # FSA's sharpening λ for this backbone

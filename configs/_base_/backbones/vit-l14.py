@@ -1,3 +1,2 @@
 # CLIP ViT-L/14, OpenAI weights (trained with QuickGELU).
 clip = dict(model_name='ViT-L-14', pretrained='openai', quick_gelu=True)
-fsa_lamda = 3.0  # FSA's sharpening λ for this backbone

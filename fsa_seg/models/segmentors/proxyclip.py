@@ -25,12 +25,15 @@ class ProxyCLIP(TrainingFreeSegmentor):
     Outputs are at the VFM grid's resolution.
 
     Args:
-        vfm: config of the vision foundation model (e.g. ``dict(type='TimmVFM', ...)``).
+        vfm: config of the vision foundation model (e.g. ``dict(type='TimmVFM', ...)``); it is
+            given ``input_size``, the slide crop size, unless it sets one (MAE is built at it).
         beta, gamma: normalisation of the proxy attention.
     """
 
     def __init__(self, *args, vfm: dict, beta: float = 1.2, gamma: float = 3.0, **kwargs):
         super().__init__(*args, **kwargs)
+        if self.test_cfg.mode == 'slide':  # VFMs built at the crop size (MAE) read it from here
+            vfm = dict(dict(input_size=tuple(self.test_cfg.crop_size)), **vfm)
         self.vfm = MODELS.build(vfm).to(self.clip.dtype)  # the model's precision throughout
         self.beta, self.gamma = float(beta), float(gamma)
 

@@ -9,9 +9,10 @@ from fsa_seg.models.segmentors import proxy_attention
 class FixedVFM(nn.Module):
     """Stand-in VFM returning given features (one map per image of the batch)."""
 
-    def __init__(self, features):
+    def __init__(self, features, input_size=None):
         super().__init__()
         self.features = features
+        self.input_size = input_size  # the slide crop, which ProxyCLIP gives every VFM
 
     def forward(self, images):
         return self.features[:images.shape[0]]
@@ -101,3 +102,16 @@ def test_half_precision_agrees_with_fp64_on_the_golden_inputs(golden, plugin, pr
     assert out.dtype == half.clip.dtype
     assert (out.double() - reference).abs().max() < tolerance
     assert torch.equal(out.argmax(1), reference.argmax(1))
+
+
+def test_the_vfm_is_given_the_slide_crop_size_unless_it_sets_one(golden, tiny_clip):
+    assert build_golden(golden).vfm.input_size == (336, 336)   # the default window, 336 / 112
+
+    def build(**vfm):
+        return MODELS.build(dict(
+            type='ProxyCLIP', clip=tiny_clip, vocabulary=['a', 'b'], templates='plain',
+            vfm=dict(type='TestGoldenVFM', features=golden['vfm_features'], **vfm),
+            test_cfg=dict(mode='slide', crop_size=(224, 160), stride=(112, 80))))
+
+    assert build().vfm.input_size == (224, 160)
+    assert build(input_size=(64, 64)).vfm.input_size == (64, 64)

@@ -10,6 +10,7 @@ import os
 import sys
 from typing import List, Optional, Sequence, Tuple, Union
 
+from .arguments import add_cfg_options, add_debug
 from .errors import fail
 
 DEFAULT_OUT_DIR = 'fsa_seg_predictions'
@@ -114,7 +115,6 @@ def _unit_float(text: str) -> float:
 
 
 def add_predict_arguments(parser: argparse.ArgumentParser) -> None:
-    from mmengine.config import DictAction
     parser.add_argument('inputs', nargs='*', metavar='INPUT',
                         help='image files, folders (their images) or glob patterns (quote them; '
                              '** recurses). Default: the bundled demo image')
@@ -151,11 +151,9 @@ def add_predict_arguments(parser: argparse.ArgumentParser) -> None:
                              'config\'s')
     parser.add_argument('--random-weights', action='store_true',
                         help='TESTING ONLY: build with random weights (meaningless output)')
-    parser.add_argument('--cfg-options', nargs='+', action=DictAction, metavar='KEY=VALUE',
-                        help='override config keys, e.g. model.logit_scale=50')
+    add_cfg_options(parser, 'override config keys, e.g. model.logit_scale=50')
     parser.add_argument('--quiet', action='store_true', help='no progress bar')
-    parser.add_argument('--debug', action='store_true',
-                        help='show the traceback of an error instead of one line')
+    add_debug(parser)
     parser.set_defaults(run=run_predict)
 
 

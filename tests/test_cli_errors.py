@@ -1,0 +1,298 @@
+"""The bad-input sweep: fsa-seg's commands and tools on tiny generated data with something wrong.
+
+Every case runs in a subprocess (``cli_runner``) and must end in one of two ways, never a
+traceback and never a silent result:
+
+- an error: exit status != 0 and exactly one ``PROG: error: ...`` line on stderr, which names
+  the file at fault (or the argument) and matches the case's expectation;
+- the documented handling: exit status 0 with the warning and the record the README promises
+  (checked by the case).
+"""
+import json
+import re
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, List, Optional
+
+import cli_runner
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from synthetic_data import make_benchmark
+
+from fsa_seg.models.backbones import OpenCLIP, tiny_clip_arch
+
+REPO = Path(__file__).resolve().parents[1]
+TINY_ARCH = tiny_clip_arch(layers=2)
+VOC = 'VOCdevkit/VOC2012'
+
+
+# ---------------------------------------------------------------------------------- workspace
+@pytest.fixture(scope='module')
+def workspace(tmp_path_factory):
+    """Data, configs and weights shared by the cases (each case copies what it changes)."""
+    root = tmp_path_factory.mktemp('sweep')
+    make_benchmark('voc21', root / 'data', sizes=((40, 56), (30, 30)))
+    make_benchmark('cityscapes', root / 'data', sizes=((40, 56), (30, 30)))
+    make_benchmark('ade20k', root / 'data', sizes=((40, 56), (30, 30)))
+    for config, benchmark in (('clearclip/clearclip_fsa_vit-b16_voc21.py', 'voc21'),
+                              ('sclip/sclip_vit-b16_cityscapes.py', 'cityscapes'),
+                              ('sclip/sclip_vit-b16_ade20k.py', 'ade20k')):
+        (root / f'tiny_{benchmark}.py').write_text(
+            f"_base_ = ['{REPO / 'configs' / config}']\n"
+            f'model = dict(clip=dict(_delete_=True, random_init=True, arch={TINY_ARCH!r}),\n'
+            "             templates='plain', text_cache_dir=False,\n"
+            '             test_cfg=dict(crop_size=(224, 224), stride=(112, 112)))\n'
+            'test_dataloader = dict(num_workers=0, persistent_workers=False)\n')
+    torch.save(OpenCLIP(arch=TINY_ARCH, random_init=True).model.state_dict(),
+               root / 'tiny_clip.pt')
+    torch.save(OpenCLIP(arch=tiny_clip_arch(layers=1), random_init=True).model.state_dict(),
+               root / 'other_clip.pt')
+    (root / 'garbage.pt').write_bytes(b'not a checkpoint at all')
+    return root
+
+
+def data_root(case_dir: Path, benchmark: str = 'voc21') -> Path:
+    """The case's own copy of a benchmark's data; returns its data root."""
+    sub = {'voc21': VOC, 'cityscapes': 'cityscapes', 'ade20k': 'ade/ADEChallengeData2016'}
+    return case_dir / 'data' / sub[benchmark]
+
+
+# ---------------------------------------------------------------------------------- cases
+@dataclass
+class Case:
+    name: str
+    entry: str
+    args: List[str]  # '{ws}' is the workspace, '{case}' the case's folder, '{data}' its data
+    error: Optional[str] = None  # the error line must match; None: the run must succeed
+    prepare: Optional[Callable[[Path, Path], None]] = None  # (case folder, data root)
+    check: Optional[Callable[['cli_runner.Result', Path], None]] = None
+    benchmark: str = 'voc21'
+    names_file: Optional[str] = None  # a path (relative to the case folder) the error names
+    exit_code: Optional[int] = None  # a specific status (argparse: 2, Ctrl-C: 130)
+    marks: list = field(default_factory=list)
+
+
+def set_label(path: Path, values=None, size=None):
+    label = np.array(Image.open(path))
+    if size is not None:
+        label = np.zeros(size, np.uint8)
+    for (y, x), value in (values or {}).items():
+        label[y, x] = value
+    Image.fromarray(label).save(path)
+
+
+def truncate(path: Path):
+    path.write_bytes(path.read_bytes()[:100])
+
+
+def results(case_dir: Path) -> dict:
+    return json.loads((case_dir / 'results.json').read_text())
+
+
+TEST = ['{ws}/tiny_voc21.py', '--work-dir', '{case}/work',
+        '--cfg-options', 'test_dataloader.dataset.data_root={data}']
+PARTIAL = ['--allow-partial-split']
+ANN = f'{VOC}/SegmentationClass'
+IMG = f'{VOC}/JPEGImages'
+
+
+def check_bad_values_counted(result, case_dir):
+    assert re.search(r'2007_000001\.png: label values 30, 41 lie outside the 21 classes.*'
+                     r'2 pixels ignored', result.output)
+    bad = results(case_dir)['bad_annotations']
+    assert bad['policy'] == 'warn' and bad['count'] == 1
+    assert bad['files'][0]['values'] == [30, 41] and bad['files'][0]['pixels'] == 2
+    assert results(case_dir)['num_images'] == 2
+
+
+def check_wrong_size_left_out(result, case_dir):
+    assert re.search(r'2007_000001\.png: annotation is 20x20 .* left out', result.output)
+    assert results(case_dir)['num_images'] == 1
+    assert results(case_dir)['bad_annotations']['files'][0]['problem'] == 'size'
+
+
+def check_partial_split_marked(result, case_dir):
+    assert 'found 2 images, fewer than the 1449' in result.output
+    record = results(case_dir)
+    assert record['complete'] is False and record['num_images'] == 2
+    settings = record['settings']
+    assert settings['model']['plugin']['lamda'] == 3.0
+    assert settings['model']['test_cfg'] == dict(mode='slide', crop_size=[224, 224],
+                                                 stride=[112, 112])
+    assert settings['model_dtypes'] == {'clip': 'torch.float32'}
+    assert set(settings['versions']) >= {'fsa-seg', 'torch', 'open_clip_torch', 'timm'}
+    assert settings['seed'] is not None
+
+
+CASES = [
+    # -------------------------------------------------------------- dataset, before the run
+    Case('test: data root missing', 'tools/test.py', TEST,
+         r'image folder .*VOC2012/JPEGImages not found.*data/README.md',
+         prepare=lambda case, data: shutil.rmtree(case / 'data'),
+         names_file=f'data/{VOC}'),
+    Case('test: data root is a file', 'tools/test.py', TEST, r'image folder .* not found',
+         prepare=lambda case, data: (shutil.rmtree(data), data.write_text('x'))),
+    Case('test: split file missing', 'tools/test.py', TEST,
+         r'split file .*val.txt not found',
+         prepare=lambda case, data: (data / 'ImageSets/Segmentation/val.txt').unlink(),
+         names_file=f'data/{VOC}/ImageSets/Segmentation/val.txt'),
+    Case('test: split file empty', 'tools/test.py', TEST, r'split file .*val.txt lists no images',
+         prepare=lambda case, data: (data / 'ImageSets/Segmentation/val.txt').write_text('\n')),
+    Case('test: image named by the split missing', 'tools/test.py', TEST,
+         r'1 of the 2 images to evaluate are missing: .*2007_000001.jpg',
+         prepare=lambda case, data: (data / 'JPEGImages/2007_000001.jpg').unlink()),
+    Case('test: annotation named by the split missing', 'tools/test.py', TEST,
+         r'1 of the 2 annotations to evaluate are missing: .*2007_000001.png',
+         prepare=lambda case, data: (data / 'SegmentationClass/2007_000001.png').unlink()),
+    Case('test: cityscapes annotation missing (no split file)', 'tools/test.py',
+         ['{ws}/tiny_cityscapes.py', '--work-dir', '{case}/work', '--cfg-options',
+          'test_dataloader.dataset.data_root={data}'],
+         r'1 of the 2 annotations .* missing: .*lindau_000000_000001_gtFine_labelTrainIds.png',
+         benchmark='cityscapes',
+         prepare=lambda case, data: (
+             data / 'gtFine/val/lindau/lindau_000000_000001_gtFine_labelTrainIds.png').unlink()),
+    Case('test: no images in the folder', 'tools/test.py',
+         ['{ws}/tiny_ade20k.py', '--work-dir', '{case}/work', '--cfg-options',
+          'test_dataloader.dataset.data_root={data}'],
+         r'no images \(\*\.jpg\) in .*images/validation', benchmark='ade20k',
+         prepare=lambda case, data: [p.unlink() for p in
+                                     (data / 'images/validation').glob('*.jpg')]),
+    Case('test: split size differs from the official one', 'tools/test.py', TEST,
+         r'found 2 images, fewer than the 1449 .*--allow-partial-split'),
+    Case('test: partial split allowed, marked, settings recorded', 'tools/test.py',
+         TEST + PARTIAL + ['--out', '{case}/results.json'], check=check_partial_split_marked),
+    # -------------------------------------------------------------- dataset, during the run
+    Case('test: corrupt image', 'tools/test.py', TEST + PARTIAL,
+         r'2007_000000.jpg: cannot read this file',
+         prepare=lambda case, data: truncate(data / 'JPEGImages/2007_000000.jpg')),
+    Case('test: corrupt image, DataLoader workers', 'tools/test.py',
+         TEST + ['test_dataloader.num_workers=2'] + PARTIAL,
+         r'2007_000000.jpg: cannot read this file',
+         prepare=lambda case, data: truncate(data / 'JPEGImages/2007_000000.jpg')),
+    Case('test: corrupt annotation', 'tools/test.py', TEST + PARTIAL,
+         r'2007_000001.png: cannot read this file',
+         prepare=lambda case, data: (data / 'SegmentationClass/2007_000001.png').write_text(
+             'garbage')),
+    Case('test: annotation size differs from its image', 'tools/test.py', TEST + PARTIAL,
+         r'2007_000001.png: annotation is 20x20 \(HxW\) but its image .*2007_000001.jpg is '
+         r'30x30.*--allow-bad-annotations',
+         prepare=lambda case, data: set_label(data / 'SegmentationClass/2007_000001.png',
+                                              size=(20, 20))),
+    Case('test: annotation values outside the classes', 'tools/test.py', TEST + PARTIAL,
+         r'2007_000001.png: label values 30, 41 lie outside the 21 classes \(0..20, 255 = '
+         r'ignore\).*--allow-bad-annotations',
+         prepare=lambda case, data: set_label(data / 'SegmentationClass/2007_000001.png',
+                                              {(0, 0): 30, (1, 1): 41})),
+    Case('test: ADE20K value above 150 (after reduce_zero_label)', 'tools/test.py',
+         ['{ws}/tiny_ade20k.py', '--work-dir', '{case}/work', '--allow-partial-split',
+          '--cfg-options', 'test_dataloader.dataset.data_root={data}'],
+         r'ADE_val_00000002.png: label values 151 after reduce_zero_label lie outside the 150',
+         benchmark='ade20k',
+         prepare=lambda case, data: set_label(data / 'annotations/validation/ADE_val_00000002.png',
+                                              {(3, 3): 152})),
+    Case('test: bad values allowed: warned and counted', 'tools/test.py',
+         TEST + PARTIAL + ['--allow-bad-annotations', '--out', '{case}/results.json'],
+         prepare=lambda case, data: set_label(data / 'SegmentationClass/2007_000001.png',
+                                              {(0, 0): 30, (1, 1): 41}),
+         check=check_bad_values_counted),
+    Case('test: wrong size allowed: warned, left out, counted', 'tools/test.py',
+         TEST + PARTIAL + ['--allow-bad-annotations', '--out', '{case}/results.json'],
+         prepare=lambda case, data: set_label(data / 'SegmentationClass/2007_000001.png',
+                                              size=(20, 20)),
+         check=check_wrong_size_left_out),
+    # -------------------------------------------------------------- config
+    Case('test: config name typo', 'tools/test.py', ['clearclip_fsa_vit-b16_voc2l'],
+         r"config 'clearclip_fsa_vit-b16_voc2l' is neither a file nor the name of a config.*"
+         r'Did you mean: clearclip_fsa_vit-b16_voc21'),
+    Case('test: config file missing', 'fsa-seg', ['test', '{case}/nope.py'],
+         r'nope.py.* is neither a file nor the name of a config'),
+    Case('test: config with a syntax error', 'fsa-seg', ['test', '{case}/broken.py'],
+         r'cannot read config .*broken.py: SyntaxError',
+         prepare=lambda case, data: (case / 'broken.py').write_text("model = dict(type='X'\n")),
+    Case('test: config whose base is missing', 'fsa-seg', ['test', '{case}/orphan.py'],
+         r'cannot read config .*orphan.py: .*gone.py',
+         prepare=lambda case, data: (case / 'orphan.py').write_text("_base_ = ['./gone.py']\n")),
+    Case('test: unknown model type', 'tools/test.py',
+         TEST + ['model.type=ClearCLIPP'] + PARTIAL,
+         r'tiny_voc21.py: ClearCLIPP is not in the mmseg::model registry'),
+    Case('test: misspelt model argument', 'tools/test.py',
+         TEST + ['model.clip.modle_name=ViT-B-16'] + PARTIAL,
+         r"tiny_voc21.py: OpenCLIP.__init__\(\) got an unexpected keyword argument "
+         r"'modle_name'"),
+    Case('test: unknown dataset type', 'tools/test.py',
+         TEST + ['test_dataloader.dataset.type=PascalVOCDatasett'] + PARTIAL,
+         r'test_dataloader.dataset: PascalVOCDatasett is not in the mmseg::dataset registry'),
+    Case('test: malformed --cfg-options', 'tools/test.py',
+         ['{ws}/tiny_voc21.py', '--cfg-options', 'model.prob_thd'],
+         r"--cfg-options: expected KEY=VALUE, got 'model.prob_thd'", exit_code=2),
+    Case('test: vocabulary file missing', 'tools/test.py',
+         TEST + ['model.vocabulary={case}/classes.txt'] + PARTIAL,
+         r"vocabulary '.*classes.txt' is neither a bundled vocabulary .* nor an existing"),
+    # -------------------------------------------------------------- weights
+    Case('test: weights file missing', 'tools/test.py',
+         TEST + ['model.clip.random_init=False', 'model.clip.pretrained={case}/w.pt'] + PARTIAL,
+         r'CLIP checkpoint file not found: .*w.pt'),
+    Case('test: weights file not a checkpoint', 'tools/test.py',
+         TEST + ['model.clip.random_init=False',
+                           'model.clip.pretrained={ws}/garbage.pt'] + PARTIAL,
+         r'garbage.pt'),
+    Case('test: weights of another architecture', 'tools/test.py',
+         TEST + ['model.clip.random_init=False',
+                           'model.clip.pretrained={ws}/other_clip.pt'] + PARTIAL,
+         r'CLIP checkpoint .*other_clip.pt does not fit the model'),
+    # -------------------------------------------------------------- outputs and launching
+    Case('test: --out not a .json file', 'tools/test.py',
+         TEST + PARTIAL + ['--out', '{case}/results'], r'--out .*results: give a .json file'),
+    Case('test: --out in a folder that cannot be made', 'tools/test.py',
+         TEST + PARTIAL + ['--out', '{case}/blocker/results.json'],
+         r'the folder of --out .*blocker cannot be written',
+         prepare=lambda case, data: (case / 'blocker').write_text('a file, not a folder')),
+    Case('test: --work-dir is a file', 'tools/test.py',
+         ['{ws}/tiny_voc21.py', '--work-dir', '{case}/blocker'] + PARTIAL,
+         r'--work-dir .*blocker cannot be written',
+         prepare=lambda case, data: (case / 'blocker').write_text('a file, not a folder')),
+    Case('test: --show-dir is a file', 'tools/test.py',
+         TEST + PARTIAL + ['--show-dir', '{case}/blocker'],
+         r'--show-dir .*blocker cannot be written',
+         prepare=lambda case, data: (case / 'blocker').write_text('a file, not a folder')),
+    Case('test: --launcher pytorch outside torchrun', 'tools/test.py',
+         TEST + PARTIAL + ['--launcher', 'pytorch'],
+         r'--launcher pytorch runs under torchrun only.*fsa-seg dist-test'),
+    Case('dist-test: no processes', 'fsa-seg', ['dist-test', '{ws}/tiny_voc21.py', '0'],
+         r'expected a positive number of processes', exit_code=2),
+    Case('dist-test: config typo, before any process starts', 'fsa-seg',
+         ['dist-test', 'clearclip_fsa_vit-b16_voc2l', '2'], r'Did you mean'),
+    Case('fsa-seg: no command', 'fsa-seg', [], r'', exit_code=1),
+    Case('config: name typo', 'fsa-seg', ['config', 'sclip_vit-b16_ade2ok'],
+         r'Did you mean: sclip_vit-b16_ade20k'),
+]
+
+
+@pytest.mark.parametrize('case', CASES, ids=[case.name for case in CASES])
+def test_bad_input(case, workspace, tmp_path):
+    case_dir = tmp_path / 'case'
+    case_dir.mkdir()
+    shutil.copytree(workspace / 'data', case_dir / 'data')
+    data = data_root(case_dir, case.benchmark)
+    if case.prepare:
+        case.prepare(case_dir, data)
+    args = [a.format(ws=workspace, case=case_dir, data=data) for a in case.args]
+    result = cli_runner.run(case.entry, args, case_dir,
+                            env=dict(FSA_SEG_CACHE=str(tmp_path / 'cache')))
+    assert 'Traceback' not in result.output, result.output[-4000:]
+    assert 'mmcv-lite' not in result.output
+    if case.error is None:
+        assert result.returncode == 0, result.output[-3000:]
+        case.check(result, case_dir)
+        return
+    assert result.returncode == (case.exit_code or 1), result.output[-3000:]
+    if case.exit_code == 1 and not case.error:  # a usage message, no error line
+        return
+    errors = [line for line in result.stderr.splitlines() if ': error: ' in line]
+    assert len(errors) == 1, result.stderr[-3000:]
+    assert re.search(case.error, errors[0]), errors[0]
+    if case.names_file:
+        assert str(case_dir / case.names_file) in errors[0], errors[0]

@@ -9,8 +9,11 @@ traceback and never a silent result:
   (checked by the case).
 """
 import json
+import os
 import re
 import shutil
+import signal
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, List, Optional
@@ -46,6 +49,20 @@ def workspace(tmp_path_factory):
             "             templates='plain', text_cache_dir=False,\n"
             '             test_cfg=dict(crop_size=(224, 224), stride=(112, 112)))\n'
             'test_dataloader = dict(num_workers=0, persistent_workers=False)\n')
+    (root / 'tiny_predict.py').write_text(  # the default config, tiny random models
+        f"_base_ = ['{REPO / 'configs/proxyclip/proxyclip_fsa_vit-b16_dino-b8_voc21.py'}']\n"
+        f'model = dict(clip=dict(_delete_=True, random_init=True, arch={TINY_ARCH!r}),\n'
+        "             vfm=dict(_delete_=True, type='TimmVFM', name='dino_vitb8', "
+        'random_init=True,\n'
+        '                      model_kwargs=dict(embed_dim=32, depth=1, num_heads=2)),\n'
+        "             templates='plain', text_cache_dir=False,\n"
+        '             test_cfg=dict(crop_size=(224, 224), stride=(112, 112)))\n')
+    images = root / 'images'
+    images.mkdir()
+    rng = np.random.default_rng(0)
+    for index, size in enumerate(((40, 56), (30, 30), (36, 28))):
+        Image.fromarray(rng.integers(0, 256, (*size, 3), dtype=np.uint8)).save(
+            images / f'photo{index}.png')
     torch.save(OpenCLIP(arch=TINY_ARCH, random_init=True).model.state_dict(),
                root / 'tiny_clip.pt')
     torch.save(OpenCLIP(arch=tiny_clip_arch(layers=1), random_init=True).model.state_dict(),
@@ -97,6 +114,37 @@ TEST = ['{ws}/tiny_voc21.py', '--work-dir', '{case}/work',
 PARTIAL = ['--allow-partial-split']
 ANN = f'{VOC}/SegmentationClass'
 IMG = f'{VOC}/JPEGImages'
+
+
+PREDICT = ['predict', '{case}/images', '--config', '{ws}/tiny_predict.py', '--random-weights',
+           '--quiet', '--out-dir', '{case}/out']
+
+
+def summary(case_dir: Path) -> dict:
+    return json.loads((case_dir / 'out' / 'summary.json').read_text())
+
+
+def check_folder_named_like_an_image_listed(result, case_dir):
+    assert re.search(r'skipped .*/x.jpg: named like an image but not a file', result.stderr)
+    record = summary(case_dir)
+    assert record['num_processed'] == 3 and record['status'] == 'complete'
+    assert [s['input'] for s in record['skipped']] == [str(case_dir / 'images' / 'x.jpg')]
+
+
+def check_second_run_overwrites(result, case_dir):
+    assert summary(case_dir)['num_processed'] == 3
+
+
+def check_fp16_on_cpu_warned(result, case_dir):
+    assert 'warning: fp16 on the CPU is slow' in result.stderr
+    assert summary(case_dir)['precision'] == 'fp16'
+
+
+def earlier_run(case_dir: Path, data: Path) -> None:
+    (case_dir / 'out').mkdir()
+    (case_dir / 'out' / 'summary.json').write_text('{"images": ["from an earlier run"]}')
+
+
 
 
 def check_bad_values_counted(result, case_dir):
@@ -268,14 +316,56 @@ CASES = [
     Case('fsa-seg: no command', 'fsa-seg', [], r'', exit_code=1),
     Case('config: name typo', 'fsa-seg', ['config', 'sclip_vit-b16_ade2ok'],
          r'Did you mean: sclip_vit-b16_ade20k'),
+    # -------------------------------------------------------------- predict: inputs, outputs
+    Case('predict: a folder named like an image is listed as skipped', 'fsa-seg', PREDICT,
+         prepare=lambda case, data: (case / 'images' / 'x.jpg').mkdir(),
+         check=check_folder_named_like_an_image_listed),
+    Case('predict: nothing to segment', 'fsa-seg',
+         ['predict', '{case}/none.jpg', '{case}/empty', '--out-dir', '{case}/out'],
+         r'no images to segment', prepare=lambda case, data: (case / 'empty').mkdir()),
+    Case('predict: a second run into the same folder is refused', 'fsa-seg', PREDICT,
+         r'out already holds the results of an earlier run .*summary.json.*--overwrite',
+         prepare=earlier_run, names_file='out/summary.json'),
+    Case('predict: a second run with --overwrite', 'fsa-seg', PREDICT + ['--overwrite'],
+         prepare=earlier_run, check=check_second_run_overwrites),
+    Case('predict: --out-dir is a file', 'fsa-seg', PREDICT,
+         r'cannot write to the output folder .*out',
+         prepare=lambda case, data: (case / 'out').write_text('a file')),
+    Case('predict: fp16 on the CPU is slow: warned', 'fsa-seg',
+         PREDICT + ['--precision', 'fp16', '--device', 'cpu'], check=check_fp16_on_cpu_warned),
+    Case('predict: CUDA asked for where there is none', 'fsa-seg',
+         PREDICT + ['--device', 'cuda:0'], r'--device cuda:0: CUDA is not available',
+         marks=[pytest.mark.skipif(torch.cuda.is_available(), reason='CUDA is available')]),
+    Case('predict: unknown device', 'fsa-seg', PREDICT + ['--device', 'tpu9'],
+         r"--device 'tpu9'"),
+    Case('predict: config name typo', 'fsa-seg',
+         ['predict', '{case}/images', '--config', 'proxyclip_fsa_vit-b16_dino-b8_voc2l'],
+         r'Did you mean: proxyclip_fsa_vit-b16_dino-b8_voc21'),
+    Case('predict: crop of zero', 'fsa-seg', PREDICT + ['--crop', '0'],
+         r'expected a positive size', exit_code=2),
+    Case('predict: stride larger than the crop', 'fsa-seg',
+         PREDICT + ['--crop', '224', '--stride', '300'], r'stride .* is larger than the crop'),
+    Case('predict: threshold outside [0, 1]', 'fsa-seg', PREDICT + ['--prob-thd', '2'],
+         r'expected a number in \[0, 1\]', exit_code=2),
+    Case('predict: random weights and a weight file', 'fsa-seg',
+         PREDICT + ['--clip-weights', '{ws}/tiny_clip.pt'],
+         r'random weights and weight files exclude each other'),
+    Case('predict: CLIP weight file missing', 'fsa-seg',
+         ['predict', '{case}/images', '--config', '{ws}/tiny_predict.py', '--clip-weights',
+          '{case}/missing.pt', '--out-dir', '{case}/out'],
+         r'CLIP weights file not found: .*missing.pt'),
+    Case('predict: malformed --cfg-options', 'fsa-seg', PREDICT + ['--cfg-options', '=3'],
+         r"expected KEY=VALUE, got '=3'", exit_code=2),
 ]
 
 
-@pytest.mark.parametrize('case', CASES, ids=[case.name for case in CASES])
+@pytest.mark.parametrize('case', [pytest.param(case, marks=case.marks, id=case.name)
+                                  for case in CASES])
 def test_bad_input(case, workspace, tmp_path):
     case_dir = tmp_path / 'case'
     case_dir.mkdir()
     shutil.copytree(workspace / 'data', case_dir / 'data')
+    shutil.copytree(workspace / 'images', case_dir / 'images')
     data = data_root(case_dir, case.benchmark)
     if case.prepare:
         case.prepare(case_dir, data)
@@ -296,3 +386,72 @@ def test_bad_input(case, workspace, tmp_path):
     assert re.search(case.error, errors[0]), errors[0]
     if case.names_file:
         assert str(case_dir / case.names_file) in errors[0], errors[0]
+
+
+# ---------------------------------------------------------------------------------- predict,
+# interrupted or failing half-way: the summary stays valid and lists what was done
+def write_images(folder: Path, sizes, seed=0) -> None:
+    folder.mkdir()
+    rng = np.random.default_rng(seed)
+    for index, size in enumerate(sizes):
+        Image.fromarray(rng.integers(0, 256, (*size, 3), dtype=np.uint8)).save(
+            folder / f'img{index:02d}.png')
+
+
+def check_listed_outputs_whole(out_dir: Path, record: dict) -> None:
+    for image in record['images']:
+        for path in image['outputs'].values():
+            if path.endswith('.png'):
+                Image.open(path).load()  # complete image files
+            else:
+                json.loads(Path(path).read_text())
+    assert not list(out_dir.glob('.partial-*'))  # no half-written file left behind
+
+
+def test_ctrl_c_leaves_a_valid_summary_of_what_was_done(workspace, tmp_path):
+    write_images(tmp_path / 'many', [(64, 64)] * 40)
+    out_dir = tmp_path / 'out'
+    process, stdout, stderr = cli_runner.start(
+        'fsa-seg', ['predict', tmp_path / 'many', '--config', workspace / 'tiny_predict.py',
+                    '--random-weights', '--quiet', '--out-dir', out_dir, '--crop', '64',
+                    '--stride', '16'],  # many windows per image: a run of some seconds
+        tmp_path, env=dict(FSA_SEG_CACHE=str(tmp_path / 'cache')))
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        try:
+            if json.loads((out_dir / 'summary.json').read_text())['num_processed'] >= 1:
+                break
+        except FileNotFoundError:
+            pass
+        time.sleep(0.05)
+    os.kill(process.pid, signal.SIGINT)
+    result = cli_runner.finish(process, stdout, stderr)
+    assert result.returncode == 130, result.output[-3000:]
+    assert 'Traceback' not in result.output
+    assert re.search(r'^fsa-seg predict: interrupted; .*summary.json lists the images '
+                     r'segmented so far$', result.stderr.strip().splitlines()[-1])
+    record = json.loads((out_dir / 'summary.json').read_text())
+    assert record['status'] == 'interrupted'
+    assert 1 <= record['num_processed'] < 40
+    check_listed_outputs_whole(out_dir, record)
+
+
+def test_a_full_disk_stops_the_run_with_a_valid_summary(workspace, tmp_path):
+    """Writes past 200 kB fail (RLIMIT_FSIZE, as a full disk fails them): the two small
+    images fit, the large noise image's overlay does not."""
+    write_images(tmp_path / 'images', [(24, 24), (30, 20), (400, 400)])
+    out_dir = tmp_path / 'out'
+    result = cli_runner.run(
+        'fsa-seg', ['predict', tmp_path / 'images', '--config', workspace / 'tiny_predict.py',
+                    '--random-weights', '--quiet', '--out-dir', out_dir],
+        tmp_path, env=dict(FSA_SEG_CACHE=str(tmp_path / 'cache')), file_size_limit=200_000)
+    assert result.returncode == 1 and 'Traceback' not in result.output, result.output[-3000:]
+    errors = [line for line in result.stderr.splitlines() if ': error: ' in line]
+    assert len(errors) == 1 and re.search(
+        r'cannot write the outputs of .*img02.png in .*out: File too large; .*summary.json '
+        r'lists the images done before', errors[0]), result.stderr
+    record = json.loads((out_dir / 'summary.json').read_text())
+    assert record['status'].startswith('failed: cannot write the outputs of')
+    assert [Path(i['input']).name for i in record['images']] == ['img00.png', 'img01.png']
+    check_listed_outputs_whole(out_dir, record)
+    assert not list(out_dir.glob('img02*'))  # none of the failed image's outputs

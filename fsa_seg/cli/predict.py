@@ -11,7 +11,7 @@ import sys
 from typing import List, Optional, Sequence, Tuple, Union
 
 from .arguments import add_cfg_options, add_debug
-from .errors import fail
+from .errors import INTERRUPTED, fail
 
 DEFAULT_OUT_DIR = 'fsa_seg_predictions'
 
@@ -22,7 +22,8 @@ vocabulary "sky; cloud; sun; grass; tree; house; road".
 
 Outputs per image in --out-dir: NAME_labels.png (palette PNG, pixel value = class index),
 NAME_overlay.png (colours + legend), NAME.json (each class's pixel share), with --save-logits
-NAME_probs.npz (class probabilities); and summary.json for the whole run."""
+NAME_probs.npz (class probabilities); and summary.json for the whole run, rewritten after
+every image (an --out-dir holding an earlier run is refused without --overwrite)."""
 
 PREDICT_EPILOG = """\
 vocabulary (--vocab):
@@ -126,6 +127,9 @@ def add_predict_arguments(parser: argparse.ArgumentParser) -> None:
                              'proxyclip_fsa_vit-b16_dino-b8_voc21')
     parser.add_argument('--out-dir', default=DEFAULT_OUT_DIR, metavar='DIR',
                         help=f'output folder (created; default ./{DEFAULT_OUT_DIR})')
+    parser.add_argument('--overwrite', action='store_true',
+                        help='write into an --out-dir that holds an earlier run (its '
+                             'summary.json is replaced); without it such a folder is refused')
     parser.add_argument('--device', default=None,
                         help='cpu, cuda, cuda:1 ... (default: cuda if available, else cpu)')
     parser.add_argument('--precision', choices=['fp32', 'fp16', 'bf16'], default=None,
@@ -195,16 +199,13 @@ def run_predict(args: argparse.Namespace, prog: str = 'fsa-seg predict') -> int:
     from ..apis.predict import (
         DEMO_IMAGE,
         DEMO_VOCABULARY,
-        OutputDirError,
+        SUMMARY_NAME,
+        OutputWriteError,
         check_output_dir,
         expand_inputs,
         predict_files,
-        write_summary,
     )
-    try:
-        out_dir = check_output_dir(args.out_dir)
-    except OutputDirError as error:
-        return fail(prog, str(error))
+    out_dir = check_output_dir(args.out_dir, overwrite=args.overwrite)
     inputs = args.inputs or [str(DEMO_IMAGE)]
     vocab_text = args.vocab
     if not args.inputs and vocab_text is None:
@@ -217,10 +218,9 @@ def run_predict(args: argparse.Namespace, prog: str = 'fsa-seg predict') -> int:
 
     import torch
 
-    from ..apis.configs import DEFAULT_CONFIG, ConfigNotFoundError, has_random_weights
+    from ..apis.configs import DEFAULT_CONFIG, has_random_weights
     from ..apis.inference import default_device, init_segmentor
     from ..models.text import bundled_vocabularies
-    from ..models.weights import WeightsError
     try:
         vocabulary = None if vocab_text is None else parse_vocabulary(vocab_text,
                                                                       bundled_vocabularies())
@@ -240,29 +240,37 @@ def run_predict(args: argparse.Namespace, prog: str = 'fsa-seg predict') -> int:
             vfm_weights=args.vfm_weights, random_weights=args.random_weights,
             precision=args.precision, prob_thd=args.prob_thd, crop=args.crop,
             stride=args.stride)
-    except (ConfigNotFoundError, WeightsError, ValueError) as error:
-        # ValueError: a bad vocabulary or option combination (crop/stride, precision …)
+    except ValueError as error:
+        # a bad vocabulary or option combination (crop/stride, precision …)
         return fail(prog, str(error))
-
-    run = predict_files(model, paths, out_dir, batch_size=args.batch_size,
-                        save_probs=args.save_logits, opacity=args.opacity,
-                        progress=not args.quiet)
-    run.skipped[:0] = skipped
     cfg = model.cfg
+    precision = cfg.model.clip.get('precision', 'fp32')
+    if torch_device.type == 'cpu' and precision == 'fp16':
+        print(f'{prog}: warning: fp16 on the CPU is slow (most CPU kernels have no half-precision '
+              'version); fp32 or bf16 run faster there', file=sys.stderr)
     info = dict(
         config=cfg.filename, model=cfg.model.type,
         weights=dict(clip=_weights_description(cfg.model.clip),
                      vfm=_weights_description(cfg.model.get('vfm'))),
         random_weights=has_random_weights(cfg),
-        device=device, precision=cfg.model.clip.get('precision', 'fp32'),
+        device=device, precision=precision,
         resize=_resize_description(cfg), test_cfg=dict(model.test_cfg),
         prob_thd=model.prob_thd, batch_size=args.batch_size,
-        vocabulary=[dict(index=i, name=synonyms[0], synonyms=list(synonyms))
-                    for i, synonyms in enumerate(model.vocabulary.classes)])
-    summary = write_summary(out_dir, run, info)
+        vocabulary=[dict(index=i, name=name, synonyms=list(synonyms)) for i, (name, synonyms)
+                    in enumerate(zip(model.vocabulary.class_names, model.vocabulary.classes))])
+    summary = out_dir / SUMMARY_NAME
+    try:
+        run = predict_files(model, paths, out_dir, batch_size=args.batch_size,
+                            save_probs=args.save_logits, opacity=args.opacity,
+                            progress=not args.quiet, info=info, skipped=skipped)
+    except KeyboardInterrupt:
+        print(f'{prog}: interrupted; {summary} lists the images segmented so far',
+              file=sys.stderr)
+        return INTERRUPTED
+    except OutputWriteError as error:
+        return fail(prog, f'{error}; {summary} lists the images done before')
     skipped_note = f'{len(run.skipped)} skipped (listed in the summary)' if run.skipped \
         else 'none skipped'
     print(f'{len(run.processed)} image(s) segmented, {skipped_note}; results in {out_dir}, '
           f'summary {summary}')
     return 0 if run.processed else 1
-

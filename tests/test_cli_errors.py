@@ -140,6 +140,13 @@ def check_fp16_on_cpu_warned(result, case_dir):
     assert summary(case_dir)['precision'] == 'fp16'
 
 
+def check_bundled_vocabulary_kept(result, case_dir):
+    vocabulary = summary(case_dir)['vocabulary']
+    assert len(vocabulary) == 81 and vocabulary[0]['name'] == 'background'
+    assert vocabulary[0]['synonyms'][0] == 'sky' and 'bed' in vocabulary[0]['synonyms']
+    assert vocabulary[60]['synonyms'] == ['bed']  # the official list, repeat included
+
+
 def earlier_run(case_dir: Path, data: Path) -> None:
     (case_dir / 'out').mkdir()
     (case_dir / 'out' / 'summary.json').write_text('{"images": ["from an earlier run"]}')
@@ -356,6 +363,38 @@ CASES = [
          r'CLIP weights file not found: .*missing.pt'),
     Case('predict: malformed --cfg-options', 'fsa-seg', PREDICT + ['--cfg-options', '=3'],
          r"expected KEY=VALUE, got '=3'", exit_code=2),
+    # -------------------------------------------------------------- vocabularies
+    Case('predict: one class (the old ";"-list syntax)', 'fsa-seg',
+         PREDICT + ['--vocab', 'sky; tree; road'],
+         r"--vocab 'sky; tree; road' .* at least two classes \(one argument is one class"),
+    Case('predict: "," between synonyms', 'fsa-seg', PREDICT + ['--vocab', 'sky', 'car, van'],
+         r"--vocab 'car, van': separate the synonyms of a class with \";\""),
+    Case('predict: a name twice', 'fsa-seg', PREDICT + ['--vocab', 'sky', 'road', 'Sky'],
+         r"'Sky' appears in classes 0 and 2: .*can never win"),
+    Case('predict: a synonym that is another class', 'fsa-seg',
+         PREDICT + ['--vocab', 'house; building', 'building'],
+         r"'building' appears in classes 0 and 1"),
+    Case('predict: unknown bundled name', 'fsa-seg', PREDICT + ['--vocab', 'vocc21'],
+         r"--vocab 'vocc21' is not a bundled vocabulary"),
+    Case('predict: images after --vocab', 'fsa-seg',
+         ['predict', '--vocab', 'sky', 'tree', '{case}/images/photo0.png', '--config',
+          '{ws}/tiny_predict.py', '--random-weights', '--out-dir', '{case}/out'],
+         r'photo0.png\' is an image file: give the images before --vocab'),
+    Case('predict: a class-name file with one class', 'fsa-seg',
+         PREDICT + ['--vocab', '{case}/classes.txt'],
+         r'classes.txt: a vocabulary needs at least two classes',
+         prepare=lambda case, data: (case / 'classes.txt').write_text('cat; kitten\n'),
+         names_file='classes.txt'),
+    Case('predict: a class-name file with a name twice', 'fsa-seg',
+         PREDICT + ['--vocab', '{case}/classes.txt'],
+         r"classes.txt: 'cat' appears in classes 0 and 2",
+         prepare=lambda case, data: (case / 'classes.txt').write_text('cat\ndog\ncat\n'),
+         names_file='classes.txt'),
+    Case('predict: a bundled list keeps its repeats, class 0 shown as background', 'fsa-seg',
+         PREDICT + ['--vocab', 'coco_object'], check=check_bundled_vocabulary_kept),
+    Case('test: a config vocabulary with a name twice', 'tools/test.py',
+         TEST + ["model.vocabulary=['sky','tree','sky']"] + PARTIAL,
+         r"tiny_voc21.py: vocabulary: 'sky' appears in classes 0 and 2"),
 ]
 
 

@@ -259,7 +259,10 @@ def use_random_weights(model: dict) -> None:
 def _use_vocabulary(model, vocabulary) -> None:
     vocab = load_vocabulary(vocabulary)
     own = load_vocabulary(model.vocabulary) if model.get('vocabulary') is not None else None
-    model.vocabulary = [list(synonyms) for synonyms in vocab.classes]
+    # A bundled name or a file stays as it is (bundled lists keep their display names and are
+    # not held to the checks of a user's list); a list is written out.
+    model.vocabulary = (str(vocabulary) if isinstance(vocabulary, (str, os.PathLike))
+                        else [list(synonyms) for synonyms in vocab.classes])
     if vocab != own:
         # The config's threshold sends uncertain pixels to class 0 (its background); in
         # another vocabulary class 0 is whatever came first, so no threshold unless asked.

@@ -147,6 +147,19 @@ def check_bundled_vocabulary_kept(result, case_dir):
     assert vocabulary[60]['synonyms'] == ['bed']  # the official list, repeat included
 
 
+def check_random_weights_loud_and_recorded(result, case_dir):
+    assert 'RANDOM WEIGHTS' in result.output and 'MEANINGLESS' in result.output
+    record = results(case_dir)
+    assert record['random_weights'] is True and record['settings']['seed'] == 0
+
+
+def untyped_clip_with_weights(case_dir: Path, data: Path) -> None:
+    (case_dir / 'user.py').write_text(
+        f"_base_ = ['{REPO / 'configs/clearclip/clearclip_vit-b16_voc21.py'}']\n"
+        f"model = dict(clip=dict(_delete_=True, pretrained='{case_dir.parent}/w.pt', "
+        f'arch={TINY_ARCH!r}))\n')
+
+
 def earlier_run(case_dir: Path, data: Path) -> None:
     (case_dir / 'out').mkdir()
     (case_dir / 'out' / 'summary.json').write_text('{"images": ["from an earlier run"]}')
@@ -392,6 +405,13 @@ CASES = [
          names_file='classes.txt'),
     Case('predict: a bundled list keeps its repeats, class 0 shown as background', 'fsa-seg',
          PREDICT + ['--vocab', 'coco_object'], check=check_bundled_vocabulary_kept),
+    Case('test: --random-weights is loud, seeded and recorded', 'fsa-seg',
+         ['test'] + TEST + PARTIAL + ['--random-weights', '--out', '{case}/results.json'],
+         check=check_random_weights_loud_and_recorded),
+    Case('test: --random-weights finds no component to switch', 'fsa-seg',
+         ['test', '{case}/user.py', '--random-weights'],
+         r"no part of ClearCLIP can be built with random weights.*type='OpenCLIP'",
+         prepare=untyped_clip_with_weights),
     Case('test: a config vocabulary with a name twice', 'tools/test.py',
          TEST + ["model.vocabulary=['sky','tree','sky']"] + PARTIAL,
          r"tiny_voc21.py: vocabulary: 'sky' appears in classes 0 and 2"),

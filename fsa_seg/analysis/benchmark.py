@@ -249,7 +249,7 @@ class SegmentorWorkload:
         self.plugin_from_config = bool(model_cfg.get('plugin'))
         plugin_cfg = model_cfg.get('plugin') or dict(type='FSA', lamda=_default_lamda(cfg))
         self.q = int(q or len(load_vocabulary(model_cfg['vocabulary']).queries))
-        model_cfg.update(plugin=plugin_cfg, vocabulary=['object'], templates=['{}'],
+        model_cfg.update(plugin=plugin_cfg, vocabulary=['object', 'stuff'], templates=['{}'],
                          text_cache_dir=False)
         if random_weights:
             use_random_weights(model_cfg)

@@ -24,7 +24,13 @@ from ..datasets import (
     check_split_size,
 )
 from ..evaluation.metrics import BAD_ANNOTATION_POLICIES
-from .configs import ConfigError, explained_config_errors, read_config
+from .configs import (
+    ConfigError,
+    explained_config_errors,
+    has_random_weights,
+    read_config,
+    use_random_weights,
+)
 
 __all__ = ['DatasetError', 'load_test_config', 'evaluate', 'write_results']
 
@@ -42,13 +48,25 @@ LIBRARIES = (('torch',), ('torchvision',), ('open_clip_torch',), ('timm',), ('mm
 def load_test_config(config: Union[str, os.PathLike], cfg_options: Optional[dict] = None,
                      work_dir: Optional[str] = None, launcher: str = 'none',
                      show_dir: Optional[str] = None,
-                     on_bad_annotation: str = 'error') -> Config:
+                     on_bad_annotation: str = 'error', random_weights: bool = False) -> Config:
     """The config (a file, or a config name as :func:`~fsa_seg.apis.resolve_config` finds it)
     set up for mmengine's test loop.
 
-    ``on_bad_annotation``: ``'error'`` or ``'warn'`` (see
-    :class:`~fsa_seg.evaluation.PerClassIoUMetric`)."""
+    Args:
+        on_bad_annotation: ``'error'`` or ``'warn'`` (see
+            :class:`~fsa_seg.evaluation.PerClassIoUMetric`).
+        random_weights: build every component with random weights (pipeline checks only;
+            the numbers mean nothing). With random weights anywhere, ``randomness.seed``
+            defaults to 0 so that two runs (and every process of one) build the same model.
+    """
     cfg = read_config(config, cfg_options)
+    if random_weights:
+        use_random_weights(cfg.model)
+    if has_random_weights(cfg):
+        randomness = dict(cfg.get('randomness') or {})
+        if randomness.get('seed') is None:
+            randomness['seed'] = 0
+        cfg.randomness = randomness
     keep_test_parts(cfg)
     if 'test_dataloader' not in cfg or not cfg.test_dataloader.get('dataset'):
         raise ConfigError(f'{cfg.filename}: no test_dataloader.dataset to evaluate on')
@@ -181,6 +199,9 @@ def evaluate(cfg: Config, out: Optional[str] = None, allow_partial: bool = False
     settings that produced them as JSON to ``out`` if given."""
     check_launcher(cfg)
     check_outputs(cfg, out)
+    if has_random_weights(cfg):
+        from .inference import RANDOM_WEIGHTS_WARNING
+        print_log(RANDOM_WEIGHTS_WARNING, logger='current', level=logging.WARNING)
     complete = check_dataset_size(cfg, check_dataset(cfg), allow_partial)
     init_cpu_processes(cfg)
     try:
@@ -248,6 +269,7 @@ def write_results(path: str, cfg: Config, metrics: dict, evaluators: Sequence,
                   complete: bool, seed: Optional[int] = None,
                   model: Optional[torch.nn.Module] = None) -> None:
     results = dict(config=osp.basename(cfg.filename or ''), complete=complete,
+                   random_weights=has_random_weights(cfg),
                    metrics={k: float(v) for k, v in metrics.items()})
     for evaluator in evaluators:
         if hasattr(evaluator, 'per_class'):

@@ -35,6 +35,9 @@ def add_test_arguments(parser: argparse.ArgumentParser) -> None:
                              'outside the classes: a warning per file and a count in the JSON '
                              '(pixels ignored, wrong-size annotations left out) instead of an '
                              'error')
+    parser.add_argument('--random-weights', action='store_true',
+                        help='TESTING ONLY: build every component with random weights (seeded: '
+                             'two runs agree) to check the pipeline; the numbers mean nothing')
     add_cfg_options(parser, 'override config keys, e.g. model.prob_thd=0.3')
     parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'],
                         default='none', help='job launcher')
@@ -80,7 +83,8 @@ def run_test(args: argparse.Namespace, prog: str = 'fsa-seg test') -> int:
     os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
     cfg = load_test_config(args.config, args.cfg_options, args.work_dir, args.launcher,
                            args.show_dir,
-                           on_bad_annotation='warn' if args.allow_bad_annotations else 'error')
+                           on_bad_annotation='warn' if args.allow_bad_annotations else 'error',
+                           random_weights=args.random_weights)
     evaluate(cfg, out=args.out, allow_partial=args.allow_partial_split)
     return 0
 
@@ -93,7 +97,8 @@ def run_dist_test(args: argparse.Namespace, prog: str = 'fsa-seg dist-test') -> 
     if test_args.launcher != 'none':
         return fail(prog, '--launcher is set by dist-test (pytorch); leave it out')
     from ..apis import load_test_config
-    load_test_config(test_args.config, test_args.cfg_options)  # config errors: once, here
+    load_test_config(test_args.config, test_args.cfg_options,  # config errors: once, here
+                     random_weights=test_args.random_weights)
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import get_args_parser, run
     torchrun = get_args_parser().parse_args([

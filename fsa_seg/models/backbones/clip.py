@@ -79,6 +79,12 @@ class OpenCLIP(nn.Module):
             self.tokenizer = open_clip.get_tokenizer(model_name)
         self.weights_id = self._weights_id(pretrained)
 
+    @classmethod
+    def random_weights_config(cls, cfg: dict) -> dict:
+        """``cfg`` built with random weights instead of its pretrained ones: how
+        ``--random-weights`` (tests, benchmarks, pipeline checks) switches this component."""
+        return dict({k: v for k, v in cfg.items() if k != 'pretrained'}, random_init=True)
+
     def _build(self, model_name, pretrained, arch, quick_gelu, cache_dir) -> nn.Module:
         if arch is not None:
             model = open_clip.CLIP(**arch, quick_gelu=bool(quick_gelu))

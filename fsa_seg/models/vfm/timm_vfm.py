@@ -178,6 +178,12 @@ class TimmVFM(nn.Module):
         self.mean = tuple(cfg.get('mean', IMAGENET_DEFAULT_MEAN))
         self.std = tuple(cfg.get('std', IMAGENET_DEFAULT_STD))
 
+    @classmethod
+    def random_weights_config(cls, cfg: dict) -> dict:
+        """``cfg`` built with random weights instead of its pretrained ones: how
+        ``--random-weights`` (tests, benchmarks, pipeline checks) switches this component."""
+        return dict(cfg, pretrained=None, random_init=True)
+
     def _build(self, preset: VFMPreset, pretrained: Optional[str], random_init: bool,
                kwargs: dict) -> nn.Module:
         local = bool(pretrained) and (is_local_path(pretrained) or os.path.isfile(pretrained))

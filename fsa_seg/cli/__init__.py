@@ -15,7 +15,7 @@ import os
 import sys
 from typing import Optional, Sequence
 
-from . import configs, predict, testing
+from . import compare, configs, predict, testing
 from .errors import run_guarded
 from .predict import VocabularyArgumentError, parse_vocabulary
 
@@ -27,7 +27,7 @@ def build_parser(prog: str = 'fsa-seg') -> argparse.ArgumentParser:
         prog=prog, description='Training-free open-vocabulary semantic segmentation with CLIP '
                                'and the FSA plug-in.')
     commands = parser.add_subparsers(dest='command', metavar='COMMAND')
-    for module in (predict, testing, configs):
+    for module in (predict, testing, configs, compare):
         module.add_parsers(commands)
     return parser
 

@@ -17,6 +17,7 @@ def fail(prog: str, message: str) -> int:
 
 def user_errors() -> tuple:
     """The exception types that are user errors (imported late: they pull in torch)."""
+    from ..analysis.published import ResultsFileError
     from ..apis.configs import ConfigError, ConfigNotFoundError
     from ..apis.predict import OutputDirError
     from ..datasets import DatasetError
@@ -24,7 +25,7 @@ def user_errors() -> tuple:
     from ..models.text import VocabularyError
     from ..models.weights import WeightsError
     return (ConfigNotFoundError, ConfigError, DatasetError, AnnotationError, VocabularyError,
-            WeightsError, OutputDirError)
+            WeightsError, OutputDirError, ResultsFileError)
 
 
 def one_line(error: BaseException) -> str:

@@ -234,3 +234,17 @@ def test_random_weights_are_loud_seeded_and_recorded(tmp_path, capfd):
     assert runs[0]['random_weights'] is True and runs[0]['settings']['seed'] == 0
     clip = runs[0]['settings']['model']['clip']
     assert clip['random_init'] is True and 'pretrained' not in clip
+
+
+def test_compare_reads_what_test_writes(tmp_path, capsys):
+    data_root = make_benchmark('voc21', tmp_path / 'data', sizes=((30, 30), ))
+    config = tiny_config(tmp_path, 'clearclip/clearclip_fsa_vit-b16_voc21.py', data_root)
+    out = tmp_path / 'results.json'
+    run_test_script(config, '--work-dir', tmp_path / 'work', '--out', out,
+                    '--allow-partial-split')
+    capsys.readouterr()
+    assert cli.main(['compare', str(out)]) == 0
+    text = capsys.readouterr().out
+    assert 'ClearCLIP + FSA, CLIP custom, voc21' in text  # a tiny custom CLIP: no row matches
+    assert 'RANDOM WEIGHTS: not comparable; partial split: not comparable' in text
+    assert 'no published number for this setting' in text

@@ -8,6 +8,7 @@ traceback and never a silent result:
 - the documented handling: exit status 0 with the warning and the record the README promises
   (checked by the case).
 """
+import builtins
 import json
 import os
 import re
@@ -158,6 +159,24 @@ def untyped_clip_with_weights(case_dir: Path, data: Path) -> None:
         f"_base_ = ['{REPO / 'configs/clearclip/clearclip_vit-b16_voc21.py'}']\n"
         f"model = dict(clip=dict(_delete_=True, pretrained='{case_dir.parent}/w.pt', "
         f'arch={TINY_ARCH!r}))\n')
+
+
+class CreatesAFile:
+    """Unpickling this calls open(path, 'w'): a checkpoint whose pickle runs code."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return builtins.open, (self.path, 'w')
+
+
+def malicious_checkpoint(case_dir: Path, data: Path) -> None:
+    torch.save({'state_dict': {}, 'x': CreatesAFile(case_dir / 'created')}, case_dir / 'evil.pt')
+
+
+def check_nothing_created(result, case_dir):
+    assert not (case_dir / 'created').exists()
 
 
 def earlier_run(case_dir: Path, data: Path) -> None:
@@ -420,6 +439,21 @@ CASES = [
     Case('compare: a JSON without the settings', 'fsa-seg', ['compare', '{case}/results.json'],
          r'results.json: not a results JSON of fsa-seg test',
          prepare=lambda case, data: (case / 'results.json').write_text('{"mIoU": 3}')),
+    Case('test: a checkpoint whose pickle runs code', 'tools/test.py',
+         TEST + ['model.clip.random_init=False', 'model.clip.pretrained={case}/evil.pt'] + PARTIAL,
+         r'evil.pt: refused to load: its pickle would create io.open .*--trust-checkpoint',
+         prepare=malicious_checkpoint, check=check_nothing_created),
+    Case('predict: a CLIP weight file whose pickle runs code', 'fsa-seg',
+         ['predict', '{case}/images', '--config', '{ws}/tiny_predict.py', '--clip-weights',
+          '{case}/evil.pt', '--out-dir', '{case}/out'],
+         r'evil.pt: refused to load: .*--trust-checkpoint',
+         prepare=malicious_checkpoint, check=check_nothing_created),
+    Case('predict: a VFM weight file whose pickle runs code', 'fsa-seg',
+         ['predict', '{case}/images', '--config', '{ws}/tiny_predict.py', '--vfm-weights',
+          '{case}/evil.pt', '--cfg-options', 'model.clip.random_init=True',
+          '--out-dir', '{case}/out'],
+         r'evil.pt: refused to load: .*--trust-checkpoint',
+         prepare=malicious_checkpoint, check=check_nothing_created),
     Case('test: a config vocabulary with a name twice', 'tools/test.py',
          TEST + ["model.vocabulary=['sky','tree','sky']"] + PARTIAL,
          r"tiny_voc21.py: vocabulary: 'sky' appears in classes 0 and 2"),
@@ -453,6 +487,8 @@ def test_bad_input(case, workspace, tmp_path):
     assert re.search(case.error, errors[0]), errors[0]
     if case.names_file:
         assert str(case_dir / case.names_file) in errors[0], errors[0]
+    if case.check:
+        case.check(result, case_dir)
 
 
 # ---------------------------------------------------------------------------------- predict,

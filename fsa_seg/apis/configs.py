@@ -202,7 +202,8 @@ def apply_overrides(cfg: Config, *, vocabulary=None, clip_weights: Optional[str]
                     vfm_weights: Optional[str] = None, random_weights: bool = False,
                     precision: Optional[str] = None, prob_thd: Optional[float] = None,
                     crop: Optional[Size] = None, stride: Optional[Size] = None,
-                    text_cache_dir: Union[str, bool, None] = None) -> Config:
+                    text_cache_dir: Union[str, bool, None] = None,
+                    trust_checkpoint: bool = False) -> Config:
     """Apply the options of :func:`init_segmentor` to ``cfg.model`` (in place; see there)."""
     model = cfg.model
     if random_weights and (clip_weights or vfm_weights):
@@ -227,6 +228,8 @@ def apply_overrides(cfg: Config, *, vocabulary=None, clip_weights: Optional[str]
         _use_sliding_window(cfg, crop, stride)
     if text_cache_dir is not None:
         model.text_cache_dir = text_cache_dir
+    if trust_checkpoint:
+        trust_checkpoints(model)
     return cfg
 
 
@@ -293,6 +296,21 @@ def use_random_weights(model: dict) -> List[str]:
                           'weights: no component whose type has a random_weights_config (a '
                           'component replaced with _delete_=True needs its type again, e.g. '
                           "clip=dict(_delete_=True, type='OpenCLIP', ...))")
+    return switched
+
+
+def trust_checkpoints(model: dict) -> List[str]:
+    """Let every component that reads checkpoint files (a class taking ``trust_checkpoint``,
+    found by its ``type``) unpickle them fully: ``--trust-checkpoint``. Returns the components
+    switched."""
+    import inspect
+    switched = []
+    for node in _config_nodes(model):
+        component = _registered_class(node.get('type'))
+        if component is not None and 'trust_checkpoint' in inspect.signature(
+                component.__init__).parameters:
+            node['trust_checkpoint'] = True
+            switched.append(component.__name__)
     return switched
 
 

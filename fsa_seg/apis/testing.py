@@ -29,6 +29,7 @@ from .configs import (
     explained_config_errors,
     has_random_weights,
     read_config,
+    trust_checkpoints,
     use_random_weights,
 )
 
@@ -48,7 +49,8 @@ LIBRARIES = (('torch',), ('torchvision',), ('open_clip_torch',), ('timm',), ('mm
 def load_test_config(config: Union[str, os.PathLike], cfg_options: Optional[dict] = None,
                      work_dir: Optional[str] = None, launcher: str = 'none',
                      show_dir: Optional[str] = None,
-                     on_bad_annotation: str = 'error', random_weights: bool = False) -> Config:
+                     on_bad_annotation: str = 'error', random_weights: bool = False,
+                     trust_checkpoint: bool = False) -> Config:
     """The config (a file, or a config name as :func:`~fsa_seg.apis.resolve_config` finds it)
     set up for mmengine's test loop.
 
@@ -58,8 +60,11 @@ def load_test_config(config: Union[str, os.PathLike], cfg_options: Optional[dict
         random_weights: build every component with random weights (pipeline checks only;
             the numbers mean nothing). With random weights anywhere, ``randomness.seed``
             defaults to 0 so that two runs (and every process of one) build the same model.
+        trust_checkpoint: unpickle local checkpoint files fully (see fsa_seg.models.weights).
     """
     cfg = read_config(config, cfg_options)
+    if trust_checkpoint:
+        trust_checkpoints(cfg.model)
     if random_weights:
         use_random_weights(cfg.model)
     if has_random_weights(cfg):

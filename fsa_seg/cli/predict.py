@@ -161,6 +161,9 @@ def add_predict_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--vfm-weights', metavar='PATH',
                         help='local VFM checkpoint (ProxyCLIP) instead of downloading the '
                              'config\'s')
+    parser.add_argument('--trust-checkpoint', action='store_true',
+                        help='unpickle local checkpoint files fully: only for files you trust '
+                             '(a pickle can run code). Without it they are read weights-only')
     parser.add_argument('--random-weights', action='store_true',
                         help='TESTING ONLY: build with random weights (meaningless output)')
     add_cfg_options(parser, 'override config keys, e.g. model.logit_scale=50')
@@ -247,7 +250,7 @@ def run_predict(args: argparse.Namespace, prog: str = 'fsa-seg predict') -> int:
             cfg_options=args.cfg_options, clip_weights=args.clip_weights,
             vfm_weights=args.vfm_weights, random_weights=args.random_weights,
             precision=args.precision, prob_thd=args.prob_thd, crop=args.crop,
-            stride=args.stride)
+            stride=args.stride, trust_checkpoint=args.trust_checkpoint)
     except ValueError as error:
         # a bad vocabulary or option combination (crop/stride, precision …)
         return fail(prog, str(error))

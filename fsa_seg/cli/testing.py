@@ -38,6 +38,9 @@ def add_test_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--random-weights', action='store_true',
                         help='TESTING ONLY: build every component with random weights (seeded: '
                              'two runs agree) to check the pipeline; the numbers mean nothing')
+    parser.add_argument('--trust-checkpoint', action='store_true',
+                        help='unpickle local checkpoint files fully: only for files you trust '
+                             '(a pickle can run code). Without it they are read weights-only')
     add_cfg_options(parser, 'override config keys, e.g. model.prob_thd=0.3')
     parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'],
                         default='none', help='job launcher')
@@ -84,7 +87,8 @@ def run_test(args: argparse.Namespace, prog: str = 'fsa-seg test') -> int:
     cfg = load_test_config(args.config, args.cfg_options, args.work_dir, args.launcher,
                            args.show_dir,
                            on_bad_annotation='warn' if args.allow_bad_annotations else 'error',
-                           random_weights=args.random_weights)
+                           random_weights=args.random_weights,
+                           trust_checkpoint=args.trust_checkpoint)
     evaluate(cfg, out=args.out, allow_partial=args.allow_partial_split)
     return 0
 

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from mmseg.registry import MODELS
 from torch import Tensor, nn
 
-from ..weights import WeightsError, is_local_path, require_weights
+from ..weights import WeightsError, is_local_path, load_open_clip_checkpoint, require_weights
 
 PRECISIONS = {'fp32': torch.float32, 'fp16': torch.float16, 'bf16': torch.bfloat16,
               'fp64': torch.float64}
@@ -59,13 +59,15 @@ class OpenCLIP(nn.Module):
         precision: ``'fp32'`` (default), ``'fp16'``, ``'bf16'`` (GPU) or ``'fp64'``.
         random_init: build with random weights; the explicit opt-in for tests.
         cache_dir: where open_clip caches downloaded weights.
+        trust_checkpoint: unpickle a local checkpoint fully (see :mod:`..weights`).
     """
 
     def __init__(self, model_name: str = 'ViT-B-16', pretrained: Optional[str] = None,
                  arch: Optional[dict] = None, quick_gelu: Optional[bool] = None,
                  precision: str = 'fp32', random_init: bool = False,
-                 cache_dir: Optional[str] = None):
+                 cache_dir: Optional[str] = None, trust_checkpoint: bool = False):
         super().__init__()
+        self.trust_checkpoint = trust_checkpoint
         if precision not in PRECISIONS:
             raise ValueError(f'precision must be one of {sorted(PRECISIONS)}, got {precision!r}')
         self.model_name = 'custom' if arch is not None else model_name
@@ -89,7 +91,7 @@ class OpenCLIP(nn.Module):
         if arch is not None:
             model = open_clip.CLIP(**arch, quick_gelu=bool(quick_gelu))
             if pretrained:
-                self._load_file(model, pretrained)
+                self._load_file(model, pretrained, self.trust_checkpoint)
             return model
         if model_name not in open_clip.list_models():
             raise ValueError(f'unknown open_clip model {model_name!r}; see open_clip.list_models()')
@@ -98,7 +100,7 @@ class OpenCLIP(nn.Module):
                                            pretrained_text=False,
                                            force_quick_gelu=bool(quick_gelu))
             if pretrained:
-                self._load_file(model, pretrained)
+                self._load_file(model, pretrained, self.trust_checkpoint)
             return model
         known_tags = open_clip.list_pretrained_tags_by_model(model_name)
         if pretrained not in known_tags:
@@ -116,11 +118,11 @@ class OpenCLIP(nn.Module):
                 f'checkpoint elsewhere and pass its local path as pretrained=...') from error
 
     @staticmethod
-    def _load_file(model: nn.Module, path: str) -> None:
+    def _load_file(model: nn.Module, path: str, trust: bool = False) -> None:
         if not os.path.isfile(path):
             raise WeightsError(f'CLIP checkpoint file not found: {path}')
         try:
-            open_clip.load_checkpoint(model, path, strict=True, weights_only=False)
+            load_open_clip_checkpoint(model, path, trust)
         except Exception as error:  # mismatched keys or shapes, unreadable file: never partial
             raise WeightsError(f'CLIP checkpoint {path} does not fit the model '
                                f'({type(error).__name__}: {error})') from error

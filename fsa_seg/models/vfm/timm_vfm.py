@@ -99,9 +99,9 @@ def _check_patch_kernel(state: Dict[str, Tensor], model: nn.Module, path: str) -
                                f'{key} has patch size {tuple(value.shape[-2:])}, model {own}')
 
 
-def load_local_weights(model: nn.Module, path: str) -> None:
+def load_local_weights(model: nn.Module, path: str, trust: bool = False) -> None:
     """Load a local checkpoint into a timm model: convert keys the timm way, then all-or-nothing."""
-    state = read_state_dict(path, strip_prefixes=('module.', 'model.'))
+    state = read_state_dict(path, strip_prefixes=('module.', 'model.'), trust=trust)
     _check_patch_kernel(state, model, path)
     try:
         state = _filter_fn(model)(state, model)
@@ -154,12 +154,14 @@ class TimmVFM(nn.Module):
             then means nothing).
         input_size: slide crop size; MAE is built at it and every crop is resized to it.
         model_kwargs: overrides of the timm architecture (tests build tiny models with them).
+        trust_checkpoint: unpickle a local checkpoint fully (see :mod:`..weights`).
     """
 
     def __init__(self, name: str = 'dino_vitb8', pretrained: Union[bool, str, None] = True,
                  random_init: bool = False, input_size: Optional[Size] = None,
-                 model_kwargs: Optional[dict] = None):
+                 model_kwargs: Optional[dict] = None, trust_checkpoint: bool = False):
         super().__init__()
+        self.trust_checkpoint = trust_checkpoint
         if name not in VFM_PRESETS:
             raise ValueError(f'unknown VFM {name!r}; presets: {", ".join(VFM_PRESETS)}')
         preset = VFM_PRESETS[name]
@@ -190,7 +192,7 @@ class TimmVFM(nn.Module):
         if random_init or local:
             model = timm.create_model(f'{preset.arch}.{preset.tag}', pretrained=False, **kwargs)
             if local:
-                load_local_weights(model, pretrained)
+                load_local_weights(model, pretrained, self.trust_checkpoint)
             return model
         return _fetch_pretrained(self.name, preset.arch, pretrained, kwargs)
 

@@ -204,15 +204,15 @@ def evaluate(cfg: Config, out: Optional[str] = None, allow_partial: bool = False
     settings that produced them as JSON to ``out`` if given."""
     check_launcher(cfg)
     check_outputs(cfg, out)
-    if has_random_weights(cfg):
-        from .inference import RANDOM_WEIGHTS_WARNING
-        print_log(RANDOM_WEIGHTS_WARNING, logger='current', level=logging.WARNING)
     complete = check_dataset_size(cfg, check_dataset(cfg), allow_partial)
     init_cpu_processes(cfg)
     try:
         with explained_config_errors(cfg.filename):
             runner = Runner.from_cfg(cfg)
             dataset = runner.test_dataloader.dataset
+        if has_random_weights(cfg):  # in the run's log, next to its numbers
+            from .inference import RANDOM_WEIGHTS_WARNING
+            print_log(RANDOM_WEIGHTS_WARNING, logger='current', level=logging.WARNING)
         dataset.pipeline = ExplainedPipeline(dataset.pipeline)
         metrics = runner.test()
         if out and runner.rank == 0:

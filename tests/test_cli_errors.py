@@ -454,6 +454,20 @@ CASES = [
           '--out-dir', '{case}/out'],
          r'evil.pt: refused to load: .*--trust-checkpoint',
          prepare=malicious_checkpoint, check=check_nothing_created),
+    Case('convert-coco-object: no annotation folder', 'fsa-seg',
+         ['convert-coco-object', '{case}/coco'], r'COCO-Stuff annotation folder not found: .*coco'),
+    Case('convert-coco-object: a raw map with values COCO-Stuff never has', 'fsa-seg',
+         ['convert-coco-object', '{case}/coco'],
+         r'000000000139.png: unexpected label value\(s\) \[11\]',
+         prepare=lambda case, data: (
+             (case / 'coco/annotations/val2017').mkdir(parents=True),
+             Image.fromarray(np.full((4, 4), 11, np.uint8)).save(
+                 case / 'coco/annotations/val2017/000000000139.png'))),
+    Case('convert-coco-object: an unreadable raw map', 'fsa-seg',
+         ['convert-coco-object', '{case}/coco'], r'000000000139.png',
+         prepare=lambda case, data: (
+             (case / 'coco/annotations/val2017').mkdir(parents=True),
+             (case / 'coco/annotations/val2017/000000000139.png').write_text('garbage'))),
     Case('test: a config vocabulary with a name twice', 'tools/test.py',
          TEST + ["model.vocabulary=['sky','tree','sky']"] + PARTIAL,
          r"tiny_voc21.py: vocabulary: 'sky' appears in classes 0 and 2"),

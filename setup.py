@@ -47,7 +47,7 @@ setup(
     python_requires='>=3.9',
     packages=find_packages(include=['fsa_seg', 'fsa_seg.*']),
     py_modules=['_fsa_seg_mmcv_lite'],
-    package_data={'fsa_seg': ['class_names/*.txt', 'assets/*']},
+    package_data={'fsa_seg': ['class_names/*.txt', 'assets/*', 'analysis/*.csv']},
     install_requires=[
         'torch>=2.0',
         'torchvision>=0.15',

@@ -21,7 +21,7 @@ from fsa_seg.visualization import make_palette
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT = REPO / 'configs' / 'proxyclip' / 'proxyclip_fsa_vit-b16_dino-b8_voc21.py'
-VOCAB = 'sky; tree; house, building; road; grass'
+VOCAB = ['sky', 'tree', 'house; building', 'road', 'grass']
 CLASS_NAMES = ['sky', 'tree', 'house', 'road', 'grass']
 READABLE = {'blocks': (60, 80), 'photo': (50, 40), 'gray': (48, 64), 'rgba': (40, 50)}
 
@@ -78,7 +78,7 @@ def images(tmp_path_factory):
 def cli_run(tiny_config, images, tmp_path_factory):
     out = tmp_path_factory.mktemp('out')
     status, stdout, stderr = run_cli('predict', images, '--config', tiny_config,
-                                     '--random-weights', '--vocab', VOCAB, '--out-dir', out,
+                                     '--random-weights', '--out-dir', out, '--vocab', *VOCAB,
                                      '--save-logits', '--batch-size', 3, '--quiet')
     return dict(status=status, stdout=stdout, stderr=stderr, out=out)
 
@@ -231,16 +231,20 @@ def test_missing_weights_fail_fast_and_name_the_flags(tmp_path, monkeypatch):
     assert not huggingface_hub.constants.HF_HUB_OFFLINE  # offline mode was only temporary
 
 
-def test_vocabulary_argument():
+def test_vocabulary_argument(images):
     bundled = ['voc21', 'ade20k']
-    assert cli.parse_vocabulary('sky; house, building ;road;', bundled) == [
-        ['sky'], ['house', 'building'], ['road']]
-    assert cli.parse_vocabulary('voc21', bundled) == 'voc21'
-    assert cli.parse_vocabulary(str(DEFAULT), bundled) == str(DEFAULT)  # an existing file
-    with pytest.raises(cli.VocabularyArgumentError, match='";"'):
-        cli.parse_vocabulary('sky, tree, house', bundled)
-    with pytest.raises(cli.VocabularyArgumentError, match='empty synonym'):
-        cli.parse_vocabulary('sky; tree,', bundled)
+    assert cli.parse_vocabulary(['sky', ' house; building ', 'road'], bundled) == [
+        'sky', 'house; building', 'road']
+    assert cli.parse_vocabulary(['voc21'], bundled) == 'voc21'
+    assert cli.parse_vocabulary([str(DEFAULT)], bundled) == str(DEFAULT)  # an existing file
+    with pytest.raises(cli.VocabularyArgumentError, match='separate the synonyms .* with ";"'):
+        cli.parse_vocabulary(['sky', 'house, building'], bundled)
+    with pytest.raises(cli.VocabularyArgumentError, match='one argument is one class'):
+        cli.parse_vocabulary(['sky; tree; road'], bundled)  # the old syntax: one class
+    with pytest.raises(cli.VocabularyArgumentError, match='at least two classes'):
+        cli.parse_vocabulary(['vocc21'], bundled)
+    with pytest.raises(cli.VocabularyArgumentError, match='give the images before --vocab'):
+        cli.parse_vocabulary(['sky', str(images / 'photo.jpg')], bundled)
 
 
 def test_missing_inputs_are_reported(tmp_path):
@@ -289,7 +293,7 @@ def test_local_weight_files_replace_random_weights(cli_run, tiny_config, images,
     logs = record_logs(monkeypatch)
     status, stdout, stderr = run_cli('predict', images / 'blocks.png', '--config', tiny_config,
                                      '--clip-weights', clip_file, '--vfm-weights', vfm_file,
-                                     '--vocab', VOCAB, '--out-dir', out, '--quiet')
+                                     '--out-dir', out, '--quiet', '--vocab', *VOCAB)
     assert status == 0, stderr
     assert not any('RANDOM WEIGHTS' in message for message in logs)
     summary = json.loads((out / 'summary.json').read_text())

@@ -58,9 +58,13 @@ def run_python(python: Path, cwd: Path, code: str, *args: str, timeout: int = 60
 
 def test_the_installed_package_is_the_one_imported(installed):
     python, outside = installed
-    result = run_python(python, outside, 'import fsa_seg; print(fsa_seg.__file__)')
+    result = run_python(python, outside, 'import fsa_seg; print(fsa_seg.__file__)\n'
+                        'from fsa_seg.analysis.published import published_results\n'
+                        'print(len(published_results()))')
     assert result.returncode == 0, result.stderr[-2000:]
-    assert not result.stdout.strip().startswith(str(REPO)), result.stdout
+    location, published = result.stdout.split()
+    assert not location.startswith(str(REPO)), result.stdout
+    assert published == '173'  # the published numbers ship with the package
 
 
 def test_mmseg_imported_before_fsa_seg_in_a_fresh_process(installed):

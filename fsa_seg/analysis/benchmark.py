@@ -303,7 +303,7 @@ class SegmentorWorkload:
         config_plugin(cfg)
         model_cfg = copy.deepcopy(cfg.model.to_dict())
         self.q = int(q or len(load_vocabulary(model_cfg['vocabulary']).queries))
-        model_cfg.update(vocabulary=['object'], templates=['{}'], text_cache_dir=False)
+        model_cfg.update(vocabulary=['object', 'stuff'], templates=['{}'], text_cache_dir=False)
         if random_weights:
             use_random_weights(model_cfg)
         if precision:

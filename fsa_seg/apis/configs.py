@@ -180,9 +180,21 @@ def load_config(config: ConfigSource, cfg_options: Optional[dict] = None) -> Con
     return cfg
 
 
+def _config_nodes(node) -> Iterator[dict]:
+    """Every dict in a config tree, depth first."""
+    if isinstance(node, dict):
+        yield node
+        for value in node.values():
+            yield from _config_nodes(value)
+    elif isinstance(node, (list, tuple)):
+        for value in node:
+            yield from _config_nodes(value)
+
+
 def has_random_weights(cfg: Config) -> bool:
-    return bool(cfg.model.clip.get('random_init')) or bool(
-        cfg.model.get('vfm') and cfg.model.vfm.get('random_init'))
+    """Whether any part of the model is built with random weights (``random_init``, the one
+    opt-in every weighted component takes)."""
+    return any(node.get('random_init') for node in _config_nodes(cfg.model))
 
 
 # ---------------------------------------------------------------------------------- overrides
@@ -190,7 +202,8 @@ def apply_overrides(cfg: Config, *, vocabulary=None, clip_weights: Optional[str]
                     vfm_weights: Optional[str] = None, random_weights: bool = False,
                     precision: Optional[str] = None, prob_thd: Optional[float] = None,
                     crop: Optional[Size] = None, stride: Optional[Size] = None,
-                    text_cache_dir: Union[str, bool, None] = None) -> Config:
+                    text_cache_dir: Union[str, bool, None] = None,
+                    trust_checkpoint: bool = False) -> Config:
     """Apply the options of :func:`init_segmentor` to ``cfg.model`` (in place; see there)."""
     model = cfg.model
     if random_weights and (clip_weights or vfm_weights):
@@ -215,6 +228,8 @@ def apply_overrides(cfg: Config, *, vocabulary=None, clip_weights: Optional[str]
         _use_sliding_window(cfg, crop, stride)
     if text_cache_dir is not None:
         model.text_cache_dir = text_cache_dir
+    if trust_checkpoint:
+        trust_checkpoints(model)
     return cfg
 
 
@@ -247,19 +262,65 @@ def _use_vfm_file(model, path: str) -> None:
     model.vfm = vfm
 
 
-def use_random_weights(model: dict) -> None:
-    """Give a model config's CLIP (and VFM) random weights: the explicit opt-in of tests and
-    benchmarks."""
-    model['clip'] = {k: v for k, v in model.get('clip', {}).items() if k != 'pretrained'}
-    model['clip']['random_init'] = True
-    if model.get('vfm'):
-        model['vfm'] = dict(model['vfm'], pretrained=None, random_init=True)
+def _registered_class(kind):
+    """The class a config's ``type`` names in mmseg's MODELS registry, or None."""
+    from mmseg.registry import MODELS
+    if isinstance(kind, type):
+        return kind
+    return MODELS.get(kind) if isinstance(kind, str) else None
+
+
+def _with_random_weights(node, switched: List[str]):
+    if isinstance(node, (list, tuple)):
+        return type(node)(_with_random_weights(value, switched) for value in node)
+    if not isinstance(node, dict):
+        return node
+    node = {key: _with_random_weights(value, switched) for key, value in node.items()}
+    component = _registered_class(node.get('type'))
+    if hasattr(component, 'random_weights_config'):
+        switched.append(component.__name__)
+        return component.random_weights_config(node)
+    return node
+
+
+def use_random_weights(model: dict) -> List[str]:
+    """Build every component of a model config with random weights: the explicit opt-in of
+    tests, benchmarks and pipeline checks. Each component found by its ``type`` that knows how
+    (a ``random_weights_config`` classmethod) rewrites its own config; this function knows no
+    component and no config key. Returns the components switched."""
+    switched: List[str] = []
+    for key, value in list(model.items()):
+        model[key] = _with_random_weights(value, switched)
+    if not switched and not any(node.get('random_init') for node in _config_nodes(model)):
+        raise ConfigError(f'no part of {model.get("type", "the model")} can be built with random '
+                          'weights: no component whose type has a random_weights_config (a '
+                          'component replaced with _delete_=True needs its type again, e.g. '
+                          "clip=dict(_delete_=True, type='OpenCLIP', ...))")
+    return switched
+
+
+def trust_checkpoints(model: dict) -> List[str]:
+    """Let every component that reads checkpoint files (a class taking ``trust_checkpoint``,
+    found by its ``type``) unpickle them fully: ``--trust-checkpoint``. Returns the components
+    switched."""
+    import inspect
+    switched = []
+    for node in _config_nodes(model):
+        component = _registered_class(node.get('type'))
+        if component is not None and 'trust_checkpoint' in inspect.signature(
+                component.__init__).parameters:
+            node['trust_checkpoint'] = True
+            switched.append(component.__name__)
+    return switched
 
 
 def _use_vocabulary(model, vocabulary) -> None:
     vocab = load_vocabulary(vocabulary)
     own = load_vocabulary(model.vocabulary) if model.get('vocabulary') is not None else None
-    model.vocabulary = [list(synonyms) for synonyms in vocab.classes]
+    # A bundled name or a file stays as it is (bundled lists keep their display names and are
+    # not held to the checks of a user's list); a list is written out.
+    model.vocabulary = (str(vocabulary) if isinstance(vocabulary, (str, os.PathLike))
+                        else [list(synonyms) for synonyms in vocab.classes])
     if vocab != own:
         # The config's threshold sends uncertain pixels to class 0 (its background); in
         # another vocabulary class 0 is whatever came first, so no threshold unless asked.

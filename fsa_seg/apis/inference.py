@@ -70,7 +70,7 @@ def init_segmentor(config: ConfigSource = DEFAULT_CONFIG,
                    precision: Optional[str] = None, prob_thd: Optional[float] = None,
                    crop: Optional[Size] = None, stride: Optional[Size] = None,
                    text_cache_dir: Union[str, bool, None] = None, seed: int = 0,
-                   check_network: bool = True):
+                   check_network: bool = True, trust_checkpoint: bool = False):
     """Build a training-free segmentor, ready for :func:`segment`.
 
     Args:
@@ -91,6 +91,8 @@ def init_segmentor(config: ConfigSource = DEFAULT_CONFIG,
         check_network: before downloading weights, probe huggingface.co (3 s); unreachable → use
             cached weights only and fail at once with
             :class:`~fsa_seg.apis.downloads.WeightsUnavailableError`.
+        trust_checkpoint: unpickle local checkpoint files fully (they can run code); without
+            it, files are read weights-only and anything else in them is refused.
 
     Returns:
         the segmentor (an mmseg ``BaseSegmentor``) in eval mode on ``device``, with ``cfg`` and
@@ -100,7 +102,7 @@ def init_segmentor(config: ConfigSource = DEFAULT_CONFIG,
     apply_overrides(cfg, vocabulary=vocabulary, clip_weights=clip_weights,
                     vfm_weights=vfm_weights, random_weights=random_weights,
                     precision=precision, prob_thd=prob_thd, crop=crop, stride=stride,
-                    text_cache_dir=text_cache_dir)
+                    text_cache_dir=text_cache_dir, trust_checkpoint=trust_checkpoint)
     model = build_segmentor(cfg, seed=seed, check_network=check_network)
     model.to(device or default_device())
     model.eval()

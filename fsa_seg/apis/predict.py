@@ -11,7 +11,10 @@ Per image ``<name>`` (the file's stem, made unique within a run) in the output f
   ``class_names``.
 
 ``summary.json`` describes the run: config, weights, settings, vocabulary, every processed image
-with its outputs, every skipped input with the reason.
+with its outputs, every skipped input with the reason, and the run's ``status``. It is rewritten
+after every image (always a complete JSON file, also after Ctrl-C or a full disk), and every
+output file is written under a temporary name and renamed, so no file is ever half-written.
+A folder that already holds a run's ``summary.json`` is refused unless ``overwrite``.
 """
 import glob
 import json
@@ -20,7 +23,7 @@ import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -41,12 +44,22 @@ SUMMARY_NAME = 'summary.json'
 
 
 class OutputDirError(OSError):
-    """The output folder cannot be created or written."""
+    """The output folder cannot be created or written, or holds an earlier run."""
 
 
-def check_output_dir(out_dir) -> Path:
-    """Create ``out_dir`` if needed and prove it writable (a file is created and removed)."""
+class OutputWriteError(OSError):
+    """An output file could not be written (a full disk …); the run stopped there."""
+
+
+def check_output_dir(out_dir, overwrite: bool = False) -> Path:
+    """Create ``out_dir`` if needed and prove it writable (a file is created and removed);
+    refuse a folder that holds an earlier run's summary unless ``overwrite``."""
     path = Path(out_dir).expanduser()
+    if (path / SUMMARY_NAME).exists() and not overwrite:
+        raise OutputDirError(f'{path} already holds the results of an earlier run ('
+                             f'{path / SUMMARY_NAME}); choose another --out-dir, or pass '
+                             '--overwrite to write this run there (its summary.json then '
+                             'replaces the earlier one)')
     try:
         path.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=path, prefix='.fsa_seg_write_test_'):
@@ -55,6 +68,37 @@ def check_output_dir(out_dir) -> Path:
         raise OutputDirError(f'cannot write to the output folder {path}: '
                              f'{error.strerror or error}') from error
     return path
+
+
+class StagedFiles:
+    """Write files under temporary names and rename them all at the end: readers never see a
+    half-written file, and a failed write leaves none of the group behind. The temporary
+    names keep the extension (image writers go by it)."""
+
+    def __init__(self):
+        self.pending: List[Tuple[Path, Path]] = []
+
+    def write(self, path: Path, write: Callable[[Path], None]) -> None:
+        temporary = path.with_name(f'.partial-{path.name}')
+        self.pending.append((temporary, path))
+        write(temporary)
+
+    def __enter__(self) -> 'StagedFiles':
+        return self
+
+    def __exit__(self, kind, error, trace) -> None:
+        if kind is None:
+            for temporary, path in self.pending:
+                os.replace(temporary, path)
+            return
+        for temporary, _ in self.pending:
+            temporary.unlink(missing_ok=True)
+
+
+def write_atomically(path: Path, write: Callable[[Path], None]) -> None:
+    """``write(temporary path)``, then rename it to ``path``."""
+    with StagedFiles() as staged:
+        staged.write(path, write)
 
 
 def _is_glob(pattern: str) -> bool:
@@ -74,26 +118,33 @@ def expand_inputs(inputs: Sequence[str]) -> Tuple[List[Path], List[dict]]:
             seen.add(key)
             paths.append(path)
 
+    def add_file(path: Path):
+        """An image-named entry of a folder or pattern: a file, or listed as skipped."""
+        if path.is_file():
+            add(path)
+        else:
+            skipped.append(dict(input=str(path), reason='named like an image but not a file '
+                                                        '(a folder?)'))
+
     for entry in inputs:
         entry = str(entry)
         path = Path(entry).expanduser()
         if path.is_dir():
-            found = sorted(p for p in path.iterdir()
-                           if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
-            if not found:
+            found = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
+            if not any(p.is_file() for p in found):
                 skipped.append(dict(input=entry, reason='folder holds no image files '
                                                         f'({", ".join(IMAGE_EXTENSIONS)})'))
             for p in found:
-                add(p)
+                add_file(p)
         elif path.is_file():
             add(path)
         elif _is_glob(entry):
             found = sorted(Path(p) for p in glob.glob(os.path.expanduser(entry), recursive=True)
-                           if os.path.isfile(p) and Path(p).suffix.lower() in IMAGE_EXTENSIONS)
-            if not found:
+                           if Path(p).suffix.lower() in IMAGE_EXTENSIONS)
+            if not any(p.is_file() for p in found):
                 skipped.append(dict(input=entry, reason='pattern matches no image files'))
             for p in found:
-                add(p)
+                add_file(p)
         else:
             skipped.append(dict(input=entry, reason='no such file or folder'))
     return paths, skipped
@@ -125,25 +176,31 @@ def write_result(result: SegmentationResult, image: np.ndarray, out_dir: Path, n
     """Write one image's outputs; returns their paths by kind."""
     outputs = dict(labels=out_dir / f'{name}_labels.png', overlay=out_dir / f'{name}_overlay.png',
                    shares=out_dir / f'{name}.json')
-    save_label_png(result.labels, outputs['labels'], palette)
-    render_overlay(image, result.labels, result.class_names, palette, opacity).save(
-        outputs['overlay'])
+    if save_probs:
+        outputs['probs'] = out_dir / f'{name}_probs.npz'
+    overlay = render_overlay(image, result.labels, result.class_names, palette, opacity)
     height, width = result.labels.shape
     record = dict(image=result.source, height=height, width=width,
                   classes=class_shares(result))
-    outputs['shares'].write_text(json.dumps(record, indent=2), encoding='utf-8')
-    if save_probs:
-        outputs['probs'] = out_dir / f'{name}_probs.npz'
-        np.savez_compressed(outputs['probs'], probs=result.probs.astype(np.float32),
-                            class_names=np.array(result.class_names))
+    with StagedFiles() as staged:  # all of the image's outputs, or none
+        staged.write(outputs['labels'], lambda path: save_label_png(result.labels, path, palette))
+        staged.write(outputs['overlay'], overlay.save)
+        staged.write(outputs['shares'], lambda path: path.write_text(
+            json.dumps(record, indent=2), encoding='utf-8'))
+        if save_probs:
+            staged.write(outputs['probs'], lambda path: np.savez_compressed(
+                path, probs=result.probs.astype(np.float32),
+                class_names=np.array(result.class_names)))
     return {kind: str(path) for kind, path in outputs.items()}
 
 
 @dataclass
 class PredictionRun:
-    """What :func:`predict_files` did."""
+    """What :func:`predict_files` did; ``status``: ``'running'``, ``'complete'``,
+    ``'interrupted'`` or ``'failed: ...'``."""
     processed: List[dict] = field(default_factory=list)
     skipped: List[dict] = field(default_factory=list)
+    status: str = 'running'
 
 
 def _warn(message: str, progress) -> None:
@@ -154,16 +211,23 @@ def _warn(message: str, progress) -> None:
 
 
 def predict_files(model, paths: Sequence[Path], out_dir, batch_size: int = 1,
-                  save_probs: bool = False, opacity: float = 0.5,
-                  progress: bool = True) -> PredictionRun:
+                  save_probs: bool = False, opacity: float = 0.5, progress: bool = True,
+                  info: Optional[dict] = None, skipped: Sequence[dict] = ()) -> PredictionRun:
     """Segment image files in chunks of ``batch_size``; unreadable ones are reported and
-    skipped. Outputs go to ``out_dir`` (see the module doc)."""
+    skipped. Outputs go to ``out_dir`` (see the module doc). With ``info`` (config, settings,
+    vocabulary …), ``summary.json`` is written after every chunk and when the run ends, however
+    it ends; ``skipped``: inputs already skipped before (listed in the summary).
+
+    Raises:
+        OutputWriteError: an output could not be written; the run stopped there (its summary
+            says so and lists what was done).
+    """
     from tqdm import tqdm
     out_dir = Path(out_dir)
     pipeline = build_test_pipeline(model.cfg)
     palette = make_palette(len(model.vocabulary))
     names = _output_names(paths)
-    run = PredictionRun()
+    run = PredictionRun(skipped=list(skipped))
     bar = tqdm(total=len(paths), unit='img', desc='segmenting', disable=not progress,
                file=sys.stderr)
     try:
@@ -179,20 +243,47 @@ def predict_files(model, paths: Sequence[Path], out_dir, batch_size: int = 1,
             results = run_model(model, pipeline, [image for _, _, image in loaded], batch_size)
             for (path, name, image), result in zip(loaded, results):
                 result.source = str(path)
-                outputs = write_result(result, image, out_dir, name, palette, save_probs,
-                                       opacity)
+                try:
+                    outputs = write_result(result, image, out_dir, name, palette, save_probs,
+                                           opacity)
+                except OSError as error:
+                    raise OutputWriteError(
+                        f'cannot write the outputs of {path} in {out_dir}: '
+                        f'{error.strerror or error}') from error
                 run.processed.append(dict(input=str(path), height=image.shape[0],
                                           width=image.shape[1], outputs=outputs))
             bar.update(len(chunk))
+            if info is not None:
+                write_summary(out_dir, run, info)
+        run.status = 'complete'
+    except KeyboardInterrupt:
+        run.status = 'interrupted'
+        raise
+    except OutputWriteError as error:
+        run.status = f'failed: {error}'
+        raise
     finally:
         bar.close()
+        if info is not None:
+            _write_final_summary(out_dir, run, info)
     return run
 
 
+def _write_final_summary(out_dir, run: PredictionRun, info: dict) -> None:
+    """The last summary; if even it cannot be written, the previous one stays valid."""
+    try:
+        write_summary(out_dir, run, info)
+    except OSError as error:
+        print(f'could not update {Path(out_dir) / SUMMARY_NAME} ({error.strerror or error}); '
+              'it lists the images up to the last one it could record', file=sys.stderr)
+
+
 def write_summary(out_dir, run: PredictionRun, info: dict) -> Path:
-    """``summary.json``: ``info`` (config, settings, vocabulary …) and the run's images."""
+    """``summary.json``: ``info`` (config, settings, vocabulary …) and the run's images, written
+    atomically."""
     path = Path(out_dir) / SUMMARY_NAME
-    summary = dict(info, num_processed=len(run.processed), num_skipped=len(run.skipped),
-                   images=run.processed, skipped=run.skipped)
-    path.write_text(json.dumps(summary, indent=2), encoding='utf-8')
+    summary = dict(info, status=run.status, num_processed=len(run.processed),
+                   num_skipped=len(run.skipped), images=run.processed, skipped=run.skipped)
+    text = json.dumps(summary, indent=2)
+    write_atomically(path, lambda temporary: temporary.write_text(text, encoding='utf-8'))
     return path

@@ -1,8 +1,11 @@
-"""Library code behind ``tools/test.py``: config set-up, data checks, evaluation, JSON results."""
+"""Library code behind ``fsa-seg test`` / ``tools/test.py``: config set-up, data checks,
+evaluation, JSON results."""
 import json
 import logging
 import os
 import os.path as osp
+import tempfile
+from importlib import metadata
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
@@ -12,32 +15,72 @@ from mmengine.config import Config
 from mmengine.logging import print_log
 from mmengine.runner import Runner
 
-from ..datasets import check_split_size
-from .configs import ConfigError, read_config
+from ..datasets import (
+    DatasetError,
+    ExplainedPipeline,
+    build_lazily,
+    check_files,
+    check_layout,
+    check_split_size,
+)
+from ..evaluation.metrics import BAD_ANNOTATION_POLICIES
+from .configs import (
+    ConfigError,
+    explained_config_errors,
+    has_random_weights,
+    read_config,
+    trust_checkpoints,
+    use_random_weights,
+)
+
+__all__ = ['DatasetError', 'load_test_config', 'evaluate', 'write_results']
 
 SPLIT_SIZE_HINT = 'pass --allow-partial-split (the JSON results then say "complete": false)'
 # What a config may carry besides testing (mmseg's dataset and schedule bases set them): a test
 # run drops them, since mmengine's Runner insists that each of its loops be complete.
 TRAIN_AND_VAL_PARTS = ('train_dataloader', 'train_cfg', 'optim_wrapper', 'param_scheduler',
                        'auto_scale_lr', 'val_dataloader', 'val_cfg', 'val_evaluator')
-
-
-class DatasetError(RuntimeError):
-    """A test dataset that is missing, empty, incomplete or inconsistent."""
+VISUALIZATION_HOOKS = ('SegVisualizationHook', 'DistSegVisualizationHook')
+# Distributions whose versions a result depends on (the first installed of each group).
+LIBRARIES = (('torch',), ('torchvision',), ('open_clip_torch',), ('timm',), ('mmengine',),
+             ('mmcv', 'mmcv-lite'), ('mmsegmentation',))
 
 
 def load_test_config(config: Union[str, os.PathLike], cfg_options: Optional[dict] = None,
                      work_dir: Optional[str] = None, launcher: str = 'none',
-                     show_dir: Optional[str] = None) -> Config:
+                     show_dir: Optional[str] = None,
+                     on_bad_annotation: str = 'error', random_weights: bool = False,
+                     trust_checkpoint: bool = False) -> Config:
     """The config (a file, or a config name as :func:`~fsa_seg.apis.resolve_config` finds it)
-    set up for mmengine's test loop."""
+    set up for mmengine's test loop.
+
+    Args:
+        on_bad_annotation: ``'error'`` or ``'warn'`` (see
+            :class:`~fsa_seg.evaluation.PerClassIoUMetric`).
+        random_weights: build every component with random weights (pipeline checks only;
+            the numbers mean nothing). With random weights anywhere, ``randomness.seed``
+            defaults to 0 so that two runs (and every process of one) build the same model.
+        trust_checkpoint: unpickle local checkpoint files fully (see fsa_seg.models.weights).
+    """
     cfg = read_config(config, cfg_options)
+    if trust_checkpoint:
+        trust_checkpoints(cfg.model)
+    if random_weights:
+        use_random_weights(cfg.model)
+    if has_random_weights(cfg):
+        randomness = dict(cfg.get('randomness') or {})
+        if randomness.get('seed') is None:
+            randomness['seed'] = 0
+        cfg.randomness = randomness
     keep_test_parts(cfg)
+    if 'test_dataloader' not in cfg or not cfg.test_dataloader.get('dataset'):
+        raise ConfigError(f'{cfg.filename}: no test_dataloader.dataset to evaluate on')
     cfg.launcher = launcher
     cfg.work_dir = work_dir or cfg.get('work_dir') or osp.join(
         './work_dirs', Path(cfg.filename).stem)
     if show_dir:
         enable_visualization(cfg, show_dir)
+    set_bad_annotation_policy(cfg, on_bad_annotation)
     return cfg
 
 
@@ -49,12 +92,23 @@ def keep_test_parts(cfg: Config) -> None:
         cfg[key] = None
     cfg.setdefault('test_cfg', dict(type='TestLoop'))
     cfg.setdefault('model_wrapper_cfg', dict(type='InferenceWrapper'))
-    evaluator = cfg.get('test_evaluator')
-    if isinstance(evaluator, dict) and evaluator.get('type', '').split('.')[-1] == 'IoUMetric':
-        evaluator['type'] = 'PerClassIoUMetric'
+    for evaluator in _evaluators(cfg):
+        if evaluator.get('type', '').split('.')[-1] == 'IoUMetric':
+            evaluator['type'] = 'PerClassIoUMetric'
 
 
-VISUALIZATION_HOOKS = ('SegVisualizationHook', 'DistSegVisualizationHook')
+def _evaluators(cfg: Config) -> list:
+    evaluators = cfg.get('test_evaluator') or []
+    return [e for e in (evaluators if isinstance(evaluators, list) else [evaluators])
+            if isinstance(e, dict)]
+
+
+def set_bad_annotation_policy(cfg: Config, policy: str) -> None:
+    if policy not in BAD_ANNOTATION_POLICIES:
+        raise ValueError(f'on_bad_annotation must be one of {BAD_ANNOTATION_POLICIES}')
+    for evaluator in _evaluators(cfg):
+        if evaluator.get('type', '').split('.')[-1] == 'PerClassIoUMetric':
+            evaluator['on_bad_annotation'] = policy
 
 
 def enable_visualization(cfg: Config, show_dir: str) -> None:
@@ -70,6 +124,61 @@ def enable_visualization(cfg: Config, show_dir: str) -> None:
     cfg.visualizer.vis_backends = [dict(type='LocalVisBackend')]
 
 
+# ---------------------------------------------------------------------------------- checks
+def check_writable(folder: str, what: str) -> None:
+    """Create ``folder`` if needed and prove it writable, before any work."""
+    try:
+        os.makedirs(folder, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix='.fsa_seg_write_test_'):
+            pass
+    except OSError as error:
+        raise ConfigError(f'{what} {osp.abspath(folder)} cannot be written: '
+                          f'{error.strerror or error}') from error
+
+
+def check_outputs(cfg: Config, out: Optional[str]) -> None:
+    check_writable(cfg.work_dir, '--work-dir')
+    hook = (cfg.get('default_hooks') or {}).get('visualization') or {}
+    save_dir = (cfg.get('visualizer') or {}).get('save_dir')
+    if hook.get('draw') and save_dir:
+        check_writable(save_dir, '--show-dir')
+    if out:
+        if not out.endswith('.json') or osp.isdir(out):
+            raise ConfigError(f'--out {out}: give a .json file to write the results to')
+        check_writable(osp.dirname(osp.abspath(out)), 'the folder of --out')
+
+
+def check_launcher(cfg: Config) -> None:
+    if cfg.launcher == 'pytorch' and 'RANK' not in os.environ:
+        raise ConfigError('--launcher pytorch runs under torchrun only; start several '
+                          'processes with fsa-seg dist-test CONFIG NUM_PROCS (or '
+                          'tools/dist_test.sh)')
+
+
+def check_dataset(cfg: Config) -> int:
+    """Before the run: the dataset's folder, split and files exist. Returns its size."""
+    dataset_cfg = cfg.test_dataloader.dataset
+    check_layout(dataset_cfg)
+    with explained_config_errors(f'{cfg.filename}: test_dataloader.dataset'):
+        dataset = build_lazily(dataset_cfg, cfg.get('default_scope') or 'mmseg')
+    return check_files(dataset)
+
+
+def check_dataset_size(cfg: Config, num_images: int, allow_partial: bool) -> bool:
+    """True if the dataset has as many images as its official split; otherwise an error, or
+    a warning with ``allow_partial``."""
+    expected = cfg.get('split_size')
+    problem = None if expected is None else check_split_size(
+        num_images, expected, cfg.test_dataloader.dataset.type)
+    if problem is None:
+        return True
+    if not allow_partial:
+        raise DatasetError(f'{problem} To evaluate anyway, {SPLIT_SIZE_HINT}.')
+    print_log(f'WARNING: {problem}', logger='current', level=logging.WARNING)
+    return False
+
+
+# ---------------------------------------------------------------------------------- running
 def init_cpu_processes(cfg: Config) -> None:
     """mmengine's pytorch launcher needs CUDA; without GPUs, join torchrun's processes with the
     gloo backend here (mmengine then finds the process group initialised and uses it)."""
@@ -90,43 +199,25 @@ def leave_process_group(wait: bool) -> None:
     dist.destroy_process_group()
 
 
-def check_dataset_folder(cfg: Config) -> None:
-    """A missing dataset is a clear error that says where the data was expected."""
-    dataset = cfg.test_dataloader.dataset
-    root = dataset.get('data_root', '')
-    image_dir = osp.join(root, dataset.get('data_prefix', {}).get('img_path', ''))
-    if not osp.isdir(image_dir):
-        raise DatasetError(
-            f'{dataset.type}: image folder {osp.abspath(image_dir)} not found. Prepare the '
-            f'dataset in mmseg\'s layout under {osp.abspath(root) or "data/"} as described in '
-            'data/README.md, or point the config at it with '
-            '--cfg-options test_dataloader.dataset.data_root=/path/to/dataset')
-
-
-def check_dataset_size(cfg: Config, num_images: int, allow_partial: bool) -> bool:
-    """True if the dataset has as many images as its official split; otherwise an error, or
-    a warning with ``allow_partial``."""
-    expected = cfg.get('split_size')
-    problem = None if expected is None else check_split_size(
-        num_images, expected, cfg.test_dataloader.dataset.type)
-    if problem is None:
-        return True
-    if not allow_partial:
-        raise DatasetError(f'{problem} To evaluate anyway, {SPLIT_SIZE_HINT}.')
-    print_log(f'WARNING: {problem}', logger='current', level=logging.WARNING)
-    return False
-
-
 def evaluate(cfg: Config, out: Optional[str] = None, allow_partial: bool = False) -> dict:
-    """Run mmengine's test loop; write the metrics as JSON to ``out`` if given."""
-    check_dataset_folder(cfg)
+    """Check the outputs and the dataset, run mmengine's test loop, write the metrics and the
+    settings that produced them as JSON to ``out`` if given."""
+    check_launcher(cfg)
+    check_outputs(cfg, out)
+    complete = check_dataset_size(cfg, check_dataset(cfg), allow_partial)
     init_cpu_processes(cfg)
     try:
-        runner = Runner.from_cfg(cfg)
-        complete = check_dataset_size(cfg, len(runner.test_dataloader.dataset), allow_partial)
+        with explained_config_errors(cfg.filename):
+            runner = Runner.from_cfg(cfg)
+            dataset = runner.test_dataloader.dataset
+        if has_random_weights(cfg):  # in the run's log, next to its numbers
+            from .inference import RANDOM_WEIGHTS_WARNING
+            print_log(RANDOM_WEIGHTS_WARNING, logger='current', level=logging.WARNING)
+        dataset.pipeline = ExplainedPipeline(dataset.pipeline)
         metrics = runner.test()
         if out and runner.rank == 0:
-            write_results(out, cfg, metrics, runner.test_evaluator.metrics, complete)
+            write_results(out, cfg, metrics, runner.test_evaluator.metrics, complete,
+                          seed=runner.seed, model=runner.model)
     except BaseException:
         leave_process_group(wait=False)
         raise
@@ -134,14 +225,65 @@ def evaluate(cfg: Config, out: Optional[str] = None, allow_partial: bool = False
     return metrics
 
 
+# ---------------------------------------------------------------------------------- results
+def library_versions() -> dict:
+    from ..version import __version__
+    versions = {'fsa-seg': __version__}
+    for names in LIBRARIES:
+        for name in names:
+            try:
+                versions[name] = metadata.version(name)
+                break
+            except metadata.PackageNotFoundError:
+                continue
+    return versions
+
+
+def parameter_dtypes(model: Optional[torch.nn.Module]) -> dict:
+    """The dtype each part of the model computes in (its first parameter's), by part name."""
+    model = getattr(model, 'module', model)  # unwrapped
+    if model is None:
+        return {}
+    dtypes = {}
+    for name, part in model.named_children():
+        parameter = next(part.parameters(), None)
+        if parameter is not None:
+            dtypes[name] = str(parameter.dtype)
+    return dtypes
+
+
+def run_settings(cfg: Config, seed: Optional[int],
+                 model: Optional[torch.nn.Module] = None) -> dict:
+    """What a number depends on: the model's config as built (plug-in and its λ, sliding window,
+    vocabulary, threshold, weights …) and the dtypes it ran in, the dataset and its pipeline,
+    the seed, the processes and the library versions."""
+    dataset = cfg.test_dataloader.dataset
+    return dict(
+        model=cfg.model.to_dict(), model_dtypes=parameter_dtypes(model),
+        dataset={key: dataset.get(key) for key in ('type', 'data_root', 'data_prefix',
+                                                   'ann_file', 'reduce_zero_label')},
+        test_pipeline=dataset.get('pipeline'),
+        seed=seed, randomness=cfg.get('randomness'),
+        launcher=cfg.launcher,
+        world_size=dist.get_world_size() if dist.is_initialized() else 1,
+        device='cuda' if torch.cuda.is_available() else 'cpu',
+        versions=library_versions())
+
+
 def write_results(path: str, cfg: Config, metrics: dict, evaluators: Sequence,
-                  complete: bool) -> None:
+                  complete: bool, seed: Optional[int] = None,
+                  model: Optional[torch.nn.Module] = None) -> None:
     results = dict(config=osp.basename(cfg.filename or ''), complete=complete,
+                   random_weights=has_random_weights(cfg),
                    metrics={k: float(v) for k, v in metrics.items()})
     for evaluator in evaluators:
         if hasattr(evaluator, 'per_class'):
-            results.update(num_images=evaluator.num_images, per_class=evaluator.per_class)
+            results.update(num_images=evaluator.num_images, per_class=evaluator.per_class,
+                           bad_annotations=dict(policy=evaluator.on_bad_annotation,
+                                                count=len(evaluator.annotation_problems),
+                                                files=evaluator.annotation_problems))
+    results['settings'] = run_settings(cfg, seed, model)
     os.makedirs(osp.dirname(osp.abspath(path)), exist_ok=True)
     with open(path, 'w', encoding='utf-8') as handle:
-        json.dump(results, handle, indent=2)
+        json.dump(results, handle, indent=2, default=str)
     print_log(f'results written to {path}', logger='current')

@@ -6,20 +6,23 @@
     fsa-seg configs [PATTERN]                                             list the config names
     fsa-seg config NAME [--dump FILE]                                     export a config
     fsa-seg compare results.json                                          ours vs published mIoU
+    fsa-seg convert-coco-object data/coco_stuff164k                       prepare COCO-Object
 
 Run ``fsa-seg COMMAND --help`` for every option. ``tools/test.py``, ``tools/dist_test.sh`` and
-``tools/predict.py`` are the same commands for a checkout.
+``tools/predict.py`` and ``tools/dataset_converters/coco_object.py`` are the same commands for a
+checkout.
 """
 import argparse
 import os
 import sys
 from typing import Optional, Sequence
 
-from . import configs, predict, testing
+from . import compare, configs, convert, predict, testing
 from .errors import run_guarded
 from .predict import VocabularyArgumentError, parse_vocabulary
 
-__all__ = ['main', 'predict_main', 'test_main', 'parse_vocabulary', 'VocabularyArgumentError']
+__all__ = ['main', 'predict_main', 'test_main', 'convert_coco_object_main', 'parse_vocabulary',
+           'VocabularyArgumentError']
 
 
 def build_parser(prog: str = 'fsa-seg') -> argparse.ArgumentParser:
@@ -27,7 +30,7 @@ def build_parser(prog: str = 'fsa-seg') -> argparse.ArgumentParser:
         prog=prog, description='Training-free open-vocabulary semantic segmentation with CLIP '
                                'and the FSA plug-in.')
     commands = parser.add_subparsers(dest='command', metavar='COMMAND')
-    for module in (predict, testing, configs):
+    for module in (predict, testing, configs, compare, convert):
         module.add_parsers(commands)
     return parser
 
@@ -56,3 +59,10 @@ def test_main(argv: Optional[Sequence[str]] = None, prog: Optional[str] = None) 
     """Entry of ``tools/test.py``: the ``fsa-seg test`` arguments."""
     prog = prog or os.path.basename(sys.argv[0]) or 'test.py'
     return _standalone(testing.build_parser(prog), argv, prog)
+
+
+def convert_coco_object_main(argv: Optional[Sequence[str]] = None,
+                             prog: Optional[str] = None) -> int:
+    """Entry of ``tools/dataset_converters/coco_object.py``."""
+    prog = prog or os.path.basename(sys.argv[0]) or 'coco_object.py'
+    return _standalone(convert.build_parser(prog), argv, prog)

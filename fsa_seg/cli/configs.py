@@ -6,6 +6,7 @@
 import argparse
 from pathlib import Path
 
+from .arguments import add_cfg_options, add_debug
 from .errors import fail
 
 
@@ -18,17 +19,14 @@ def add_parsers(commands) -> None:
                               'or a part of the name (e.g. proxyclip_fsa_vit-b16)')
     listing.set_defaults(run=run_configs, debug=False)
 
-    from mmengine.config import DictAction
     export = commands.add_parser(
         'config', help='export a config, every base merged in',
         description='Print (or --dump) a config with every base merged in: a self-contained '
                     'file to edit or to inherit (_base_ = ["./my_base.py"]) from any folder.')
     export.add_argument('name', metavar='NAME', help='config name (fsa-seg configs) or file')
     export.add_argument('--dump', metavar='FILE', help='write it to FILE instead of printing')
-    export.add_argument('--cfg-options', nargs='+', action=DictAction, metavar='KEY=VALUE',
-                        help='override config keys before exporting')
-    export.add_argument('--debug', action='store_true',
-                        help='show the traceback of an error instead of one line')
+    add_cfg_options(export, 'override config keys before exporting')
+    add_debug(export)
     export.set_defaults(run=run_config)
 
 

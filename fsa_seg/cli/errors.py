@@ -17,19 +17,25 @@ def fail(prog: str, message: str) -> int:
 
 def user_errors() -> tuple:
     """The exception types that are user errors (imported late: they pull in torch)."""
+    from ..analysis.published import ResultsFileError
     from ..apis.configs import ConfigError, ConfigNotFoundError
     from ..apis.predict import OutputDirError
-    from ..apis.testing import DatasetError
+    from ..datasets import DatasetError
     from ..evaluation import AnnotationError
     from ..models.text import VocabularyError
     from ..models.weights import WeightsError
     return (ConfigNotFoundError, ConfigError, DatasetError, AnnotationError, VocabularyError,
-            WeightsError, OutputDirError)
+            WeightsError, OutputDirError, ResultsFileError)
 
 
 def one_line(error: BaseException) -> str:
+    """The error's message on one line. An error raised in a DataLoader worker reaches the main
+    process with the worker's traceback as its message: only its last line is the message."""
     from ..apis.configs import plain_message
-    return ' '.join(plain_message(error).split())
+    message = plain_message(error)
+    if 'Original Traceback' in message:
+        message = message.strip().splitlines()[-1].split(': ', 1)[-1]
+    return ' '.join(message.split())
 
 
 def run_guarded(command: Callable, args, prog: str) -> int:

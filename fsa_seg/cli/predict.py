@@ -1,6 +1,6 @@
 """``fsa-seg predict``: segment your own images.
 
-    fsa-seg predict [INPUT ...] [--vocab "sky; tree; house, building"] [--config NAME_OR_FILE]
+    fsa-seg predict [INPUT ...] [--vocab sky tree "house; building"] [--config NAME_OR_FILE]
                     [--out-dir DIR] [--device cuda] [--precision fp16] ...
 
 With no input it segments the bundled demo image with a demo vocabulary.
@@ -10,26 +10,30 @@ import os
 import sys
 from typing import List, Optional, Sequence, Tuple, Union
 
-from .errors import fail
+from .arguments import add_cfg_options, add_debug
+from .errors import INTERRUPTED, fail
 
 DEFAULT_OUT_DIR = 'fsa_seg_predictions'
 
 PREDICT_DESCRIPTION = """\
 Segment your own images with a training-free open-vocabulary segmentor (default: ProxyCLIP +
 FSA, CLIP ViT-B/16 OpenAI, DINO ViT-B/8). Without INPUT, segments the bundled demo image with the
-vocabulary "sky; cloud; sun; grass; tree; house; road".
+vocabulary sky cloud sun grass tree house road.
 
 Outputs per image in --out-dir: NAME_labels.png (palette PNG, pixel value = class index),
 NAME_overlay.png (colours + legend), NAME.json (each class's pixel share), with --save-logits
-NAME_probs.npz (class probabilities); and summary.json for the whole run."""
+NAME_probs.npz (class probabilities); and summary.json for the whole run, rewritten after
+every image (an --out-dir holding an earlier run is refused without --overwrite)."""
 
 PREDICT_EPILOG = """\
-vocabulary (--vocab):
-  a list          "background; cat, kitten; dog"  ';' separates classes, ',' separates
-                  synonyms of one class (the class is named by its first synonym)
+vocabulary (--vocab, after the inputs: it takes every argument that follows):
+  classes         background "cat; kitten" dog   one class per argument, ';' between the
+                  synonyms of a class (the class is named by its first synonym)
   a bundled name  voc21, context60, ade20k, cityscapes, coco_object, coco_stuff164k, ...
-  a file          one class per line, synonyms on a line separated by ';'
-  default: the config's vocabulary (VOC's 21 classes for the default config).
+  a file          one class per line, synonyms on a line separated by ';' (SCLIP's files,
+                  with ', ' between synonyms, are read too)
+  at least two classes, no name twice; default: the config's vocabulary (VOC's 21 classes for
+  the default config).
   --prob-thd sends pixels whose top probability is lower to class 0, so put a background class
   first when you use it; with a vocabulary other than the config's the default is no
   threshold (the config's own, e.g. 0.2 for VOC21, applies to its own vocabulary only).
@@ -45,7 +49,7 @@ caches. Without network access, download them elsewhere and pass the files:
 
 examples:
   fsa-seg predict
-  fsa-seg predict photos/ "more/**/*.jpg" --vocab "sky; tree; road; car, vehicle" --device cuda
+  fsa-seg predict photos/ "more/**/*.jpg" --vocab sky tree road "car; vehicle" --device cuda
   fsa-seg predict img.png --vocab voc21 --prob-thd 0.2 --save-logits --out-dir out/
   fsa-seg predict img.png --config maskclip_fsa_vit-b16_context60 --precision fp16
 """
@@ -55,28 +59,33 @@ class VocabularyArgumentError(ValueError):
     """A --vocab value that is neither a list of classes, a bundled name nor a file."""
 
 
-def parse_vocabulary(text: str, bundled: Sequence[str]) -> Union[str, List[List[str]]]:
-    """``--vocab`` → a class-name file path, a bundled name, or a list of classes (each a list of
-    synonyms). In a list ``;`` separates classes and ``,`` synonyms."""
-    if os.path.isfile(text):
-        return text
-    if ';' in text:
-        classes = []
-        for number, entry in enumerate((e for e in text.split(';') if e.strip()), start=1):
-            synonyms = [name.strip() for name in entry.split(',')]
-            if any(not name for name in synonyms):
-                raise VocabularyArgumentError(f'--vocab: class {number} ({entry.strip()!r}) has '
-                                              'an empty synonym')
-            classes.append(synonyms)
-        if len(classes) < 2:
-            raise VocabularyArgumentError(f'--vocab {text!r}: give at least two classes')
-        return classes
-    if text in bundled:
-        return text
-    raise VocabularyArgumentError(
-        f'--vocab {text!r} is not a list of classes, a bundled vocabulary ({", ".join(bundled)}) '
-        'nor an existing class-name file. Separate classes with ";" and synonyms of one class '
-        'with ",", e.g. --vocab "sky; tree; house, building".')
+IMAGE_SUFFIXES = ('.jpg', '.jpeg', '.png', '.bmp', '.tif', '.tiff', '.webp')
+
+
+def parse_vocabulary(values: Sequence[str], bundled: Sequence[str]
+                     ) -> Union[str, List[str]]:
+    """``--vocab`` values → a bundled name, a class-name file path, or a list of classes (one
+    per value, synonyms separated by ``;``). The list is checked when it is loaded."""
+    values = [value.strip() for value in values]
+    for value in values:
+        if value.lower().endswith(IMAGE_SUFFIXES) and os.path.isfile(value):
+            raise VocabularyArgumentError(
+                f'--vocab {value!r} is an image file: give the images before --vocab (it takes '
+                'every argument after it), e.g. fsa-seg predict photo.jpg --vocab sky tree')
+    if len(values) == 1 and (values[0] in bundled or os.path.isfile(values[0])):
+        return values[0]
+    for value in values:
+        if ',' in value:
+            raise VocabularyArgumentError(
+                f'--vocab {value!r}: separate the synonyms of a class with ";" (e.g. "house; '
+                'building"); each class is one argument: --vocab sky tree "house; building"')
+    if len(values) == 1:
+        hint = (' (one argument is one class: --vocab sky tree "house; building")'
+                if ';' in values[0] else '')
+        raise VocabularyArgumentError(
+            f'--vocab {values[0]!r} is not a bundled vocabulary ({", ".join(bundled)}) nor an '
+            f'existing class-name file; a list needs at least two classes{hint}')
+    return values
 
 
 def _size(text: str) -> Tuple[int, int]:
@@ -114,18 +123,21 @@ def _unit_float(text: str) -> float:
 
 
 def add_predict_arguments(parser: argparse.ArgumentParser) -> None:
-    from mmengine.config import DictAction
     parser.add_argument('inputs', nargs='*', metavar='INPUT',
                         help='image files, folders (their images) or glob patterns (quote them; '
                              '** recurses). Default: the bundled demo image')
-    parser.add_argument('--vocab', '--vocabulary', dest='vocab', metavar='VOCAB',
-                        help='classes: "a; b, b2; c", a bundled name or a class-name file '
-                             '(see below)')
+    parser.add_argument('--vocab', '--vocabulary', dest='vocab', nargs='+', metavar='CLASS',
+                        help='the classes, one per argument, synonyms separated by ";" '
+                             '(sky tree "house; building"), or a bundled name or a class-name '
+                             'file (see below)')
     parser.add_argument('--config', default=None, metavar='NAME_OR_FILE',
                         help='a config name (configs/**/NAME.py) or file; default '
                              'proxyclip_fsa_vit-b16_dino-b8_voc21')
     parser.add_argument('--out-dir', default=DEFAULT_OUT_DIR, metavar='DIR',
                         help=f'output folder (created; default ./{DEFAULT_OUT_DIR})')
+    parser.add_argument('--overwrite', action='store_true',
+                        help='write into an --out-dir that holds an earlier run (its '
+                             'summary.json is replaced); without it such a folder is refused')
     parser.add_argument('--device', default=None,
                         help='cpu, cuda, cuda:1 ... (default: cuda if available, else cpu)')
     parser.add_argument('--precision', choices=['fp32', 'fp16', 'bf16'], default=None,
@@ -149,13 +161,14 @@ def add_predict_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--vfm-weights', metavar='PATH',
                         help='local VFM checkpoint (ProxyCLIP) instead of downloading the '
                              'config\'s')
+    parser.add_argument('--trust-checkpoint', action='store_true',
+                        help='unpickle local checkpoint files fully: only for files you trust '
+                             '(a pickle can run code). Without it they are read weights-only')
     parser.add_argument('--random-weights', action='store_true',
                         help='TESTING ONLY: build with random weights (meaningless output)')
-    parser.add_argument('--cfg-options', nargs='+', action=DictAction, metavar='KEY=VALUE',
-                        help='override config keys, e.g. model.logit_scale=50')
+    add_cfg_options(parser, 'override config keys, e.g. model.logit_scale=50')
     parser.add_argument('--quiet', action='store_true', help='no progress bar')
-    parser.add_argument('--debug', action='store_true',
-                        help='show the traceback of an error instead of one line')
+    add_debug(parser)
     parser.set_defaults(run=run_predict)
 
 
@@ -197,20 +210,17 @@ def run_predict(args: argparse.Namespace, prog: str = 'fsa-seg predict') -> int:
     from ..apis.predict import (
         DEMO_IMAGE,
         DEMO_VOCABULARY,
-        OutputDirError,
+        SUMMARY_NAME,
+        OutputWriteError,
         check_output_dir,
         expand_inputs,
         predict_files,
-        write_summary,
     )
-    try:
-        out_dir = check_output_dir(args.out_dir)
-    except OutputDirError as error:
-        return fail(prog, str(error))
+    out_dir = check_output_dir(args.out_dir, overwrite=args.overwrite)
     inputs = args.inputs or [str(DEMO_IMAGE)]
-    vocab_text = args.vocab
-    if not args.inputs and vocab_text is None:
-        vocab_text = '; '.join(DEMO_VOCABULARY)
+    vocab_values = args.vocab
+    if not args.inputs and vocab_values is None:
+        vocab_values = DEMO_VOCABULARY
     paths, skipped = expand_inputs(inputs)
     for entry in skipped:
         print(f'{prog}: skipped {entry["input"]}: {entry["reason"]}', file=sys.stderr)
@@ -219,13 +229,12 @@ def run_predict(args: argparse.Namespace, prog: str = 'fsa-seg predict') -> int:
 
     import torch
 
-    from ..apis.configs import DEFAULT_CONFIG, ConfigNotFoundError, has_random_weights
+    from ..apis.configs import DEFAULT_CONFIG, has_random_weights
     from ..apis.inference import default_device, init_segmentor
     from ..models.text import bundled_vocabularies
-    from ..models.weights import WeightsError
     try:
-        vocabulary = None if vocab_text is None else parse_vocabulary(vocab_text,
-                                                                      bundled_vocabularies())
+        vocabulary = None if vocab_values is None else parse_vocabulary(vocab_values,
+                                                                        bundled_vocabularies())
     except VocabularyArgumentError as error:
         return fail(prog, str(error))
     device = args.device or default_device()
@@ -241,30 +250,38 @@ def run_predict(args: argparse.Namespace, prog: str = 'fsa-seg predict') -> int:
             cfg_options=args.cfg_options, clip_weights=args.clip_weights,
             vfm_weights=args.vfm_weights, random_weights=args.random_weights,
             precision=args.precision, prob_thd=args.prob_thd, crop=args.crop,
-            stride=args.stride)
-    except (ConfigNotFoundError, WeightsError, ValueError) as error:
-        # ValueError: a bad vocabulary or option combination (crop/stride, precision …)
+            stride=args.stride, trust_checkpoint=args.trust_checkpoint)
+    except ValueError as error:
+        # a bad vocabulary or option combination (crop/stride, precision …)
         return fail(prog, str(error))
-
-    run = predict_files(model, paths, out_dir, batch_size=args.batch_size,
-                        save_probs=args.save_logits, opacity=args.opacity,
-                        progress=not args.quiet)
-    run.skipped[:0] = skipped
     cfg = model.cfg
+    precision = cfg.model.clip.get('precision', 'fp32')
+    if torch_device.type == 'cpu' and precision == 'fp16':
+        print(f'{prog}: warning: fp16 on the CPU is slow (most CPU kernels have no half-precision '
+              'version); fp32 or bf16 run faster there', file=sys.stderr)
     info = dict(
         config=cfg.filename, model=cfg.model.type,
         weights=dict(clip=_weights_description(cfg.model.clip),
                      vfm=_weights_description(cfg.model.get('vfm'))),
         random_weights=has_random_weights(cfg),
-        device=device, precision=cfg.model.clip.get('precision', 'fp32'),
+        device=device, precision=precision,
         resize=_resize_description(cfg), test_cfg=dict(model.test_cfg),
         prob_thd=model.prob_thd, batch_size=args.batch_size,
-        vocabulary=[dict(index=i, name=synonyms[0], synonyms=list(synonyms))
-                    for i, synonyms in enumerate(model.vocabulary.classes)])
-    summary = write_summary(out_dir, run, info)
+        vocabulary=[dict(index=i, name=name, synonyms=list(synonyms)) for i, (name, synonyms)
+                    in enumerate(zip(model.vocabulary.class_names, model.vocabulary.classes))])
+    summary = out_dir / SUMMARY_NAME
+    try:
+        run = predict_files(model, paths, out_dir, batch_size=args.batch_size,
+                            save_probs=args.save_logits, opacity=args.opacity,
+                            progress=not args.quiet, info=info, skipped=skipped)
+    except KeyboardInterrupt:
+        print(f'{prog}: interrupted; {summary} lists the images segmented so far',
+              file=sys.stderr)
+        return INTERRUPTED
+    except OutputWriteError as error:
+        return fail(prog, f'{error}; {summary} lists the images done before')
     skipped_note = f'{len(run.skipped)} skipped (listed in the summary)' if run.skipped \
         else 'none skipped'
     print(f'{len(run.processed)} image(s) segmented, {skipped_note}; results in {out_dir}, '
           f'summary {summary}')
     return 0 if run.processed else 1
-

@@ -8,6 +8,7 @@
 import argparse
 import os
 
+from .arguments import add_cfg_options, add_debug
 from .errors import fail
 
 TEST_DESCRIPTION = """\
@@ -22,7 +23,6 @@ to fsa-seg test. Several nodes: set NNODES, NODE_RANK, MASTER_ADDR and PORT."""
 
 
 def add_test_arguments(parser: argparse.ArgumentParser) -> None:
-    from mmengine.config import DictAction
     parser.add_argument('config', help='config file or config name (fsa-seg configs)')
     parser.add_argument('--work-dir', help='folder for logs (default: ./work_dirs/<config>)')
     parser.add_argument('--out', help='write the metrics and settings as JSON to this file')
@@ -30,14 +30,23 @@ def add_test_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--allow-partial-split', action='store_true',
                         help='evaluate a dataset whose image count differs from its split '
                              '(the JSON then says "complete": false)')
-    parser.add_argument('--cfg-options', nargs='+', action=DictAction, metavar='KEY=VALUE',
-                        help='override config keys, e.g. model.prob_thd=0.3')
+    parser.add_argument('--allow-bad-annotations', action='store_true',
+                        help='annotations of another size than their image, or with values '
+                             'outside the classes: a warning per file and a count in the JSON '
+                             '(pixels ignored, wrong-size annotations left out) instead of an '
+                             'error')
+    parser.add_argument('--random-weights', action='store_true',
+                        help='TESTING ONLY: build every component with random weights (seeded: '
+                             'two runs agree) to check the pipeline; the numbers mean nothing')
+    parser.add_argument('--trust-checkpoint', action='store_true',
+                        help='unpickle local checkpoint files fully: only for files you trust '
+                             '(a pickle can run code). Without it they are read weights-only')
+    add_cfg_options(parser, 'override config keys, e.g. model.prob_thd=0.3')
     parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'],
                         default='none', help='job launcher')
     parser.add_argument('--local_rank', '--local-rank', type=int, default=0,
                         help=argparse.SUPPRESS)
-    parser.add_argument('--debug', action='store_true',
-                        help='show the traceback of an error instead of one line')
+    add_debug(parser)
     parser.set_defaults(run=run_test)
 
 
@@ -76,7 +85,10 @@ def run_test(args: argparse.Namespace, prog: str = 'fsa-seg test') -> int:
     from ..apis import evaluate, load_test_config
     os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
     cfg = load_test_config(args.config, args.cfg_options, args.work_dir, args.launcher,
-                           args.show_dir)
+                           args.show_dir,
+                           on_bad_annotation='warn' if args.allow_bad_annotations else 'error',
+                           random_weights=args.random_weights,
+                           trust_checkpoint=args.trust_checkpoint)
     evaluate(cfg, out=args.out, allow_partial=args.allow_partial_split)
     return 0
 
@@ -89,7 +101,8 @@ def run_dist_test(args: argparse.Namespace, prog: str = 'fsa-seg dist-test') -> 
     if test_args.launcher != 'none':
         return fail(prog, '--launcher is set by dist-test (pytorch); leave it out')
     from ..apis import load_test_config
-    load_test_config(test_args.config, test_args.cfg_options)  # config errors: once, here
+    load_test_config(test_args.config, test_args.cfg_options,  # config errors: once, here
+                     random_weights=test_args.random_weights)
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import get_args_parser, run
     torchrun = get_args_parser().parse_args([

@@ -1,31 +1,115 @@
-"""mmseg's IoUMetric, keeping the per-class results it only prints."""
-from typing import Dict, List
+"""mmseg's IoUMetric, keeping the per-class results it only prints, and checking each annotation
+against its image and the benchmark's classes."""
+import logging
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
+import torch
+from mmengine.logging import print_log
 from mmseg.evaluation import IoUMetric
 from mmseg.registry import METRICS
+
+BAD_ANNOTATION_POLICIES = ('error', 'warn')
+FLAG = '--allow-bad-annotations'
+
+
+class AnnotationError(ValueError):
+    """An annotation that does not fit its image or the benchmark's classes."""
+
+
+def annotation_problem(sample: dict, num_classes: int, ignore_index: int) -> Optional[dict]:
+    """What is wrong with a sample's annotation (after the dataset's label conventions, e.g.
+    ``reduce_zero_label``), or None: a size other than the image's, or values outside
+    ``{0..C-1} ∪ {ignore_index}``."""
+    label = sample['gt_sem_seg']['data'].squeeze(0)
+    height, width = sample['pred_sem_seg']['data'].shape[-2:]  # the image's original size
+    file = sample.get('seg_map_path', 'annotation')
+    if tuple(label.shape[-2:]) != (height, width):
+        return dict(file=file, problem='size',
+                    message=f'{file}: annotation is {label.shape[-2]}x{label.shape[-1]} (HxW) '
+                            f'but its image {sample.get("img_path", "")} is {height}x{width}')
+    outside = (label >= num_classes) & (label != ignore_index)
+    if not bool(outside.any()):  # one check per image, not per crop
+        return None
+    values = sorted(int(v) for v in torch.unique(label[outside]))
+    shown = ', '.join(map(str, values[:10])) + (' …' if len(values) > 10 else '')
+    reduced = ' after reduce_zero_label' if sample.get('reduce_zero_label') else ''
+    return dict(file=file, problem='values', values=values, pixels=int(outside.sum()),
+                message=f'{file}: label values {shown}{reduced} lie outside the '
+                        f'{num_classes} classes (0..{num_classes - 1}, {ignore_index} = ignore)')
 
 
 @METRICS.register_module()
 class PerClassIoUMetric(IoUMetric):
     """Same metrics and log as :class:`mmseg.evaluation.IoUMetric`; after each evaluation
     ``per_class`` maps each class name to its IoU and Acc (in %, NaN for classes absent from
-    both prediction and ground truth) and ``num_images`` counts the evaluated images, for the
-    JSON results of ``tools/test.py``."""
+    both prediction and ground truth), ``num_images`` counts the evaluated images and
+    ``annotation_problems`` lists the bad annotations met, for the JSON results of
+    ``tools/test.py``.
+
+    Every annotation is checked as it is scored (no extra pass over the data): a size other
+    than its image's, or values outside the classes and ignore index (which mmseg's metric
+    would silently drop from the label area while still counting the predictions there).
+
+    Args:
+        on_bad_annotation: ``'error'`` (default): stop with an :class:`AnnotationError` naming
+            the file and values. ``'warn'``: a warning per file; out-of-range pixels are
+            ignored, an annotation of the wrong size is left out, and both are counted.
+    """
+
+    def __init__(self, on_bad_annotation: str = 'error', **kwargs):
+        if on_bad_annotation not in BAD_ANNOTATION_POLICIES:
+            raise ValueError(f'on_bad_annotation must be one of {BAD_ANNOTATION_POLICIES}, '
+                             f'got {on_bad_annotation!r}')
+        super().__init__(**kwargs)
+        self.on_bad_annotation = on_bad_annotation
+        self.annotation_problems: List[dict] = []
+
+    def process(self, data_batch: dict, data_samples: Sequence[dict]) -> None:
+        """mmseg's, one sample at a time; each result carries the annotation's problem (or
+        None), so that results gathered from every rank keep one entry per image."""
+        if self.format_only:
+            return super().process(data_batch, data_samples)
+        num_classes = len(self.dataset_meta['classes'])
+        for sample in data_samples:
+            problem = annotation_problem(sample, num_classes, self.ignore_index)
+            if problem is not None:
+                self._report(problem)
+            if problem is not None and problem['problem'] == 'size':
+                zeros = torch.zeros(num_classes)  # as mmseg's areas: float32, CPU
+                self.results.append((zeros, zeros, zeros, zeros, problem))
+                continue
+            if problem is not None:  # out-of-range values: ignored pixels
+                label = sample['gt_sem_seg']['data']
+                label = label.masked_fill((label >= num_classes) & (label != self.ignore_index),
+                                          self.ignore_index)
+                sample = dict(sample, gt_sem_seg=dict(sample['gt_sem_seg'], data=label))
+            super().process(data_batch, [sample])
+            self.results[-1] = (*self.results[-1], problem)
+
+    def _report(self, problem: dict) -> None:
+        if self.on_bad_annotation == 'error':
+            raise AnnotationError(f'{problem["message"]}. Fix the annotation or the dataset '
+                                  f'type, or pass {FLAG} to evaluate without it')
+        what = ('left out' if problem['problem'] == 'size'
+                else f'{problem["pixels"]} pixels ignored')
+        print_log(f'{problem["message"]}; {what} ({FLAG})', logger='current',
+                  level=logging.WARNING)
 
     def compute_metrics(self, results: List[tuple]) -> Dict[str, float]:
-        metrics = super().compute_metrics(results)
         if self.format_only:
-            return metrics
-        intersect, union, pred_area, label_area = (sum(column) for column in zip(*results))
+            return super().compute_metrics(results)
+        problems = [result[4] for result in results if result[4] is not None]
+        areas = [result[:4] for result in results
+                 if result[4] is None or result[4]['problem'] != 'size']
+        metrics = super().compute_metrics(areas)
+        intersect, union, pred_area, label_area = (sum(column) for column in zip(*areas))
         per_metric = self.total_area_to_metrics(intersect, union, pred_area, label_area,
                                                 ['mIoU'], self.nan_to_num, self.beta)
         iou, acc = (np.asarray(per_metric[k], dtype=float) * 100 for k in ('IoU', 'Acc'))
         self.per_class = {name: dict(IoU=float(i), Acc=float(a))
                           for name, i, a in zip(self.dataset_meta['classes'], iou, acc)}
-        self.num_images = len(results)
+        self.num_images = len(areas)
+        self.annotation_problems = [{k: v for k, v in p.items() if k != 'message'}
+                                    for p in problems]
         return metrics
-
-
-class AnnotationError(ValueError):
-    """An annotation that does not fit its image or the benchmark's classes."""

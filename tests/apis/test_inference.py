@@ -138,6 +138,8 @@ def test_mmseg_inferencer_runs_our_config(cache_dir):
 def test_mmseg_init_model_and_inference_model(cache_dir):
     from mmseg.apis import inference_model, init_model
     model = init_model(tiny_config(cache_dir), device='cpu')
+    # legends: VOC's class 0 (queried with 26 stuff words, "sky" first) is "background"
+    assert model.dataset_meta['classes'][:2] == ('background', 'aeroplane')
     image = blocks(60, 80, 7)[..., ::-1].copy()  # mmseg's arrays are BGR
     result = inference_model(model, image)
     assert result.pred_sem_seg.shape == (60, 80)

@@ -94,6 +94,8 @@ def test_unexpected_value_names_file_and_value(bad_value, tmp_path):
 def test_command_line(tmp_path, monkeypatch, capsys):
     source = write_raw(tmp_path, '000000000139', RAW)
     monkeypatch.setattr(sys, 'argv', [str(TOOL), str(tmp_path), '--unlabeled-to-background'])
-    runpy.run_path(str(TOOL), run_name='__main__')
+    with pytest.raises(SystemExit) as exit_:
+        runpy.run_path(str(TOOL), run_name='__main__')
+    assert exit_.value.code == 0
     assert read(output_of(source))[1, 3] == 0
     assert '1 label maps written' in capsys.readouterr().out

@@ -70,7 +70,7 @@ def test_fsa_seg_predict_writes_the_model_labels(tmp_path):
     out = tmp_path / 'out'
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
         status = cli.main(['predict', str(tmp_path / 'scene.png'), '--config', str(config),
-                           '--random-weights', '--vocab', 'sky; tree; house, building',
+                           '--random-weights', '--vocab', 'sky', 'tree', 'house; building',
                            '--out-dir', str(out), '--quiet'])
     assert status == 0
     labels = np.array(Image.open(out / 'scene_labels.png'))

@@ -32,7 +32,7 @@ def tiny_config(tmp_path: Path, config: str, data_root: Path, proxy: bool = Fals
     given checkpoint file)."""
     vfm = f', vfm={TINY_VFM}' if proxy else ''
     weights = f"pretrained='{clip_weights}'" if clip_weights else 'random_init=True'
-    clip = f'dict(_delete_=True, {weights}, arch={TINY_ARCH})'
+    clip = f"dict(_delete_=True, type='OpenCLIP', {weights}, arch={TINY_ARCH})"
     text = (f"_base_ = ['{REPO / 'configs' / config}']\n"
             f"model = dict(clip={clip}{vfm}, templates='plain',\n"
             "             test_cfg=dict(crop_size=(224, 224), stride=(112, 112)))\n"
@@ -200,3 +200,39 @@ def test_a_config_on_mmseg_own_bases_runs_as_it_is(tmp_path):
     run_test_script(config, '--work-dir', tmp_path / 'work', '--out', out)
     results = json.loads(out.read_text())
     assert results['num_images'] == 2 and len(results['per_class']) == 21  # IoUMetric kept
+
+
+def test_random_weights_are_loud_seeded_and_recorded(tmp_path, capfd):
+    """--random-weights switches the config's CLIP (here: a weights file) to random weights,
+    warns, and seeds them: two runs give the same numbers."""
+    data_root = make_benchmark('voc21', tmp_path / 'data', sizes=((40, 56), (30, 30)))
+    weights = tmp_path / 'tiny_clip.pt'
+    torch.save(OpenCLIP(arch=tiny_clip_arch(), random_init=True).model.state_dict(), weights)
+    config = tiny_config(tmp_path, 'clearclip/clearclip_fsa_vit-b16_voc21.py', data_root,
+                         clip_weights=weights)
+    runs = []
+    for run in ('a', 'b'):
+        out = tmp_path / f'{run}.json'
+        torch.manual_seed(int.from_bytes(run.encode(), 'little'))  # what came before: no matter
+        run_test_script(config, '--work-dir', tmp_path / run, '--out', out,
+                        '--allow-partial-split', '--random-weights')
+        runs.append(json.loads(out.read_text()))
+        assert 'RANDOM WEIGHTS' in capfd.readouterr().out
+    assert runs[0]['metrics'] == runs[1]['metrics'] and runs[0]['per_class'] == runs[1]['per_class']
+    assert runs[0]['random_weights'] is True and runs[0]['settings']['seed'] == 0
+    clip = runs[0]['settings']['model']['clip']
+    assert clip['random_init'] is True and 'pretrained' not in clip
+
+
+def test_compare_reads_what_test_writes(tmp_path, capsys):
+    data_root = make_benchmark('voc21', tmp_path / 'data', sizes=((30, 30), ))
+    config = tiny_config(tmp_path, 'clearclip/clearclip_fsa_vit-b16_voc21.py', data_root)
+    out = tmp_path / 'results.json'
+    run_test_script(config, '--work-dir', tmp_path / 'work', '--out', out,
+                    '--allow-partial-split')
+    capsys.readouterr()
+    assert cli.main(['compare', str(out)]) == 0
+    text = capsys.readouterr().out
+    assert 'ClearCLIP + FSA, CLIP custom, voc21' in text  # a tiny custom CLIP: no row matches
+    assert 'RANDOM WEIGHTS: not comparable; partial split: not comparable' in text
+    assert 'no published number for this setting' in text

@@ -1,4 +1,5 @@
-"""Convert COCO-Stuff164k's raw label maps into COCO-Object label maps (81 classes).
+"""Convert COCO-Stuff164k's raw label maps into COCO-Object label maps (81 classes): the same as
+``fsa-seg convert-coco-object`` (``--help``).
 
 Writes ``annotations/<split>/<id>_instanceTrainIds.png`` next to the raw ``<id>.png`` maps, so
 the COCO-Object config reads images and labels from the COCO-Stuff164k folder. Re-running skips
@@ -6,33 +7,15 @@ maps that are up to date. See data/README.md and ``fsa_seg.datasets.converters``
 
     python tools/dataset_converters/coco_object.py data/coco_stuff164k
 """
-import argparse
+import importlib.util
+import os
+import sys
 
-from fsa_seg.datasets.converters import convert_coco_object
+if importlib.util.find_spec('fsa_seg') is None:  # running from a checkout without installing
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(
+        os.path.abspath(__file__)))))
 
-
-def parse_args():
-    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    parser.add_argument('coco_stuff_root', help='COCO-Stuff164k root (holds annotations/val2017)')
-    parser.add_argument('--splits', nargs='+', default=['val2017'],
-                        help='annotation folders to convert (default: val2017)')
-    parser.add_argument('--unlabeled-to-background', action='store_true',
-                        help='make unlabeled pixels background (0) instead of ignored (255), '
-                        'as GroupViT\'s converter used by the published numbers does')
-    parser.add_argument('--force', action='store_true', help='rewrite up-to-date outputs too')
-    return parser.parse_args()
-
-
-def main():
-    args = parse_args()
-    counts = convert_coco_object(
-        args.coco_stuff_root,
-        splits=args.splits,
-        ignore_to_background=args.unlabeled_to_background,
-        force=args.force)
-    print(f"COCO-Object: {counts['written']} label maps written, "
-          f"{counts['skipped']} already up to date.")
-
+from fsa_seg.cli import convert_coco_object_main  # noqa: E402
 
 if __name__ == '__main__':
-    main()
+    sys.exit(convert_coco_object_main(prog='tools/dataset_converters/coco_object.py'))

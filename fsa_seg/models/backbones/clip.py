@@ -22,6 +22,7 @@ from ..weights import (
     DOWNLOAD_ERRORS,
     WeightsError,
     is_local_path,
+    load_open_clip_checkpoint,
     require_weights,
 )
 
@@ -67,13 +68,15 @@ class OpenCLIP(nn.Module):
         precision: ``'fp32'`` (default), ``'fp16'``, ``'bf16'`` (GPU) or ``'fp64'``.
         random_init: build with random weights; the explicit opt-in for tests.
         cache_dir: where open_clip caches downloaded weights.
+        trust_checkpoint: unpickle a local checkpoint fully (see :mod:`..weights`).
     """
 
     def __init__(self, model_name: str = 'ViT-B-16', pretrained: Optional[str] = None,
                  arch: Optional[dict] = None, quick_gelu: Optional[bool] = None,
                  precision: str = 'fp32', random_init: bool = False,
-                 cache_dir: Optional[str] = None):
+                 cache_dir: Optional[str] = None, trust_checkpoint: bool = False):
         super().__init__()
+        self.trust_checkpoint = trust_checkpoint
         if precision not in PRECISIONS:
             raise ValueError(f'precision must be one of {sorted(PRECISIONS)}, got {precision!r}')
         self.model_name = 'custom' if arch is not None else model_name
@@ -91,11 +94,17 @@ class OpenCLIP(nn.Module):
                                                                'custom_text')}
         self._text_truncatable = is_causal_clip_text(self.model)
 
+    @classmethod
+    def random_weights_config(cls, cfg: dict) -> dict:
+        """``cfg`` built with random weights instead of its pretrained ones: how
+        ``--random-weights`` (tests, benchmarks, pipeline checks) switches this component."""
+        return dict({k: v for k, v in cfg.items() if k != 'pretrained'}, random_init=True)
+
     def _build(self, model_name, pretrained, arch, quick_gelu, cache_dir) -> nn.Module:
         if arch is not None:
             model = open_clip.CLIP(**arch, quick_gelu=bool(quick_gelu))
             if pretrained:
-                self._load_file(model, pretrained)
+                self._load_file(model, pretrained, self.trust_checkpoint)
             return model
         if model_name not in open_clip.list_models():
             raise ValueError(f'unknown open_clip model {model_name!r}; see open_clip.list_models()')
@@ -106,7 +115,7 @@ class OpenCLIP(nn.Module):
         model = open_clip.create_model(model_name, pretrained=None, load_weights=False,
                                        pretrained_text=False, force_quick_gelu=bool(quick_gelu))
         if pretrained:
-            self._load_file(model, pretrained)
+            self._load_file(model, pretrained, self.trust_checkpoint)
         return model
 
     @staticmethod
@@ -127,11 +136,13 @@ class OpenCLIP(nn.Module):
                 f'checkpoint elsewhere and pass its local path as pretrained=...') from error
 
     @staticmethod
-    def _load_file(model: nn.Module, path: str) -> None:
+    def _load_file(model: nn.Module, path: str, trust: bool = False) -> None:
         if not os.path.isfile(path):
             raise WeightsError(f'CLIP checkpoint file not found: {path}')
         try:
-            open_clip.load_checkpoint(model, path, strict=True, weights_only=False)
+            load_open_clip_checkpoint(model, path, trust)
+        except WeightsError:  # refused as untrusted, or not a checkpoint: said precisely there
+            raise
         except CHECKPOINT_ERRORS as error:  # mismatched keys or shapes, unreadable file
             raise WeightsError(f'CLIP checkpoint {path} does not fit the model '
                                f'({type(error).__name__}: {error})') from error

@@ -151,9 +151,12 @@ def load_state(model: nn.Module, state: StateDict, source: str, preset: VFMPrese
     load_state_dict_strict(model, state, source)
 
 
-def load_local_weights(model: nn.Module, path: str, preset: VFMPreset) -> None:
-    """Load a local checkpoint (timm's file or an official release) into a preset's timm model."""
-    load_state(model, read_state_dict(path, strip_prefixes=('module.', 'model.')), path, preset)
+def load_local_weights(model: nn.Module, path: str, preset: VFMPreset,
+                       trust: bool = False) -> None:
+    """Load a local checkpoint (timm's file or an official release) into a preset's timm model;
+    ``trust`` unpickles it fully (see :mod:`..weights`)."""
+    state = read_state_dict(path, strip_prefixes=('module.', 'model.'), trust=trust)
+    load_state(model, state, path, preset)
 
 
 def timm_pretrained_cfg(full_name: str):
@@ -201,12 +204,14 @@ class TimmVFM(nn.Module):
         input_size: slide crop size; MAE is built at it (square, as the official code) and every
             crop is resized to it.
         model_kwargs: overrides of the timm architecture (tests build tiny models with them).
+        trust_checkpoint: unpickle a local checkpoint fully (see :mod:`..weights`).
     """
 
     def __init__(self, name: str = 'dino_vitb8', pretrained: Union[bool, str, None] = True,
                  random_init: bool = False, input_size: Optional[Size] = None,
-                 model_kwargs: Optional[dict] = None):
+                 model_kwargs: Optional[dict] = None, trust_checkpoint: bool = False):
         super().__init__()
+        self.trust_checkpoint = trust_checkpoint
         if name not in VFM_PRESETS:
             raise ValueError(f'unknown VFM {name!r}; presets: {", ".join(VFM_PRESETS)}')
         preset = VFM_PRESETS[name]
@@ -223,6 +228,12 @@ class TimmVFM(nn.Module):
         self.mean = tuple(cfg.get('mean', IMAGENET_DEFAULT_MEAN))
         self.std = tuple(cfg.get('std', IMAGENET_DEFAULT_STD))
         self._renorm = {}  # (dtype, device) → the affine map of renormalize, made once
+
+    @classmethod
+    def random_weights_config(cls, cfg: dict) -> dict:
+        """``cfg`` built with random weights instead of its pretrained ones: how
+        ``--random-weights`` (tests, benchmarks, pipeline checks) switches this component."""
+        return dict(cfg, pretrained=None, random_init=True)
 
     def _crop_size_kwargs(self, input_size: Optional[Size]) -> dict:
         """MAE's constructor size: the slide crop, square as in the official code (every crop is
@@ -244,7 +255,7 @@ class TimmVFM(nn.Module):
         if random_init or local:
             model = timm.create_model(full_name, pretrained=False, **dict(crop_kwargs, **kwargs))
             if local:
-                load_local_weights(model, pretrained, self.preset)
+                load_local_weights(model, pretrained, self.preset, self.trust_checkpoint)
             return model
         model = _fetch_pretrained(self.name, self.preset.arch, pretrained, kwargs)
         if crop_kwargs:  # timm's weights at their own size, then resampled the official way

@@ -68,3 +68,56 @@ def test_bundled_vocabularies_have_the_benchmarks_class_counts(name):
 def test_voc21_background_is_the_26_stuff_words():
     background = load_vocabulary('voc21').classes[0]
     assert len(background) == 26 and background[0] == 'sky' and background[-1] == 'fence'
+
+
+def test_sclip_style_files_separate_synonyms_with_commas(tmp_path):
+    path = tmp_path / 'cls_voc21.txt'  # as SCLIP ships its class-name files
+    path.write_text('sky, wall, tree\naeroplane\nbicycle\nperson, person in shirt\n')
+    vocab = load_vocabulary(str(path))
+    assert vocab.classes == (('sky', 'wall', 'tree'), ('aeroplane',), ('bicycle',),
+                             ('person', 'person in shirt'))
+    # a ";" anywhere makes ";" the separator: commas then belong to the names
+    path.write_text('sky; cloud\nwall, brick\n')
+    assert load_vocabulary(str(path)).classes == (('sky', 'cloud'), ('wall, brick',))
+
+
+@pytest.mark.parametrize('spec,message', [
+    (['sky', 'tree', 'Sky'], r"'Sky' appears in classes 0 and 2"),
+    (['sky; cloud', 'house', 'cloud'], r"'cloud' appears in classes 0 and 2"),
+    (['sky; sky', 'tree'], r"'sky' appears twice in class 0"),
+    (['house; building', 'tree; building  '], r"'building' appears in classes 0 and 1"),
+])
+def test_a_users_duplicate_names_are_refused(spec, message):
+    with pytest.raises(VocabularyError, match=message + '.*can never win'):
+        load_vocabulary(spec)
+
+
+def test_a_users_one_class_vocabulary_is_refused(tmp_path):
+    with pytest.raises(VocabularyError, match="at least two classes, got 1 .*'sky; tree; road'"):
+        load_vocabulary(['sky; tree; road'])
+    path = tmp_path / 'one.txt'
+    path.write_text('cat; kitten\n')
+    with pytest.raises(VocabularyError, match=r'one.txt: a vocabulary needs at least two'):
+        load_vocabulary(str(path))
+    path.write_text('cat\ndog\ncat\n')
+    with pytest.raises(VocabularyError, match=r"one.txt: 'cat' appears in classes 0 and 2"):
+        load_vocabulary(str(path))
+
+
+def test_bundled_vocabularies_keep_the_official_lists_repeats_included():
+    coco = load_vocabulary('coco_object')  # "bed": a background synonym and class 60
+    assert 'bed' in coco.classes[0] and coco.classes[60] == ('bed',)
+    assert coco.queries.count('bed') == 2
+
+
+@pytest.mark.parametrize('name', ['voc21', 'coco_object'])
+def test_stuff_word_background_is_displayed_as_background(name):
+    vocab = load_vocabulary(name)
+    assert vocab.class_names[0] == 'background'
+    assert vocab.queries[0] == 'sky' and 'background' not in vocab.queries  # queried as it is
+    assert vocab.class_names[1] == vocab.classes[1][0]
+
+
+def test_other_vocabularies_are_named_by_their_first_synonym():
+    assert load_vocabulary('context60').class_names[:2] == ['background', 'aeroplane']
+    assert load_vocabulary(['house; building', 'tree']).class_names == ['house', 'tree']

@@ -159,7 +159,9 @@ def untyped_clip_with_weights(case_dir: Path, data: Path) -> None:
     (case_dir / 'user.py').write_text(
         f"_base_ = ['{REPO / 'configs/clearclip/clearclip_vit-b16_voc21.py'}']\n"
         f"model = dict(clip=dict(_delete_=True, pretrained='{case_dir.parent}/w.pt', "
-        f'arch={TINY_ARCH!r}))\n')
+        f"arch={TINY_ARCH!r}), templates='plain', text_cache_dir=False,\n"
+        '             test_cfg=dict(crop_size=(224, 224), stride=(112, 112)))\n'
+        'test_dataloader = dict(num_workers=0, persistent_workers=False)\n')
 
 
 class CreatesAFile:
@@ -393,7 +395,7 @@ CASES = [
     Case('predict: CLIP weight file missing', 'fsa-seg',
          ['predict', '{case}/images', '--config', '{ws}/tiny_predict.py', '--clip-weights',
           '{case}/missing.pt', '--out-dir', '{case}/out'],
-         r'CLIP weights file not found: .*missing.pt'),
+         r'--clip-weights: weights file not found: .*missing.pt'),
     Case('predict: malformed --cfg-options', 'fsa-seg', PREDICT + ['--cfg-options', '=3'],
          r"expected KEY=VALUE, got '=3'", exit_code=2),
     # -------------------------------------------------------------- vocabularies
@@ -428,10 +430,11 @@ CASES = [
     Case('test: --random-weights is loud, seeded and recorded', 'fsa-seg',
          ['test'] + TEST + PARTIAL + ['--random-weights', '--out', '{case}/results.json'],
          check=check_random_weights_loud_and_recorded),
-    Case('test: --random-weights finds no component to switch', 'fsa-seg',
-         ['test', '{case}/user.py', '--random-weights'],
-         r"no part of ClearCLIP can be built with random weights.*type='OpenCLIP'",
-         prepare=untyped_clip_with_weights),
+    Case('test: --random-weights finds a component replaced without its type', 'fsa-seg',
+         ['test', '{case}/user.py', '--random-weights', '--work-dir', '{case}/work',
+          '--out', '{case}/results.json', '--cfg-options',
+          'test_dataloader.dataset.data_root={data}'] + PARTIAL,
+         prepare=untyped_clip_with_weights, check=check_random_weights_loud_and_recorded),
     Case('compare: results file missing', 'fsa-seg', ['compare', '{case}/results.json'],
          r'results.json: no such file', names_file='results.json'),
     Case('compare: not JSON', 'fsa-seg', ['compare', '{case}/results.json'],

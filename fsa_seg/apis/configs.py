@@ -16,15 +16,15 @@ from typing import Iterator, List, Optional, Sequence, Set, Tuple, Union
 from mmengine.config import Config
 from mmengine.config.utils import ConfigParsingError
 
-from ..models.backbones.clip import tag_uses_quick_gelu
-from ..models.segmentors.base import DEFAULT_TEST_CFG
+from ..models.components import model_components
+from ..models.segmentors.base import DEFAULT_TEST_CFG, TrainingFreeSegmentor
 from ..models.text import load_vocabulary
-from ..models.weights import WeightsError, is_local_path
+from ..models.weights import WeightsError
 
 DEFAULT_CONFIG = 'proxyclip_fsa_vit-b16_dino-b8_voc21'
 PACKAGE_DIR = Path(__file__).resolve().parents[1]
 REPO_ROOT = PACKAGE_DIR.parent
-PRECISIONS = ('fp32', 'fp16', 'bf16')
+PRECISIONS = ('fp32', 'fp16', 'bf16')   # what inference offers (fp64: tests only)
 
 ConfigSource = Union[str, os.PathLike, Config]
 Size = Union[int, Sequence[int]]
@@ -174,10 +174,21 @@ def export_config(config: ConfigSource, cfg_options: Optional[dict] = None) -> s
 def load_config(config: ConfigSource, cfg_options: Optional[dict] = None) -> Config:
     """:func:`read_config`, refusing configs that are not of an fsa_seg segmentor."""
     cfg = read_config(config, cfg_options)
-    if 'model' not in cfg or 'clip' not in cfg.model:
-        raise ValueError(f'{cfg.filename or "the config"} has no model.clip: not a config of an '
-                         'fsa_seg training-free segmentor')
+    if segmentor_class(cfg.get('model') or {}) is None:
+        raise ValueError(f'{cfg.filename or "the config"}: its model is not an fsa_seg '
+                         'training-free segmentor (fsa_seg.models.segmentors)')
     return cfg
+
+
+def segmentor_class(model: dict) -> Optional[type]:
+    """The training-free segmentor class a model config builds, or None."""
+    cls = _registered_class(model.get('type'))
+    return cls if isinstance(cls, type) and issubclass(cls, TrainingFreeSegmentor) else None
+
+
+def components(model: dict) -> List[Tuple[str, type]]:
+    """(key, class) of the weighted components of a model config (CLIP, a VFM, …)."""
+    return list(model_components(model, segmentor_class(model)))
 
 
 def _config_nodes(node) -> Iterator[dict]:
@@ -208,16 +219,17 @@ def apply_overrides(cfg: Config, *, vocabulary=None, clip_weights: Optional[str]
     model = cfg.model
     if random_weights and (clip_weights or vfm_weights):
         raise ValueError('random weights and weight files exclude each other')
-    if clip_weights:
-        _use_clip_file(model, clip_weights)
-    if vfm_weights:
-        _use_vfm_file(model, vfm_weights)
+    for argument, path in (('clip_weights', clip_weights), ('vfm_weights', vfm_weights)):
+        if path:
+            use_weights_file(model, argument, path)
     if random_weights:
         use_random_weights(model)
     if precision is not None:
         if precision not in PRECISIONS:
             raise ValueError(f'precision must be one of {PRECISIONS}, got {precision!r}')
-        model.clip = dict(model.clip, precision=precision)
+        for key, component in components(model):
+            if component.takes_precision:
+                model[key] = dict(model[key], precision=precision)
     if vocabulary is not None:
         _use_vocabulary(model, vocabulary)
     if prob_thd is not None:
@@ -233,33 +245,18 @@ def apply_overrides(cfg: Config, *, vocabulary=None, clip_weights: Optional[str]
     return cfg
 
 
-def _set_pretrained(component: dict, pretrained) -> None:
-    component.pop('random_init', None)
-    component['pretrained'] = pretrained
-
-
-def _use_clip_file(model, path: str) -> None:
+def use_weights_file(model: dict, argument: str, path: str) -> None:
+    """The component that takes ``argument`` (``clip_weights``, ``vfm_weights``: its
+    ``weights_argument``) loads the local file ``path``, switched by its own rule."""
+    keys = [(key, cls) for key, cls in components(model) if cls.weights_argument == argument]
+    option = '--' + argument.replace('_', '-')
+    if not keys:
+        raise ValueError(f'{model.get("type")} has no component that takes {option} '
+                         f'({argument}=)')
     if not os.path.isfile(path):
-        raise WeightsError(f'CLIP weights file not found: {path}')
-    clip = dict(model.clip)
-    tag = clip.get('pretrained')
-    if clip.get('quick_gelu') is None and clip.get('arch') is None and tag \
-            and not is_local_path(tag):
-        # The tag decided QuickGELU; a file does not say, so keep what the tag implied.
-        clip['quick_gelu'] = tag_uses_quick_gelu(clip.get('model_name', 'ViT-B-16'), tag)
-    _set_pretrained(clip, os.path.abspath(path))
-    model.clip = clip
-
-
-def _use_vfm_file(model, path: str) -> None:
-    if 'vfm' not in model:
-        raise ValueError(f'{model.type} has no vision foundation model: vfm weights apply to '
-                         'ProxyCLIP configs only')
-    if not os.path.isfile(path):
-        raise WeightsError(f'VFM weights file not found: {path}')
-    vfm = dict(model.vfm)
-    _set_pretrained(vfm, os.path.abspath(path))
-    model.vfm = vfm
+        raise WeightsError(f'{option}: weights file not found: {path}')
+    for key, cls in keys:
+        model[key] = cls.weights_file_config(dict(model[key]), os.path.abspath(path))
 
 
 def _registered_class(kind):
@@ -288,15 +285,23 @@ def use_random_weights(model: dict) -> List[str]:
     tests, benchmarks and pipeline checks. Each component found by its ``type`` that knows how
     (a ``random_weights_config`` classmethod) rewrites its own config; this function knows no
     component and no config key. Returns the components switched."""
+    _add_default_types(model)
     switched: List[str] = []
     for key, value in list(model.items()):
         model[key] = _with_random_weights(value, switched)
     if not switched and not any(node.get('random_init') for node in _config_nodes(model)):
         raise ConfigError(f'no part of {model.get("type", "the model")} can be built with random '
-                          'weights: no component whose type has a random_weights_config (a '
-                          'component replaced with _delete_=True needs its type again, e.g. '
-                          "clip=dict(_delete_=True, type='OpenCLIP', ...))")
+                          'weights: no component whose type has a random_weights_config')
     return switched
+
+
+def _add_default_types(model: dict) -> None:
+    """Give the segmentor's components their default type where the config names none (a
+    component replaced with ``_delete_=True``), so that they are found by type."""
+    defaults = getattr(segmentor_class(model), 'component_types', {})
+    for key, kind in defaults.items():
+        if isinstance(model.get(key), dict) and 'type' not in model[key]:
+            model[key] = dict(type=kind, **model[key])
 
 
 def trust_checkpoints(model: dict) -> List[str]:
@@ -304,6 +309,7 @@ def trust_checkpoints(model: dict) -> List[str]:
     found by its ``type``) unpickle them fully: ``--trust-checkpoint``. Returns the components
     switched."""
     import inspect
+    _add_default_types(model)
     switched = []
     for node in _config_nodes(model):
         component = _registered_class(node.get('type'))

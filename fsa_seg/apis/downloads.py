@@ -9,18 +9,20 @@ files to pass (``clip_weights=`` / ``vfm_weights=``, on the command line ``--cli
 import logging
 import os
 import socket
+import threading
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Optional, Sequence, Tuple
+from typing import List, Sequence, Tuple
 from urllib.parse import urlparse
 
 from mmengine.config import Config
 from mmengine.logging import print_log
 
-from ..models.weights import WeightsError, is_local_path
+from ..models.components import DownloadableWeights
+from ..models.weights import WeightsError
 
 HUB_PROBE_TIMEOUT = 3.0
+_PROCESS_STATE = threading.RLock()  # held while the offline flag or logging are switched
 
 
 class WeightsUnavailableError(WeightsError):
@@ -28,62 +30,12 @@ class WeightsUnavailableError(WeightsError):
 
 
 # ---------------------------------------------------------------------------------- what
-@dataclass(frozen=True)
-class DownloadableWeights:
-    """Pretrained weights that a config fetches by tag, and how to give them as a local file."""
-    component: str       # 'CLIP' or 'VFM'
-    option: str          # command-line flag
-    argument: str        # init_segmentor keyword
-    description: str
-    sources: Tuple[str, ...]
-
-
 def downloadable_weights(cfg: Config) -> List[DownloadableWeights]:
-    """The weights ``cfg.model`` would download (pretrained tags, not files nor random)."""
-    found = [_clip_download(cfg.model.clip), _vfm_download(cfg.model.get('vfm'))]
+    """The weights ``cfg.model`` would download (pretrained tags, not files nor random): what
+    each of its components says of itself."""
+    from .configs import components
+    found = [cls.downloadable_weights(cfg.model[key]) for key, cls in components(cfg.model)]
     return [weights for weights in found if weights is not None]
-
-
-def _clip_download(clip: dict) -> Optional[DownloadableWeights]:
-    tag = clip.get('pretrained')
-    if not tag or clip.get('random_init') or clip.get('arch') is not None \
-            or is_local_path(str(tag)):
-        return None
-    import open_clip
-    name = clip.get('model_name', 'ViT-B-16')
-    pretrained_cfg = open_clip.get_pretrained_cfg(name, tag) or {}
-    sources = []
-    if pretrained_cfg.get('hf_hub'):
-        sources.append(f'https://huggingface.co/{pretrained_cfg["hf_hub"].strip("/")} '
-                       '(open_clip_model.safetensors or open_clip_pytorch_model.bin)')
-    if pretrained_cfg.get('url'):
-        sources.append(pretrained_cfg['url'])
-    return DownloadableWeights('CLIP', '--clip-weights', 'clip_weights',
-                               f'open_clip {name}, pretrained={tag!r}', tuple(sources))
-
-
-def _vfm_download(vfm: Optional[dict]) -> Optional[DownloadableWeights]:
-    if not vfm or vfm.get('random_init'):
-        return None
-    from ..models.vfm.timm_vfm import VFM_PRESETS, timm_pretrained_cfg
-    preset = VFM_PRESETS.get(vfm.get('name', 'dino_vitb8'))
-    if preset is None:
-        return None
-    pretrained = vfm.get('pretrained', True)
-    if pretrained is True:
-        pretrained = preset.tag
-    if not isinstance(pretrained, str) or is_local_path(pretrained) \
-            or os.path.isfile(pretrained):
-        return None
-    full_name = f'{preset.arch}.{pretrained}'
-    pretrained_cfg = timm_pretrained_cfg(full_name)
-    sources = []
-    if pretrained_cfg is not None and pretrained_cfg.hf_hub_id:
-        sources.append(f'https://huggingface.co/{pretrained_cfg.hf_hub_id} (model.safetensors)')
-    if pretrained_cfg is not None and pretrained_cfg.url:
-        sources.append(pretrained_cfg.url)
-    return DownloadableWeights('VFM', '--vfm-weights', 'vfm_weights', f'timm {full_name}',
-                               tuple(sources))
 
 
 # ---------------------------------------------------------------------------------- network
@@ -166,7 +118,10 @@ def explained_download_failures(cfg: Config, needed: Sequence[DownloadableWeight
     """Build ``cfg``'s weights inside the block: offline, from the caches only and without
     open_clip's log lines; a failed download becomes a :class:`WeightsUnavailableError`."""
     try:
-        with hub_offline(offline and not _env_offline()), _quiet_download_errors(offline):
+        # Both switch process-wide state (Hugging Face's offline flag, logging), restored on
+        # exit: builds in other threads wait rather than see it.
+        with _PROCESS_STATE, hub_offline(offline and not _env_offline()), \
+                _quiet_download_errors(offline):
             yield
     except WeightsError as error:
         if not needed or isinstance(error, WeightsUnavailableError) \
@@ -178,9 +133,10 @@ def explained_download_failures(cfg: Config, needed: Sequence[DownloadableWeight
 
 
 def _local_weight_files(cfg: Config) -> List[str]:
-    components = [cfg.model.clip, cfg.model.get('vfm') or {}]
-    return [c['pretrained'] for c in components
-            if isinstance(c.get('pretrained'), str) and os.path.isfile(c['pretrained'])]
+    from .configs import components
+    nodes = [cfg.model[key] for key, _ in components(cfg.model)]
+    return [node['pretrained'] for node in nodes
+            if isinstance(node.get('pretrained'), str) and os.path.isfile(node['pretrained'])]
 
 
 def missing_weights_message(config_name: str, needed: Sequence[DownloadableWeights],

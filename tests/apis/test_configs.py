@@ -43,7 +43,7 @@ def test_weight_files_replace_the_tags_and_keep_quick_gelu(tmp_path):
     vit_h = REPO / 'configs' / 'maskclip' / 'maskclip_vit-h14_voc21.py'
     cfg = apply_overrides(load_config(vit_h), clip_weights=str(clip_file))
     assert cfg.model.clip.quick_gelu is False
-    with pytest.raises(ValueError, match='ProxyCLIP'):
+    with pytest.raises(ValueError, match='MaskCLIP has no component that takes --vfm-weights'):
         apply_overrides(load_config(vit_h), vfm_weights=str(vfm_file))
     with pytest.raises(WeightsError, match='not found'):
         apply_overrides(load_config(DEFAULT), clip_weights=str(tmp_path / 'missing.bin'))
@@ -54,7 +54,7 @@ def test_overrides_of_window_threshold_and_vocabulary():
                           precision='bf16')
     assert cfg.model.test_cfg == dict(mode='slide', crop_size=(224, 224), stride=(100, 90))
     assert cfg.model.clip.random_init and 'pretrained' not in cfg.model.clip
-    assert cfg.model.vfm.random_init and cfg.model.vfm.pretrained is None
+    assert cfg.model.vfm.random_init and not cfg.model.vfm.get('pretrained')
     assert cfg.model.clip.precision == 'bf16'
     assert cfg.model.prob_thd == 0.2  # the config's own vocabulary keeps its threshold
     cfg = apply_overrides(load_config(DEFAULT), vocabulary=['a; b', 'c'])

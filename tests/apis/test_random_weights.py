@@ -10,7 +10,6 @@ from fsa_seg.models.backbones import OpenCLIP, tiny_clip_arch
 from fsa_seg.models.vfm import TimmVFM
 
 
-@MODELS.register_module(name='TestRandomWeightsComponent')
 class Component(nn.Module):
     """A component with its own idea of weights: a `checkpoint` key, a `seeded` switch."""
 
@@ -23,7 +22,14 @@ class Component(nn.Module):
         return dict({k: v for k, v in cfg.items() if k != 'checkpoint'}, seeded=True)
 
 
-def test_every_component_found_by_its_type_rewrites_its_own_config():
+@pytest.fixture
+def component_registered():
+    MODELS.register_module(name='TestRandomWeightsComponent', module=Component)
+    yield
+    MODELS.module_dict.pop('TestRandomWeightsComponent')
+
+
+def test_every_component_found_by_its_type_rewrites_its_own_config(component_registered):
     model = dict(type='ClearCLIP', vocabulary='voc21',
                  clip=dict(type='OpenCLIP', model_name='ViT-B-16', pretrained='openai'),
                  heads=[dict(type='TestRandomWeightsComponent', checkpoint='/w.pth')],
@@ -32,14 +38,22 @@ def test_every_component_found_by_its_type_rewrites_its_own_config():
     assert sorted(switched) == ['Component', 'OpenCLIP', 'TimmVFM']
     assert model['clip'] == dict(type='OpenCLIP', model_name='ViT-B-16', random_init=True)
     assert model['heads'] == [dict(type='TestRandomWeightsComponent', seeded=True)]
-    assert model['extra']['inner'] == dict(type='TimmVFM', name='dino_vitb8', pretrained=None,
-                                           random_init=True)
+    assert model['extra']['inner'] == dict(type='TimmVFM', name='dino_vitb8', random_init=True)
     assert model['vocabulary'] == 'voc21' and model['type'] == 'ClearCLIP'
 
 
+def test_a_component_without_its_type_is_found_by_the_segmentors_default():
+    """After ``_delete_=True`` a component may name no type: the segmentor's default applies."""
+    model = dict(type='ProxyCLIP', clip=dict(model_name='ViT-B-16', pretrained='openai'),
+                 vfm=dict(name='dino_vitb8'))
+    assert sorted(use_random_weights(model)) == ['OpenCLIP', 'TimmVFM']
+    assert model['clip'] == dict(type='OpenCLIP', model_name='ViT-B-16', random_init=True)
+
+
 def test_a_model_without_such_components_is_an_error():
-    with pytest.raises(ConfigError, match='no part of ClearCLIP can be built with random'):
-        use_random_weights(dict(type='ClearCLIP', clip=dict(model_name='ViT-B-16')))
+    with pytest.raises(ConfigError, match='no part of mmseg.EncoderDecoder can be built'):
+        use_random_weights(dict(type='mmseg.EncoderDecoder',
+                                backbone=dict(type='mmseg.ResNetV1c', depth=18)))
 
 
 def test_the_switched_components_build_without_any_weights():

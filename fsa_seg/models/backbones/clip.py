@@ -16,6 +16,7 @@ from mmseg.registry import MODELS
 from open_clip.transformer import text_global_pool
 from torch import Tensor, nn
 
+from ..components import DownloadableWeights, WeightedComponent
 from ..pos_embed import DINO_RESAMPLING
 from ..weights import (
     CHECKPOINT_ERRORS,
@@ -26,6 +27,7 @@ from ..weights import (
     require_weights,
 )
 
+DEFAULT_MODEL_NAME = 'ViT-B-16'
 PRECISIONS = {'fp32': torch.float32, 'fp16': torch.float16, 'bf16': torch.bfloat16,
               'fp64': torch.float64}
 
@@ -53,7 +55,7 @@ def interpolate_pos_embed(pos_embed: Tensor, grid: Tuple[int, int],
 
 
 @MODELS.register_module()
-class OpenCLIP(nn.Module):
+class OpenCLIP(WeightedComponent, nn.Module):
     """An open_clip CLIP model, frozen, in eval mode.
 
     Args:
@@ -71,7 +73,10 @@ class OpenCLIP(nn.Module):
         trust_checkpoint: unpickle a local checkpoint fully (see :mod:`..weights`).
     """
 
-    def __init__(self, model_name: str = 'ViT-B-16', pretrained: Optional[str] = None,
+    weights_argument = 'clip_weights'
+    takes_precision = True
+
+    def __init__(self, model_name: str = DEFAULT_MODEL_NAME, pretrained: Optional[str] = None,
                  arch: Optional[dict] = None, quick_gelu: Optional[bool] = None,
                  precision: str = 'fp32', random_init: bool = False,
                  cache_dir: Optional[str] = None, trust_checkpoint: bool = False):
@@ -95,10 +100,32 @@ class OpenCLIP(nn.Module):
         self._text_truncatable = is_causal_clip_text(self.model)
 
     @classmethod
-    def random_weights_config(cls, cfg: dict) -> dict:
-        """``cfg`` built with random weights instead of its pretrained ones: how
-        ``--random-weights`` (tests, benchmarks, pipeline checks) switches this component."""
-        return dict({k: v for k, v in cfg.items() if k != 'pretrained'}, random_init=True)
+    def weights_file_config(cls, cfg: dict, path: str) -> dict:
+        """A local checkpoint instead of the tag; QuickGELU stays what the tag implied (a file
+        does not say)."""
+        tag = cfg.get('pretrained')
+        if cfg.get('quick_gelu') is None and cfg.get('arch') is None and tag \
+                and not is_local_path(str(tag)):
+            cfg = dict(cfg, quick_gelu=tag_uses_quick_gelu(
+                cfg.get('model_name', DEFAULT_MODEL_NAME), tag))
+        return super().weights_file_config(cfg, path)
+
+    @classmethod
+    def downloadable_weights(cls, cfg: dict) -> Optional[DownloadableWeights]:
+        tag = cfg.get('pretrained')
+        if not tag or cfg.get('random_init') or cfg.get('arch') is not None \
+                or is_local_path(str(tag)):
+            return None
+        name = cfg.get('model_name', DEFAULT_MODEL_NAME)
+        pretrained_cfg = open_clip.get_pretrained_cfg(name, tag) or {}
+        sources = []
+        if pretrained_cfg.get('hf_hub'):
+            sources.append(f'https://huggingface.co/{pretrained_cfg["hf_hub"].strip("/")} '
+                           '(open_clip_model.safetensors or open_clip_pytorch_model.bin)')
+        if pretrained_cfg.get('url'):
+            sources.append(pretrained_cfg['url'])
+        return DownloadableWeights('CLIP', cls.weights_argument,
+                                   f'open_clip {name}, pretrained={tag!r}', tuple(sources))
 
     def _build(self, model_name, pretrained, arch, quick_gelu, cache_dir) -> nn.Module:
         if arch is not None:

@@ -18,7 +18,7 @@ from mmengine.structures import PixelData
 from mmseg.models.segmentors import BaseSegmentor
 from mmseg.registry import MODELS
 from mmseg.structures import SegDataSample
-from torch import Tensor
+from torch import Tensor, nn
 
 from ...visualization import make_palette
 from ..plugins import AttentionPlugin, LogitsFn
@@ -58,6 +58,9 @@ class TrainingFreeSegmentor(BaseSegmentor):
     #: whether the windows of several images may share a forward pass (not where per-image
     #: state, such as CASS's seeded random draws, must follow the image order)
     batch_across_images = True
+    #: the weighted components of the model config and their default types (the API and the
+    #: tools find components through them: fsa_seg.models.components)
+    component_types = {'clip': 'OpenCLIP'}
     #: whether crops of small images are zero-padded to the crop size and whole images to whole
     #: patches (the official codes of CASS and ResCLIP pad neither: the patch embedding drops
     #: the remainder)
@@ -76,7 +79,7 @@ class TrainingFreeSegmentor(BaseSegmentor):
                              '`train_cfg`')
         super().__init__(data_preprocessor=data_preprocessor or CLIP_PREPROCESSOR,
                          init_cfg=init_cfg)
-        self.clip = MODELS.build(dict(dict(type='OpenCLIP'), **clip))
+        self.clip = self.build_component('clip', clip)
         self.plugin = build_plugin(plugin)
         self.post_refine = MODELS.build(post_refine) if post_refine else None
         self.logit_scale = float(logit_scale)
@@ -88,6 +91,12 @@ class TrainingFreeSegmentor(BaseSegmentor):
         self.crop_batch_size = crop_batch_size
         self.text_cache_dir = text_cache_dir
         self.set_vocabulary(vocabulary, templates)
+
+    def build_component(self, key: str, cfg: dict) -> nn.Module:
+        """A component from its config (the default type of ``key`` where it names none); a
+        component other than CLIP runs in CLIP's precision (the model's, throughout)."""
+        component = MODELS.build(dict(dict(type=self.component_types[key]), **cfg))
+        return component if key == 'clip' else component.to(self.clip.dtype)
 
     # ------------------------------------------------------------------ vocabulary
     def set_vocabulary(self, vocabulary, templates=None) -> Vocabulary:

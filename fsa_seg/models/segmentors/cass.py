@@ -84,6 +84,7 @@ class CASS(TrainingFreeSegmentor):
     """
 
     batch_across_images = False   # each image replays its own seeded SVD draws
+    component_types = dict(TrainingFreeSegmentor.component_types, vfm='TimmVFM')
     pad_crops = False
 
     def __init__(self, *args, vfm: dict, global_semantics_weight: float = 0.0,
@@ -94,7 +95,7 @@ class CASS(TrainingFreeSegmentor):
                  svd_niter: int = 2, topk_patches: int = 2, **kwargs):
         self.h_threshold = float(h_threshold)   # set_vocabulary (in super) clusters with it
         super().__init__(*args, **kwargs)
-        self.vfm = MODELS.build(vfm).to(self.clip.dtype)  # the model's precision throughout
+        self.vfm = self.build_component('vfm', vfm)
         if self.vfm.model.embed_dim != self.clip.visual.transformer.width:
             raise ValueError(f'CASS splits DINO keys into CLIP heads: the DINO width '
                              f'{self.vfm.model.embed_dim} must equal CLIP\'s '

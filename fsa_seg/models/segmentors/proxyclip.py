@@ -30,11 +30,13 @@ class ProxyCLIP(TrainingFreeSegmentor):
         beta, gamma: normalisation of the proxy attention.
     """
 
+    component_types = dict(TrainingFreeSegmentor.component_types, vfm='TimmVFM')
+
     def __init__(self, *args, vfm: dict, beta: float = 1.2, gamma: float = 3.0, **kwargs):
         super().__init__(*args, **kwargs)
         if self.test_cfg.mode == 'slide':  # VFMs built at the crop size (MAE) read it from here
             vfm = dict(dict(input_size=tuple(self.test_cfg.crop_size)), **vfm)
-        self.vfm = MODELS.build(vfm).to(self.clip.dtype)  # the model's precision throughout
+        self.vfm = self.build_component('vfm', vfm)
         self.beta, self.gamma = float(beta), float(gamma)
 
     def encode_crops(self, crops: Tensor) -> Tensor:

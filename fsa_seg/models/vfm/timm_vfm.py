@@ -34,6 +34,7 @@ from timm.models.vision_transformer import checkpoint_filter_fn as vit_checkpoin
 from timm.models.vision_transformer_sam import checkpoint_filter_fn as sam_checkpoint_filter
 from torch import Tensor, nn
 
+from ..components import DownloadableWeights, WeightedComponent
 from ..pos_embed import (
     DINO_RESAMPLING,
     DINOV2_REG_RESAMPLING,
@@ -88,6 +89,7 @@ class VFMPreset:
         return self.checkpoint_resampling is not None
 
 
+DEFAULT_PRESET = 'dino_vitb8'
 VFM_PRESETS: Dict[str, VFMPreset] = {
     'dino_vitb8': VFMPreset('vit_base_patch8_224', 'dino', resampling=DINO_RESAMPLING),
     'dino_vitb16': VFMPreset('vit_base_patch16_224', 'dino', resampling=DINO_RESAMPLING),
@@ -189,7 +191,7 @@ def _fetch_pretrained(name: str, arch: str, tag: str, kwargs: dict) -> nn.Module
 
 
 @MODELS.register_module()
-class TimmVFM(nn.Module):
+class TimmVFM(WeightedComponent, nn.Module):
     """A frozen VFM from timm: CLIP-normalised images (B, 3, H, W) → dense features (B, C, h, w).
 
     Args:
@@ -207,7 +209,9 @@ class TimmVFM(nn.Module):
         trust_checkpoint: unpickle a local checkpoint fully (see :mod:`..weights`).
     """
 
-    def __init__(self, name: str = 'dino_vitb8', pretrained: Union[bool, str, None] = True,
+    weights_argument = 'vfm_weights'
+
+    def __init__(self, name: str = DEFAULT_PRESET, pretrained: Union[bool, str, None] = True,
                  random_init: bool = False, input_size: Optional[Size] = None,
                  model_kwargs: Optional[dict] = None, trust_checkpoint: bool = False):
         super().__init__()
@@ -230,10 +234,25 @@ class TimmVFM(nn.Module):
         self._renorm = {}  # (dtype, device) → the affine map of renormalize, made once
 
     @classmethod
-    def random_weights_config(cls, cfg: dict) -> dict:
-        """``cfg`` built with random weights instead of its pretrained ones: how
-        ``--random-weights`` (tests, benchmarks, pipeline checks) switches this component."""
-        return dict(cfg, pretrained=None, random_init=True)
+    def downloadable_weights(cls, cfg: dict) -> Optional[DownloadableWeights]:
+        preset = VFM_PRESETS.get(cfg.get('name', DEFAULT_PRESET))
+        pretrained = cfg.get('pretrained', True)
+        if preset is None or cfg.get('random_init'):
+            return None
+        if pretrained is True:
+            pretrained = preset.tag
+        if not isinstance(pretrained, str) or is_local_path(pretrained) \
+                or os.path.isfile(pretrained):
+            return None
+        full_name = f'{preset.arch}.{pretrained}'
+        pretrained_cfg = timm_pretrained_cfg(full_name)
+        sources = []
+        if pretrained_cfg is not None and pretrained_cfg.hf_hub_id:
+            sources.append(f'https://huggingface.co/{pretrained_cfg.hf_hub_id} (model.safetensors)')
+        if pretrained_cfg is not None and pretrained_cfg.url:
+            sources.append(pretrained_cfg.url)
+        return DownloadableWeights('VFM', cls.weights_argument, f'timm {full_name}',
+                                   tuple(sources))
 
     def _crop_size_kwargs(self, input_size: Optional[Size]) -> dict:
         """MAE's constructor size: the slide crop, square as in the official code (every crop is

@@ -229,8 +229,9 @@ def run_predict(args: argparse.Namespace, prog: str = 'fsa-seg predict') -> int:
 
     import torch
 
-    from ..apis.configs import DEFAULT_CONFIG, has_random_weights
+    from ..apis.configs import DEFAULT_CONFIG, components, has_random_weights
     from ..apis.inference import default_device, init_segmentor
+    from ..models.backbones.clip import PRECISIONS
     from ..models.text import bundled_vocabularies
     try:
         vocabulary = None if vocab_values is None else parse_vocabulary(vocab_values,
@@ -255,14 +256,13 @@ def run_predict(args: argparse.Namespace, prog: str = 'fsa-seg predict') -> int:
         # a bad vocabulary or option combination (crop/stride, precision …)
         return fail(prog, str(error))
     cfg = model.cfg
-    precision = cfg.model.clip.get('precision', 'fp32')
+    precision = {dtype: name for name, dtype in PRECISIONS.items()}[model.clip.dtype]
     if torch_device.type == 'cpu' and precision == 'fp16':
         print(f'{prog}: warning: fp16 on the CPU is slow (most CPU kernels have no half-precision '
               'version); fp32 or bf16 run faster there', file=sys.stderr)
     info = dict(
         config=cfg.filename, model=cfg.model.type,
-        weights=dict(clip=_weights_description(cfg.model.clip),
-                     vfm=_weights_description(cfg.model.get('vfm'))),
+        weights={key: _weights_description(cfg.model[key]) for key, _ in components(cfg.model)},
         random_weights=has_random_weights(cfg),
         device=device, precision=precision,
         resize=_resize_description(cfg), test_cfg=dict(model.test_cfg),

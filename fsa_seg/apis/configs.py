@@ -225,11 +225,7 @@ def apply_overrides(cfg: Config, *, vocabulary=None, clip_weights: Optional[str]
     if random_weights:
         use_random_weights(model)
     if precision is not None:
-        if precision not in PRECISIONS:
-            raise ValueError(f'precision must be one of {PRECISIONS}, got {precision!r}')
-        for key, component in components(model):
-            if component.takes_precision:
-                model[key] = dict(model[key], precision=precision)
+        use_precision(model, precision)
     if vocabulary is not None:
         _use_vocabulary(model, vocabulary)
     if prob_thd is not None:
@@ -243,6 +239,16 @@ def apply_overrides(cfg: Config, *, vocabulary=None, clip_weights: Optional[str]
     if trust_checkpoint:
         trust_checkpoints(model)
     return cfg
+
+
+def use_precision(model: dict, precision: str) -> None:
+    """Run the model in ``precision`` (fp32, fp16, bf16): every component that takes one (the
+    others follow CLIP's inside the segmentor)."""
+    if precision not in PRECISIONS:
+        raise ValueError(f'precision must be one of {PRECISIONS}, got {precision!r}')
+    for key, component in components(model):
+        if component.takes_precision:
+            model[key] = dict(model[key], precision=precision)
 
 
 def use_weights_file(model: dict, argument: str, path: str) -> None:

@@ -30,6 +30,7 @@ from .configs import (
     has_random_weights,
     read_config,
     trust_checkpoints,
+    use_precision,
     use_random_weights,
 )
 
@@ -50,7 +51,7 @@ def load_test_config(config: Union[str, os.PathLike], cfg_options: Optional[dict
                      work_dir: Optional[str] = None, launcher: str = 'none',
                      show_dir: Optional[str] = None,
                      on_bad_annotation: str = 'error', random_weights: bool = False,
-                     trust_checkpoint: bool = False) -> Config:
+                     trust_checkpoint: bool = False, precision: Optional[str] = None) -> Config:
     """The config (a file, or a config name as :func:`~fsa_seg.apis.resolve_config` finds it)
     set up for mmengine's test loop.
 
@@ -61,8 +62,12 @@ def load_test_config(config: Union[str, os.PathLike], cfg_options: Optional[dict
             the numbers mean nothing). With random weights anywhere, ``randomness.seed``
             defaults to 0 so that two runs (and every process of one) build the same model.
         trust_checkpoint: unpickle local checkpoint files fully (see fsa_seg.models.weights).
+        precision: ``'fp32'``, ``'fp16'`` or ``'bf16'`` for the whole model (None: the
+            config's, fp32 unless it says otherwise).
     """
     cfg = read_config(config, cfg_options)
+    if precision is not None:
+        use_precision(cfg.model, precision)
     if trust_checkpoint:
         trust_checkpoints(cfg.model)
     if random_weights:

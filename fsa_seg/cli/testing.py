@@ -38,6 +38,9 @@ def add_test_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--random-weights', action='store_true',
                         help='TESTING ONLY: build every component with random weights (seeded: '
                              'two runs agree) to check the pipeline; the numbers mean nothing')
+    parser.add_argument('--precision', choices=('fp32', 'fp16', 'bf16'),
+                        help="the model's precision (default: the config's, fp32); fp16/bf16 "
+                             'are for GPUs')
     parser.add_argument('--trust-checkpoint', action='store_true',
                         help='unpickle local checkpoint files fully: only for files you trust '
                              '(a pickle can run code). Without it they are read weights-only')
@@ -88,7 +91,7 @@ def run_test(args: argparse.Namespace, prog: str = 'fsa-seg test') -> int:
                            args.show_dir,
                            on_bad_annotation='warn' if args.allow_bad_annotations else 'error',
                            random_weights=args.random_weights,
-                           trust_checkpoint=args.trust_checkpoint)
+                           trust_checkpoint=args.trust_checkpoint, precision=args.precision)
     evaluate(cfg, out=args.out, allow_partial=args.allow_partial_split)
     return 0
 

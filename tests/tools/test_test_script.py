@@ -236,3 +236,23 @@ def test_compare_reads_what_test_writes(tmp_path, capsys):
     assert 'ClearCLIP + FSA, CLIP custom, voc21' in text  # a tiny custom CLIP: no row matches
     assert 'RANDOM WEIGHTS: not comparable; partial split: not comparable' in text
     assert 'no published number for this setting' in text
+
+
+def test_precision_option_runs_every_part_in_it(tmp_path):
+    """--precision bf16: CLIP and the VFM (which follows CLIP's) compute in bf16, as the results
+    JSON records; labels agree with the fp32 run on almost every pixel."""
+    data_root = make_benchmark('voc21', tmp_path / 'data', sizes=((40, 56), (30, 30)))
+    config = tiny_config(tmp_path, 'proxyclip/proxyclip_fsa_vit-b16_dino-b16_voc21.py',
+                         data_root, proxy=True)
+    runs = {}
+    for precision in ('fp32', 'bf16'):
+        out = tmp_path / f'{precision}.json'
+        run_test_script(config, '--work-dir', tmp_path / precision, '--out', out,
+                        '--allow-partial-split', '--precision', precision,
+                        '--cfg-options', 'randomness.seed=0')
+        runs[precision] = json.loads(out.read_text())
+    dtypes = runs['bf16']['settings']['model_dtypes']
+    assert dtypes['clip'] == dtypes['vfm'] == 'torch.bfloat16'
+    assert runs['fp32']['settings']['model_dtypes']['vfm'] == 'torch.float32'
+    assert runs['bf16']['metrics']['aAcc'] == pytest.approx(runs['fp32']['metrics']['aAcc'],
+                                                            abs=5.0)

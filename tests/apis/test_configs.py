@@ -7,6 +7,7 @@ from mmengine.config import Config
 
 from fsa_seg.apis import configs
 from fsa_seg.apis.configs import ConfigNotFoundError, apply_overrides, load_config, resolve_config
+from fsa_seg.experiments import MATRIX
 from fsa_seg.models.backbones import tiny_clip_arch
 from fsa_seg.models.weights import WeightsError
 
@@ -69,9 +70,7 @@ def test_list_configs_by_pattern():
     assert configs.list_configs('sclip_fsa_vit-b16_voc2?') == ['sclip_fsa_vit-b16_voc20',
                                                               'sclip_fsa_vit-b16_voc21']
     assert configs.list_configs('proxyclip_fsa_vit-h14_mae') == [
-        f'proxyclip_fsa_vit-h14_mae-b16_{b}' for b in sorted(
-            ('voc21', 'context60', 'coco_object', 'voc20', 'context59', 'coco_stuff164k',
-             'cityscapes', 'ade20k'))]
+        f'proxyclip_fsa_vit-h14_mae-b16_{b}' for b in sorted(b.name for b in MATRIX.benchmarks)]
     assert configs.list_configs('no_such_thing') == []
 
 

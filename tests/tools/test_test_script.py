@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from fsa_seg import cli
+from fsa_seg.experiments import MATRIX
 from fsa_seg.models.backbones import OpenCLIP, tiny_clip_arch
 from fsa_seg.models.text import load_vocabulary
 
@@ -20,7 +21,7 @@ from end_to_end import (
     assert_reports_the_iou_of_its_own_predictions,
     run_test_script,
 )
-from synthetic_data import make_benchmark
+from synthetic_data import LAYOUTS, make_benchmark
 
 TINY_VFM = ("dict(_delete_=True, type='TimmVFM', name='dino_vitb16', random_init=True, "
             "model_kwargs=dict(embed_dim=32, depth=2, num_heads=2))")
@@ -139,9 +140,10 @@ def test_two_processes_give_the_same_metrics_as_one_and_draw_every_image(tmp_pat
                      'test_2007_000002.jpg_0.png'], drawn
 
 
-@pytest.mark.parametrize('dataset', ['voc21', 'context60', 'coco_object', 'voc20', 'context59',
-                                       'coco_stuff164k', 'cityscapes', 'ade20k'])
+@pytest.mark.parametrize('dataset', [b.name for b in MATRIX.benchmarks])
 def test_each_benchmark_config_runs(tmp_path, dataset):
+    if dataset not in LAYOUTS:
+        pytest.skip(f'no synthetic layout for {dataset}: add one to tests/synthetic_data.py')
     data_root = make_benchmark(dataset, tmp_path / 'data', sizes=((40, 56), (30, 30)))
     out = tmp_path / 'results.json'
     config = tiny_config(tmp_path, f'sclip/sclip_vit-b16_{dataset}.py', data_root)

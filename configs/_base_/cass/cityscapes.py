@@ -1,13 +1,5 @@
 # CASS's protocol on Cityscapes (its configs/cfg_city_scapes.py) where it differs from ours.
-_base_ = ['../datasets/cityscapes.py']
-# Images resized to short side 560 (ours: 448).
-test_pipeline = [
-    dict(type='LoadImageFromFile'),
-    dict(type='Resize', scale=(2048, 560), keep_ratio=True),
-    dict(type='LoadAnnotations'),
-    dict(type='PackSegInputs'),
-]
-test_dataloader = dict(dataset=dict(pipeline=test_pipeline))
+_base_ = ['../datasets/cityscapes_short_side_560.py']  # short side 560
 protocol = dict(
     prob_thd=0.0, test_cfg=dict(mode='slide', crop_size=(224, 224), stride=(112, 112)),
     global_semantics_weight=0.1, mean_vector_weight=0.03, h_threshold=0.14,

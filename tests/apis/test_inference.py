@@ -128,6 +128,8 @@ def test_mmseg_inferencer_runs_our_config(cache_dir):
     # ('visualizer') would be taken over by a Runner built later (tools/test.py's tests).
     cfg.visualizer.name = 'test_inference_mmseg_inferencer'
     inferencer = MMSegInferencer(cfg, weights=None, device='cpu')
+    # without a checkpoint mmseg assigns Cityscapes' classes to the model: the vocabulary stays
+    assert inferencer.model.dataset_meta['classes'][:2] == ('background', 'aeroplane')
     images = [blocks(60, 80, 5), blocks(50, 40, 6)]
     predictions = inferencer(images, batch_size=1)['predictions']
     assert [p.shape for p in predictions] == [(60, 80), (50, 40)]

@@ -105,13 +105,21 @@ class TrainingFreeSegmentor(BaseSegmentor):
         if templates is not None:
             self.templates = resolve_templates(templates)
         self.vocabulary = load_vocabulary(vocabulary)
-        # mmseg's class names and palette (visualizers, inferencers) follow the vocabulary.
-        names = tuple(self.vocabulary.class_names)
-        self.dataset_meta = dict(classes=names, palette=make_palette(len(names)).tolist())
         embeddings = cached_query_embeddings(self.clip, self.vocabulary.queries, self.templates,
                                              cache_dir=self.text_cache_dir)
         self.set_query_embeddings(embeddings)
         return self.vocabulary
+
+    @property
+    def dataset_meta(self) -> dict:
+        """mmseg's class names and palette (visualizers, inferencers): the vocabulary's."""
+        names = tuple(self.vocabulary.class_names)
+        return dict(classes=names, palette=make_palette(len(names)).tolist())
+
+    @dataset_meta.setter
+    def dataset_meta(self, meta) -> None:
+        """Ignored: the vocabulary decides the classes (mmseg's inferencer, given no checkpoint,
+        would otherwise name them after Cityscapes' 19)."""
 
     def set_query_embeddings(self, embeddings: Tensor) -> None:
         """Use given (Q, D) L2-normalised query embeddings, one row per vocabulary query."""

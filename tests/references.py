@@ -1,5 +1,5 @@
 """Reference computations written out from the papers' formulas and the official code, shared by
-tests (independent of the implementation under test)."""
+tests (independent of the implementation under test), and the random problems they are run on."""
 import math
 
 import torch
@@ -13,6 +13,34 @@ def reference_fsa(lamda=3.0, top_p=0.45, logit_scales=(20.0, 35.0)):
     def plugin(attn, values, logits_fn):
         return official_fsa(attn, values, logits_fn, lamda, top_p, logit_scales)
     return plugin
+
+
+def random_fsa_problem(batch, heads, n, dim, queries, attention, seed=0, dtype=torch.float64):
+    """An FSA input ``(attn, values, logits_fn)``: random values, an attention that is 'per-head'
+    (softmax of random logits), 'shared' (ProxyCLIP-like: masked, one for all heads) or None
+    ('identity'), and a random linear head with unit text embeddings."""
+    generator = torch.Generator().manual_seed(seed)
+    values = torch.randn(batch, heads, n, dim, generator=generator, dtype=dtype)
+    if attention == 'per-head':
+        attn = (3 * torch.randn(batch, heads, n, n, generator=generator, dtype=dtype)).softmax(-1)
+    elif attention == 'shared':
+        logits = 3 * torch.randn(batch, 1, n, n, generator=generator, dtype=dtype)
+        attn = logits.masked_fill(logits < -1, float('-inf'))
+        attn = attn.diagonal_scatter(torch.zeros(batch, 1, n, dtype=dtype), dim1=-2, dim2=-1)
+        attn = attn.softmax(-1)
+    else:
+        attn = None
+    head = torch.randn(heads * dim, 8, generator=generator, dtype=dtype)
+    text = F.normalize(torch.randn(queries, 8, generator=generator, dtype=dtype), dim=-1)
+    return attn, values, linear_logits_fn(head, text)
+
+
+def linear_logits_fn(head, text):
+    """The ``logits_fn`` of a linear head: heads merged, projected, cosine to the text rows."""
+    def logits_fn(o):
+        merged = o.transpose(1, 2).flatten(2)
+        return F.normalize(merged @ head.to(o.dtype), dim=-1) @ text.to(o.dtype).t()
+    return logits_fn
 
 
 def reference_features(clip, images, attention, residual, ffn, drop_cls=False, plugin=None,

@@ -11,7 +11,6 @@ import torch.nn.functional as F
 from mmseg.registry import MODELS
 from mmseg.structures import SegDataSample
 
-from fsa_seg.models.plugins import AttentionPlugin
 from fsa_seg.models.segmentors.semantic_feedback import (
     feedback_matrix,
     patch_mode,
@@ -326,42 +325,20 @@ def test_the_reference_reproduces_the_official_crop(fx):
         assert (ref[key] - golden[key]).abs().max() < 1e-12, key
 
 
-class PassThrough(AttentionPlugin):
-    """Returns the attention output unchanged, on patches or on all tokens."""
-    tokens = 'patches'
-
-    def forward(self, attn, values, logits_fn, attended=None, grid=None, num_prefix=0):
-        self.seen = dict(num_prefix=num_prefix, rows=attn.sum(-1))
-        return attended
-
-
-class PassThroughAll(PassThrough):
-    tokens = 'all'
-
-
-@pytest.fixture
-def pass_through():
-    for cls in (PassThrough, PassThroughAll):
-        MODELS.register_module(f'ResCLIPTest{cls.__name__}', module=cls)
-    yield
-    for cls in (PassThrough, PassThroughAll):
-        MODELS.module_dict.pop(f'ResCLIPTest{cls.__name__}')
-
-
-def test_plugin_on_all_tokens_keeps_resclip_exactly(fx, pass_through):
+def test_plugin_on_all_tokens_keeps_resclip_exactly(fx, pass_through_plugins):
     crop = crop_of(fx)
-    model = build(fx, plugin=dict(type='ResCLIPTestPassThroughAll'))
+    model = build(fx, plugin=dict(type='TestPassThroughAll'))
     with torch.no_grad():
         assert torch.equal(model.encode_crops(crop), build(fx).encode_crops(crop))
     assert model.plugin.seen['num_prefix'] == 1
     tau = fx['benchmarks']['context60']['attn_rcs_weights'][0]
-    assert torch.allclose(model.plugin.seen['rows'], torch.full((1, 4, 37), tau,
-                                                                 dtype=torch.float64))
+    assert torch.allclose(model.plugin.row_sums, torch.full((1, 4, 37), tau,
+                                                             dtype=torch.float64))
 
 
-def test_plugin_on_patches_drops_the_class_token_from_both_passes(fx, pass_through):
+def test_plugin_on_patches_drops_the_class_token_from_both_passes(fx, pass_through_plugins):
     crop = crop_of(fx)
-    model = build(fx, plugin=dict(type='ResCLIPTestPassThrough'))
+    model = build(fx, plugin=dict(type='TestPassThrough'))
     with torch.no_grad():
         logits = model.cosine_logits(model.encode_crops(crop))[0]
     ref = reference_crop(fx, crop, 'context60', keep_cls=False)
@@ -370,7 +347,7 @@ def test_plugin_on_patches_drops_the_class_token_from_both_passes(fx, pass_throu
     # rows: τ_r((1 − λ_r) + λ_r·(RCS's patch-block rows, less than 1))
     tau, lam = fx['benchmarks']['context60']['attn_rcs_weights']
     rows = tau * ((1 - lam) + lam * fx['crop0']['attn_rcs'][:, 1:, 1:].sum(-1))
-    assert torch.allclose(model.plugin.seen['rows'][0], rows, atol=1e-12)
+    assert torch.allclose(model.plugin.row_sums[0], rows, atol=1e-12)
     assert (rows < tau).all()
 
 

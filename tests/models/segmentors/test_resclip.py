@@ -17,6 +17,7 @@ from fsa_seg.models.segmentors.semantic_feedback import (
     same_entity_paths,
 )
 
+from golden_fixtures import build_with_fixture_weights, model_input, tiny_clip_cfg
 from references import reference_fsa, reference_pamr
 
 FIXTURE = Path(__file__).resolve().parents[2] / 'fixtures' / 'resclip_tiny.pt'
@@ -26,16 +27,6 @@ FSA = dict(lamda=2.5, top_p=0.5, logit_scales=(20.0, 35.0))
 @pytest.fixture(scope='module')
 def fx():
     return torch.load(FIXTURE, weights_only=False)
-
-
-def tiny_clip_cfg(fx):
-    """The fixture's CLIP in open_clip's terms (QuickGELU, as OpenAI's), float64."""
-    c = fx['clip_cfg']
-    return dict(arch=dict(embed_dim=c['output_dim'], vision_cfg=dict(
-        image_size=c['input_resolution'], patch_size=c['patch_size'], width=c['width'],
-        layers=c['layers'], head_width=c['width'] // c['heads'], mlp_ratio=4.0),
-        text_cfg=dict(context_length=77, vocab_size=49408, width=32, heads=2, layers=1)),
-        quick_gelu=True, random_init=True, precision='fp64')
 
 
 def build(fx, benchmark='context60', **overrides):
@@ -51,16 +42,7 @@ def build(fx, benchmark='context60', **overrides):
         attn_sfr_weights=bench['attn_sfr_weights'], temp_thd=bench['temp_thd'],
         gaussian_std=fx['hparams']['gaussian_std'], text_cache_dir=False)
     cfg.update(overrides)
-    model = MODELS.build(cfg)
-    model.clip.visual.load_state_dict({k: v.double() for k, v in fx['clip_state_dict'].items()})
-    model.set_query_embeddings(fx['text_features'])
-    return model
-
-
-def model_input(fx):
-    mean = torch.tensor(fx['norm_mean'], dtype=torch.float64).view(3, 1, 1)
-    std = torch.tensor(fx['norm_std'], dtype=torch.float64).view(3, 1, 1)
-    return ((fx['image_uint8'].double() - mean) / std)[None]
+    return build_with_fixture_weights(cfg, fx)
 
 
 def crop_of(fx, index=0):

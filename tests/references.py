@@ -97,6 +97,33 @@ def reference_features(clip, images, attention, residual, ffn, drop_cls=False, p
     return feats.transpose(1, 2).reshape(batch, -1, *grid)
 
 
+def official_interpolate_pos_encoding(pos_embed, patch_size, x, w, h):
+    """``interpolate_pos_encoding`` as the official code has it, in DINO's terms
+    (facebookresearch/dino@7c446df ``vision_transformer.py``; CASS vendors the same). The SCLIP
+    family's CLIP has the same (ProxyCLIP's open_clip/transformer.py, mc-lan/ProxyCLIP@e7b767f;
+    SCLIP, ClearCLIP, NACLIP and CASS alike) on its (1 + N, C) embedding with a square patch:
+    pass it as ``pos_embed[None]``. pos_embed (1, 1 + N, C); w, h: the input's height and width
+    (the official names); the grid is resampled by bicubic scale factors (g + 0.1) / √N."""
+    npatch = x.shape[1] - 1
+    N = pos_embed.shape[1] - 1
+    if npatch == N and w == h:
+        return pos_embed
+    class_pos_embed = pos_embed[:, 0]
+    patch_pos_embed = pos_embed[:, 1:]
+    dim = x.shape[-1]
+    w0 = w // patch_size
+    h0 = h // patch_size
+    w0, h0 = w0 + 0.1, h0 + 0.1
+    patch_pos_embed = F.interpolate(
+        patch_pos_embed.reshape(1, int(math.sqrt(N)), int(math.sqrt(N)), dim).permute(0, 3, 1, 2),
+        scale_factor=(w0 / math.sqrt(N), h0 / math.sqrt(N)),
+        mode='bicubic',
+    )
+    assert int(w0) == patch_pos_embed.shape[-2] and int(h0) == patch_pos_embed.shape[-1]
+    patch_pos_embed = patch_pos_embed.permute(0, 2, 3, 1).view(1, -1, dim)
+    return torch.cat((class_pos_embed.unsqueeze(0), patch_pos_embed), dim=1)
+
+
 def reference_pamr(image, mask, steps, dilations):
     """PAMR as docs/specs/pamr.md states it, with clamped index shifts instead of the official
     shift kernels: image (B, K, H, W), mask (B, C, h, w) → (B, C, H, W)."""

@@ -1,10 +1,12 @@
-"""Shared fixtures: tiny random CLIPs, the golden FSA fixture, a private text cache."""
+"""Shared fixtures: tiny random CLIPs, the golden FSA fixture, a private text cache, the
+pass-through plug-ins (tests/doubles.py) registered for a test."""
 import sys
 from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
+from mmseg.registry import MODELS
 
 TESTS = Path(__file__).resolve().parent
 REPO = TESTS.parent
@@ -12,6 +14,8 @@ sys.path.insert(0, str(TESTS))  # tests import helpers such as synthetic_data by
 
 import fsa_seg  # noqa: E402,F401  (registers modules, installs the mmcv.ops fallback)
 from fsa_seg.models.backbones import tiny_clip_arch  # noqa: E402
+
+from doubles import PassThrough, PassThroughAll  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -24,6 +28,18 @@ def private_text_cache(tmp_path, monkeypatch):
 def tiny_clip():
     """Config of a tiny random CLIP (fp64 so references can be compared tightly)."""
     return dict(arch=tiny_clip_arch(), random_init=True, precision='fp64')
+
+
+@pytest.fixture
+def pass_through_plugins():
+    """The pass-through plug-ins of tests/doubles.py, registered for one test as
+    'TestPassThrough' (patches) and 'TestPassThroughAll' (all tokens)."""
+    names = {f'Test{cls.__name__}': cls for cls in (PassThrough, PassThroughAll)}
+    for name, cls in names.items():
+        MODELS.register_module(name, module=cls)
+    yield
+    for name in names:
+        MODELS.module_dict.pop(name)
 
 
 def golden_attention(vfm_features: torch.Tensor, beta: float, gamma: float) -> torch.Tensor:

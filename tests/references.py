@@ -1,5 +1,5 @@
 """Reference computations written out from the papers' formulas and the official code, shared by
-tests (independent of the implementation under test)."""
+tests (independent of the implementation under test), and the random problems they are run on."""
 import math
 
 import torch
@@ -13,6 +13,34 @@ def reference_fsa(lamda=3.0, top_p=0.45, logit_scales=(20.0, 35.0)):
     def plugin(attn, values, logits_fn):
         return official_fsa(attn, values, logits_fn, lamda, top_p, logit_scales)
     return plugin
+
+
+def random_fsa_problem(batch, heads, n, dim, queries, attention, seed=0, dtype=torch.float64):
+    """An FSA input ``(attn, values, logits_fn)``: random values, an attention that is 'per-head'
+    (softmax of random logits), 'shared' (ProxyCLIP-like: masked, one for all heads) or None
+    ('identity'), and a random linear head with unit text embeddings."""
+    generator = torch.Generator().manual_seed(seed)
+    values = torch.randn(batch, heads, n, dim, generator=generator, dtype=dtype)
+    if attention == 'per-head':
+        attn = (3 * torch.randn(batch, heads, n, n, generator=generator, dtype=dtype)).softmax(-1)
+    elif attention == 'shared':
+        logits = 3 * torch.randn(batch, 1, n, n, generator=generator, dtype=dtype)
+        attn = logits.masked_fill(logits < -1, float('-inf'))
+        attn = attn.diagonal_scatter(torch.zeros(batch, 1, n, dtype=dtype), dim1=-2, dim2=-1)
+        attn = attn.softmax(-1)
+    else:
+        attn = None
+    head = torch.randn(heads * dim, 8, generator=generator, dtype=dtype)
+    text = F.normalize(torch.randn(queries, 8, generator=generator, dtype=dtype), dim=-1)
+    return attn, values, linear_logits_fn(head, text)
+
+
+def linear_logits_fn(head, text):
+    """The ``logits_fn`` of a linear head: heads merged, projected, cosine to the text rows."""
+    def logits_fn(o):
+        merged = o.transpose(1, 2).flatten(2)
+        return F.normalize(merged @ head.to(o.dtype), dim=-1) @ text.to(o.dtype).t()
+    return logits_fn
 
 
 def reference_features(clip, images, attention, residual, ffn, drop_cls=False, plugin=None,
@@ -67,6 +95,33 @@ def reference_features(clip, images, attention, residual, ffn, drop_cls=False, p
     patches = out if drop_cls else out[:, 1:]
     feats = F.normalize(clip.head(patches), dim=-1)
     return feats.transpose(1, 2).reshape(batch, -1, *grid)
+
+
+def official_interpolate_pos_encoding(pos_embed, patch_size, x, w, h):
+    """``interpolate_pos_encoding`` as the official code has it, in DINO's terms
+    (facebookresearch/dino@7c446df ``vision_transformer.py``; CASS vendors the same). The SCLIP
+    family's CLIP has the same (ProxyCLIP's open_clip/transformer.py, mc-lan/ProxyCLIP@e7b767f;
+    SCLIP, ClearCLIP, NACLIP and CASS alike) on its (1 + N, C) embedding with a square patch:
+    pass it as ``pos_embed[None]``. pos_embed (1, 1 + N, C); w, h: the input's height and width
+    (the official names); the grid is resampled by bicubic scale factors (g + 0.1) / √N."""
+    npatch = x.shape[1] - 1
+    N = pos_embed.shape[1] - 1
+    if npatch == N and w == h:
+        return pos_embed
+    class_pos_embed = pos_embed[:, 0]
+    patch_pos_embed = pos_embed[:, 1:]
+    dim = x.shape[-1]
+    w0 = w // patch_size
+    h0 = h // patch_size
+    w0, h0 = w0 + 0.1, h0 + 0.1
+    patch_pos_embed = F.interpolate(
+        patch_pos_embed.reshape(1, int(math.sqrt(N)), int(math.sqrt(N)), dim).permute(0, 3, 1, 2),
+        scale_factor=(w0 / math.sqrt(N), h0 / math.sqrt(N)),
+        mode='bicubic',
+    )
+    assert int(w0) == patch_pos_embed.shape[-2] and int(h0) == patch_pos_embed.shape[-1]
+    patch_pos_embed = patch_pos_embed.permute(0, 2, 3, 1).view(1, -1, dim)
+    return torch.cat((class_pos_embed.unsqueeze(0), patch_pos_embed), dim=1)
 
 
 def reference_pamr(image, mask, steps, dilations):

@@ -1,5 +1,6 @@
 """Arguments shared by the commands."""
 import argparse
+from typing import Callable
 
 from mmengine.config import DictAction
 
@@ -13,6 +14,20 @@ class CfgOptions(DictAction):
             if '=' not in item or not item.split('=', 1)[0]:
                 parser.error(f'{option_string}: expected KEY=VALUE, got {item!r}')
         super().__call__(parser, namespace, values, option_string)
+
+
+def positive_int(what: str) -> Callable[[str], int]:
+    """An argparse ``type``: a whole number of at least 1; the error says it is a positive
+    ``what``."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = 0
+        if value < 1:
+            raise argparse.ArgumentTypeError(f'expected a positive {what}, got {text!r}')
+        return value
+    return parse
 
 
 def add_cfg_options(parser: argparse.ArgumentParser, help: str) -> None:

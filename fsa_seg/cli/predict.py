@@ -10,7 +10,7 @@ import os
 import sys
 from typing import List, Optional, Sequence, Tuple, Union
 
-from .arguments import add_cfg_options, add_debug
+from .arguments import add_cfg_options, add_debug, positive_int
 from .errors import INTERRUPTED, fail
 
 DEFAULT_OUT_DIR = 'fsa_seg_predictions'
@@ -102,16 +102,6 @@ def _size(text: str) -> Tuple[int, int]:
     return parts[0], parts[1]
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f'expected a positive integer, got {text!r}')
-    return value
-
-
 def _unit_float(text: str) -> float:
     try:
         value = float(text)
@@ -149,7 +139,7 @@ def add_predict_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--prob-thd', type=_unit_float, default=None, metavar='P',
                         help='pixels whose top class probability is below P become class 0 '
                              '(default: the config\'s with its own vocabulary, else 0)')
-    parser.add_argument('--batch-size', type=_positive_int, default=1, metavar='N',
+    parser.add_argument('--batch-size', type=positive_int('integer'), default=1, metavar='N',
                         help='images per forward pass (images of one prepared size are '
                              'batched; results never depend on it)')
     parser.add_argument('--save-logits', '--save-probs', dest='save_logits', action='store_true',

@@ -8,7 +8,7 @@
 import argparse
 import os
 
-from .arguments import add_cfg_options, add_debug
+from .arguments import add_cfg_options, add_debug, positive_int
 from .errors import fail
 
 TEST_DESCRIPTION = """\
@@ -60,16 +60,6 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     return parser
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f'expected a positive number of processes, got {text!r}')
-    return value
-
-
 def add_parsers(commands) -> None:
     """``fsa-seg test`` and ``fsa-seg dist-test``."""
     add_test_arguments(commands.add_parser('test', help='evaluate a config on its benchmark',
@@ -77,7 +67,7 @@ def add_parsers(commands) -> None:
     dist = commands.add_parser('dist-test', help='evaluate in several processes (GPUs)',
                                description=DIST_DESCRIPTION)
     dist.add_argument('config', help='config file or config name')
-    dist.add_argument('num_procs', type=_positive_int, metavar='NUM_PROCS',
+    dist.add_argument('num_procs', type=positive_int('number of processes'), metavar='NUM_PROCS',
                       help='processes per node (GPUs)')
     dist.add_argument('test_args', nargs=argparse.REMAINDER, metavar='...',
                       help='fsa-seg test arguments')

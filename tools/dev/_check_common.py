@@ -4,6 +4,7 @@ Written from docs/specs/{scclip,resclip,pamr}.md with plain torch ops; nothing h
 copies official code. They read only the fixtures.
 """
 import math
+import os
 from typing import Dict, List, Tuple
 
 import torch
@@ -12,6 +13,14 @@ import torch.nn.functional as F
 
 def load(path: str) -> Dict:
     return torch.load(path, weights_only=False)
+
+
+def load_tiny_clip_fixture(name: str):
+    """An SCLIP-family fixture of tests/fixtures, its ViT, its normalised image and its slide
+    windows (y1, y2, x1, x2)."""
+    fx = load(os.path.join('tests', 'fixtures', name))
+    vit = TinyViT(fx['clip_state_dict'], fx['clip_cfg'])
+    return fx, vit, normalised_image(fx), fx['crop_boxes'].tolist()
 
 
 def normalised_image(fx: Dict) -> torch.Tensor:
@@ -114,6 +123,23 @@ def slide_assemble(crop_logits: List[torch.Tensor], boxes, hw) -> torch.Tensor:
         acc[:, y1:y2, x1:x2] += upsample(lg, (y2 - y1, x2 - x1))
         count[:, y1:y2, x1:x2] += 1
     return acc / count
+
+
+def check_slide(fx: Dict, crop_logits: List[torch.Tensor], boxes, errors: Dict[str, float],
+                final_key: str) -> torch.Tensor:
+    """Slide-assembles the crops' logits and resizes them to ori_shape; enters their errors
+    against the fixture's subsampled `slide_logits_sub` and `final_key`; returns the latter."""
+    s = fx['subsample']
+    slide = slide_assemble(crop_logits, boxes, tuple(fx['image_uint8'].shape[-2:]))
+    errors['slide_logits_sub'] = max_abs(slide[:, ::s, ::s], fx['slide_logits_sub'])
+    final = upsample(slide, tuple(fx['ori_shape']))
+    errors[final_key] = max_abs(final[:, ::2 * s, ::2 * s], fx[final_key])
+    return final
+
+
+def print_logits_range(logits: torch.Tensor):
+    """The header of the deviation study: the scale its distances are read against."""
+    print(f'  crop0 logits range {logits.max() - logits.min():.2e}; deviations:')
 
 
 def postprocess(logits, query_idx, logit_scale, prob_thd, area_thd=None, normalise=False):

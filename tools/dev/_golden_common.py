@@ -1,16 +1,19 @@
 """Shared helpers of the golden-output generators in tools/dev (not run in CI).
 
 The generators import official research code from a checkout given on the command line and run
-it on CPU in float64 with tiny random weights. Everything here is generic: the synthetic scene,
-the tiny OpenAI-format CLIP weights, the in-memory shims that old research code needs on a modern
-CPU-only torch, and call recorders that read the official intermediates without editing the
-official code.
+it on CPU in float64 with tiny random weights. Everything here is shared: the command line, the
+synthetic scene, the tiny OpenAI-format CLIP weights and the set-up the SCLIP-family generators
+feed the official code, the in-memory shims that old research code needs on a modern CPU-only
+torch, and call recorders that read the official intermediates without editing the official code.
 """
+import argparse
 import contextlib
 import importlib
+import os
 import sys
+import tempfile
 import types
-from typing import Callable, Dict, List
+from typing import Callable, Dict, List, NamedTuple
 
 import torch
 
@@ -18,12 +21,38 @@ import torch
 CLIP_MEAN = (122.771, 116.746, 104.094)
 CLIP_STD = (68.501, 66.632, 70.323)
 
+# The tiny set-up of the SCLIP-family generators (ResCLIP, SC-CLIP): a 12-layer CLIP like B/16, so
+# that the official hard-coded layer indices apply unchanged; one name with two synonyms; a
+# non-square image whose slide windows overlap, resized back to a larger original shape.
+CLIP_CFG = dict(input_resolution=48, patch_size=8, width=16, layers=12, heads=4, output_dim=32)
+QK_GAIN, OUT_GAIN = 3.0, 5.0
+CLASS_NAMES = [['c0'], ['c1'], ['c2'], ['c3'], ['c4a', 'c4b']]
+QUERY_IDX = [0, 1, 2, 3, 4, 4]
+IMAGE_HW, ORI_HW, CROP, STRIDE = (72, 100), (90, 125), 48, 24
+SEEDS = dict(weights=0, scene=3, text=5)
+TEXT_MIX = 0.9
+
+
+def parse_generator_args(doc: str, official: str, commit: str, default_out: str):
+    """The generators' command line: an extracted checkout of `official` (owner/name), the commit
+    it was extracted from (it must be the one the generator documents) and the output file."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument('repo', help=f'extracted checkout of {official}')
+    parser.add_argument('--commit', required=True, help='the commit it was extracted from')
+    parser.add_argument('--out', default=default_out)
+    args = parser.parse_args()
+    if not commit.startswith(args.commit):
+        sys.exit(f'this generator documents {official.split("/")[1]} @ {commit[:7]}, '
+                 f'not {args.commit}')
+    return args
+
 
 def import_official(repo: str, *modules: str) -> List[types.ModuleType]:
     """Import modules of an official checkout by name, after the shims old code needs."""
-    install_pkg_resources_shim()
+    # fsa_seg first: on import it looks for the real pkg_resources, which the shim would hide
     from fsa_seg.compat import ensure_mmcv_ops
     ensure_mmcv_ops()  # mmcv-lite has no compiled ops; mmseg imports a few at import time
+    install_pkg_resources_shim()
     sys.path.insert(0, repo)
     return [importlib.import_module(name) for name in modules]
 
@@ -37,6 +66,14 @@ def install_pkg_resources_shim():
     shim = types.ModuleType('pkg_resources')
     shim.packaging = packaging
     sys.modules['pkg_resources'] = shim
+
+
+def import_official_clip(repo: str, segmentor_module: str):
+    """The official `clip`, `clip.model` (its LayerNorm in the input dtype) and segmentor
+    modules of an SCLIP-family checkout."""
+    clip_mod, model_mod, seg_mod = import_official(repo, 'clip', 'clip.model', segmentor_module)
+    layernorm_in_input_dtype(model_mod)
+    return clip_mod, model_mod, seg_mod
 
 
 def layernorm_in_input_dtype(clip_model_module):
@@ -255,9 +292,105 @@ def patch_labels(regions: torch.Tensor, grid_hw) -> torch.Tensor:
     return regions[ph // 2::ph, pw // 2::pw][:h, :w].reshape(-1)
 
 
-def fsize(path: str) -> str:
-    import os
-    return f'{os.path.getsize(path) / 1024:.0f} kB'
+class TinyScene(NamedTuple):
+    """What the SCLIP-family generators feed the official code, all from the fixed seeds."""
+    state_dict: Dict[str, torch.Tensor]  # tiny OpenAI-format visual weights (float16)
+    image: torch.Tensor  # uint8 (3, H, W)
+    regions: torch.Tensor  # (H, W) region of each pixel
+    inputs: torch.Tensor  # the normalised image (1, 3, H, W), float64
+    name_path: str  # the class-name file
+    boxes: list  # slide windows (y1, y2, x1, x2)
+    probe: torch.Tensor  # text features for a first run that the real ones are made from
+
+
+def tiny_scene() -> TinyScene:
+    p = CLIP_CFG['patch_size']
+    state_dict = tiny_openai_visual_state_dict(
+        CLIP_CFG['width'], CLIP_CFG['layers'], p, CLIP_CFG['input_resolution'] // p,
+        CLIP_CFG['output_dim'], seed=SEEDS['weights'], qk_gain=QK_GAIN, out_gain=OUT_GAIN)
+    image, regions = voronoi_scene(*IMAGE_HW, n_regions=len(QUERY_IDX), seed=SEEDS['scene'])
+    name_path = os.path.join(tempfile.mkdtemp(), 'cls_tiny.txt')
+    write_name_file(name_path, CLASS_NAMES)
+    probe = torch.eye(len(QUERY_IDX), CLIP_CFG['output_dim'], dtype=torch.float64)
+    return TinyScene(state_dict, image, regions, normalise(image), name_path,
+                     slide_boxes(*IMAGE_HW, CROP, STRIDE), probe)
+
+
+def region_text_features(scene: TinyScene, view_features: List[torch.Tensor], views,
+                          crop_means: torch.Tensor) -> torch.Tensor:
+    """`make_text_features` for the patch features (N, D) of views (y1, y2, x1, x2) of the
+    scene, each patch labelled with the region at its centre (pixels past the last whole patch
+    are left out)."""
+    p = CLIP_CFG['patch_size']
+    labels = []
+    for y1, y2, x1, x2 in views:
+        gh, gw = (y2 - y1) // p, (x2 - x1) // p
+        labels.append(patch_labels(scene.regions[y1:y1 + gh * p, x1:x1 + gw * p], (gh, gw)))
+    return make_text_features(torch.cat(view_features), torch.cat(labels), len(QUERY_IDX),
+                              crop_means, TEXT_MIX, seed=SEEDS['text'])
+
+
+def install_tiny_clip(clip_mod, model_mod, state_dict, text: torch.Tensor,
+                      dtype: torch.dtype) -> TinyClipNet:
+    """Makes the official `clip.load` return the official VisionTransformer with the tiny weights
+    and fixed text features, in dtype."""
+    visual = model_mod.VisionTransformer(**CLIP_CFG).to(dtype).eval()
+    visual.load_state_dict({k: v.to(dtype) for k, v in state_dict.items()}, strict=True)
+    net = TinyClipNet(visual, text.to(dtype), model_mod.CLIP.encode_image).eval()
+    install_clip_load_shim(clip_mod, net)
+    return net
+
+
+def data_sample(ori_hw, img_hw=IMAGE_HW):
+    from mmseg.structures import SegDataSample
+    ds = SegDataSample()
+    ds.set_metainfo(dict(ori_shape=ori_hw, img_shape=img_hw, pad_shape=img_hw,
+                         padding_size=[0, 0, 0, 0]))
+    return ds
+
+
+@contextlib.contextmanager
+def custom_attn_calls(visual: torch.nn.Module, describe: Callable):
+    """Records each call of the official `visual.custom_attn` as
+    describe(args, kwargs, bmm_args, out), bmm_args being the arguments of its `torch.bmm` calls
+    in order (snapshots). The wrapper is an instance attribute, removed on exit."""
+    calls = []
+    original = visual.custom_attn
+
+    def custom_attn(*args, **kwargs):
+        with Recorder(torch, 'bmm') as bmm:
+            out = original(*args, **kwargs)
+        calls.append(describe(args, kwargs, [c['args'] for c in bmm.calls], out))
+        return out
+
+    visual.custom_attn = custom_attn
+    try:
+        yield calls
+    finally:
+        del visual.custom_attn
+
+
+def normalisation_keys() -> Dict[str, List[float]]:
+    return dict(norm_mean=list(CLIP_MEAN), norm_std=list(CLIP_STD))
+
+
+def tiny_fixture_header(source: str, scene: TinyScene) -> Dict:
+    """The fixture keys that the SCLIP-family generators share (tests/fixtures/README.md)."""
+    return {
+        'source': source,
+        'clip_cfg': dict(CLIP_CFG),
+        'clip_state_dict': scene.state_dict,
+        'image_uint8': scene.image,
+        **normalisation_keys(),
+        'ori_shape': ORI_HW,
+        'class_names': CLASS_NAMES,
+        'query_idx': torch.tensor(QUERY_IDX),
+    }
+
+
+def save_fixture(fixture: Dict, path: str):
+    torch.save(fixture, path)
+    print('wrote', path, f'{os.path.getsize(path) / 1024:.0f} kB')
 
 
 def max_abs(a: torch.Tensor, b: torch.Tensor) -> float:

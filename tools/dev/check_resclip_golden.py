@@ -13,16 +13,15 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _check_common import (  # noqa: E402
-    TinyViT,
+    check_slide,
     cos_logits,
-    load,
+    load_tiny_clip_fixture,
     max_abs,
-    normalised_image,
     omega_float32,
     pamr,
     postprocess,
+    print_logits_range,
     report,
-    slide_assemble,
     upsample,
 )
 
@@ -129,12 +128,9 @@ def resclip_pass(vit, img, text, hp, bench, dev=None):
 
 
 def main():
-    fx = load(os.path.join('tests', 'fixtures', 'resclip_tiny.pt'))
-    vit = TinyViT(fx['clip_state_dict'], fx['clip_cfg'])
+    fx, vit, image, boxes = load_tiny_clip_fixture('resclip_tiny.pt')
     hp, text, s = fx['hparams'], fx['text_features'], fx['subsample']
     (slide_name, slide_hp), (whole_name, whole_hp) = fx['benchmarks'].items()
-    image = normalised_image(fx)
-    boxes = fx['crop_boxes'].tolist()
     crops = [resclip_pass(vit, image[:, :, y1:y2, x1:x2], text, hp, slide_hp)
              for y1, y2, x1, x2 in boxes]
 
@@ -149,12 +145,7 @@ def main():
         errors['crop_' + key] = max_abs(torch.stack([c[key] for c in crops]), fx['crop_' + key])
     exact['crop_patch_labels'] = int((torch.stack([c['patch_labels'] for c in crops])
                                       != fx['crop_patch_labels']).sum())
-    hw = tuple(image.shape[-2:])
-    slide = slide_assemble([c['logits'] for c in crops], boxes, hw)
-    errors['slide_logits_sub'] = max_abs(slide[:, ::s, ::s], fx['slide_logits_sub'])
-    final = upsample(slide, tuple(fx['ori_shape']))
-    errors['slide.final_logits_sub'] = max_abs(final[:, ::2 * s, ::2 * s],
-                                               fx['slide.final_logits_sub'])
+    final = check_slide(fx, [c['logits'] for c in crops], boxes, errors, 'slide.final_logits_sub')
     pred = postprocess(final, fx['query_idx'], hp['logit_scale'], slide_hp.get('prob_thd', 0.0))
     exact['slide.pred'] = int((pred != fx['slide.pred'].long()).sum())
 
@@ -162,7 +153,7 @@ def main():
     for key in ('temp_logits', 'logits'):
         errors['whole.' + key] = max_abs(whole[key], fx['whole'][key])
     exact['whole.patch_labels'] = int((whole['patch_labels'] != fx['whole']['patch_labels']).sum())
-    final = upsample(upsample(whole['logits'], hw), tuple(fx['ori_shape']))
+    final = upsample(upsample(whole['logits'], tuple(image.shape[-2:])), tuple(fx['ori_shape']))
     errors['whole.final_logits_sub'] = max_abs(final[:, ::2 * s, ::2 * s],
                                                fx['whole.final_logits_sub'])
     pred = postprocess(final, fx['query_idx'], hp['logit_scale'], whole_hp.get('prob_thd', 0.0))
@@ -177,7 +168,7 @@ def main():
     c0 = fx['crop0']
     y1, y2, x1, x2 = boxes[0]
     img0 = image[:, :, y1:y2, x1:x2]
-    print(f'  crop0 logits range {c0["logits"].max() - c0["logits"].min():.2e}; deviations:')
+    print_logits_range(c0['logits'])
     for name, dev in DEVIATIONS.items():
         r = resclip_pass(vit, img0, text, hp, slide_hp, dev)
         extra = ''

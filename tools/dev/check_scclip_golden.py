@@ -11,15 +11,13 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _check_common import (  # noqa: E402
-    TinyViT,
+    check_slide,
     cos_logits,
-    load,
+    load_tiny_clip_fixture,
     max_abs,
-    normalised_image,
     postprocess,
+    print_logits_range,
     report,
-    slide_assemble,
-    upsample,
 )
 
 
@@ -112,11 +110,8 @@ def sc_clip_crop(vit, img, hp, text):
 
 
 def main():
-    fx = load(os.path.join('tests', 'fixtures', 'scclip_tiny.pt'))
-    vit = TinyViT(fx['clip_state_dict'], fx['clip_cfg'])
+    fx, vit, image, boxes = load_tiny_clip_fixture('scclip_tiny.pt')
     hp, text = fx['hparams'], fx['text_features']
-    image = normalised_image(fx)
-    boxes = fx['crop_boxes'].tolist()
     crops = [sc_clip_crop(vit, image[:, :, y1:y2, x1:x2], hp, text) for y1, y2, x1, x2 in boxes]
 
     errors = {}
@@ -129,12 +124,7 @@ def main():
     for i, o in enumerate(fx['crop_outliers']):
         assert torch.equal(crops[i]['outliers'], o), i
     errors['crop_logits'] = max_abs(torch.stack([c['logits'] for c in crops]), fx['crop_logits'])
-    hw = tuple(image.shape[-2:])
-    slide = slide_assemble([c['logits'] for c in crops], boxes, hw)
-    s = fx['subsample']
-    errors['slide_logits_sub'] = max_abs(slide[:, ::s, ::s], fx['slide_logits_sub'])
-    final = upsample(slide, tuple(fx['ori_shape']))
-    errors['final_logits_sub'] = max_abs(final[:, ::2 * s, ::2 * s], fx['final_logits_sub'])
+    final = check_slide(fx, [c['logits'] for c in crops], boxes, errors, 'final_logits_sub')
     flips = {}
     for bench, php in fx['post_hparams'].items():
         pred = postprocess(final, fx['query_idx'], php['logit_scale'], php['prob_thd'],
@@ -147,7 +137,7 @@ def main():
 
     # How far common deviations move crop0's logits (range of the logits for scale).
     c0 = fx['crop0']
-    print(f'  crop0 logits range {c0["logits"].max() - c0["logits"].min():.2e}; deviations:')
+    print_logits_range(c0['logits'])
     img0 = image[:, :, boxes[0][0]:boxes[0][1], boxes[0][2]:boxes[0][3]]
     for name, change in deviations(hp).items():
         moved = max_abs(sc_clip_crop(vit, img0, change, text)['logits'], c0['logits'])

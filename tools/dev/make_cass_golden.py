@@ -120,12 +120,13 @@ def import_official(checkout):
     if importlib.util.find_spec('sklearn') is None:
         sys.exit('the official CASS code needs scikit-learn: pip install --target DIR '
                  'scikit-learn narwhals, and add DIR to PYTHONPATH')
+    # fsa_seg first: on import it looks for the real pkg_resources, which the shim would hide
+    from fsa_seg.compat import ensure_mmcv_ops  # mmseg.models imports mmcv.ops at module level
+    ensure_mmcv_ops()
     if importlib.util.find_spec('pkg_resources') is None:
         # clip/clip.py does `from pkg_resources import packaging` (gone from new setuptools)
         import packaging.version
         sys.modules['pkg_resources'] = types.SimpleNamespace(packaging=packaging)
-    from fsa_seg.compat import ensure_mmcv_ops  # mmseg.models imports mmcv.ops at module level
-    ensure_mmcv_ops()
     sys.path.insert(0, checkout)
     seg = importlib.import_module('cass_segmentor')
     return types.SimpleNamespace(

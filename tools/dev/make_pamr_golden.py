@@ -13,16 +13,23 @@ module is built and run with float64 as torch's default dtype, so that its shift
 `torch.empty` buffer it writes the affinities into are float64 (they follow the default dtype,
 float32, in the original; NACLIP itself runs PAMR in float32).
 """
-import argparse
 import os
 import sys
 
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _golden_common import default_dtype, fsize, import_official, normalise, voronoi_scene  # noqa: E402
+from _golden_common import (  # noqa: E402
+    default_dtype,
+    import_official,
+    normalisation_keys,
+    normalise,
+    parse_generator_args,
+    save_fixture,
+    voronoi_scene,
+)
 
-COMMIT = '0cac3a651f753b11315ea799cfbfabf79da1bd76'
+OFFICIAL, COMMIT = 'sinahmr/NACLIP', '0cac3a651f753b11315ea799cfbfabf79da1bd76'
 STEPS, DILATIONS = 10, (8, 16)
 HW, N_CLASSES, LOWRES_HW = (32, 48), 4, (8, 12)
 SEEDS = dict(scenes=(11, 12), masks=13)
@@ -42,13 +49,7 @@ def synthetic_logits(regions: torch.Tensor, n_classes: int, g: torch.Generator) 
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument('repo', help='extracted checkout of sinahmr/NACLIP')
-    parser.add_argument('--commit', required=True, help='the commit it was extracted from')
-    parser.add_argument('--out', default='tests/fixtures/pamr_tiny.pt')
-    args = parser.parse_args()
-    if not COMMIT.startswith(args.commit):
-        sys.exit(f'this generator documents NACLIP @ {COMMIT[:7]}, not {args.commit}')
+    args = parse_generator_args(__doc__, OFFICIAL, COMMIT, 'tests/fixtures/pamr_tiny.pt')
     (pamr_mod,) = import_official(args.repo, 'pamr')
 
     scenes = [voronoi_scene(*HW, n_regions=5, seed=s) for s in SEEDS['scenes']]
@@ -74,10 +75,10 @@ def main():
         float64_as_is = f'RuntimeError: {str(e).splitlines()[0]}'
 
     fixture = {
-        'source': f'sinahmr/NACLIP@{COMMIT} pamr.py',
+        'source': f'{OFFICIAL}@{COMMIT} pamr.py',
         'steps': STEPS, 'dilations': DILATIONS,
         'image_uint8': images,
-        'norm_mean': [122.771, 116.746, 104.094], 'norm_std': [68.501, 66.632, 70.323],
+        **normalisation_keys(),
         'masks': masks,
         'refined': refined,
         'lowres_masks': lowres,
@@ -87,8 +88,7 @@ def main():
                       refined_change=(refined - masks.double()).abs().max().item(),
                       official_module_on_float64_input=float64_as_is),
     }
-    torch.save(fixture, args.out)
-    print('wrote', args.out, fsize(args.out))
+    save_fixture(fixture, args.out)
     print(fixture['noise'])
 
 

@@ -23,38 +23,35 @@ shims only:
 The official explicit float32 steps (Ω, the SFR matrix, the path check) and the float16 cast of
 the SFR matrix are kept. Intermediates are read by wrapping official functions (`Recorder`).
 """
-import argparse
 import os
 import sys
-import tempfile
 
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _golden_common import (  # noqa: E402
+    CLASS_NAMES,
+    CLIP_CFG,
+    CROP,
+    IMAGE_HW,
+    ORI_HW,
+    QUERY_IDX,
+    STRIDE,
     Recorder,
-    TinyClipNet,
     cpu_cuda_shim,
+    custom_attn_calls,
+    data_sample,
     default_dtype,
-    fsize,
-    import_official,
-    install_clip_load_shim,
-    layernorm_in_input_dtype,
-    make_text_features,
-    normalise,
-    patch_labels,
-    slide_boxes,
-    tiny_openai_visual_state_dict,
-    voronoi_scene,
-    write_name_file,
+    import_official_clip,
+    install_tiny_clip,
+    parse_generator_args,
+    region_text_features,
+    save_fixture,
+    tiny_fixture_header,
+    tiny_scene,
 )
 
-COMMIT = '0e085f7f52f06098b383599e9653cd28cc665a8c'
-CLIP_CFG = dict(input_resolution=48, patch_size=8, width=16, layers=12, heads=4, output_dim=32)
-QK_GAIN, OUT_GAIN = 3.0, 5.0
-CLASS_NAMES = [['c0'], ['c1'], ['c2'], ['c3'], ['c4a', 'c4b']]
-QUERY_IDX = [0, 1, 2, 3, 4, 4]
-IMAGE_HW, ORI_HW, CROP, STRIDE = (72, 100), (90, 125), 48, 24
+OFFICIAL, COMMIT = 'yvhangyang/ResCLIP', '0e085f7f52f06098b383599e9653cd28cc665a8c'
 # The official per-benchmark settings (configs/cfg_*.py); model defaults: arch='wo_resi',
 # attn_strategy='resclip', gaussian_std=5, logit_scale=40, pamr_steps=0, area_thd=None.
 BENCHMARKS = {
@@ -66,8 +63,6 @@ BENCHMARKS = {
 # voc21 (whole image, temp_thd 0.5) is left out: on this tiny model its threshold sends 98% of
 # the pixels to name 0, so every patch gets the same SFR label.
 SLIDE, WHOLE = 'context60', 'voc20'
-SEEDS = dict(weights=0, scene=3, text=5)
-TEXT_MIX = 0.9
 
 
 def make_pamr_shim(model_mod):
@@ -97,53 +92,33 @@ def make_pamr_shim(model_mod):
 
 def build(seg_mod, clip_mod, model_mod, state_dict, text, name_path, bench,
           dtype=torch.float64):
-    visual = model_mod.VisionTransformer(**CLIP_CFG).to(dtype).eval()
-    visual.load_state_dict({k: v.to(dtype) for k, v in state_dict.items()}, strict=True)
-    net = TinyClipNet(visual, text.to(dtype), model_mod.CLIP.encode_image).eval()
-    install_clip_load_shim(clip_mod, net)
+    install_tiny_clip(clip_mod, model_mod, state_dict, text, dtype)
     model = seg_mod.ResCLIPSegmentation(
         clip_path='tiny', name_path=name_path, device=torch.device('cpu'),
         delete_same_entity=True, **BENCHMARKS[bench])
     return model.eval()
 
 
-def data_sample(ori_hw):
-    from mmseg.structures import SegDataSample
-    ds = SegDataSample()
-    ds.set_metainfo(dict(ori_shape=ori_hw, img_shape=IMAGE_HW, pad_shape=IMAGE_HW,
-                         padding_size=[0, 0, 0, 0]))
-    return ds
-
-
 def run(model, model_mod, inputs, pamr_calls):
     """One official predict() with every recorder on; returns the records."""
     visual = model.net.visual
-    attn_calls = []
-    original_custom_attn = visual.custom_attn
 
-    def custom_attn(*args, **kwargs):
-        with Recorder(torch, 'bmm') as bmm:
-            out = original_custom_attn(*args, **kwargs)
-        (a, b), (attn, v) = bmm.calls[0]['args'], bmm.calls[1]['args']
-        attn_calls.append(dict(kwargs=kwargs, first=(a.clone(), b.clone()), attn=attn.clone(),
-                               v=v.clone(), x=args[1].clone()))
-        return out
+    def describe(args, kwargs, bmm_args, out):
+        (a, b), (attn, v) = bmm_args
+        return dict(kwargs=kwargs, first=(a, b), attn=attn, v=v, x=args[1].clone())
 
-    visual.custom_attn = custom_attn
     del pamr_calls[:]
     VT = model_mod.VisionTransformer
-    try:
-        with Recorder(visual, 'create_logit_temp') as temp, \
-                Recorder(visual, 'create_patch_matrix') as patch_matrix, \
-                Recorder(visual, 'generate_attention_sfr') as sfr, \
-                Recorder(VT, 'check_path') as check_path, \
-                Recorder(torch, 'mode') as mode, \
-                Recorder(visual, 'forward') as visual_fwd, \
-                Recorder(torch.nn.functional, 'interpolate') as interp:
-            with torch.no_grad():
-                out = model.predict(inputs, [data_sample(ORI_HW)])
-    finally:
-        del visual.custom_attn
+    with custom_attn_calls(visual, describe) as attn_calls, \
+            Recorder(visual, 'create_logit_temp') as temp, \
+            Recorder(visual, 'create_patch_matrix') as patch_matrix, \
+            Recorder(visual, 'generate_attention_sfr') as sfr, \
+            Recorder(VT, 'check_path') as check_path, \
+            Recorder(torch, 'mode') as mode, \
+            Recorder(visual, 'forward') as visual_fwd, \
+            Recorder(torch.nn.functional, 'interpolate') as interp:
+        with torch.no_grad():
+            out = model.predict(inputs, [data_sample(ORI_HW)])
     bilinear = [c for c in interp.calls
                 if c['kwargs'].get('mode') == 'bilinear' and not c['kwargs'].get('align_corners')]
     n = len(visual_fwd.calls)
@@ -192,61 +167,35 @@ def pass_records(rec, i: int, grid_hw, sub: int, full: bool):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument('repo', help='extracted checkout of yvhangyang/ResCLIP')
-    parser.add_argument('--commit', required=True, help='the commit it was extracted from')
-    parser.add_argument('--out', default='tests/fixtures/resclip_tiny.pt')
-    args = parser.parse_args()
-    if not COMMIT.startswith(args.commit):
-        sys.exit(f'this generator documents ResCLIP @ {COMMIT[:7]}, not {args.commit}')
-
-    clip_mod, model_mod, seg_mod = import_official(args.repo, 'clip', 'clip.model',
-                                                   'resclip_segmentor')
-    layernorm_in_input_dtype(model_mod)
+    args = parse_generator_args(__doc__, OFFICIAL, COMMIT, 'tests/fixtures/resclip_tiny.pt')
+    clip_mod, model_mod, seg_mod = import_official_clip(args.repo, 'resclip_segmentor')
     cpu_cuda_shim()
     pamr_calls = make_pamr_shim(model_mod)
 
+    scene = tiny_scene()
+    state_dict, inputs, name_path, boxes = (
+        scene.state_dict, scene.inputs, scene.name_path, scene.boxes)
     p = CLIP_CFG['patch_size']
-    state_dict = tiny_openai_visual_state_dict(
-        CLIP_CFG['width'], CLIP_CFG['layers'], p, CLIP_CFG['input_resolution'] // p,
-        CLIP_CFG['output_dim'], seed=SEEDS['weights'], qk_gain=QK_GAIN, out_gain=OUT_GAIN)
-    image, regions = voronoi_scene(*IMAGE_HW, n_regions=len(QUERY_IDX), seed=SEEDS['scene'])
-    inputs = normalise(image)
-    tmp = tempfile.mkdtemp()
-    name_path = os.path.join(tmp, 'cls_tiny.txt')
-    write_name_file(name_path, CLASS_NAMES)
-    boxes = slide_boxes(*IMAGE_HW, CROP, STRIDE)
     grid = CROP // p
     whole_grid = (IMAGE_HW[0] // p, IMAGE_HW[1] // p)
 
     # Text embeddings correlated with the regions, from the features of a first run with any
     # text (ResCLIP's features depend on the text only through SFR).
-    probe = torch.eye(len(QUERY_IDX), CLIP_CFG['output_dim'], dtype=torch.float64)
-    feats, labels, means = [], [], []
+    feats, views = [], []
     for bench in (SLIDE, WHOLE):
-        model = build(seg_mod, clip_mod, model_mod, state_dict, probe, name_path, bench)
+        model = build(seg_mod, clip_mod, model_mod, state_dict, scene.probe, name_path, bench)
         rec = run(model, model_mod, inputs, pamr_calls)
-        views = boxes if bench == SLIDE else [(0, IMAGE_HW[0], 0, IMAGE_HW[1])]
-        for c, (y1, y2, x1, x2) in zip(rec['visual'], views):
-            f = c['out'][0, 1:]
-            gh, gw = ((y2 - y1) // p, (x2 - x1) // p)
-            feats.append(f)
-            labels.append(patch_labels(regions[y1:y1 + gh * p, x1:x1 + gw * p], (gh, gw)))
-            means.append(f.mean(0))
-    text = make_text_features(torch.cat(feats), torch.cat(labels), len(QUERY_IDX),
-                              torch.stack([torch.stack(means[:-1]).mean(0), means[-1]]),
-                              TEXT_MIX, seed=SEEDS['text'])
+        bench_views = boxes if bench == SLIDE else [(0, IMAGE_HW[0], 0, IMAGE_HW[1])]
+        for c, view in zip(rec['visual'], bench_views):
+            feats.append(c['out'][0, 1:])
+            views.append(view)
+    means = [f.mean(0) for f in feats]  # the crops' mean, and the whole image's
+    text = region_text_features(scene, feats, views,
+                                torch.stack([torch.stack(means[:-1]).mean(0), means[-1]]))
 
     sub = 4
     fixture = {
-        'source': f'yvhangyang/ResCLIP@{COMMIT}',
-        'clip_cfg': dict(CLIP_CFG),
-        'clip_state_dict': state_dict,
-        'image_uint8': image,
-        'norm_mean': [122.771, 116.746, 104.094], 'norm_std': [68.501, 66.632, 70.323],
-        'ori_shape': ORI_HW,
-        'class_names': CLASS_NAMES,
-        'query_idx': torch.tensor(QUERY_IDX),
+        **tiny_fixture_header(f'{OFFICIAL}@{COMMIT}', scene),
         'hparams': dict(arch='wo_resi', attn_strategy='resclip', gaussian_std=5.0,
                         logit_scale=40, delete_same_entity=True, rcs_layers=[5, 6, 7, 8],
                         pamr_steps_sfr=10, pamr_dilations_sfr=(8, 16), pamr_steps_final=0),
@@ -310,8 +259,7 @@ def main():
     fixture['noise'] = noise
     print('noise', noise)
 
-    torch.save(fixture, args.out)
-    print('wrote', args.out, fsize(args.out))
+    save_fixture(fixture, args.out)
     print('margins', margins)
     print('stats', stats)
 

@@ -15,35 +15,32 @@ from that checkout and run as is, with these in-memory shims only:
     return fixed unit text embeddings, one per name, the same for all 80 templates.
 Intermediates are read by wrapping official functions (`Recorder`), never by recomputing them.
 """
-import argparse
 import os
 import sys
-import tempfile
 
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _golden_common import (  # noqa: E402
+    CLASS_NAMES,
+    CLIP_CFG,
+    CROP,
+    ORI_HW,
+    QUERY_IDX,
+    STRIDE,
     Recorder,
-    TinyClipNet,
-    fsize,
-    import_official,
-    install_clip_load_shim,
-    layernorm_in_input_dtype,
-    make_text_features,
-    normalise,
-    patch_labels,
-    slide_boxes,
-    tiny_openai_visual_state_dict,
-    voronoi_scene,
-    write_name_file,
+    custom_attn_calls,
+    data_sample,
+    import_official_clip,
+    install_tiny_clip,
+    parse_generator_args,
+    region_text_features,
+    save_fixture,
+    tiny_fixture_header,
+    tiny_scene,
 )
 
-COMMIT = '0417ba92851e9dd7432d608f10a0804d01a23062'
-CLIP_CFG = dict(input_resolution=48, patch_size=8, width=16, layers=12, heads=4, output_dim=32)
-CLASS_NAMES = [['c0'], ['c1'], ['c2'], ['c3'], ['c4a', 'c4b']]
-QUERY_IDX = [0, 1, 2, 3, 4, 4]
-IMAGE_HW, ORI_HW, CROP, STRIDE = (72, 100), (90, 125), 48, 24
+OFFICIAL, COMMIT = 'SuleBai/SC-CLIP', '0417ba92851e9dd7432d608f10a0804d01a23062'
 # SC-CLIP's ViT-B/16 settings (base_config.py); the tiny model has 12 layers like B/16.
 MODEL_HP = dict(pre_adjust_idx=8, post_adjust_idx=3, multi_start_idx=3, multi_end_idx=10,
                 res_cls=0.3)
@@ -54,28 +51,14 @@ POST_HP = {
     'default': dict(logit_scale=40, prob_thd=0.0, area_thd=None),  # ade20k, city, c59, stuff, voc20
     'voc21': dict(logit_scale=50, prob_thd=0.15, area_thd=0.1),
 }
-SEEDS = dict(weights=0, scene=3, text=5)
-TEXT_MIX = 0.9
-QK_GAIN, OUT_GAIN = 3.0, 5.0
 
 
 def build(seg_mod, clip_mod, model_mod, state_dict, text, name_path, dtype=torch.float64):
-    visual = model_mod.VisionTransformer(**CLIP_CFG).to(dtype).eval()
-    visual.load_state_dict({k: v.to(dtype) for k, v in state_dict.items()}, strict=True)
-    net = TinyClipNet(visual, text.to(dtype), model_mod.CLIP.encode_image).eval()
-    install_clip_load_shim(clip_mod, net)
+    install_tiny_clip(clip_mod, model_mod, state_dict, text, dtype)
     model = seg_mod.SCCLIPForSegmentation(
         clip_path='tiny', name_path=name_path, device=torch.device('cpu'),
         slide_crop=CROP, slide_stride=STRIDE, **MODEL_HP, **POST_HP['voc21'])
     return model.eval()
-
-
-def data_sample(ori_hw):
-    from mmseg.structures import SegDataSample
-    ds = SegDataSample()
-    ds.set_metainfo(dict(ori_shape=ori_hw, img_shape=IMAGE_HW, pad_shape=IMAGE_HW,
-                         padding_size=[0, 0, 0, 0]))
-    return ds
 
 
 def run(model, model_mod, inputs):
@@ -84,20 +67,15 @@ def run(model, model_mod, inputs):
     blocks = []
     hooks = [b.register_forward_hook(lambda m, i, o: blocks.append(o.detach().clone()))
              for b in visual.transformer.resblocks]
-    attn_calls = []
-    original_custom_attn = visual.custom_attn
 
-    def custom_attn(attn_layer, x, mid_simi):
-        with Recorder(torch, 'bmm') as bmm:
-            out = original_custom_attn(attn_layer, x, mid_simi)
-        (k, _), (attn, v) = bmm.calls[0]['args'], bmm.calls[1]['args']
-        attn_calls.append(dict(x=x.clone(), mid_simi=mid_simi.clone(), k=k.clone(),
-                               attn=attn.clone(), v=v.clone(), out=out.clone()))
-        return out
+    def describe(args, kwargs, bmm_args, out):  # the official call: (attn_layer, x, mid_simi=)
+        (k, _), (attn, v) = bmm_args
+        return dict(x=args[1].clone(), mid_simi=kwargs['mid_simi'].clone(), k=k, attn=attn, v=v,
+                    out=out.clone())
 
-    visual.custom_attn = custom_attn
     try:
-        with Recorder(model_mod, 'lof_pytorch') as lof, \
+        with custom_attn_calls(visual, describe) as attn_calls, \
+                Recorder(model_mod, 'lof_pytorch') as lof, \
                 Recorder(visual, 'mean_interpolation') as mean_interp, \
                 Recorder(visual, 'adaptively_aggregate') as aggregate, \
                 Recorder(visual, 'forward') as visual_fwd, \
@@ -105,7 +83,6 @@ def run(model, model_mod, inputs):
             with torch.no_grad():
                 out = model.predict(inputs, [data_sample(ORI_HW)])
     finally:
-        del visual.custom_attn
         for h in hooks:
             h.remove()
     return dict(blocks=blocks, attn=attn_calls, lof=lof.calls, mean_interp=mean_interp.calls,
@@ -143,39 +120,19 @@ def crop_records(rec, crop: int, n_layers: int):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument('repo', help='extracted checkout of SuleBai/SC-CLIP')
-    parser.add_argument('--commit', required=True, help='the commit it was extracted from')
-    parser.add_argument('--out', default='tests/fixtures/scclip_tiny.pt')
-    args = parser.parse_args()
-    if not COMMIT.startswith(args.commit):
-        sys.exit(f'this generator documents SC-CLIP @ {COMMIT[:7]}, not {args.commit}')
+    args = parse_generator_args(__doc__, OFFICIAL, COMMIT, 'tests/fixtures/scclip_tiny.pt')
+    clip_mod, model_mod, seg_mod = import_official_clip(args.repo, 'scclip_segmentor')
 
-    clip_mod, model_mod, seg_mod = import_official(args.repo, 'clip', 'clip.model',
-                                                   'scclip_segmentor')
-    layernorm_in_input_dtype(model_mod)
-
-    state_dict = tiny_openai_visual_state_dict(
-        CLIP_CFG['width'], CLIP_CFG['layers'], CLIP_CFG['patch_size'],
-        CLIP_CFG['input_resolution'] // CLIP_CFG['patch_size'], CLIP_CFG['output_dim'],
-        seed=SEEDS['weights'], qk_gain=QK_GAIN, out_gain=OUT_GAIN)
-    image, regions = voronoi_scene(*IMAGE_HW, n_regions=len(QUERY_IDX), seed=SEEDS['scene'])
-    inputs = normalise(image)
-    tmp = tempfile.mkdtemp()
-    name_path = os.path.join(tmp, 'cls_tiny.txt')
-    write_name_file(name_path, CLASS_NAMES)
-    boxes = slide_boxes(*IMAGE_HW, CROP, STRIDE)
-    grid = CROP // CLIP_CFG['patch_size']
+    scene = tiny_scene()
+    state_dict, inputs, name_path, boxes = (
+        scene.state_dict, scene.inputs, scene.name_path, scene.boxes)
 
     # Text embeddings correlated with the regions: prototypes from a first run with any text
     # (SC-CLIP's image features do not depend on the text).
-    probe = torch.eye(len(QUERY_IDX), CLIP_CFG['output_dim'], dtype=torch.float64)
-    rec = run(build(seg_mod, clip_mod, model_mod, state_dict, probe, name_path), model_mod, inputs)
+    rec = run(build(seg_mod, clip_mod, model_mod, state_dict, scene.probe, name_path), model_mod,
+              inputs)
     feats = torch.stack([r['out'][0] for r in rec['visual']])
-    labels = torch.cat([patch_labels(regions[y1:y2, x1:x2], (grid, grid))
-                        for (y1, y2, x1, x2) in boxes])
-    text = make_text_features(feats.flatten(0, 1), labels, len(QUERY_IDX), feats.mean(1),
-                              TEXT_MIX, seed=SEEDS['text'])
+    text = region_text_features(scene, list(feats), boxes, feats.mean(1))
 
     model = build(seg_mod, clip_mod, model_mod, state_dict, text, name_path)
     rec = run(model, model_mod, inputs)
@@ -199,14 +156,7 @@ def main():
 
     sub = 4
     fixture = {
-        'source': f'SuleBai/SC-CLIP@{COMMIT}',
-        'clip_cfg': dict(CLIP_CFG),
-        'clip_state_dict': state_dict,
-        'image_uint8': image,
-        'norm_mean': [122.771, 116.746, 104.094], 'norm_std': [68.501, 66.632, 70.323],
-        'ori_shape': ORI_HW,
-        'class_names': CLASS_NAMES,
-        'query_idx': torch.tensor(QUERY_IDX),
+        **tiny_fixture_header(f'{OFFICIAL}@{COMMIT}', scene),
         'text_features': model.query_features.clone(),
         'hparams': dict(MODEL_HP, slide_crop=CROP, slide_stride=STRIDE, beta=0.4,
                         lof_neighbors=30, lof_contamination=0.05),
@@ -234,7 +184,7 @@ def main():
     fixture['stats'] = dict(n_outliers=[len(o) for o in fixture['crop_outliers']])
     # share of pixels whose predicted class equals the scene's class (region r -> class idx[r])
     scene_cls = torch.tensor(QUERY_IDX)[torch.nn.functional.interpolate(
-        regions[None, None].double(), size=ORI_HW, mode='nearest')[0, 0].long()]
+        scene.regions[None, None].double(), size=ORI_HW, mode='nearest')[0, 0].long()]
     fixture['stats']['pred_region_agreement'] = {
         b: (p.long() == scene_cls).double().mean().item() for b, p in preds.items()}
     fixture['stats']['pred_class_share'] = {
@@ -258,8 +208,7 @@ def main():
         slide_logits_range=(slide_logits.max() - slide_logits.min()).item())
     print('noise', fixture['noise'])
 
-    torch.save(fixture, args.out)
-    print('wrote', args.out, fsize(args.out))
+    save_fixture(fixture, args.out)
     spread = (crop_logits.max(1).values - crop_logits.min(1).values).mean().item()
     f = fixture['crop0']['features']
     f = f / f.norm(dim=-1, keepdim=True)

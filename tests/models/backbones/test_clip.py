@@ -7,6 +7,8 @@ from fsa_seg.models.backbones import OpenCLIP, interpolate_pos_embed, tiny_clip_
 from fsa_seg.models.backbones.clip import is_causal_clip_text
 from fsa_seg.models.weights import WeightsError
 
+from references import official_interpolate_pos_encoding
+
 
 def test_trunk_plus_unmodified_last_block_reproduces_open_clip_tokens(tiny_clip):
     clip = OpenCLIP(**tiny_clip)
@@ -186,30 +188,6 @@ def test_pos_embed_interpolation_follows_the_dino_formula_of_the_segmentation_co
     assert not torch.allclose(out[1:], resized)  # the two samplings do differ
 
 
-def official_interpolate_pos_encoding(positional_embedding, patch_size, x, w, h):
-    """``VisionTransformer.interpolate_pos_encoding`` of ProxyCLIP's open_clip/transformer.py
-    (mc-lan/ProxyCLIP@e7b767f; SCLIP, ClearCLIP, NACLIP and CASS have the same), verbatim."""
-    import math
-    npatch = x.shape[1] - 1
-    N = positional_embedding.shape[0] - 1
-    if npatch == N and w == h:
-        return positional_embedding
-    class_pos_embed = positional_embedding[[0]]
-    patch_pos_embed = positional_embedding[1:]
-    dim = x.shape[-1]
-    w0 = w // patch_size[0]
-    h0 = h // patch_size[1]
-    w0, h0 = w0 + 0.1, h0 + 0.1
-    patch_pos_embed = F.interpolate(
-        patch_pos_embed.reshape(1, int(math.sqrt(N)), int(math.sqrt(N)), dim).permute(0, 3, 1, 2),
-        scale_factor=(w0 / math.sqrt(N), h0 / math.sqrt(N)),
-        mode='bicubic',
-    )
-    assert int(w0) == patch_pos_embed.shape[-2] and int(h0) == patch_pos_embed.shape[-1]
-    patch_pos_embed = patch_pos_embed.permute(0, 2, 3, 1).view(1, -1, dim)
-    return torch.cat((class_pos_embed.unsqueeze(0), patch_pos_embed), dim=1)
-
-
 @pytest.mark.parametrize('size', [(224, 224), (336, 336), (448, 448), (224, 336), (224, 232)],
                          ids=lambda s: f'{s[0]}x{s[1]}')
 def test_fp64_embedding_equals_the_official_interpolation_in_fp64(tiny_clip, size):
@@ -224,7 +202,7 @@ def test_fp64_embedding_equals_the_official_interpolation_in_fp64(tiny_clip, siz
     x = visual.conv1(images).flatten(2).transpose(1, 2)
     x = torch.cat([visual.class_embedding.expand(1, 1, -1), x], dim=1)
     if x.shape[1] != visual.positional_embedding.shape[0]:
-        pos = official_interpolate_pos_encoding(visual.positional_embedding, (16, 16), x, *size)
+        pos = official_interpolate_pos_encoding(visual.positional_embedding[None], 16, x, *size)
     else:
         pos = visual.positional_embedding
     pos = pos.reshape(-1, pos.shape[-1])  # (1 + h·w, C); (1, 1 + h·w, C) where resampled

@@ -13,32 +13,10 @@ import fsa_seg.models.plugins.fsa as fsa_module
 from fsa_seg.models.plugins import FSA
 from fsa_seg.models.plugins.fsa_reference import official_fsa, official_prune_and_sharpen
 
+from references import linear_logits_fn, random_fsa_problem
+
 PATHS = ('cpu', 'device')
 HYPER = dict(lamda=3.0, top_p=0.45, logit_scales=(20.0, 35.0))
-
-
-def random_problem(batch, heads, n, dim, queries, attention, seed=0, dtype=torch.float64):
-    generator = torch.Generator().manual_seed(seed)
-    values = torch.randn(batch, heads, n, dim, generator=generator, dtype=dtype)
-    if attention == 'per-head':
-        attn = (3 * torch.randn(batch, heads, n, n, generator=generator, dtype=dtype)).softmax(-1)
-    elif attention == 'shared':  # ProxyCLIP-like: masked, shared by the heads
-        logits = 3 * torch.randn(batch, 1, n, n, generator=generator, dtype=dtype)
-        attn = logits.masked_fill(logits < -1, float('-inf'))
-        attn = attn.diagonal_scatter(torch.zeros(batch, 1, n, dtype=dtype), dim1=-2, dim2=-1)
-        attn = attn.softmax(-1)
-    else:
-        attn = None
-    head = torch.randn(heads * dim, 8, generator=generator, dtype=dtype)
-    text = F.normalize(torch.randn(queries, 8, generator=generator, dtype=dtype), dim=-1)
-    return attn, values, linear_logits_fn(head, text)
-
-
-def linear_logits_fn(head, text):
-    def logits_fn(o):
-        merged = o.transpose(1, 2).flatten(2)
-        return F.normalize(merged @ head.to(o.dtype), dim=-1) @ text.to(o.dtype).t()
-    return logits_fn
 
 
 def run(path, attn, values, logits_fn, **hyper):
@@ -75,13 +53,13 @@ def test_each_path_reproduces_the_golden_fixture(golden, golden_logits_fn, path)
     (1, 12, 196, 8, 21),
 ])
 def test_each_path_equals_the_reference(path, attention, batch, heads, n, dim, queries):
-    problem = random_problem(batch, heads, n, dim, queries, attention, seed=n + queries)
+    problem = random_fsa_problem(batch, heads, n, dim, queries, attention, seed=n + queries)
     assert (run(path, *problem) - reference(*problem)).abs().max() < 1e-12
 
 
 @pytest.mark.parametrize('lamda, top_p', [(2.3, 0.3), (4.5, 0.8), (3.0, 0.0)])
 def test_device_path_equals_the_reference_for_other_hyper_parameters(lamda, top_p):
-    problem = random_problem(1, 3, 40, 8, 10, 'per-head', seed=1)
+    problem = random_fsa_problem(1, 3, 40, 8, 10, 'per-head', seed=1)
     hyper = dict(lamda=lamda, top_p=top_p, logit_scales=(15.0, 30.0))
     assert (run('device', *problem, **hyper) - reference(*problem, **hyper)).abs().max() < 1e-12
 
@@ -93,7 +71,7 @@ def test_device_path_in_uneven_row_blocks_equals_the_reference(monkeypatch, atte
     monkeypatch.setattr(fsa_module, 'DEVICE_BLOCK_ELEMENTS', 2 * 7 * 50)
     assert [(b.start, b.stop) for b in fsa_module._row_blocks(2, 50, 'device')] == [
         (0, 7), (7, 14), (14, 21), (21, 28), (28, 35), (35, 42), (42, 49), (49, 56)]
-    problem = random_problem(2, 3, 50, 4, 12, attention, seed=3)
+    problem = random_fsa_problem(2, 3, 50, 4, 12, attention, seed=3)
     assert (run('device', *problem) - reference(*problem)).abs().max() < 1e-12
 
 
@@ -109,7 +87,7 @@ def test_device_row_blocks_follow_the_shapes_only():
 
 
 def test_forward_picks_the_path_by_device_and_rejects_unknown_paths():
-    problem = random_problem(1, 2, 30, 4, 5, 'shared')
+    problem = random_fsa_problem(1, 2, 30, 4, 5, 'shared')
     fsa = FSA(**HYPER)
     with torch.no_grad():
         assert torch.equal(fsa(*problem), fsa._forward(*problem, path='cpu'))
@@ -122,7 +100,7 @@ def test_forward_picks_the_path_by_device_and_rejects_unknown_paths():
 def test_one_query_vocabulary_keeps_what_the_official_code_keeps(path):
     """One query: q ≡ 1, every KL is 0, every similarity 1; each row keeps ⌊0.45 · 50⌋ = 22 of 50
     equal entries, and the official code's sort decides which."""
-    problem = random_problem(1, 2, 50, 4, 1, 'shared', seed=5)
+    problem = random_fsa_problem(1, 2, 50, 4, 1, 'shared', seed=5)
     fsa = FSA(**HYPER)
     attn, values, logits_fn = problem
     with torch.no_grad():
@@ -246,8 +224,8 @@ HALF_TOLERANCE = {torch.float16: dict(max=0.05, mean=3e-3),
 @pytest.mark.parametrize('dtype', [torch.float16, torch.bfloat16], ids=['fp16', 'bf16'])
 @pytest.mark.parametrize('path', PATHS)
 def test_half_precision_agrees_with_fp32_within_the_stated_tolerance(path, dtype):
-    attn, values, logits_fn = random_problem(1, 3, 196, 8, 21, 'shared', seed=1,
-                                             dtype=torch.float32)
+    attn, values, logits_fn = random_fsa_problem(1, 3, 196, 8, 21, 'shared', seed=1,
+                                                 dtype=torch.float32)
     expected = run(path, attn, values, logits_fn)
     out = run(path, attn.to(dtype), values.to(dtype), logits_fn)
     assert out.dtype == dtype and torch.isfinite(out).all()

@@ -7,10 +7,11 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from fsa_seg.models.plugins import FSA
 from fsa_seg.models.plugins.fsa_reference import official_fsa, official_prune_and_sharpen
+
+from references import random_fsa_problem
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -43,29 +44,6 @@ def test_fsa_reproduces_the_fixture_with_and_without_autograd(golden, golden_log
 
 
 # ---------------------------------------------------------------------------- random problems
-def random_problem(batch, heads, n, dim, queries, attention, seed=0):
-    generator = torch.Generator().manual_seed(seed)
-    dtype = torch.float64
-    values = torch.randn(batch, heads, n, dim, generator=generator, dtype=dtype)
-    if attention == 'per-head':
-        attn = (3 * torch.randn(batch, heads, n, n, generator=generator, dtype=dtype)).softmax(-1)
-    elif attention == 'shared':  # ProxyCLIP-like: masked, shared by the heads
-        logits = 3 * torch.randn(batch, 1, n, n, generator=generator, dtype=dtype)
-        attn = logits.masked_fill(logits < -1, float('-inf'))
-        attn = attn.diagonal_scatter(torch.zeros(batch, 1, n, dtype=dtype), dim1=-2, dim2=-1)
-        attn = attn.softmax(-1)
-    else:
-        attn = None
-    head = torch.randn(heads * dim, 8, generator=generator, dtype=dtype)
-    text = F.normalize(torch.randn(queries, 8, generator=generator, dtype=dtype), dim=-1)
-
-    def logits_fn(o):
-        merged = o.transpose(1, 2).flatten(2)
-        return F.normalize(merged @ head, dim=-1) @ text.t()
-
-    return attn, values, logits_fn
-
-
 @pytest.mark.parametrize('attention', ['per-head', 'shared', 'identity'])
 @pytest.mark.parametrize('batch, heads, n, dim, queries', [
     (1, 4, 7, 8, 3),
@@ -74,8 +52,8 @@ def random_problem(batch, heads, n, dim, queries, attention, seed=0):
     (2, 2, 64, 16, 1),   # a single query: q is one-hot, every KL is zero
 ])
 def test_fsa_equals_the_reference_on_random_problems(attention, batch, heads, n, dim, queries):
-    attn, values, logits_fn = random_problem(batch, heads, n, dim, queries, attention,
-                                             seed=n + queries)
+    attn, values, logits_fn = random_fsa_problem(batch, heads, n, dim, queries, attention,
+                                                 seed=n + queries)
     kwargs = dict(lamda=3.0, top_p=0.45, logit_scales=(20.0, 35.0))
     with torch.no_grad():
         expected = official_fsa(attn, values, logits_fn, **kwargs)
@@ -92,7 +70,7 @@ def test_fsa_in_many_uneven_row_blocks_equals_the_reference(monkeypatch, attenti
     """A_new made a block of rows at a time (7 rows of 50 per block here) changes nothing."""
     import fsa_seg.models.plugins.fsa as fsa_module
     monkeypatch.setattr(fsa_module, 'BLOCK_ELEMENTS', 7 * 50)
-    attn, values, logits_fn = random_problem(2, 3, 50, 4, 12, attention, seed=3)
+    attn, values, logits_fn = random_fsa_problem(2, 3, 50, 4, 12, attention, seed=3)
     kwargs = dict(lamda=3.0, top_p=0.45, logit_scales=(20.0, 35.0))
     with torch.no_grad():
         expected = official_fsa(attn, values, logits_fn, **kwargs)
@@ -102,7 +80,7 @@ def test_fsa_in_many_uneven_row_blocks_equals_the_reference(monkeypatch, attenti
 
 @pytest.mark.parametrize('lamda, top_p', [(2.3, 0.3), (4.5, 0.8), (3.0, 0.0)])
 def test_fsa_equals_the_reference_for_other_hyper_parameters(lamda, top_p):
-    attn, values, logits_fn = random_problem(1, 3, 40, 8, 10, 'per-head', seed=1)
+    attn, values, logits_fn = random_fsa_problem(1, 3, 40, 8, 10, 'per-head', seed=1)
     kwargs = dict(lamda=lamda, top_p=top_p, logit_scales=(15.0, 30.0))
     with torch.no_grad():
         expected = official_fsa(attn, values, logits_fn, **kwargs)
@@ -111,7 +89,7 @@ def test_fsa_equals_the_reference_for_other_hyper_parameters(lamda, top_p):
 
 
 def test_reference_identity_attention_is_the_explicit_identity_matrix():
-    _, values, logits_fn = random_problem(1, 2, 20, 4, 6, 'identity')
+    _, values, logits_fn = random_fsa_problem(1, 2, 20, 4, 6, 'identity')
     eye = torch.eye(20, dtype=values.dtype)[None, None]
     kwargs = dict(lamda=3.0, top_p=0.45, logit_scales=(20.0, 35.0))
     assert torch.allclose(official_fsa(None, values, logits_fn, **kwargs),

@@ -16,36 +16,14 @@ BASELINES = [  # type, reference attention, residual, ffn
 ]
 
 
-class PassThroughAll(AttentionPlugin):
-    """Returns the attention output unchanged; acts on all tokens (class token kept)."""
-    tokens = 'all'
-
-    def forward(self, attn, values, logits_fn, attended=None, grid=None, num_prefix=0):
-        self.seen = dict(grid=grid, num_prefix=num_prefix, tokens=values.shape[2])
-        return attended
-
-
-class PassThroughPatches(PassThroughAll):
-    tokens = 'patches'
-
-
-@pytest.fixture
-def trivial_plugins():
-    for cls in (PassThroughAll, PassThroughPatches):
-        MODELS.register_module(f'Test{cls.__name__}', module=cls)
-    yield
-    for cls in (PassThroughAll, PassThroughPatches):
-        MODELS.module_dict.pop(f'Test{cls.__name__}')
-
-
 def build(tiny_clip, type_, plugin=None):
     return MODELS.build(dict(type=type_, clip=tiny_clip, vocabulary=['a', 'b; c', 'd'],
                              templates='plain', plugin=plugin))
 
 
 @pytest.mark.parametrize('type_,attention,residual,ffn', BASELINES)
-def test_pass_through_on_all_tokens_is_the_baseline_exactly(tiny_clip, trivial_plugins, type_,
-                                                            attention, residual, ffn):
+def test_pass_through_on_all_tokens_is_the_baseline_exactly(tiny_clip, pass_through_plugins,
+                                                            type_, attention, residual, ffn):
     plain = build(tiny_clip, type_)
     with_plugin = build(tiny_clip, type_, plugin=dict(type='TestPassThroughAll'))
     with_plugin.load_state_dict(plain.state_dict())
@@ -58,9 +36,9 @@ def test_pass_through_on_all_tokens_is_the_baseline_exactly(tiny_clip, trivial_p
 
 
 @pytest.mark.parametrize('type_,attention,residual,ffn', BASELINES)
-def test_pass_through_on_patches_drops_the_class_token(tiny_clip, trivial_plugins, type_,
+def test_pass_through_on_patches_drops_the_class_token(tiny_clip, pass_through_plugins, type_,
                                                        attention, residual, ffn):
-    model = build(tiny_clip, type_, plugin=dict(type='TestPassThroughPatches'))
+    model = build(tiny_clip, type_, plugin=dict(type='TestPassThrough'))
     images = torch.randn(1, 3, 48, 64, dtype=torch.float64)
     out = model.encode_crops(images)
     assert model.plugin.seen == dict(grid=(3, 4), num_prefix=0, tokens=12)

@@ -11,13 +11,13 @@ import torch.nn.functional as F
 from mmseg.registry import MODELS
 from mmseg.structures import SegDataSample
 
-from fsa_seg.models.plugins import AttentionPlugin
 from fsa_seg.models.segmentors.semantic_feedback import (
     feedback_matrix,
     patch_mode,
     same_entity_paths,
 )
 
+from golden_fixtures import build_with_fixture_weights, model_input, tiny_clip_cfg
 from references import reference_fsa, reference_pamr
 
 FIXTURE = Path(__file__).resolve().parents[2] / 'fixtures' / 'resclip_tiny.pt'
@@ -27,16 +27,6 @@ FSA = dict(lamda=2.5, top_p=0.5, logit_scales=(20.0, 35.0))
 @pytest.fixture(scope='module')
 def fx():
     return torch.load(FIXTURE, weights_only=False)
-
-
-def tiny_clip_cfg(fx):
-    """The fixture's CLIP in open_clip's terms (QuickGELU, as OpenAI's), float64."""
-    c = fx['clip_cfg']
-    return dict(arch=dict(embed_dim=c['output_dim'], vision_cfg=dict(
-        image_size=c['input_resolution'], patch_size=c['patch_size'], width=c['width'],
-        layers=c['layers'], head_width=c['width'] // c['heads'], mlp_ratio=4.0),
-        text_cfg=dict(context_length=77, vocab_size=49408, width=32, heads=2, layers=1)),
-        quick_gelu=True, random_init=True, precision='fp64')
 
 
 def build(fx, benchmark='context60', **overrides):
@@ -52,16 +42,7 @@ def build(fx, benchmark='context60', **overrides):
         attn_sfr_weights=bench['attn_sfr_weights'], temp_thd=bench['temp_thd'],
         gaussian_std=fx['hparams']['gaussian_std'], text_cache_dir=False)
     cfg.update(overrides)
-    model = MODELS.build(cfg)
-    model.clip.visual.load_state_dict({k: v.double() for k, v in fx['clip_state_dict'].items()})
-    model.set_query_embeddings(fx['text_features'])
-    return model
-
-
-def model_input(fx):
-    mean = torch.tensor(fx['norm_mean'], dtype=torch.float64).view(3, 1, 1)
-    std = torch.tensor(fx['norm_std'], dtype=torch.float64).view(3, 1, 1)
-    return ((fx['image_uint8'].double() - mean) / std)[None]
+    return build_with_fixture_weights(cfg, fx)
 
 
 def crop_of(fx, index=0):
@@ -326,42 +307,20 @@ def test_the_reference_reproduces_the_official_crop(fx):
         assert (ref[key] - golden[key]).abs().max() < 1e-12, key
 
 
-class PassThrough(AttentionPlugin):
-    """Returns the attention output unchanged, on patches or on all tokens."""
-    tokens = 'patches'
-
-    def forward(self, attn, values, logits_fn, attended=None, grid=None, num_prefix=0):
-        self.seen = dict(num_prefix=num_prefix, rows=attn.sum(-1))
-        return attended
-
-
-class PassThroughAll(PassThrough):
-    tokens = 'all'
-
-
-@pytest.fixture
-def pass_through():
-    for cls in (PassThrough, PassThroughAll):
-        MODELS.register_module(f'ResCLIPTest{cls.__name__}', module=cls)
-    yield
-    for cls in (PassThrough, PassThroughAll):
-        MODELS.module_dict.pop(f'ResCLIPTest{cls.__name__}')
-
-
-def test_plugin_on_all_tokens_keeps_resclip_exactly(fx, pass_through):
+def test_plugin_on_all_tokens_keeps_resclip_exactly(fx, pass_through_plugins):
     crop = crop_of(fx)
-    model = build(fx, plugin=dict(type='ResCLIPTestPassThroughAll'))
+    model = build(fx, plugin=dict(type='TestPassThroughAll'))
     with torch.no_grad():
         assert torch.equal(model.encode_crops(crop), build(fx).encode_crops(crop))
     assert model.plugin.seen['num_prefix'] == 1
     tau = fx['benchmarks']['context60']['attn_rcs_weights'][0]
-    assert torch.allclose(model.plugin.seen['rows'], torch.full((1, 4, 37), tau,
-                                                                 dtype=torch.float64))
+    assert torch.allclose(model.plugin.row_sums, torch.full((1, 4, 37), tau,
+                                                             dtype=torch.float64))
 
 
-def test_plugin_on_patches_drops_the_class_token_from_both_passes(fx, pass_through):
+def test_plugin_on_patches_drops_the_class_token_from_both_passes(fx, pass_through_plugins):
     crop = crop_of(fx)
-    model = build(fx, plugin=dict(type='ResCLIPTestPassThrough'))
+    model = build(fx, plugin=dict(type='TestPassThrough'))
     with torch.no_grad():
         logits = model.cosine_logits(model.encode_crops(crop))[0]
     ref = reference_crop(fx, crop, 'context60', keep_cls=False)
@@ -370,7 +329,7 @@ def test_plugin_on_patches_drops_the_class_token_from_both_passes(fx, pass_throu
     # rows: τ_r((1 − λ_r) + λ_r·(RCS's patch-block rows, less than 1))
     tau, lam = fx['benchmarks']['context60']['attn_rcs_weights']
     rows = tau * ((1 - lam) + lam * fx['crop0']['attn_rcs'][:, 1:, 1:].sum(-1))
-    assert torch.allclose(model.plugin.seen['rows'][0], rows, atol=1e-12)
+    assert torch.allclose(model.plugin.row_sums[0], rows, atol=1e-12)
     assert (rows < tau).all()
 
 

@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from mmseg.registry import MODELS
 from mmseg.structures import SegDataSample
 
 from fsa_seg.models.segmentors.scclip import (
@@ -20,6 +19,7 @@ from fsa_seg.models.segmentors.scclip import (
     suppress_small_areas,
 )
 
+from golden_fixtures import build_with_fixture_weights, model_input, tiny_clip_cfg
 from references import reference_fsa
 
 FIXTURE = Path(__file__).resolve().parents[2] / 'fixtures' / 'scclip_tiny.pt'
@@ -34,14 +34,9 @@ def fx():
 
 def build(fx, **overrides):
     """SCCLIP with the fixture's weights, text and official settings (B/16 layer indices)."""
-    c, h = fx['clip_cfg'], fx['hparams']
+    h = fx['hparams']
     cfg = dict(
-        type='SCCLIP',
-        clip=dict(arch=dict(embed_dim=c['output_dim'], vision_cfg=dict(
-            image_size=c['input_resolution'], patch_size=c['patch_size'], width=c['width'],
-            layers=c['layers'], head_width=c['width'] // c['heads'], mlp_ratio=4.0),
-            text_cfg=dict(context_length=77, vocab_size=49408, width=32, heads=2, layers=1)),
-            quick_gelu=True, random_init=True, precision='fp64'),
+        type='SCCLIP', clip=tiny_clip_cfg(fx),
         vocabulary=fx['class_names'], templates='plain', text_cache_dir=False,
         test_cfg=dict(mode='slide', crop_size=(h['slide_crop'],) * 2,
                       stride=(h['slide_stride'],) * 2),
@@ -50,16 +45,7 @@ def build(fx, **overrides):
         res_cls=h['res_cls'], beta=h['beta'], lof_neighbors=h['lof_neighbors'],
         lof_contamination=h['lof_contamination'])
     cfg.update(overrides)
-    model = MODELS.build(cfg)
-    model.clip.visual.load_state_dict({k: v.double() for k, v in fx['clip_state_dict'].items()})
-    model.set_query_embeddings(fx['text_features'])
-    return model
-
-
-def model_input(fx):
-    mean = torch.tensor(fx['norm_mean'], dtype=torch.float64).view(3, 1, 1)
-    std = torch.tensor(fx['norm_std'], dtype=torch.float64).view(3, 1, 1)
-    return ((fx['image_uint8'].double() - mean) / std)[None]
+    return build_with_fixture_weights(cfg, fx)
 
 
 def all_crops(fx):

@@ -26,6 +26,8 @@ from torch import nn
 
 from fsa_seg.models.vfm import TimmVFM
 
+from references import official_interpolate_pos_encoding
+
 SIZES = [(224, 224), (336, 336), (448, 448), (224, 336)]
 TINY = dict(embed_dim=32, depth=2, num_heads=2)
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -54,33 +56,12 @@ def randomise_embeddings(model, seed=0):
 
 
 # ---------------------------------------------------------------- DINO (facebookresearch/dino)
-def dino_interpolate_pos_encoding(pos_embed, patch_size, x, w, h):
-    npatch = x.shape[1] - 1
-    N = pos_embed.shape[1] - 1
-    if npatch == N and w == h:
-        return pos_embed
-    class_pos_embed = pos_embed[:, 0]
-    patch_pos_embed = pos_embed[:, 1:]
-    dim = x.shape[-1]
-    w0 = w // patch_size
-    h0 = h // patch_size
-    w0, h0 = w0 + 0.1, h0 + 0.1
-    patch_pos_embed = F.interpolate(
-        patch_pos_embed.reshape(1, int(math.sqrt(N)), int(math.sqrt(N)), dim).permute(0, 3, 1, 2),
-        scale_factor=(w0 / math.sqrt(N), h0 / math.sqrt(N)),
-        mode='bicubic',
-    )
-    assert int(w0) == patch_pos_embed.shape[-2] and int(h0) == patch_pos_embed.shape[-1]
-    patch_pos_embed = patch_pos_embed.permute(0, 2, 3, 1).view(1, -1, dim)
-    return torch.cat((class_pos_embed.unsqueeze(0), patch_pos_embed), dim=1)
-
-
 def dino_prepare_tokens(model, x):
     B, nc, w, h = x.shape
     proj = model.patch_embed.proj
     x = F.conv2d(x, proj.weight, proj.bias, stride=proj.stride).flatten(2).transpose(1, 2)
     x = torch.cat((model.cls_token.expand(B, -1, -1), x), dim=1)
-    return x + dino_interpolate_pos_encoding(model.pos_embed, proj.stride[0], x, w, h)
+    return x + official_interpolate_pos_encoding(model.pos_embed, proj.stride[0], x, w, h)
 
 
 def dino_features(model, x):

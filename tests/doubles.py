@@ -1,0 +1,20 @@
+"""Test doubles shared by tests, imported by name (tests/conftest.py puts tests/ on sys.path and
+registers the plug-ins for a test through its ``pass_through_plugins`` fixture)."""
+from fsa_seg.models.plugins import AttentionPlugin
+
+
+class PassThrough(AttentionPlugin):
+    """An attention plug-in that returns the host's attention output unchanged, on the patches.
+    It keeps what the host gave it: ``seen`` (grid, number of prefix tokens, number of tokens)
+    and ``row_sums``, the attention's row sums (None without an attention)."""
+    tokens = 'patches'
+
+    def forward(self, attn, values, logits_fn, attended=None, grid=None, num_prefix=0):
+        self.seen = dict(grid=grid, num_prefix=num_prefix, tokens=values.shape[2])
+        self.row_sums = None if attn is None else attn.sum(-1)
+        return attended
+
+
+class PassThroughAll(PassThrough):
+    """The same on all tokens (class token kept)."""
+    tokens = 'all'

@@ -73,10 +73,7 @@ def reference_features(clip, images, attention, residual, ffn, drop_cls=False, p
         logits = k @ k.transpose(2, 3) * scale
         prefix = 0 if drop_cls else 1
         window = torch.zeros(length, length, dtype=logits.dtype)
-        for i in range(grid[0] * grid[1]):
-            for j in range(grid[0] * grid[1]):
-                (yi, xi), (yj, xj) = divmod(i, grid[1]), divmod(j, grid[1])
-                window[prefix + i, prefix + j] = math.exp(-((yi - yj)**2 + (xi - xj)**2) / 50.0)
+        window[prefix:, prefix:] = naclip_addition(grid, std=5.0)
         attn = torch.softmax(logits + window, -1)
     out = v if attn is None else attn @ v
     if plugin is not None:
@@ -146,3 +143,22 @@ def reference_pamr(image, mask, steps, dilations):
         mask = (torch.stack([shifted(mask, dy, dx) for dy, dx in offsets], dim=2)
                 * affinity).sum(2)
     return mask
+
+
+def naclip_addition(grid, std):
+    """NACLIP's Ω as its official code computes it (clip/model.py ``gaussian_window`` and
+    ``get_attention_addition``): a float32 window from ``linspace`` coordinates, convolved with a
+    one-hot map per patch; (N, N) float32."""
+    height, width = grid
+    constant = 1 / (std * math.sqrt(2))
+    axes = []
+    for dim in (2 * height - 1, 2 * width - 1):
+        start = -(dim - 1) / 2.0
+        axes.append(torch.linspace(start=start * constant, end=(start + (dim - 1)) * constant,
+                                   steps=dim, dtype=torch.float))
+    window = torch.exp(-(torch.stack(torch.meshgrid(*axes, indexing='ij')) ** 2).sum(0))
+    one_hot = torch.einsum('ij,kl->ijkl', torch.eye(height), torch.eye(width))
+    one_hot = one_hot.permute((0, 3, 1, 2)).contiguous()
+    out = F.conv2d(one_hot.view(-1, height, width).unsqueeze(1), window[None, None],
+                   padding='same').squeeze(1)
+    return out.view(height * width, height * width)

@@ -13,10 +13,10 @@ from PIL import Image
 from torch import Tensor
 
 from .base import TrainingFreeSegmentor
+from .last_block import official_neighbourhood
 from .spectral import (
     adjust_text,
     distil_graphs,
-    official_neighbourhood,
     rescale_to_range,
     ward_clusters,
 )

@@ -78,6 +78,7 @@ class ClearCLIP(CLIPSegmentor):
 @MODELS.register_module()
 class NACLIP(CLIPSegmentor):
     """NACLIP (Hajimiri et al., WACV 2025): k-k attention plus a Gaussian neighbourhood window
-    (σ = 5 patches), no residual, no FFN."""
+    (σ = 5 patches; computed in float32 as NACLIP's code does, then in the model's dtype), no
+    residual, no FFN."""
     default_last_block = LastBlock('k-k+neighbourhood', residual=False, ffn=False,
                                    attention_kwargs=(('sigma', 5.0),))

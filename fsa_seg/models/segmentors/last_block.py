@@ -8,6 +8,7 @@ not needed (no plug-in), an attention may also have a fused form ``(q, k, v, gri
 -> A·V`` (:func:`register_fused_attention`), through ``scaled_dot_product_attention``: the T×T
 weights are then never materialised.
 """
+import math
 from dataclasses import dataclass, replace
 from typing import Callable, Dict, Optional, Tuple
 
@@ -93,13 +94,23 @@ def fused_correlative_attention(q: Tensor, k: Tensor, v: Tensor, **_) -> Tensor:
     return _attend(q, q, v) + _attend(k, k, v)
 
 
-def gaussian_window(grid: Tuple[int, int], sigma: float, dtype=torch.float32,
-                    device=None) -> Tensor:
-    """Ω_ij = exp(−‖p_i − p_j‖² / (2σ²)) over patch-grid coordinates, (h·w, h·w)."""
-    ys, xs = torch.meshgrid(torch.arange(grid[0], dtype=dtype, device=device),
-                            torch.arange(grid[1], dtype=dtype, device=device), indexing='ij')
-    coords = torch.stack([ys.flatten(), xs.flatten()], dim=-1)
-    return torch.exp(-torch.cdist(coords, coords).square() / (2 * sigma ** 2))
+def official_neighbourhood(grid: Tuple[int, int], std: float) -> Tensor:
+    """NACLIP's Gaussian neighbourhood Ω (N, N), float32, as NACLIP and CASS compute it: a
+    (2h−1)×(2w−1) window from float32 ``linspace`` coordinates, Ω[(i,j),(y,x)] its entry at
+    offset (i−y, j−x). (The official code convolves one-hot maps with the window, which picks
+    exactly these entries; indexing avoids the N×N convolution.)"""
+    height, width = grid
+    constant = 1 / (std * math.sqrt(2))
+    axes = []
+    for size in (2 * height - 1, 2 * width - 1):
+        start = -(size - 1) / 2.0
+        axes.append(torch.linspace(start * constant, (start + (size - 1)) * constant,
+                                   steps=size, dtype=torch.float32))
+    window = torch.exp(-(torch.stack(torch.meshgrid(*axes, indexing='ij')) ** 2).sum(0))
+    rows, cols = torch.arange(height), torch.arange(width)
+    dy = rows[:, None] - rows[None, :] + height - 1                     # [i, y]
+    dx = cols[:, None] - cols[None, :] + width - 1                      # [j, x]
+    return window[dy[:, None, :, None], dx[None, :, None, :]].reshape(height * width, -1)
 
 
 @register_attention('k-k+neighbourhood')
@@ -118,8 +129,9 @@ def fused_neighbourhood_attention(q: Tensor, k: Tensor, v: Tensor, grid: Tuple[i
 
 def _neighbourhood_bias(grid: Tuple[int, int], num_prefix: int, sigma: float,
                         like: Tensor) -> Tensor:
-    """(T, T): the Gaussian window between patch tokens, 0 in the prefix rows and columns."""
-    window = gaussian_window(grid, sigma, dtype=like.dtype, device=like.device)
+    """(T, T): the Gaussian window between patch tokens (float32 as NACLIP makes it, then in
+    the dtype of ``like``), 0 in the prefix rows and columns."""
+    window = official_neighbourhood(grid, sigma).to(like)
     return F.pad(window, (num_prefix, 0, num_prefix, 0))
 
 

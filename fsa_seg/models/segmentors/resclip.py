@@ -10,8 +10,8 @@ from mmseg.registry import MODELS
 from torch import Tensor
 
 from .base import TrainingFreeSegmentor
+from .last_block import official_neighbourhood
 from .semantic_feedback import feedback_matrix, patch_mode
-from .spectral import official_neighbourhood
 
 # The first segmentation's refinement inside SFR, hard-wired in the official code.
 SFR_REFINE = dict(type='PAMR', steps=10, dilations=(8, 16))

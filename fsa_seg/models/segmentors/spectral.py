@@ -3,8 +3,6 @@ official code (MICV-yonsei/CASS @228ecdd, ``clip/model.py`` and ``cass_segmentor
 them, including its dtypes: eigenvalues and the low-rank SVD in float64, the head-matching cost
 and the distillation weight in float32, the neighbourhood term Ω in float32.
 """
-import math
-from typing import Tuple
 
 import numpy as np
 import torch
@@ -13,25 +11,6 @@ from scipy.cluster.hierarchy import fcluster, linkage
 from scipy.optimize import linear_sum_assignment
 from scipy.spatial.distance import squareform
 from torch import Tensor
-
-
-def official_neighbourhood(grid: Tuple[int, int], std: float) -> Tensor:
-    """NACLIP's Gaussian neighbourhood Ω (N, N), float32, as NACLIP and CASS compute it: a
-    (2h−1)×(2w−1) window from float32 ``linspace`` coordinates, Ω[(i,j),(y,x)] its entry at
-    offset (i−y, j−x). (The official code convolves one-hot maps with the window, which picks
-    exactly these entries; indexing avoids the N×N convolution.)"""
-    height, width = grid
-    constant = 1 / (std * math.sqrt(2))
-    axes = []
-    for size in (2 * height - 1, 2 * width - 1):
-        start = -(size - 1) / 2.0
-        axes.append(torch.linspace(start * constant, (start + (size - 1)) * constant,
-                                   steps=size, dtype=torch.float32))
-    window = torch.exp(-(torch.stack(torch.meshgrid(*axes, indexing='ij')) ** 2).sum(0))
-    rows, cols = torch.arange(height), torch.arange(width)
-    dy = rows[:, None] - rows[None, :] + height - 1                     # [i, y]
-    dx = cols[:, None] - cols[None, :] + width - 1                      # [j, x]
-    return window[dy[:, None, :, None], dx[None, :, None, :]].reshape(height * width, -1)
 
 
 def rescale_to_range(x: Tensor, like: Tensor) -> Tensor:

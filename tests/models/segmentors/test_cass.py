@@ -10,12 +10,8 @@ from mmseg.registry import MODELS
 from mmseg.structures import SegDataSample
 
 from fsa_seg.models.segmentors.cass import dino_pixels
-from fsa_seg.models.segmentors.spectral import (
-    low_rank_graph,
-    matching_cost,
-    official_neighbourhood,
-    top_spectra,
-)
+from fsa_seg.models.segmentors.last_block import official_neighbourhood
+from fsa_seg.models.segmentors.spectral import low_rank_graph, matching_cost, top_spectra
 
 from references import reference_fsa
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 from mmseg.registry import MODELS
 
-from fsa_seg.models.segmentors.last_block import gaussian_window
+from fsa_seg.models.segmentors.last_block import official_neighbourhood
 
 from references import reference_features, reference_fsa
 
@@ -56,10 +56,12 @@ def test_fsa_changes_the_output_and_plugin_none_is_the_plain_baseline(tiny_clip)
 
 
 def test_gaussian_window_by_hand():
-    window = gaussian_window((2, 2), sigma=1.0, dtype=torch.float64)
+    """NACLIP's Ω, float32 as NACLIP makes it: exp(−|p − q|² / (2σ²)) to float32 rounding."""
+    window = official_neighbourhood((2, 2), std=1.0)
+    assert window.dtype == torch.float32
     a, b = math.exp(-0.5), math.exp(-1.0)
-    assert torch.allclose(window, torch.tensor([[1, a, a, b], [a, 1, b, a], [a, b, 1, a],
-                                                [b, a, a, 1]], dtype=torch.float64))
+    expected = torch.tensor([[1, a, a, b], [a, 1, b, a], [a, b, 1, a], [b, a, a, 1]])
+    assert torch.allclose(window, expected, rtol=0, atol=2e-7)
 
 
 def test_unknown_attention_is_a_clear_error(tiny_clip):

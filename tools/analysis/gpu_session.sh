@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
 # Issue 10's GPU measurements in one device call, ending with one summary:
+#   0. tests      the tests that need CUDA (FSA in fp64 against the reference, fp16/bf16 against
+#                 fp64 on the golden crop, CUDA's own host-synchronisation check on FSA and crops)
 #   1. plugin     FSA (both paths) vs the official formulation, N = 1764 and 4096, fp16 and fp32
 #   2. proxyclip  one ProxyCLIP B/16 + DINO-B/8 crop (336, Q = 171) +- FSA, fp32, then fp16
 #   3. e2e        tools/test.py's path on 30 generated 375x500 images, +- FSA, fp32 / fp16 / bf16:
@@ -16,7 +18,7 @@
 # torchvision, tqdm, rich, huggingface_hub.
 # Run, on the GPU machine (device tool: carry ['.whl'], timeout_s 600), from the repository root:
 #     bash tools/analysis/gpu_session.sh
-# Each step has its own time limit (550 s in all; about 5 minutes expected on an H100). The
+# Each step has its own time limit (560 s in all; about 5 minutes expected on an H100). The
 # output of each step, its JSON and the summary are written to $OUT (else a new /tmp folder).
 # SMOKE=1 runs the same steps at tiny sizes on the CPU: a check of this script, not a measurement.
 set -u
@@ -69,7 +71,19 @@ step() {  # name, time limit in seconds, benchmark.py arguments ...
     echo "   ${STATUS[-1]}"
 }
 
+cuda_tests() {  # time limit in seconds: every test whose name says cuda (skipped without CUDA)
+    local start=$SECONDS
+    echo "== tests: pytest -k cuda (limit $1 s)" | tee -a "$LOG"
+    timeout --kill-after=10 "$1" python3 -m pytest -q -p no:cacheprovider -k cuda -rs \
+        tests/models/plugins/test_fsa_paths.py tests/models/segmentors/test_proxyclip.py \
+        >"$RESULTS/tests.log" 2>&1
+    local rc=$?
+    STATUS+=("tests: exit $rc after $((SECONDS - start)) s: $(tail -n 1 "$RESULTS/tests.log")")
+    echo "   ${STATUS[-1]}"
+}
+
 if [ "${SMOKE:-0}" = 1 ]; then
+    cuda_tests 300
     TINY=$RESULTS/tiny_proxyclip_fsa.py
     python3 - "$TINY" <<'EOF' || exit 1
 import sys
@@ -91,10 +105,11 @@ EOF
     step e2e 240 e2e --device cpu --config "$TINY" --random-weights --images 2 \
         --precision fp32 bf16 --repeat 1 --stage-repeat 2
 else
-    step plugin 180 plugin --device cuda --n 1764 4096 --dtype fp16 fp32 --repeat 5
-    step proxyclip_fp32 90 proxyclip --device cuda --precision fp32 --repeat 7
-    step proxyclip_fp16 90 proxyclip --device cuda --precision fp16 --repeat 7
-    step e2e 190 e2e --device cuda --random-weights --images 30 --size 375 500 \
+    cuda_tests 100
+    step plugin 150 plugin --device cuda --n 1764 4096 --dtype fp16 fp32 --repeat 5
+    step proxyclip_fp32 70 proxyclip --device cuda --precision fp32 --repeat 7
+    step proxyclip_fp16 70 proxyclip --device cuda --precision fp16 --repeat 7
+    step e2e 170 e2e --device cuda --random-weights --images 30 --size 375 500 \
         --precision fp32 fp16 bf16 --repeat 3 --stage-repeat 10
 fi
 

@@ -232,3 +232,64 @@ def test_half_precision_agrees_with_fp32_within_the_stated_tolerance(path, dtype
     error = (out.float() - expected).abs()
     assert error.max() < HALF_TOLERANCE[dtype]['max']
     assert error.mean() < HALF_TOLERANCE[dtype]['mean']
+
+
+# ---------------------------------------------------------------------------- on a real GPU
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA device')
+
+
+def on_cuda(attn, values, head_and_text):
+    head, text = head_and_text
+    return (None if attn is None else attn.cuda(), values.cuda(),
+            linear_logits_fn(head.cuda(), text.cuda()))
+
+
+@needs_cuda
+@pytest.mark.parametrize('attention', ['per-head', 'shared'])
+def test_on_cuda_fsa_equals_the_reference_at_real_sizes_in_fp64(attention):
+    """The path CUDA picks, N = 1764, Q = 171, 12 heads of 64: the CPU reference to 1e-12."""
+    generator = torch.Generator().manual_seed(5)
+    attn, values, _ = random_fsa_problem(1, 12, 1764, 64, 171, attention, seed=3)
+    head_and_text = (torch.randn(768, 8, generator=generator, dtype=torch.float64),
+                     F.normalize(torch.randn(171, 8, generator=generator, dtype=torch.float64),
+                                 dim=-1))
+    expected = reference(attn, values, linear_logits_fn(*head_and_text))
+    with torch.no_grad():
+        out = FSA(**HYPER)(*on_cuda(attn, values, head_and_text))
+    assert out.device.type == 'cuda'
+    assert (out.cpu() - expected).abs().max() < 1e-12
+
+
+@needs_cuda
+def test_on_cuda_fsa_reproduces_the_golden_fixture(golden, golden_logits_fn):
+    hyper = dict(lamda=golden['lamda'], top_p=golden['top_p'], logit_scales=golden['logit_scales'])
+    attn, values = golden['attn'].cuda(), golden['values'].cuda()
+    with torch.no_grad():
+        out = FSA(**hyper)(attn, values, lambda o: golden_logits_fn(o.cpu()).cuda())
+    assert (out.cpu() - golden['attended']).abs().max() < 1e-12
+
+
+@needs_cuda
+@pytest.mark.parametrize('dtype', [torch.float16, torch.bfloat16, torch.float32],
+                         ids=['fp16', 'bf16', 'fp32'])
+@pytest.mark.parametrize('attention', ['per-head', 'shared', 'identity'])
+def test_on_cuda_fsa_never_synchronises_with_the_host(attention, dtype):
+    """CUDA's own check (sync debug mode 'error') over a whole forward at real sizes."""
+    problem = real_cuda_problem(attention, dtype)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode('error')
+    try:
+        with torch.no_grad():
+            out = FSA(**HYPER)(*problem)
+    finally:
+        torch.cuda.set_sync_debug_mode('default')
+    assert out.dtype == dtype and bool(torch.isfinite(out).all())
+
+
+def real_cuda_problem(attention, dtype, n=1764, queries=171):
+    attn, values, _ = random_fsa_problem(1, 12, n, 64, queries, attention, seed=4,
+                                         dtype=torch.float32)
+    head = torch.randn(768, 512, dtype=torch.float32) / 28
+    text = F.normalize(torch.randn(queries, 512, dtype=torch.float32), dim=-1)
+    return (None if attn is None else attn.to('cuda', dtype), values.to('cuda', dtype),
+            linear_logits_fn(head.to('cuda', dtype), text.to('cuda', dtype)))

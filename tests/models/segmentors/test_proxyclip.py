@@ -87,21 +87,48 @@ def test_batch_of_two_crops_equals_two_batches_of_one(golden, plugin):
     assert torch.allclose(both, torch.cat([first, second]), atol=1e-12)
 
 
+DEVICES = ['cpu', pytest.param('cuda', marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason='needs a CUDA device'))]
+
+
+def golden_on(device, golden, plugin, precision):
+    model = build_golden(golden, plugin, precision).to(device)
+    model.vfm.features = model.vfm.features.to(device)
+    return model
+
+
+@pytest.mark.parametrize('device', DEVICES)
 @pytest.mark.parametrize('plugin', [None, 'FSA'])
 @pytest.mark.parametrize('precision,tolerance', [('fp16', 5e-3), ('bf16', 3e-2)])
 def test_half_precision_agrees_with_fp64_on_the_golden_inputs(golden, plugin, precision,
-                                                              tolerance):
+                                                              tolerance, device):
     """Stated tolerances on the golden crop (cosine logits in [-1, 1]; measured on this CPU:
     fp16 1.4e-3, bf16 1.0e-2, with or without FSA): every patch keeps its label."""
     if plugin:
         plugin = dict(type='FSA', lamda=golden['lamda'], top_p=golden['top_p'],
                       logit_scales=golden['logit_scales'])
     reference = build_golden(golden, plugin).crop_logits(golden['image'])
-    half = build_golden(golden, plugin, precision)
-    out = half.crop_logits(golden['image'].float())
-    assert out.dtype == half.clip.dtype
-    assert (out.double() - reference).abs().max() < tolerance
-    assert torch.equal(out.argmax(1), reference.argmax(1))
+    half = golden_on(device, golden, plugin, precision)
+    out = half.crop_logits(golden['image'].to(device, torch.float32))
+    assert out.dtype == half.clip.dtype and out.device.type == device
+    assert (out.double().cpu() - reference).abs().max() < tolerance
+    assert torch.equal(out.argmax(1).cpu(), reference.argmax(1))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA device')
+@pytest.mark.parametrize('plugin', [None, 'FSA'])
+def test_a_crop_on_cuda_never_synchronises_with_the_host(golden, plugin):
+    """CUDA's own check (sync debug mode 'error') over a whole crop, plug-in included."""
+    model = golden_on('cuda', golden, plugin and dict(type='FSA'), 'fp16')
+    image = golden['image'].to('cuda', torch.float32)
+    model.crop_logits(image)   # first call: lazily made constants may be copied once
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode('error')
+    try:
+        out = model.crop_logits(image)
+    finally:
+        torch.cuda.set_sync_debug_mode('default')
+    assert out.device.type == 'cuda' and out.dtype == torch.float16
 
 
 def test_the_vfm_is_given_the_slide_crop_size_unless_it_sets_one(golden, tiny_clip):
@@ -115,3 +142,27 @@ def test_the_vfm_is_given_the_slide_crop_size_unless_it_sets_one(golden, tiny_cl
 
     assert build().vfm.input_size == (224, 160)
     assert build(input_size=(64, 64)).vfm.input_size == (64, 64)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA device')
+@pytest.mark.parametrize('vfm', ['dino_vitb8', 'dino_vitb16', 'dinov2_vitb14_reg', 'sam_vitb',
+                                 'mae_vitb16'])
+def test_a_crop_with_a_timm_vfm_on_cuda_never_synchronises_with_the_host(tiny_clip, vfm):
+    """The VFM part of the crop too (position embeddings resampled to a 112 crop), fp16."""
+    tiny = dict(embed_dim=32, depth=2, num_heads=2)
+    if vfm == 'sam_vitb':
+        tiny.update(img_size=64, window_size=2, global_attn_indexes=(1,))
+    model = MODELS.build(dict(
+        type='ProxyCLIP', clip=dict(tiny_clip, precision='fp16'), vocabulary=['a', 'b', 'c'],
+        templates='plain', text_cache_dir=False, plugin=dict(type='FSA'),
+        vfm=dict(type='TimmVFM', name=vfm, random_init=True, model_kwargs=tiny),
+        test_cfg=dict(mode='slide', crop_size=(112, 112), stride=(56, 56)))).cuda()
+    crops = torch.randn(2, 3, 112, 112, device='cuda')
+    model.crop_logits(crops)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode('error')
+    try:
+        out = model.crop_logits(crops)
+    finally:
+        torch.cuda.set_sync_debug_mode('default')
+    assert out.shape == (2, 3, 112, 112) and out.dtype == torch.float16

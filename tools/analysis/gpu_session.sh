@@ -21,6 +21,7 @@
 # Each step has its own time limit (560 s in all; about 5 minutes expected on an H100). The
 # output of each step, its JSON and the summary are written to $OUT (else a new /tmp folder).
 # SMOKE=1 runs the same steps at tiny sizes on the CPU: a check of this script, not a measurement.
+# STEPS="tests e2e" runs only the steps named (tests plugin proxyclip_fp32 proxyclip_fp16 e2e).
 set -u
 cd "$(dirname "$0")/../.."
 REPO=$PWD
@@ -57,9 +58,13 @@ print('python', sys.version.split()[0], '| torch', torch.__version__, '| cuda',
       '| open_clip', open_clip.__version__, '| timm', timm.__version__)" || exit 1
 
 STATUS=()
+wanted() {  # STEPS="tests plugin ..." runs only the steps named (a rerun); unset: all
+    [ -z "${STEPS:-}" ] || [[ " $STEPS " == *" $1 "* ]]
+}
 step() {  # name, time limit in seconds, benchmark.py arguments ...
     local name=$1 limit=$2
     shift 2
+    wanted "$name" || return 0
     local start=$SECONDS
     echo "== $name: benchmark.py $* (limit ${limit} s)" | tee -a "$LOG"
     timeout --kill-after=10 "$limit" python3 tools/analysis/benchmark.py "$@" \
@@ -72,6 +77,7 @@ step() {  # name, time limit in seconds, benchmark.py arguments ...
 }
 
 cuda_tests() {  # time limit in seconds: every test whose name says cuda (skipped without CUDA)
+    wanted tests || return 0
     local start=$SECONDS
     echo "== tests: pytest -k cuda (limit $1 s)" | tee -a "$LOG"
     timeout --kill-after=10 "$1" python3 -m pytest -q -p no:cacheprovider -k cuda -rs \

@@ -145,8 +145,11 @@ def test_the_vfm_is_given_the_slide_crop_size_unless_it_sets_one(golden, tiny_cl
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA device')
-@pytest.mark.parametrize('vfm', ['dino_vitb8', 'dino_vitb16', 'dinov2_vitb14_reg', 'sam_vitb',
-                                 'mae_vitb16'])
+@pytest.mark.parametrize('vfm', ['dino_vitb8', 'dino_vitb16', 'dinov2_vitb14_reg', 'mae_vitb16',
+                                 pytest.param('sam_vitb', marks=pytest.mark.xfail(
+                                     strict=True, raises=RuntimeError,
+                                     reason="timm's SAM get_rel_pos indexes with a CPU tensor: a "
+                                            'host-to-device copy in every block (upstream)'))])
 def test_a_crop_with_a_timm_vfm_on_cuda_never_synchronises_with_the_host(tiny_clip, vfm):
     """The VFM part of the crop too (position embeddings resampled to a 112 crop), fp16."""
     tiny = dict(embed_dim=32, depth=2, num_heads=2)

@@ -26,7 +26,10 @@ How it measures, so that the numbers can be trusted on a noisy machine:
   The worker has glibc map every allocation above 64 kB on its own and use one arena, so that
   resident memory follows the live tensors, not the allocator's thread-dependent caching (without
   this, the same run's peak varied by ±30 MB). On CUDA it is ``max_memory_allocated`` above
-  ``memory_allocated`` before the run.
+  ``memory_allocated`` before the run, which counts live tensors only: there one worker measures
+  every variant, each warmed up at full size, and then the latencies (on a GPU machine a process
+  start costs more than the measurements: three per configuration made a 4-configuration grid
+  overrun 150 s on an H100).
 * latency — one more worker builds the workload once and runs the variants interleaved
   (A B, B A, ...) after one warm-up run each; the median and the minimum per variant are reported,
   and their ratios, all measured under the same machine load. For a segmentor the time spent
@@ -395,8 +398,14 @@ def memory_worker(spec: dict, variant: str) -> dict:
     uncached = _map_large_allocations()
     _set_up_worker(spec)
     workload = build_workload(spec)
+    return _memory_info(workload, variant, workload.warmup_size, uncached)
+
+
+def _memory_info(workload, variant: str, warmup_size: int, uncached: bool = False) -> dict:
+    """Extra peak memory of one full-size run of ``variant`` after a warm-up run at
+    ``warmup_size`` (lazy initialisation: kernels, workspaces, caches)."""
     _synchronize(workload.device)
-    workload.run(variant, workload.make_inputs(workload.warmup_size))
+    workload.run(variant, workload.make_inputs(warmup_size))
     inputs = workload.make_inputs(workload.full_size)
     with PeakMemory(workload.device) as memory:
         start = time.perf_counter()
@@ -421,7 +430,23 @@ def latency_worker(spec: dict, variants: Sequence[str], repeat: int) -> Dict[str
     """Run in a fresh process: ``repeat`` timed runs per variant, interleaved, after a warm-up;
     for a segmentor also the time spent inside the plug-in during each run."""
     _set_up_worker(spec)
+    return _latencies(build_workload(spec), variants, repeat)
+
+
+def cuda_worker(spec: dict, variants: Sequence[str], repeat: int) -> tuple:
+    """Run in a fresh process, on CUDA: each variant's extra peak memory, then the latencies, all
+    from one build of the workload. The CUDA allocator's peak counts live tensors only, so one
+    process measures every variant exactly (each warmed up at full size first, so that caches
+    made once, e.g. resampled position embeddings, count for none); on a GPU machine a process
+    start (imports, CUDA context) costs more than the measurements themselves."""
+    _set_up_worker(spec)
     workload = build_workload(spec)
+    memory = {variant: _memory_info(workload, variant, workload.full_size)
+              for variant in variants}
+    return memory, _latencies(workload, variants, repeat)
+
+
+def _latencies(workload, variants: Sequence[str], repeat: int) -> Dict[str, dict]:
     inputs = workload.make_inputs(workload.full_size)
     for variant in variants:
         workload.run(variant, inputs)
@@ -478,19 +503,23 @@ def _in_fresh_process(context, function, *args):
 
 def compare(spec: dict, variants: Sequence[str], repeat: int = 3,
             start_method: Optional[str] = None) -> dict:
-    """Memory of each variant in its own fresh process, then latency of all, interleaved, in one
-    more. Workers start with ``start_method``; by default 'forkserver' on CPU and 'spawn' on CUDA.
-    'fork' starts faster and is safe only from a process that has imported torch but run
-    nothing with it, on CPU (the CLI)."""
+    """On CPU, memory of each variant in its own fresh process (resident memory is a process's),
+    then latency of all, interleaved, in one more; on CUDA all in one fresh process
+    (:func:`cuda_worker`). Workers start with ``start_method``; by default 'forkserver' on CPU
+    and 'spawn' on CUDA. 'fork' starts faster and is safe only from a process that has imported
+    torch but run nothing with it, on CPU (the CLI)."""
+    cuda = torch.device(spec['params'].get('device', 'cpu')).type == 'cuda'
     if start_method is None:
-        cuda = torch.device(spec['params'].get('device', 'cpu')).type == 'cuda'
         start_method = 'spawn' if cuda else 'forkserver'
     context = multiprocessing.get_context(start_method)
     if start_method == 'forkserver':
         context.set_forkserver_preload([__name__])
-    memory = {variant: _in_fresh_process(context, memory_worker, spec, variant)
-              for variant in variants}
-    times = _in_fresh_process(context, latency_worker, spec, tuple(variants), repeat)
+    if cuda:
+        memory, times = _in_fresh_process(context, cuda_worker, spec, tuple(variants), repeat)
+    else:
+        memory = {variant: _in_fresh_process(context, memory_worker, spec, variant)
+                  for variant in variants}
+        times = _in_fresh_process(context, latency_worker, spec, tuple(variants), repeat)
     results = {}
     for variant in variants:
         latencies = times[variant]['latencies_s']

@@ -103,3 +103,55 @@ def test_plugin_cli_runs_a_grid_of_sizes_from_an_installed_package(tmp_path):
     # FSA as the default config (ViT-B/16 + DINO-B/8) sets it: λ = 3.0 for ViT-B/16
     assert 'FSA(top_p=0.45, logit_scales=(20.0, 35.0), lamda=3.0), proxy attention beta=1.2, ' \
            'gamma=3.0' in result.stdout
+
+
+class RecordingWorkload:
+    """Records the runs a worker makes: (variant, input size)."""
+    runs = []
+
+    def __init__(self, device='cpu'):
+        self.device = torch.device(device)
+        self.warmup_size, self.full_size = 1, 100
+
+    def make_inputs(self, size):
+        return size
+
+    def run(self, variant, size):
+        self.runs.append((variant, size))
+        return torch.zeros(size)
+
+    def resident_bytes(self, inputs):
+        return 0
+
+
+def test_on_cuda_one_process_measures_every_variant_warmed_up_at_full_size(monkeypatch):
+    monkeypatch.setitem(benchmark.WORKLOADS, 'recording', RecordingWorkload)
+    monkeypatch.setattr(RecordingWorkload, 'runs', [])
+    memory, times = benchmark.cuda_worker(dict(kind='recording', params={}), ('a', 'b'), 2)
+    assert RecordingWorkload.runs == [
+        ('a', 100), ('a', 100), ('b', 100), ('b', 100),   # memory: warm-up, measured run
+        ('a', 100), ('b', 100),                           # latency: one warm-up each
+        ('a', 100), ('b', 100), ('b', 100), ('a', 100)]   # timed, interleaved
+    assert set(memory) == set(times) == {'a', 'b'}
+    assert [len(times[v]['latencies_s']) for v in 'ab'] == [2, 2]
+
+
+@pytest.mark.parametrize('device, calls', [
+    ('cuda', ['cuda_worker']),
+    ('cpu', ['memory_worker', 'memory_worker', 'latency_worker'])])
+def test_cpu_measures_memory_in_a_process_per_variant_cuda_in_one(monkeypatch, device, calls):
+    made = []
+
+    def fake_process(context, function, spec, *args):
+        made.append(function.__name__)
+        if function is benchmark.cuda_worker:
+            return ({v: {} for v in args[0]},
+                    {v: dict(latencies_s=[1.0], plugin_s=[]) for v in args[0]})
+        if function is benchmark.latency_worker:
+            return {v: dict(latencies_s=[1.0], plugin_s=[]) for v in args[0]}
+        return {}
+
+    monkeypatch.setattr(benchmark, '_in_fresh_process', fake_process)
+    result = benchmark.compare(dict(kind='plugin', params=dict(device=device)), ('a', 'b'),
+                               start_method='spawn')
+    assert made == calls and result['results']['a']['median_s'] == 1.0

@@ -17,7 +17,7 @@ from open_clip.transformer import text_global_pool
 from torch import Tensor, nn
 
 from ..components import DownloadableWeights, WeightedComponent
-from ..pos_embed import DINO_RESAMPLING
+from ..pos_embed import DINO_RESAMPLING, ResampledCache
 from ..weights import (
     CHECKPOINT_ERRORS,
     DOWNLOAD_ERRORS,
@@ -82,6 +82,7 @@ class OpenCLIP(WeightedComponent, nn.Module):
                  cache_dir: Optional[str] = None, trust_checkpoint: bool = False):
         super().__init__()
         self.trust_checkpoint = trust_checkpoint
+        self._pos_embeds = ResampledCache()  # per grid and dtype, made once (slow on GPUs)
         if precision not in PRECISIONS:
             raise ValueError(f'precision must be one of {sorted(PRECISIONS)}, got {precision!r}')
         self.model_name = 'custom' if arch is not None else model_name
@@ -215,8 +216,10 @@ class OpenCLIP(WeightedComponent, nn.Module):
         x = x.flatten(2).transpose(1, 2)
         cls = visual.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
         x = torch.cat([cls, x], dim=1)
-        pos_embed = interpolate_pos_embed(visual.positional_embedding, grid, visual.grid_size)
-        x = x + pos_embed.to(x.dtype)
+        source = visual.positional_embedding
+        pos_embed = self._pos_embeds(source, (grid, x.dtype), lambda: interpolate_pos_embed(
+            source, grid, visual.grid_size).to(x.dtype))
+        x = x + pos_embed
         return visual.ln_pre(x), grid
 
     def forward_to_last_block(self, images: Tensor, return_intermediates: bool = False):

@@ -40,6 +40,7 @@ from ..pos_embed import (
     DINOV2_REG_RESAMPLING,
     MAE_RESAMPLING,
     PosEmbedResampling,
+    ResampledCache,
     needs_resampling,
 )
 from ..weights import (
@@ -232,6 +233,7 @@ class TimmVFM(WeightedComponent, nn.Module):
         self.mean = tuple(cfg.get('mean', IMAGENET_DEFAULT_MEAN))
         self.std = tuple(cfg.get('std', IMAGENET_DEFAULT_STD))
         self._renorm = {}  # (dtype, device) → the affine map of renormalize, made once
+        self._pos_embeds = ResampledCache()  # per grid, made once (slow on GPUs)
 
     @classmethod
     def downloadable_weights(cls, cfg: dict) -> Optional[DownloadableWeights]:
@@ -375,7 +377,8 @@ class TimmVFM(WeightedComponent, nn.Module):
         if self.preset.resampling is None:
             raise ValueError(f'VFM {self.name!r} runs at its own {native} grid only (crops are '
                              f'resized to {tuple(model.patch_embed.img_size)}); got {grid}.')
-        return torch.cat([prefix_pos, self.preset.resampling(patch_pos, native, grid)], dim=1)
+        return self._pos_embeds(model.pos_embed, (tuple(grid), square_input), lambda: torch.cat(
+            [prefix_pos, self.preset.resampling(patch_pos, native, grid)], dim=1))
 
     # ------------------------------------------------------------------ features
     @torch.no_grad()

@@ -254,3 +254,32 @@ def test_intermediate_block_outputs_equal_open_clips_forward_intermediates(tiny_
                           attn.in_proj_bias[width:2 * width])
     assert torch.allclose(k.transpose(1, 2).flatten(2), expected_k, atol=1e-12)
     assert torch.allclose(clip.out_proj(v, block=1), attn.out_proj(v.transpose(1, 2).flatten(2)))
+
+
+def test_the_resampled_embedding_is_made_once_per_grid_and_follows_new_weights(tiny_clip,
+                                                                               monkeypatch):
+    import fsa_seg.models.backbones.clip as clip_module
+    calls = []
+    monkeypatch.setattr(clip_module, 'interpolate_pos_embed',
+                        lambda *args: calls.append(args[1]) or interpolate_pos_embed(*args))
+    clip = OpenCLIP(**tiny_clip)
+    visual = clip.visual
+    images = torch.randn(2, 3, 336, 336, dtype=torch.float64)
+
+    def official_tokens():
+        x = visual.conv1(images).flatten(2).transpose(1, 2)
+        x = torch.cat([visual.class_embedding.expand(2, 1, -1), x], dim=1)
+        pos = official_interpolate_pos_encoding(visual.positional_embedding[None], 16, x, 336, 336)
+        return visual.ln_pre(x + pos)
+
+    with torch.no_grad():
+        for _ in range(3):
+            tokens, _ = clip.embed(images)
+        assert calls == [(21, 21)]
+        assert (tokens - official_tokens()).abs().max() <= 1e-12
+        state = {k: torch.randn_like(v) if k.endswith('positional_embedding') else v
+                 for k, v in visual.state_dict().items()}
+        visual.load_state_dict(state)
+        tokens, _ = clip.embed(images)
+        assert calls == [(21, 21)] * 2
+        assert (tokens - official_tokens()).abs().max() <= 1e-12

@@ -15,6 +15,7 @@ Read for these references (file, function, commit):
 The transformer blocks are timm's in both paths (they are the official blocks, key for key); what
 is checked is the embedding: patchify, prefix tokens, and the position embedding at each crop.
 """
+import dataclasses
 import math
 
 import pytest
@@ -370,3 +371,22 @@ class TimmForwardFeatures(nn.Module):
         tokens = self.vfm.model.forward_features(x)[:, 1:]
         grid = self.vfm.grid_size(*x.shape[-2:])
         return tokens.transpose(1, 2).reshape(len(x), -1, *grid)
+
+
+@pytest.mark.parametrize('name', ['dino_vitb8', 'dino_vitb16'])
+def test_the_resampled_embedding_is_made_once_per_grid_and_follows_new_weights(name):
+    vfm = tiny_dino(name)
+    calls = []
+    rule = vfm.preset.resampling
+    vfm.preset = dataclasses.replace(
+        vfm.preset, resampling=lambda *args: calls.append(args[2]) or rule(*args))
+    x = torch.randn(1, 3, 336, 336, dtype=torch.float64)
+    with torch.no_grad():
+        for _ in range(3):
+            tokens, grid = vfm.embed(x)
+        assert calls == [grid]
+        assert (tokens - dino_prepare_tokens(vfm.model, x)).abs().max() <= 1e-12
+        randomise_embeddings(vfm.model, seed=1)   # in place, as loading weights
+        tokens, _ = vfm.embed(x)
+        assert calls == [grid] * 2
+        assert (tokens - dino_prepare_tokens(vfm.model, x)).abs().max() <= 1e-12

@@ -5,6 +5,7 @@ the host (checked on fake CUDA tensors)."""
 import pytest
 import torch
 import torch.nn.functional as F
+from cuda_checks import host_syncs_raise, needs_cuda
 from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
@@ -235,9 +236,6 @@ def test_half_precision_agrees_with_fp32_within_the_stated_tolerance(path, dtype
 
 
 # ---------------------------------------------------------------------------- on a real GPU
-needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA device')
-
-
 def on_cuda(attn, values, head_and_text):
     head, text = head_and_text
     return (None if attn is None else attn.cuda(), values.cuda(),
@@ -276,13 +274,8 @@ def test_on_cuda_fsa_reproduces_the_golden_fixture(golden, golden_logits_fn):
 def test_on_cuda_fsa_never_synchronises_with_the_host(attention, dtype):
     """CUDA's own check (sync debug mode 'error') over a whole forward at real sizes."""
     problem = real_cuda_problem(attention, dtype)
-    torch.cuda.synchronize()
-    torch.cuda.set_sync_debug_mode('error')
-    try:
-        with torch.no_grad():
-            out = FSA(**HYPER)(*problem)
-    finally:
-        torch.cuda.set_sync_debug_mode('default')
+    with host_syncs_raise(), torch.no_grad():
+        out = FSA(**HYPER)(*problem)
     assert out.dtype == dtype and bool(torch.isfinite(out).all())
 
 

@@ -1,5 +1,6 @@
 import pytest
 import torch
+from cuda_checks import host_syncs_raise, needs_cuda
 from mmseg.registry import MODELS
 from torch import nn
 
@@ -87,8 +88,7 @@ def test_batch_of_two_crops_equals_two_batches_of_one(golden, plugin):
     assert torch.allclose(both, torch.cat([first, second]), atol=1e-12)
 
 
-DEVICES = ['cpu', pytest.param('cuda', marks=pytest.mark.skipif(
-    not torch.cuda.is_available(), reason='needs a CUDA device'))]
+DEVICES = ['cpu', pytest.param('cuda', marks=needs_cuda)]
 
 
 def golden_on(device, golden, plugin, precision):
@@ -115,19 +115,15 @@ def test_half_precision_agrees_with_fp64_on_the_golden_inputs(golden, plugin, pr
     assert torch.equal(out.argmax(1).cpu(), reference.argmax(1))
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA device')
+@needs_cuda
 @pytest.mark.parametrize('plugin', [None, 'FSA'])
 def test_a_crop_on_cuda_never_synchronises_with_the_host(golden, plugin):
     """CUDA's own check (sync debug mode 'error') over a whole crop, plug-in included."""
     model = golden_on('cuda', golden, plugin and dict(type='FSA'), 'fp16')
     image = golden['image'].to('cuda', torch.float32)
     model.crop_logits(image)   # first call: lazily made constants may be copied once
-    torch.cuda.synchronize()
-    torch.cuda.set_sync_debug_mode('error')
-    try:
+    with host_syncs_raise():
         out = model.crop_logits(image)
-    finally:
-        torch.cuda.set_sync_debug_mode('default')
     assert out.device.type == 'cuda' and out.dtype == torch.float16
 
 
@@ -144,7 +140,7 @@ def test_the_vfm_is_given_the_slide_crop_size_unless_it_sets_one(golden, tiny_cl
     assert build(input_size=(64, 64)).vfm.input_size == (64, 64)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA device')
+@needs_cuda
 @pytest.mark.parametrize('vfm', ['dino_vitb8', 'dino_vitb16', 'dinov2_vitb14_reg', 'mae_vitb16',
                                  pytest.param('sam_vitb', marks=pytest.mark.xfail(
                                      strict=True, raises=RuntimeError,
@@ -162,10 +158,6 @@ def test_a_crop_with_a_timm_vfm_on_cuda_never_synchronises_with_the_host(tiny_cl
         test_cfg=dict(mode='slide', crop_size=(112, 112), stride=(56, 56)))).cuda()
     crops = torch.randn(2, 3, 112, 112, device='cuda')
     model.crop_logits(crops)
-    torch.cuda.synchronize()
-    torch.cuda.set_sync_debug_mode('error')
-    try:
+    with host_syncs_raise():
         out = model.crop_logits(crops)
-    finally:
-        torch.cuda.set_sync_debug_mode('default')
     assert out.shape == (2, 3, 112, 112) and out.dtype == torch.float16

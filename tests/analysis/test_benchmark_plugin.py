@@ -127,7 +127,8 @@ class RecordingWorkload:
 def test_on_cuda_one_process_measures_every_variant_warmed_up_at_full_size(monkeypatch):
     monkeypatch.setitem(benchmark.WORKLOADS, 'recording', RecordingWorkload)
     monkeypatch.setattr(RecordingWorkload, 'runs', [])
-    memory, times = benchmark.cuda_worker(dict(kind='recording', params={}), ('a', 'b'), 2)
+    with torch.enable_grad():  # the worker turns autograd off for its process: not for ours
+        memory, times = benchmark.cuda_worker(dict(kind='recording', params={}), ('a', 'b'), 2)
     assert RecordingWorkload.runs == [
         ('a', 100), ('a', 100), ('b', 100), ('b', 100),   # memory: warm-up, measured run
         ('a', 100), ('b', 100),                           # latency: one warm-up each

@@ -1,6 +1,10 @@
 """Test doubles shared by tests, imported by name (tests/conftest.py puts tests/ on sys.path and
-registers the plug-ins for a test through its ``pass_through_plugins`` fixture)."""
+registers the plug-ins for a test through its ``pass_through_plugins`` fixture), and the timm
+keyword arguments of the tiny random VFMs the tests build."""
 from fsa_seg.models.plugins import AttentionPlugin
+
+TINY_VFM = dict(embed_dim=32, depth=2, num_heads=2)
+TINY_SAM = dict(TINY_VFM, img_size=64, window_size=2, global_attn_indexes=(1,))
 
 
 class PassThrough(AttentionPlugin):

@@ -179,10 +179,11 @@ class DeviceToHostCopies(TorchDispatchMode):
         return out
 
 
-def fake_cuda_problem(batch=1, heads=12, n=1764, dim=64, queries=171, attention='shared',
-                      dtype=torch.float16):
-    """Real sizes as fake CUDA tensors (shapes, no data): any read of a value on the host
-    (.item(), bool(), .nonzero(), .tolist(), numpy) raises."""
+def cuda_problem(batch=1, heads=12, n=1764, dim=64, queries=171, attention='shared',
+                 dtype=torch.float16):
+    """An FSA input of real sizes on CUDA. Under FakeTensorMode these are fake CUDA tensors
+    (shapes, no data): any read of a value on the host (.item(), bool(), .nonzero(), .tolist(),
+    numpy) raises."""
     values = torch.randn(batch, heads, n, dim, device='cuda', dtype=dtype)
     attn = None if attention == 'identity' else torch.rand(
         batch, heads if attention == 'per-head' else 1, n, n, device='cuda', dtype=dtype)
@@ -197,7 +198,7 @@ def test_forward_on_cuda_makes_no_host_synchronisation(attention, grad):
     """By construction: FSA.forward on fake CUDA tensors of real sizes (N = 1764, Q = 171, fp16)
     takes the device path, branches on no value and copies nothing to the host."""
     with FakeTensorMode(), DeviceToHostCopies() as copies, torch.set_grad_enabled(grad):
-        attn, values, logits_fn = fake_cuda_problem(attention=attention)
+        attn, values, logits_fn = cuda_problem(attention=attention)
         out = FSA(**HYPER)(attn, values.requires_grad_(grad), logits_fn)
         new_attn = FSA(**HYPER).feedback_attention(values, values, logits_fn)
     assert out.device.type == 'cuda' and out.dtype == torch.float16
@@ -209,7 +210,7 @@ def test_the_host_sync_check_catches_the_cpu_path():
     """The check above bites: the CPU path's tie test reads a value on the host."""
     from torch._subclasses.fake_tensor import DataDependentOutputException
     with FakeTensorMode(), torch.no_grad():
-        problem = fake_cuda_problem(n=64, queries=5)
+        problem = cuda_problem(n=64, queries=5)
         with pytest.raises(DataDependentOutputException):
             FSA(**HYPER)._forward(*problem, path='cpu')
 
@@ -273,16 +274,8 @@ def test_on_cuda_fsa_reproduces_the_golden_fixture(golden, golden_logits_fn):
 @pytest.mark.parametrize('attention', ['per-head', 'shared', 'identity'])
 def test_on_cuda_fsa_never_synchronises_with_the_host(attention, dtype):
     """CUDA's own check (sync debug mode 'error') over a whole forward at real sizes."""
-    problem = real_cuda_problem(attention, dtype)
+    problem = cuda_problem(attention=attention, dtype=dtype)
     with host_syncs_raise(), torch.no_grad():
         out = FSA(**HYPER)(*problem)
     assert out.dtype == dtype and bool(torch.isfinite(out).all())
 
-
-def real_cuda_problem(attention, dtype, n=1764, queries=171):
-    attn, values, _ = random_fsa_problem(1, 12, n, 64, queries, attention, seed=4,
-                                         dtype=torch.float32)
-    head = torch.randn(768, 512, dtype=torch.float32) / 28
-    text = F.normalize(torch.randn(queries, 512, dtype=torch.float32), dim=-1)
-    return (None if attn is None else attn.to('cuda', dtype), values.to('cuda', dtype),
-            linear_logits_fn(head.to('cuda', dtype), text.to('cuda', dtype)))

@@ -6,6 +6,8 @@ from torch import nn
 
 from fsa_seg.models.segmentors import proxy_attention
 
+from doubles import TINY_SAM, TINY_VFM
+
 
 class FixedVFM(nn.Module):
     """Stand-in VFM returning given features (one map per image of the batch)."""
@@ -148,9 +150,7 @@ def test_the_vfm_is_given_the_slide_crop_size_unless_it_sets_one(golden, tiny_cl
                                             'host-to-device copy in every block (upstream)'))])
 def test_a_crop_with_a_timm_vfm_on_cuda_never_synchronises_with_the_host(tiny_clip, vfm):
     """The VFM part of the crop too (position embeddings resampled to a 112 crop), fp16."""
-    tiny = dict(embed_dim=32, depth=2, num_heads=2)
-    if vfm == 'sam_vitb':
-        tiny.update(img_size=64, window_size=2, global_attn_indexes=(1,))
+    tiny = TINY_SAM if vfm == 'sam_vitb' else TINY_VFM
     model = MODELS.build(dict(
         type='ProxyCLIP', clip=dict(tiny_clip, precision='fp16'), vocabulary=['a', 'b', 'c'],
         templates='plain', text_cache_dir=False, plugin=dict(type='FSA'),

@@ -27,10 +27,10 @@ from torch import nn
 
 from fsa_seg.models.vfm import TimmVFM
 
+from doubles import TINY_VFM
 from references import official_interpolate_pos_encoding
 
 SIZES = [(224, 224), (336, 336), (448, 448), (224, 336)]
-TINY = dict(embed_dim=32, depth=2, num_heads=2)
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -77,7 +77,7 @@ def dino_features(model, x):
 
 def tiny_dino(name, dtype=torch.float64):
     torch.manual_seed(0)
-    vfm = TimmVFM(name, random_init=True, model_kwargs=TINY)
+    vfm = TimmVFM(name, random_init=True, model_kwargs=TINY_VFM)
     randomise_embeddings(vfm.model)
     return vfm.to(dtype)
 
@@ -163,7 +163,7 @@ def dinov2_prepare_tokens(model, official, x):
 def test_dinov2_reg_equals_the_official_dinov2_code(size):
     torch.manual_seed(0)
     # the hub model's own 518 input: a 37×37 grid, so 224/336/448 crops are downsampled
-    vfm = TimmVFM('dinov2_vitb14_reg', random_init=True, model_kwargs=dict(TINY, img_size=518))
+    vfm = TimmVFM('dinov2_vitb14_reg', random_init=True, model_kwargs=dict(TINY_VFM, img_size=518))
     randomise_embeddings(vfm.model)
     vfm.double()
     official = official_dinov2_embeddings(vfm.model, torch.Generator().manual_seed(1))
@@ -220,7 +220,7 @@ def mae_features(weights, pos_embed, x, crop):
 def mae_checkpoint(tmp_path_factory):
     """A tiny official-format MAE release: at 224 (14×14 positions), wrapped under 'model'."""
     torch.manual_seed(0)
-    native = TimmVFM('mae_vitb16', random_init=True, input_size=224, model_kwargs=TINY)
+    native = TimmVFM('mae_vitb16', random_init=True, input_size=224, model_kwargs=TINY_VFM)
     randomise_embeddings(native.model)
     path = tmp_path_factory.mktemp('mae') / 'mae_pretrain_vit_base.pth'
     torch.save({'model': native.model.state_dict()}, path)
@@ -230,7 +230,7 @@ def mae_checkpoint(tmp_path_factory):
 @pytest.mark.parametrize('crop', [224, 336, 448])
 def test_mae_is_resampled_once_at_build_as_proxyclip_builds_it(mae_checkpoint, crop):
     vfm = TimmVFM('mae_vitb16', pretrained=str(mae_checkpoint), input_size=crop,
-                  model_kwargs=TINY)
+                  model_kwargs=TINY_VFM)
     checkpoint = torch.load(mae_checkpoint, weights_only=False)['model']
     mae_interpolate_pos_embed(vfm.model, checkpoint)          # float32, as the official file
     assert torch.equal(vfm.model.pos_embed, checkpoint['pos_embed'])
@@ -252,7 +252,7 @@ def test_mae_from_timm_weights_is_resampled_the_official_way(monkeypatch, mae_ch
             model.load_state_dict(source)
         return model
     monkeypatch.setattr(timm, 'create_model', from_cache)
-    vfm = TimmVFM('mae_vitb16', input_size=336, model_kwargs=TINY)
+    vfm = TimmVFM('mae_vitb16', input_size=336, model_kwargs=TINY_VFM)
     checkpoint = dict(source)
     mae_interpolate_pos_embed(vfm.model, checkpoint)
     assert torch.equal(vfm.model.pos_embed, checkpoint['pos_embed'])
@@ -261,7 +261,7 @@ def test_mae_from_timm_weights_is_resampled_the_official_way(monkeypatch, mae_ch
 
 def test_mae_refuses_a_non_square_crop():
     with pytest.raises(ValueError, match='square crop.*224, 336'):
-        TimmVFM('mae_vitb16', random_init=True, input_size=(224, 336), model_kwargs=TINY)
+        TimmVFM('mae_vitb16', random_init=True, input_size=(224, 336), model_kwargs=TINY_VFM)
 
 
 # ---------------------------------------------------------------- SAM (ProxyCLIP's call)
@@ -269,7 +269,7 @@ def test_mae_refuses_a_non_square_crop():
 def test_sam_resizes_every_crop_to_its_size_and_resamples_nothing(size):
     torch.manual_seed(0)
     vfm = TimmVFM('sam_vitb', random_init=True,
-                  model_kwargs=dict(TINY, img_size=64, window_size=2, global_attn_indexes=(1,)))
+                  model_kwargs=dict(TINY_VFM, img_size=64, window_size=2, global_attn_indexes=(1,)))
     randomise_embeddings(vfm.model)
     vfm.double()
     x = torch.randn(1, 3, *size, dtype=torch.float64)
@@ -293,7 +293,7 @@ def test_sam_resizes_every_crop_to_its_size_and_resamples_nothing(size):
 def test_tokens_equal_timm_forward_features_at_the_native_grid(name):
     torch.manual_seed(0)
     extra = dict(input_size=224) if name == 'mae_vitb16' else {}
-    kwargs = dict(TINY, img_size=224) if name == 'dinov2_vitb14_reg' else TINY
+    kwargs = dict(TINY_VFM, img_size=224) if name == 'dinov2_vitb14_reg' else TINY_VFM
     vfm = TimmVFM(name, random_init=True, model_kwargs=kwargs, **extra)
     randomise_embeddings(vfm.model)
     vfm.double()
@@ -306,7 +306,7 @@ def test_tokens_equal_timm_forward_features_at_the_native_grid(name):
 
 def test_last_block_input_runs_all_blocks_but_the_last():
     torch.manual_seed(0)
-    vfm = TimmVFM('dino_vitb8', random_init=True, model_kwargs=dict(TINY, depth=3))
+    vfm = TimmVFM('dino_vitb8', random_init=True, model_kwargs=dict(TINY_VFM, depth=3))
     randomise_embeddings(vfm.model)
     vfm.double()
     x = torch.randn(1, 3, 224, 336, dtype=torch.float64)
@@ -343,7 +343,7 @@ def test_proxyclip_with_our_dino_equals_the_official_dino_pipeline(tiny_clip, pl
     model = MODELS.build(dict(
         type='ProxyCLIP', clip=tiny_clip, plugin=plugin, vocabulary=['a', 'b', 'c'],
         templates='plain',
-        vfm=dict(type='TimmVFM', name='dino_vitb8', random_init=True, model_kwargs=TINY)))
+        vfm=dict(type='TimmVFM', name='dino_vitb8', random_init=True, model_kwargs=TINY_VFM)))
     randomise_embeddings(model.vfm.model)
     model.vfm.double()
     model.set_query_embeddings(F.normalize(torch.randn(3, 32, dtype=torch.float64), dim=-1))

@@ -9,20 +9,20 @@ from mmseg.registry import MODELS
 from fsa_seg.models.vfm import VFM_PRESETS, TimmVFM
 from fsa_seg.models.weights import WeightsError
 
+from doubles import TINY_SAM, TINY_VFM
+
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
-TINY = dict(embed_dim=32, depth=2, num_heads=2)
-TINY_SAM = dict(TINY, img_size=64, window_size=2, global_attn_indexes=(1,))
 MAE_INPUT = 112
 KWARGS = {
-    'dino_vitb8': dict(model_kwargs=TINY),
-    'dino_vitb16': dict(model_kwargs=TINY),
-    'dinov2_vitb14_reg': dict(model_kwargs=dict(TINY, img_size=224)),
+    'dino_vitb8': dict(model_kwargs=TINY_VFM),
+    'dino_vitb16': dict(model_kwargs=TINY_VFM),
+    'dinov2_vitb14_reg': dict(model_kwargs=dict(TINY_VFM, img_size=224)),
     'sam_vitb': dict(model_kwargs=TINY_SAM),
-    'mae_vitb16': dict(model_kwargs=TINY, input_size=MAE_INPUT),
+    'mae_vitb16': dict(model_kwargs=TINY_VFM, input_size=MAE_INPUT),
 }
 # expected (grid_h, grid_w) per crop size (224², 336², 224×336), written out by hand
 GRIDS = {
@@ -160,7 +160,7 @@ def test_parent_init_weights_keeps_weights():
 
 def test_registry_build():
     vfm = MODELS.build(dict(type='TimmVFM', name='dino_vitb16', random_init=True,
-                            model_kwargs=TINY))
+                            model_kwargs=TINY_VFM))
     assert isinstance(vfm, TimmVFM) and vfm(torch.randn(1, 3, 32, 32)).shape == (1, 32, 2, 2)
 
 
@@ -178,7 +178,7 @@ def test_local_file_loads_and_strips_module_prefix(tmp_path):
                wrapped)
     torch.manual_seed(1)
     for path in (plain, wrapped):
-        loaded = TimmVFM('dino_vitb8', pretrained=str(path), model_kwargs=TINY)
+        loaded = TimmVFM('dino_vitb8', pretrained=str(path), model_kwargs=TINY_VFM)
         assert_same_outputs(source, loaded)
 
 
@@ -186,24 +186,24 @@ def test_mismatched_file_names_file_and_keys(tmp_path):
     path = tmp_path / 'shallow.pth'
     torch.save(tiny('dino_vitb8').model.state_dict(), path)
     with pytest.raises(WeightsError, match='shallow.pth') as info:
-        TimmVFM('dino_vitb8', pretrained=str(path), model_kwargs=dict(TINY, depth=3))
+        TimmVFM('dino_vitb8', pretrained=str(path), model_kwargs=dict(TINY_VFM, depth=3))
     assert 'blocks.2' in str(info.value) and 'missing keys' in str(info.value)
     with pytest.raises(WeightsError, match='shallow.pth.*shape mismatches'):
-        TimmVFM('dino_vitb8', pretrained=str(path), model_kwargs=dict(TINY, embed_dim=64))
+        TimmVFM('dino_vitb8', pretrained=str(path), model_kwargs=dict(TINY_VFM, embed_dim=64))
 
 
 def test_other_patch_size_is_refused_not_resampled(tmp_path):
     path = tmp_path / 'b16.pth'
     torch.save(tiny('dino_vitb16').model.state_dict(), path)
     with pytest.raises(WeightsError, match='b16.pth.*patch size'):
-        TimmVFM('dino_vitb8', pretrained=str(path), model_kwargs=TINY)
+        TimmVFM('dino_vitb8', pretrained=str(path), model_kwargs=TINY_VFM)
 
 
 def test_official_dino_and_mae_checkpoints_load(tmp_path):
     # official DINO: a bare dict with timm's key names; official MAE: wrapped under 'model'
     dino = tiny('dino_vitb16')
     torch.save(dict(dino.model.state_dict()), tmp_path / 'dino_vitbase16_pretrain.pth')
-    assert_same_outputs(dino, TimmVFM('dino_vitb16', model_kwargs=TINY,
+    assert_same_outputs(dino, TimmVFM('dino_vitb16', model_kwargs=TINY_VFM,
                                       pretrained=str(tmp_path / 'dino_vitbase16_pretrain.pth')))
     mae = tiny('mae_vitb16')
     torch.save({'model': mae.model.state_dict()}, tmp_path / 'mae_pretrain_vit_base.pth')
@@ -243,14 +243,14 @@ def test_official_sam_checkpoint_is_converted(tmp_path):
 
 def test_no_weights_is_an_error():
     with pytest.raises(WeightsError, match='random_init'):
-        TimmVFM('dino_vitb8', pretrained=None, model_kwargs=TINY)
+        TimmVFM('dino_vitb8', pretrained=None, model_kwargs=TINY_VFM)
     with pytest.raises(ValueError, match='not both'):
-        TimmVFM('dino_vitb8', pretrained='dino', random_init=True, model_kwargs=TINY)
+        TimmVFM('dino_vitb8', pretrained='dino', random_init=True, model_kwargs=TINY_VFM)
 
 
 def test_missing_local_file_is_an_error(tmp_path):
     with pytest.raises(WeightsError, match='not found.*nowhere.pth'):
-        TimmVFM('dino_vitb8', pretrained=str(tmp_path / 'nowhere.pth'), model_kwargs=TINY)
+        TimmVFM('dino_vitb8', pretrained=str(tmp_path / 'nowhere.pth'), model_kwargs=TINY_VFM)
 
 
 def test_download_failure_names_weights_and_local_option(monkeypatch):
@@ -261,7 +261,7 @@ def test_download_failure_names_weights_and_local_option(monkeypatch):
         raise OSError('We could not connect to huggingface.co')
     monkeypatch.setattr(timm, 'create_model', offline)
     with pytest.raises(WeightsError) as info:
-        TimmVFM('dino_vitb8', model_kwargs=TINY)          # default: the preset's tag
+        TimmVFM('dino_vitb8', model_kwargs=TINY_VFM)          # default: the preset's tag
     message = str(info.value)
     assert calls == [('vit_base_patch8_224.dino', True)]
     assert "'vit_base_patch8_224.dino'" in message and 'could not connect' in message
@@ -271,11 +271,11 @@ def test_download_failure_names_weights_and_local_option(monkeypatch):
 
 def test_unknown_tag_and_preset():
     with pytest.raises(WeightsError, match="'nope'.*tags: .*dino"):
-        TimmVFM('dino_vitb8', pretrained='nope', model_kwargs=TINY)
+        TimmVFM('dino_vitb8', pretrained='nope', model_kwargs=TINY_VFM)
     with pytest.raises(ValueError, match='unknown VFM.*dino_vitb8'):
         TimmVFM('dino_vitl99', random_init=True)
     with pytest.raises(ValueError, match='input_size'):
-        TimmVFM('mae_vitb16', random_init=True, model_kwargs=TINY)
+        TimmVFM('mae_vitb16', random_init=True, model_kwargs=TINY_VFM)
 
 
 def test_errors_other_than_download_errors_propagate_as_they_are(monkeypatch):
@@ -287,7 +287,7 @@ def test_errors_other_than_download_errors_propagate_as_they_are(monkeypatch):
             raise error
         monkeypatch.setattr(timm, 'create_model', failing)
         with pytest.raises(type(error)) as info:
-            TimmVFM('dino_vitb8', model_kwargs=TINY)
+            TimmVFM('dino_vitb8', model_kwargs=TINY_VFM)
         assert info.value is error
 
 
@@ -301,4 +301,4 @@ def test_converter_errors_become_weights_errors_and_others_propagate(tmp_path, m
             raise error
         monkeypatch.setitem(VFM_PRESETS, 'dino_vitb8', dataclasses.replace(preset, convert=convert))
         with pytest.raises(expected, match="tiny.pth cannot be converted.*KeyError|api"):
-            TimmVFM('dino_vitb8', pretrained=str(path), model_kwargs=TINY)
+            TimmVFM('dino_vitb8', pretrained=str(path), model_kwargs=TINY_VFM)

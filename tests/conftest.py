@@ -1,12 +1,19 @@
 """Shared fixtures: tiny random CLIPs, the golden FSA fixture, a private text cache, the
 pass-through plug-ins (tests/doubles.py) registered for a test."""
+import os
 import sys
 from pathlib import Path
 
-import pytest
 import torch
-import torch.nn.functional as F
-from mmseg.registry import MODELS
+
+# Without a GPU, the fused FSA kernel (Triton) runs on CPU tensors in Triton's interpreter, which
+# must be chosen before Triton is first imported (timm and mmseg import it).
+if not torch.cuda.is_available() and 'triton' not in sys.modules:
+    os.environ.setdefault('TRITON_INTERPRET', '1')
+
+import pytest  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from mmseg.registry import MODELS  # noqa: E402
 
 TESTS = Path(__file__).resolve().parent
 REPO = TESTS.parent

@@ -4,8 +4,9 @@ Library code behind ``tools/analysis/benchmark.py``:
 
 * ``plugin``: our :class:`~fsa_seg.models.plugins.fsa.FSA` against the official formulation
   (:func:`~fsa_seg.models.plugins.fsa_reference.official_fsa`) on random inputs of given shapes,
-  with FSA's other path forced beside the one its device picks (on CPU the device path, on CUDA
-  the CPU path); on CUDA, whether our plug-in synchronises with the host;
+  with another path of FSA forced beside the one its device picks (on CPU the device path, on
+  CUDA the torch.sort chain beside the fused kernel); on CUDA, whether our plug-in synchronises
+  with the host;
 * ``config``: one crop through a segmentor built from any config with a plug-in, with and
   without it (the same model, the plug-in toggled);
 * ``proxyclip``: ``config`` on ProxyCLIP (CLIP ViT-B/16 + DINO ViT-B/8) with FSA, real model
@@ -59,6 +60,7 @@ from mmseg.registry import MODELS
 
 from ..apis.configs import read_config, resolve_config, use_random_weights
 from ..models.plugins.fsa import FSA
+from ..models.plugins.fsa_kernel import fused_pruning_available
 from ..models.plugins.fsa_reference import official_fsa
 from ..models.segmentors.proxyclip import proxy_attention
 from ..models.text import load_vocabulary
@@ -214,15 +216,14 @@ class PluginWorkload:
     proxy features; values (B, H, N, d); a fixed random linear head to ``embed_dim``,
     L2-normalised, against Q L2-normalised random text embeddings as ``logits_fn``. FSA is built
     from ``plugin`` (a config's), the official formulation gets the same settings. Variants:
-    'ours' (the path FSA picks for the device), 'ours-cpu' / 'ours-device' (that path forced),
+    'ours' (the path FSA picks for the device), 'ours-device' (the torch.sort chain forced),
     'official'."""
     warmup_size = 32
 
     @staticmethod
     def variants_on(device: str) -> tuple:
-        """'ours', the other path of ours forced, 'official'."""
-        other = 'ours-device' if torch.device(device).type == 'cpu' else 'ours-cpu'
-        return ('ours', other, 'official')
+        """'ours', the device path of ours forced (on CUDA: beside the fused kernel), 'official'."""
+        return ('ours', 'ours-device', 'official')
 
     def __init__(self, n: int, q: int, plugin: dict, beta: float, gamma: float, heads: int = 12,
                  head_dim: int = 64, batch: int = 1, dtype: str = 'fp32', device: str = 'cpu',
@@ -583,14 +584,14 @@ def plugin_summary(comparison: dict, variant: str = 'ours') -> dict:
 def plugin_report(comparison: dict) -> str:
     params = comparison['spec']['params']
     ours_variants = [v for v in comparison['variants'] if v.startswith('ours')]
-    picked = 'device' if torch.device(params['device']).type != 'cpu' else 'cpu'
+    picked = _picked_path(params)
     lines = ['FSA plug-in: ours vs the official formulation',
              f"attn ({params['batch']}, 1, {params['n']}, {params['n']}) shared by the heads, "
              f"values ({params['batch']}, {params['heads']}, {params['n']}, {params['head_dim']}), "
              f"Q={params['q']}, {params['dtype']}; FSA({_fsa_repr(params['plugin'])}), "
              f"proxy attention beta={params['beta']}, gamma={params['gamma']}",
-             f"ours: the {picked} path, which FSA picks on this device; ours-cpu / ours-device: "
-             'that path forced',
+             f"ours: the {picked} path, which FSA picks on this device; ours-device: the "
+             'torch.sort path forced',
              *_header(comparison), '', *_table(comparison), '']
     for variant in ours_variants:
         summary = plugin_summary(comparison, variant)
@@ -602,6 +603,16 @@ def plugin_report(comparison: dict) -> str:
         lines.append('host synchronisations (torch.cuda.set_sync_debug_mode): '
                      + '; '.join(f'{v}: {found}' for v, found in syncs.items()))
     return '\n'.join(lines)
+
+
+def _picked_path(params: dict) -> str:
+    """The path FSA takes for the benchmark's device and N (see FSA._path_for)."""
+    device = torch.device(params['device'])
+    if device.type == 'cpu':
+        return 'cpu'
+    fused = params['plugin'].get('fused_pruning', True) and fused_pruning_available(
+        device, params['n'])
+    return 'fused' if fused else 'device'
 
 
 def _fsa_repr(plugin: dict) -> str:

@@ -29,6 +29,7 @@ from .configs import (
     explained_config_errors,
     has_random_weights,
     read_config,
+    segmentor_class,
     trust_checkpoints,
     use_precision,
     use_random_weights,
@@ -51,7 +52,8 @@ def load_test_config(config: Union[str, os.PathLike], cfg_options: Optional[dict
                      work_dir: Optional[str] = None, launcher: str = 'none',
                      show_dir: Optional[str] = None,
                      on_bad_annotation: str = 'error', random_weights: bool = False,
-                     trust_checkpoint: bool = False, precision: Optional[str] = None) -> Config:
+                     trust_checkpoint: bool = False, precision: Optional[str] = None,
+                     cuda_graphs: bool = False) -> Config:
     """The config (a file, or a config name as :func:`~fsa_seg.apis.resolve_config` finds it)
     set up for mmengine's test loop.
 
@@ -64,10 +66,13 @@ def load_test_config(config: Union[str, os.PathLike], cfg_options: Optional[dict
         trust_checkpoint: unpickle local checkpoint files fully (see fsa_seg.models.weights).
         precision: ``'fp32'``, ``'fp16'`` or ``'bf16'`` for the whole model (None: the
             config's, fp32 unless it says otherwise).
+        cuda_graphs: replay crop batches from CUDA graphs (the segmentor's ``cuda_graphs``).
     """
     cfg = read_config(config, cfg_options)
     if precision is not None:
         use_precision(cfg.model, precision)
+    if cuda_graphs:
+        use_cuda_graphs(cfg)
     if trust_checkpoint:
         trust_checkpoints(cfg.model)
     if random_weights:
@@ -87,6 +92,15 @@ def load_test_config(config: Union[str, os.PathLike], cfg_options: Optional[dict
         enable_visualization(cfg, show_dir)
     set_bad_annotation_policy(cfg, on_bad_annotation)
     return cfg
+
+
+def use_cuda_graphs(cfg: Config) -> None:
+    """Have the config's segmentor replay its crops from CUDA graphs, if it can."""
+    segmentor = segmentor_class(cfg.model)
+    if segmentor is not None and not segmentor.supports_cuda_graphs:
+        raise ConfigError(f'{cfg.filename}: {segmentor.__name__} runs host code per crop and '
+                          'cannot replay crops as CUDA graphs: leave out --cuda-graphs')
+    cfg.model.cuda_graphs = True
 
 
 def keep_test_parts(cfg: Config) -> None:

@@ -1,6 +1,6 @@
 """The plug-in benchmark (fsa_seg/analysis/benchmark.py, ``plugin``): FSA set as a config says,
-both of its paths beside the official formulation, ratios computed from the measurements, no
-verdicts, and grids of sizes and dtypes."""
+the path it picks and its torch.sort path beside the official formulation, ratios computed from
+the measurements, no verdicts, and grids of sizes and dtypes."""
 import os
 import re
 import subprocess
@@ -27,9 +27,19 @@ def comparison(device, n, dtype, medians, peaks_mb):
                 results=results)
 
 
-def test_each_device_runs_the_path_fsa_picks_and_forces_the_other():
+def test_each_device_runs_the_path_fsa_picks_and_forces_the_torch_sort_path(monkeypatch):
+    """On CUDA FSA picks the fused kernel where Triton is there, else the torch.sort path."""
     assert benchmark.PluginWorkload.variants_on('cpu') == ('ours', 'ours-device', 'official')
-    assert benchmark.PluginWorkload.variants_on('cuda:0') == ('ours', 'ours-cpu', 'official')
+    assert benchmark.PluginWorkload.variants_on('cuda:0') == ('ours', 'ours-device', 'official')
+    import fsa_seg.models.plugins.fsa_kernel as kernel_module
+    monkeypatch.setattr(kernel_module, '_has_triton', lambda: True)
+    assert benchmark._picked_path(dict(device='cuda', n=1764, plugin=dict(type='FSA'))) == 'fused'
+    assert benchmark._picked_path(dict(device='cuda', n=1764, plugin=dict(
+        type='FSA', fused_pruning=False))) == 'device'
+    assert benchmark._picked_path(dict(device='cuda', n=5000, plugin={})) == 'device'
+    assert benchmark._picked_path(dict(device='cpu', n=1764, plugin={})) == 'cpu'
+    monkeypatch.setattr(kernel_module, '_has_triton', lambda: False)
+    assert benchmark._picked_path(dict(device='cuda', n=1764, plugin={})) == 'device'
 
 
 @pytest.mark.parametrize('config, lamda', [
@@ -65,21 +75,24 @@ def test_the_variants_timed_compute_the_same_attention_output():
         torch.testing.assert_close(outputs[variant], outputs['official'], rtol=0, atol=1e-12)
 
 
-def test_report_gives_official_over_each_of_ours_and_no_verdict():
+def test_report_gives_official_over_each_of_ours_and_no_verdict(monkeypatch):
+    import fsa_seg.models.plugins.fsa_kernel as kernel_module
+    monkeypatch.setattr(kernel_module, '_has_triton', lambda: True)
     # official 1.2 s and 600 MB; ours 0.1 s and 20 MB; the other path 0.3 s and 40 MB
     report = benchmark.plugin_report(
         comparison('cuda', 4096, 'fp16', (0.1, 0.3, 1.2), (20, 40, 600)))
-    assert 'ours: the device path' in report
+    assert 'ours: the fused path' in report
     assert 'FSA(lamda=3.0, top_p=0.45, logit_scales=(20.0, 35.0))' in report
     assert 'official / ours: latency 12.00x (medians; 12.00x on the minima), ' \
            'extra peak memory 30.00x' in report
-    assert 'official / ours-cpu: latency 4.00x' in report and 'memory 15.00x' in report
+    assert 'official / ours-device: latency 4.00x' in report and 'memory 15.00x' in report
     assert not re.search(r'target|MET|MISSED', report), report
     grid = benchmark.plugin_grid_report([
         comparison('cuda', 1764, 'fp32', (0.5, 1.0, 2.0), (10, 20, 400)),
         comparison('cuda', 4096, 'fp16', (0.1, 0.3, 1.2), (20, 40, 600))])
     assert re.search(r'^\s+1764\s+fp32 ours\s+0\.50000\s+4\.00x\s+40\.00x$', grid, re.M), grid
-    assert re.search(r'^\s+4096\s+fp16 ours-cpu\s+0\.30000\s+4\.00x\s+15\.00x$', grid, re.M), grid
+    assert re.search(r'^\s+4096\s+fp16 ours-device\s+0\.30000\s+4\.00x\s+15\.00x$', grid,
+                     re.M), grid
 
 
 def test_plugin_cli_runs_a_grid_of_sizes_from_an_installed_package(tmp_path):

@@ -2,10 +2,13 @@
 # Issue 10's GPU measurements in one device call, ending with one summary:
 #   0. tests      the tests that need CUDA (FSA in fp64 against the reference, fp16/bf16 against
 #                 fp64 on the golden crop, CUDA's own host-synchronisation check on FSA and crops)
-#   1. plugin     FSA (both paths) vs the official formulation, N = 1764 and 4096, fp16 and fp32
+#   1. plugin     FSA (the fused Triton kernel it picks on CUDA, and its torch.sort path) vs the
+#                 official formulation, N = 1764 and 4096, fp16 and fp32
 #   2. proxyclip  one ProxyCLIP B/16 + DINO-B/8 crop (336, Q = 171) +- FSA, fp32, then fp16
 #   3. e2e        tools/test.py's path on 30 generated 375x500 images, +- FSA, fp32 / fp16 / bf16:
 #                 images/s, where the model's time goes, agreement with fp32
+#   4. e2e_graphs the same with crop batches replayed from CUDA graphs (model.cuda_graphs), fp16
+#                 and fp32 +- FSA: FSA's share once the host no longer issues every kernel
 # All with random weights of the real sizes (the GPU machine reaches no network).
 #
 # Prepare, here (a machine with PyPI), in the repository root, once:
@@ -18,10 +21,12 @@
 # torchvision, tqdm, rich, huggingface_hub.
 # Run, on the GPU machine (device tool: carry ['.whl'], timeout_s 600), from the repository root:
 #     bash tools/analysis/gpu_session.sh
-# Each step has its own time limit (560 s in all; about 5 minutes expected on an H100). The
+# Each step has its own time limit (730 s in all, more than one device call allows: run it as two
+# calls, STEPS="tests plugin e2e_graphs" then STEPS="proxyclip_fp32 proxyclip_fp16 e2e"). The
 # output of each step, its JSON and the summary are written to $OUT (else a new /tmp folder).
 # SMOKE=1 runs the same steps at tiny sizes on the CPU: a check of this script, not a measurement.
-# STEPS="tests e2e" runs only the steps named (tests plugin proxyclip_fp32 proxyclip_fp16 e2e).
+# STEPS="tests e2e" runs only the steps named (tests plugin proxyclip_fp32 proxyclip_fp16 e2e
+# e2e_graphs).
 set -u
 cd "$(dirname "$0")/../.."
 REPO=$PWD
@@ -52,10 +57,12 @@ export PYTHONUNBUFFERED=1
 echo "== machine"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null \
     || echo "no nvidia-smi"
-python3 -c "import sys, torch, mmengine, mmseg, open_clip, timm
+python3 -c "import importlib.util, sys, torch, mmengine, mmseg, open_clip, timm
+triton = importlib.util.find_spec('triton') and __import__('triton').__version__
 print('python', sys.version.split()[0], '| torch', torch.__version__, '| cuda',
       torch.cuda.is_available(), '| mmengine', mmengine.__version__, '| mmseg', mmseg.__version__,
-      '| open_clip', open_clip.__version__, '| timm', timm.__version__)" || exit 1
+      '| open_clip', open_clip.__version__, '| timm', timm.__version__,
+      '| triton', triton or 'absent (FSA takes its torch.sort path)')" || exit 1
 
 STATUS=()
 wanted() {  # STEPS="tests plugin ..." runs only the steps named (a rerun); unset: all
@@ -82,6 +89,7 @@ cuda_tests() {  # time limit in seconds: every test whose name says cuda (skippe
     echo "== tests: pytest -k cuda (limit $1 s)" | tee -a "$LOG"
     timeout --kill-after=10 "$1" python3 -m pytest -q -p no:cacheprovider -k cuda -rs \
         tests/models/plugins/test_fsa_paths.py tests/models/segmentors/test_proxyclip.py \
+        tests/models/segmentors/test_cuda_graphs.py \
         >"$RESULTS/tests.log" 2>&1
     local rc=$?
     STATUS+=("tests: exit $rc after $((SECONDS - start)) s: $(tail -n 1 "$RESULTS/tests.log")")
@@ -110,6 +118,8 @@ EOF
         --precision bf16
     step e2e 240 e2e --device cpu --config "$TINY" --random-weights --images 2 \
         --precision fp32 bf16 --repeat 1 --stage-repeat 2
+    step e2e_graphs 240 e2e --device cpu --config "$TINY" --random-weights --images 2 \
+        --precision fp32 --repeat 1 --stage-repeat 2 --cfg-options model.cuda_graphs=True
 else
     cuda_tests 100
     step plugin 150 plugin --device cuda --n 1764 4096 --dtype fp16 fp32 --repeat 5
@@ -117,6 +127,8 @@ else
     step proxyclip_fp16 70 proxyclip --device cuda --precision fp16 --repeat 7
     step e2e 170 e2e --device cuda --random-weights --images 30 --size 375 500 \
         --precision fp32 fp16 bf16 --repeat 3 --stage-repeat 10
+    step e2e_graphs 170 e2e --device cuda --random-weights --images 30 --size 375 500 \
+        --precision fp32 fp16 --repeat 3 --stage-repeat 3 --cfg-options model.cuda_graphs=True
 fi
 
 python3 - "$RESULTS" 2>&1 <<'EOF' | tee "$RESULTS/summary.txt"
@@ -157,9 +169,10 @@ for name in ('proxyclip_fp32', 'proxyclip_fp16'):
     comparison = load(name)
     if comparison:
         print(benchmark.segmentor_line(comparison))
-e2e = load('e2e')
-if e2e:
-    print('\n' + e2e_benchmark.e2e_report(e2e))
+for name in ('e2e', 'e2e_graphs'):
+    e2e = load(name)
+    if e2e:
+        print(f'\n[{name}]\n' + e2e_benchmark.e2e_report(e2e))
 EOF
 echo
 printf '%s\n' "${STATUS[@]}"

@@ -22,17 +22,24 @@ block×N ones and it is never held whole. Two paths do that, chosen by the devic
   the row's k largest, those at or above the k-th value. Only rows where exactly equal similarities
   straddle the cut are found (a host-side test, free on CPU) and sorted with ``torch.sort``.
 * any other device (CUDA): no host synchronisation and no data-dependent Python branch; large
-  blocks (2^22 entries, the whole matrix up to N = 2048), sizes from the shapes alone; every row
-  sorted with ``torch.sort`` (indices included, which the GPU sort makes anyway) and its kept
-  entries scattered back, as the official code does. The matrix products run in the dtype of the
-  values (tensor cores in fp16/bf16), the KL, similarities and pruning in at least fp32.
+  blocks (2^22 entries, the whole matrix up to N = 2048), sizes from the shapes alone. The matrix
+  products run in the dtype of the values (tensor cores in fp16/bf16), the KL, similarities and
+  pruning in at least fp32. The pruning, one of:
+
+  - 'fused' (CUDA with Triton, N ≤ 4096; the default there): one Triton kernel a block turns the
+    KL rows into rows of A_new (:mod:`.fsa_kernel`): no sort, every row read and written once;
+    the official selection, up to the summation order of the softmax and cumulative mass;
+  - 'device' (``fused_pruning=False``, or no Triton): every row sorted with ``torch.sort``
+    (indices included, which the GPU sort makes anyway) and its kept entries scattered back, as
+    the official code does: its selection bit for bit on the same device, in a dozen kernels.
 
 Ties: where exactly equal similarities straddle the top-p cut (a one-query vocabulary, identical
 padded patches), which of them are kept is decided by the order of ``torch.sort(descending=True)``
 on the row, as in the official code; both paths call that very sort on the device of the inputs,
 so they keep what the official code keeps there. On CUDA that sort is stable for rows longer than
-32 (merge and radix sorts), i.e. the equal entries of lowest index are kept; on CPU its order among
-equal values is the (deterministic, unspecified) order of ``std::sort``.
+32 (merge and radix sorts), i.e. the equal entries of lowest index are kept, which is what the
+fused kernel keeps; on CPU its order among equal values is the (deterministic, unspecified)
+order of ``std::sort``.
 """
 from typing import List, Optional, Sequence, Tuple
 
@@ -42,10 +49,11 @@ from mmseg.registry import MODELS
 from torch import Tensor
 
 from .base import AttentionPlugin, LogitsFn
+from .fsa_kernel import fused_prune_and_sharpen, fused_pruning_available
 
 BLOCK_ELEMENTS = 2 ** 19  # CPU path: rows of A_new made at once, about this many entries (2 MB)
 DEVICE_BLOCK_ELEMENTS = 2 ** 22  # device path: at most this many entries at once (16 MB in fp32)
-PATHS = ('cpu', 'device')
+PATHS = ('cpu', 'device', 'fused')
 
 
 @MODELS.register_module()
@@ -59,12 +67,16 @@ class FSA(AttentionPlugin):
         top_p: softmax mass kept per row by the confidence-based pruning.
         logit_scales: scales of the attention branch and the uniform branch.
         eps: added inside the logarithms of the KL, as the official code does.
+        fused_pruning: on CUDA, prune and sharpen in one Triton kernel when Triton is there and
+            N ≤ 4096 (see the module's docstring); False keeps ``torch.sort``'s chain, which
+            reproduces the official code's selection bit for bit on the same device.
     """
 
     tokens = 'patches'
 
     def __init__(self, lamda: float = 3.0, top_p: float = 0.45,
-                 logit_scales: Sequence[float] = (20.0, 35.0), eps: float = 1e-10):
+                 logit_scales: Sequence[float] = (20.0, 35.0), eps: float = 1e-10,
+                 fused_pruning: bool = True):
         super().__init__()
         if len(logit_scales) != 2:
             raise ValueError('logit_scales needs two values (attention, uniform), '
@@ -73,9 +85,11 @@ class FSA(AttentionPlugin):
         self.top_p = float(top_p)
         self.logit_scales = tuple(float(s) for s in logit_scales)
         self.eps = eps
+        self.fused_pruning = bool(fused_pruning)
 
     def extra_repr(self) -> str:
-        return f'lamda={self.lamda}, top_p={self.top_p}, logit_scales={self.logit_scales}'
+        return (f'lamda={self.lamda}, top_p={self.top_p}, logit_scales={self.logit_scales}, '
+                f'eps={self.eps}, fused_pruning={self.fused_pruning}')
 
     def forward(self, attn: Optional[Tensor], values: Tensor, logits_fn: LogitsFn,
                 attended: Optional[Tensor] = None, grid: Optional[Tuple[int, int]] = None,
@@ -91,12 +105,13 @@ class FSA(AttentionPlugin):
             grid, num_prefix: the contract's patch grid and prefix count (unused: FSA works on
                 patches only, so ``num_prefix`` is 0).
         """
-        return self._forward(attn, values, logits_fn, attended, path=_path_for(values))
+        return self._forward(attn, values, logits_fn, attended, path=self._path_for(values, -2))
 
     def _forward(self, attn: Optional[Tensor], values: Tensor, logits_fn: LogitsFn,
                  attended: Optional[Tensor] = None, path: str = 'cpu') -> Tensor:
-        """:meth:`forward` on the given path, 'cpu' or 'device' (see the module's docstring);
-        either runs on any device, which lets the tests check the device path on CPU."""
+        """:meth:`forward` on the given path, 'cpu', 'device' or 'fused' (see the module's
+        docstring); each runs on CPU too (the fused one in Triton's interpreter), which lets the
+        tests check the CUDA paths on CPU."""
         if path not in PATHS:
             raise ValueError(f'path must be one of {PATHS}, got {path!r}')
         if attended is None:
@@ -120,7 +135,8 @@ class FSA(AttentionPlugin):
     def feedback_attention(self, attended: Tensor, values: Tensor, logits_fn: LogitsFn) -> Tensor:
         """A_new (B, 1, N, N), shared by the heads, in the dtype of ``values``."""
         sim = self.patch_similarity(self._isolated_logits(attended, values, logits_fn))
-        return self._prune_and_sharpen(sim, True, _path_for(sim)).to(values.dtype).unsqueeze(1)
+        new_attn = self._prune_and_sharpen(sim, True, self._path_for(sim, -1))
+        return new_attn.to(values.dtype).unsqueeze(1)
 
     def _isolated_logits(self, attended: Tensor, values: Tensor, logits_fn: LogitsFn) -> Tensor:
         """P − P_u (B, N, Q), in at least fp32."""
@@ -148,8 +164,12 @@ class FSA(AttentionPlugin):
         out = operand.new_empty(operand.shape)
         for rows in _row_blocks(batch, num_tokens, path):
             kl = torch.baddbmm(self_term[:, rows], q[:, rows], log_q_t, alpha=-1)  # (B, b, N)
-            sim = kl.clamp_min_(0).add_(1).reciprocal_()
-            new_rows = self._prune_and_sharpen(sim, True, path).to(values.dtype)
+            if path == 'fused':  # the similarity is made in the kernel
+                new_rows = fused_prune_and_sharpen(kl, self.lamda, self.top_p, True,
+                                                   values.dtype)
+            else:
+                sim = kl.clamp_min_(0).add_(1).reciprocal_()
+                new_rows = self._prune_and_sharpen(sim, True, path).to(values.dtype)
             torch.matmul(new_rows, operand, out=out[:, rows])
         return out
 
@@ -169,7 +189,7 @@ class FSA(AttentionPlugin):
 
     def prune_and_sharpen(self, sim: Tensor) -> Tensor:
         """Keep each row's most similar entries within ``top_p`` softmax mass, sharpen, softmax."""
-        return self._prune_and_sharpen(sim, False, _path_for(sim))
+        return self._prune_and_sharpen(sim, False, self._path_for(sim, -1))
 
     def _prune_and_sharpen(self, sim: Tensor, reuse_input: bool, path: str) -> Tensor:
         """:meth:`prune_and_sharpen` on ``path``; ``reuse_input`` lets it overwrite ``sim``."""
@@ -181,6 +201,8 @@ class FSA(AttentionPlugin):
             keep = torch.empty_like(keep_sorted).scatter_(-1, order, keep_sorted)
             sharpened = sim * torch.exp(self.lamda * sim)
             return sharpened.masked_fill(~keep, float('-inf')).softmax(dim=-1)
+        if path == 'fused':
+            return fused_prune_and_sharpen(sim, self.lamda, self.top_p, False, sim.dtype)
         if path == 'device':
             return self._prune_in_sort_order(sim, reuse_input)
         return self._prune_by_threshold(sim, reuse_input)
@@ -217,6 +239,13 @@ class FSA(AttentionPlugin):
                                                                  keep_sorted.logical_not_())
         return self._sharpen_and_normalise(sim, drop, sorted_sim, mass, reuse_input)
 
+    def _path_for(self, x: Tensor, token_dim: int) -> str:
+        """The path for tensors like ``x``, whose dimension ``token_dim`` runs over the tokens."""
+        if x.device.type == 'cpu':
+            return 'cpu'
+        fused = self.fused_pruning and fused_pruning_available(x.device, x.shape[token_dim])
+        return 'fused' if fused else 'device'
+
     def _sharpen_and_normalise(self, sim: Tensor, drop: Tensor, spare: Tensor, out: Tensor,
                                reuse_input: bool) -> Tensor:
         """softmax(sim·exp(λ·sim)) over the entries not dropped; ``spare`` (then ``sim`` if
@@ -230,8 +259,6 @@ def _records_grad(x: Tensor) -> bool:
     return torch.is_grad_enabled() and x.requires_grad
 
 
-def _path_for(x: Tensor) -> str:
-    return 'cpu' if x.device.type == 'cpu' else 'device'
 
 
 def _row_blocks(batch: int, num_tokens: int, path: str) -> List[slice]:

@@ -16,16 +16,19 @@ LogitsFn = Callable[[Tensor], Tensor]
 
 
 def official_fsa(attn: Optional[Tensor], values: Tensor, logits_fn: LogitsFn, lamda: float,
-                 top_p: float, logit_scales: Sequence[float], eps: float = 1e-10) -> Tensor:
+                 top_p: float, logit_scales: Sequence[float], eps: float = 1e-10,
+                 stable: bool = False) -> Tensor:
     """A_ens · V (B, H, N, d) computed the way the official code does.
 
     Same contract as :meth:`FSA.forward <fsa_seg.models.plugins.fsa.FSA.forward>`: ``attn`` is
     (B, H, N, N) per head, (B, 1, N, N) shared by the heads, or None for identity attention;
     ``values`` (B, H, N, d); ``logits_fn`` maps per-head outputs (B, H, n, d) to cosine
-    similarities (B, n, Q). Everything is computed in the dtype of ``values``.
+    similarities (B, n, Q). Everything is computed in the dtype of ``values``. ``stable``: equal
+    similarities in the order CUDA's sort gives them (see :func:`official_prune_and_sharpen`).
     """
     attn = _per_head(attn, values)
-    new_attn = official_new_attention(attn, values, logits_fn, lamda, top_p, logit_scales, eps)
+    new_attn = official_new_attention(attn, values, logits_fn, lamda, top_p, logit_scales, eps,
+                                      stable)
     # 4. ensemble of the N×N attention matrices of every head, applied to the values.
     ensemble = (new_attn @ attn + attn @ new_attn + new_attn) / 3               # (B, H, N, N)
     return ensemble @ values
@@ -33,7 +36,7 @@ def official_fsa(attn: Optional[Tensor], values: Tensor, logits_fn: LogitsFn, la
 
 def official_new_attention(attn: Optional[Tensor], values: Tensor, logits_fn: LogitsFn,
                            lamda: float, top_p: float, logit_scales: Sequence[float],
-                           eps: float = 1e-10) -> Tensor:
+                           eps: float = 1e-10, stable: bool = False) -> Tensor:
     """A_new (B, H, N, N), repeated for every head, as the official code makes it (steps 1-3)."""
     attn = _per_head(attn, values)
     heads = values.shape[1]
@@ -54,13 +57,17 @@ def official_new_attention(attn: Optional[Tensor], values: Tensor, logits_fn: Lo
     sim = 1.0 / (1.0 + kl.clamp(min=0))
 
     # 3. confidence-based pruning, sharpening, row softmax per head.
-    return official_prune_and_sharpen(sim.unsqueeze(1).repeat(1, heads, 1, 1), lamda, top_p)
+    return official_prune_and_sharpen(sim.unsqueeze(1).repeat(1, heads, 1, 1), lamda, top_p,
+                                      stable)
 
 
-def official_prune_and_sharpen(sim: Tensor, lamda: float, top_p: float) -> Tensor:
+def official_prune_and_sharpen(sim: Tensor, lamda: float, top_p: float,
+                               stable: bool = False) -> Tensor:
     """Step 3 on similarity rows: sort, keep while the cumulative softmax mass of the sorted row
-    is ≤ top_p (the first always), scatter back, sharpen sim·exp(λ·sim), row softmax."""
-    sorted_sim, order = torch.sort(sim, dim=-1, descending=True)
+    is ≤ top_p (the first always), scatter back, sharpen sim·exp(λ·sim), row softmax.
+    ``stable``: equal values in the order of their indices, which is the order CUDA's sort gives
+    rows longer than 32 (the official code's default sort on CPU orders them otherwise)."""
+    sorted_sim, order = torch.sort(sim, dim=-1, descending=True, stable=stable)
     cumulative = torch.cumsum(torch.softmax(sorted_sim, dim=-1), dim=-1)
     keep_sorted = cumulative <= top_p
     keep_sorted[..., 0] = True

@@ -23,6 +23,7 @@ from torch import Tensor, nn
 from ...visualization import make_palette
 from ..plugins import AttentionPlugin, LogitsFn
 from ..text import Vocabulary, cached_query_embeddings, load_vocabulary, resolve_templates
+from .cuda_graphs import CropGraphs, model_state
 
 # CLIP's normalisation on 0..255 RGB values; mmseg loads BGR.
 CLIP_PREPROCESSOR = dict(type='mmseg.SegDataPreProcessor', mean=[122.771, 116.746, 104.094],
@@ -53,6 +54,9 @@ class TrainingFreeSegmentor(BaseSegmentor):
         post_refine: config of a refinement of the logits at the original size, guided by the
             image (``dict(type='PAMR', steps=10, dilations=(8, 16))``), or None.
         text_cache_dir: text-embedding cache folder; None for the default, False for none.
+        cuda_graphs: on CUDA, replay each crop batch from a CUDA graph captured once per batch
+            shape (:mod:`.cuda_graphs`): the same outputs, issued in one call instead of several
+            hundred kernel launches from Python.
     """
 
     #: whether the windows of several images may share a forward pass (not where per-image
@@ -65,12 +69,14 @@ class TrainingFreeSegmentor(BaseSegmentor):
     #: patches (the official codes of CASS and ResCLIP pad neither: the patch embedding drops
     #: the remainder)
     pad_crops = True
+    #: whether crops may be replayed as CUDA graphs (not where a crop runs host code: CASS)
+    supports_cuda_graphs = True
 
     def __init__(self, clip: dict, vocabulary, templates='openai_imagenet',
                  logit_scale: float = 40.0, prob_thd: float = 0.0, test_cfg: Optional[dict] = None,
                  crop_batch_size: int = 16, plugin: Optional[dict] = None,
                  post_refine: Optional[dict] = None, text_cache_dir: Union[str, bool, None] = None,
-                 data_preprocessor: Optional[dict] = None, init_cfg=None,
+                 cuda_graphs: bool = False, data_preprocessor: Optional[dict] = None, init_cfg=None,
                  pretrained: Optional[str] = None, train_cfg: Optional[dict] = None):
         # mmseg.apis.init_model sets `pretrained` and `train_cfg` to None on every model.
         if pretrained is not None or train_cfg is not None:
@@ -90,6 +96,10 @@ class TrainingFreeSegmentor(BaseSegmentor):
                              f'got {self.test_cfg.mode!r}')
         self.crop_batch_size = crop_batch_size
         self.text_cache_dir = text_cache_dir
+        if cuda_graphs and not self.supports_cuda_graphs:
+            raise ValueError(f'{type(self).__name__} runs host code per crop and cannot replay '
+                             'crops as CUDA graphs: leave cuda_graphs off')
+        self.crop_graphs = CropGraphs() if cuda_graphs else None
         self.set_vocabulary(vocabulary, templates)
 
     def build_component(self, key: str, cfg: dict) -> nn.Module:
@@ -131,6 +141,8 @@ class TrainingFreeSegmentor(BaseSegmentor):
         self.register_buffer('query_embeddings', embeddings.to(device), persistent=False)
         self.register_buffer('query_to_class', torch.tensor(self.vocabulary.query_to_class,
                                                             device=device), persistent=False)
+        if getattr(self, 'crop_graphs', None) is not None:
+            self.crop_graphs.clear()  # graphs of the old embeddings: free their memory now
 
     @property
     def num_classes(self) -> int:
@@ -181,6 +193,14 @@ class TrainingFreeSegmentor(BaseSegmentor):
         logits = self.cosine_logits(self.encode_crops(crops))
         return F.interpolate(logits, size=crops.shape[-2:], mode='bilinear', align_corners=False)
 
+    def replayed_crop_logits(self, crops: Tensor, context: Any = None) -> Tensor:
+        """:meth:`crop_logits`, replayed from CUDA graphs where ``cuda_graphs`` is on (crops that
+        need only their pixels)."""
+        if self.crop_graphs is None or context is not None:
+            return self.crop_logits(crops, context)
+        state = model_state(self, id(self.plugin), repr(self.plugin))
+        return self.crop_graphs(self.crop_logits, crops, state)
+
     # ------------------------------------------------------------------ inference
     def windows(self, height: int, width: int) -> Tuple[List[Tuple[int, int, int, int]],
                                                         Tuple[int, int]]:
@@ -221,7 +241,7 @@ class TrainingFreeSegmentor(BaseSegmentor):
             crops = torch.stack([F.pad(images[index][:, y1:y2, x1:x2],
                                        (0, crop_w - (x2 - x1), 0, crop_h - (y2 - y1)))
                                  for index, (y1, y2, x1, x2), _, _ in chunk])
-            logits = self.crop_logits(crops, None if shared < 0 else contexts[shared])
+            logits = self.replayed_crop_logits(crops, None if shared < 0 else contexts[shared])
             for (index, (y1, y2, x1, x2), _, _), crop_logit in zip(chunk, logits):
                 if totals[index] is None:  # accumulate half-precision logits in fp32
                     totals[index] = logits.new_zeros(

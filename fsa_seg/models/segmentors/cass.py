@@ -84,6 +84,7 @@ class CASS(TrainingFreeSegmentor):
     """
 
     batch_across_images = False   # each image replays its own seeded SVD draws
+    supports_cuda_graphs = False  # scipy assignment and clustering per crop
     component_types = dict(TrainingFreeSegmentor.component_types, vfm='TimmVFM')
     pad_crops = False
 

@@ -1,7 +1,11 @@
-"""FSA's two paths, CPU (numpy sort, host-side tie test) and device (no host synchronisation), both
-forced on CPU here: each equals the official formulation (fsa_reference) and the golden fixture,
-keeps the official code's choice among tied similarities, and the device path reads no tensor on
-the host (checked on fake CUDA tensors)."""
+"""FSA's three paths, CPU (numpy sort, host-side tie test), device (torch.sort, no host
+synchronisation) and fused (one Triton kernel a block, in Triton's interpreter here), all forced
+on CPU: each equals the official formulation (fsa_reference) and the golden fixture, keeps the
+official code's choice among tied similarities (the fused one CUDA's choice), and the CUDA paths
+read no tensor on the host (checked on fake CUDA tensors)."""
+import importlib.util
+import os
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -16,7 +20,12 @@ from fsa_seg.models.plugins.fsa_reference import official_fsa, official_prune_an
 
 from references import linear_logits_fn, random_fsa_problem
 
-PATHS = ('cpu', 'device')
+fused_runs_here = pytest.mark.skipif(
+    os.environ.get('TRITON_INTERPRET') != '1' or importlib.util.find_spec('triton') is None,
+    reason="the fused kernel runs on CPU tensors only in Triton's interpreter (conftest.py sets "
+           'it without a GPU; with one, the CUDA tests run the kernel)')
+PATHS = ('cpu', 'device', pytest.param('fused', marks=fused_runs_here))
+OTHER_PATH = {'cpu': 'device', 'device': 'cpu', 'fused': 'device'}
 HYPER = dict(lamda=3.0, top_p=0.45, logit_scales=(20.0, 35.0))
 
 
@@ -25,9 +34,10 @@ def run(path, attn, values, logits_fn, **hyper):
         return FSA(**(hyper or HYPER))._forward(attn, values, logits_fn, path=path)
 
 
-def reference(attn, values, logits_fn, **hyper):
+def reference(attn, values, logits_fn, stable=False, **hyper):
+    """The official formulation; ``stable``: ties in CUDA's sort order (the fused kernel's)."""
     with torch.no_grad():
-        return official_fsa(attn, values, logits_fn, **(hyper or HYPER))
+        return official_fsa(attn, values, logits_fn, **(hyper or HYPER), stable=stable)
 
 
 def ties_straddle_the_cut(new_attn, sim):
@@ -58,22 +68,25 @@ def test_each_path_equals_the_reference(path, attention, batch, heads, n, dim, q
     assert (run(path, *problem) - reference(*problem)).abs().max() < 1e-12
 
 
-@pytest.mark.parametrize('lamda, top_p', [(2.3, 0.3), (4.5, 0.8), (3.0, 0.0)])
-def test_device_path_equals_the_reference_for_other_hyper_parameters(lamda, top_p):
+@pytest.mark.parametrize('path', PATHS[1:])
+@pytest.mark.parametrize('lamda, top_p', [(2.3, 0.3), (4.5, 0.8), (3.0, 0.0), (3.0, 2.0)])
+def test_cuda_paths_equal_the_reference_for_other_hyper_parameters(path, lamda, top_p):
+    """Including top_p = 0 (each row keeps its maximum only) and top_p > 1 (everything)."""
     problem = random_fsa_problem(1, 3, 40, 8, 10, 'per-head', seed=1)
     hyper = dict(lamda=lamda, top_p=top_p, logit_scales=(15.0, 30.0))
-    assert (run('device', *problem, **hyper) - reference(*problem, **hyper)).abs().max() < 1e-12
+    assert (run(path, *problem, **hyper) - reference(*problem, **hyper)).abs().max() < 1e-12
 
 
+@pytest.mark.parametrize('path', PATHS[1:])
 @pytest.mark.parametrize('attention', ['per-head', 'shared', 'identity'])
-def test_device_path_in_uneven_row_blocks_equals_the_reference(monkeypatch, attention):
+def test_cuda_paths_in_uneven_row_blocks_equal_the_reference(monkeypatch, path, attention):
     """A batch of 2 × 50 rows under a budget of 2 × 7 × 50 entries: 8 blocks of 7 rows, the last
     of 1; the block boundaries change nothing."""
     monkeypatch.setattr(fsa_module, 'DEVICE_BLOCK_ELEMENTS', 2 * 7 * 50)
     assert [(b.start, b.stop) for b in fsa_module._row_blocks(2, 50, 'device')] == [
         (0, 7), (7, 14), (14, 21), (21, 28), (28, 35), (35, 42), (42, 49), (49, 56)]
     problem = random_fsa_problem(2, 3, 50, 4, 12, attention, seed=3)
-    assert (run('device', *problem) - reference(*problem)).abs().max() < 1e-12
+    assert (run(path, *problem) - reference(*problem)).abs().max() < 1e-12
 
 
 def test_device_row_blocks_follow_the_shapes_only():
@@ -96,11 +109,27 @@ def test_forward_picks_the_path_by_device_and_rejects_unknown_paths():
         fsa._forward(*problem, path='gpu')
 
 
+def test_on_cuda_the_fused_kernel_is_picked_where_it_can_run(monkeypatch):
+    """CUDA with Triton: fused up to N = 4096, the torch.sort chain above it, without Triton or
+    with fused_pruning=False."""
+    import fsa_seg.models.plugins.fsa_kernel as kernel_module
+    monkeypatch.setattr(kernel_module, '_has_triton', lambda: True)
+    with FakeTensorMode():
+        values = {n: torch.empty(1, 2, n, 4, device='cuda') for n in (1764, 4096, 4097)}
+    fsa, unfused = FSA(**HYPER), FSA(**HYPER, fused_pruning=False)
+    assert [fsa._path_for(v, -2) for v in values.values()] == ['fused', 'fused', 'device']
+    assert unfused._path_for(values[1764], -2) == 'device'
+    assert fsa._path_for(torch.empty(1, 2, 30, 4), -2) == 'cpu'
+    monkeypatch.setattr(kernel_module, '_has_triton', lambda: False)
+    assert fsa._path_for(values[1764], -2) == 'device'
+
+
 # ---------------------------------------------------------------------------- ties
 @pytest.mark.parametrize('path', PATHS)
 def test_one_query_vocabulary_keeps_what_the_official_code_keeps(path):
     """One query: q ≡ 1, every KL is 0, every similarity 1; each row keeps ⌊0.45 · 50⌋ = 22 of 50
-    equal entries, and the official code's sort decides which."""
+    equal entries, and the official code's sort decides which (on CUDA: the first 22, as the
+    fused kernel keeps)."""
     problem = random_fsa_problem(1, 2, 50, 4, 1, 'shared', seed=5)
     fsa = FSA(**HYPER)
     attn, values, logits_fn = problem
@@ -109,9 +138,12 @@ def test_one_query_vocabulary_keeps_what_the_official_code_keeps(path):
         new_attn = fsa._prune_and_sharpen(sim.clone(), False, path)
     assert torch.equal(sim, torch.ones_like(sim))
     assert torch.equal((new_attn > 0).sum(-1), torch.full((1, 50), 22))
+    if path == 'fused':
+        assert torch.equal(new_attn[0] > 0, (torch.arange(50) < 22).expand(50, 50))
     out = run(path, *problem)
-    assert (out - reference(*problem)).abs().max() < 1e-12
-    assert (out - run('cpu' if path == 'device' else 'device', *problem)).abs().max() < 1e-12
+    assert (out - reference(*problem, stable=path == 'fused')).abs().max() < 1e-12
+    if path != 'fused':
+        assert (out - run(OTHER_PATH[path], *problem)).abs().max() < 1e-12
 
 
 def padded_problem(seed=0):
@@ -143,22 +175,31 @@ def test_identical_padded_patches_keep_what_the_official_code_keeps(path):
     assert ties_straddle_the_cut(new_attn, sim)  # the case is exercised
     out = run(path, *problem)
     assert (out - reference(*problem)).abs().max() < 1e-12
-    assert (out - run('cpu' if path == 'device' else 'device', *problem)).abs().max() < 1e-12
+    assert (out - run(OTHER_PATH[path], *problem)).abs().max() < 1e-12
 
 
 @pytest.mark.parametrize('path', PATHS)
 def test_pruning_of_straddling_ties_equals_the_official_selection(path):
     """Similarities rounded to sevenths: many rows keep only part of a group of equal values. The
     selection is the official code's (sorted, cumulative mass, scattered back: the autograd path
-    computes exactly that), on both paths."""
+    computes exactly that) on the device it runs on: CPU's sort order for the CPU and device
+    paths forced here, CUDA's (equal values by index) for the fused kernel. The fused kernel
+    sums in its own order, so its values are equal to rounding."""
     generator = torch.Generator().manual_seed(0)
     sim = (torch.rand(3, 40, 40, generator=generator, dtype=torch.float64) * 6).round() / 6 + 0.1
     fsa = FSA(**HYPER)
     with torch.no_grad():
         pruned = fsa._prune_and_sharpen(sim.clone(), False, path)
-    official = official_prune_and_sharpen(sim.clone(), HYPER['lamda'], HYPER['top_p'])
+    official = official_prune_and_sharpen(sim.clone(), HYPER['lamda'], HYPER['top_p'],
+                                          stable=path == 'fused')
     assert ties_straddle_the_cut(pruned, sim)
-    assert torch.equal(pruned, official)
+    if path == 'fused':
+        assert torch.equal(pruned > 0, official > 0)
+        assert not torch.equal(official > 0, official_prune_and_sharpen(
+            sim.clone(), HYPER['lamda'], HYPER['top_p']) > 0)  # CPU's order would differ
+        assert (pruned - official).abs().max() < 1e-15
+    else:
+        assert torch.equal(pruned, official)
 
 
 # ---------------------------------------------------------------------------- no host sync
@@ -192,15 +233,21 @@ def cuda_problem(batch=1, heads=12, n=1764, dim=64, queries=171, attention='shar
     return attn, values, linear_logits_fn(head, text)
 
 
+@pytest.mark.parametrize('fused', [True, False], ids=['fused', 'torch_sort'])
 @pytest.mark.parametrize('grad', [False, True], ids=['no_grad', 'grad'])
 @pytest.mark.parametrize('attention', ['per-head', 'shared', 'identity'])
-def test_forward_on_cuda_makes_no_host_synchronisation(attention, grad):
+def test_forward_on_cuda_makes_no_host_synchronisation(monkeypatch, attention, grad, fused):
     """By construction: FSA.forward on fake CUDA tensors of real sizes (N = 1764, Q = 171, fp16)
-    takes the device path, branches on no value and copies nothing to the host."""
+    takes a CUDA path (the fused kernel's op has a shape-only fake), branches on no value and
+    copies nothing to the host."""
+    import fsa_seg.models.plugins.fsa_kernel as kernel_module
+    monkeypatch.setattr(kernel_module, '_has_triton', lambda: True)
+    fsa = FSA(**HYPER, fused_pruning=fused)
     with FakeTensorMode(), DeviceToHostCopies() as copies, torch.set_grad_enabled(grad):
         attn, values, logits_fn = cuda_problem(attention=attention)
-        out = FSA(**HYPER)(attn, values.requires_grad_(grad), logits_fn)
-        new_attn = FSA(**HYPER).feedback_attention(values, values, logits_fn)
+        assert fsa._path_for(values, -2) == ('fused' if fused else 'device')
+        out = fsa(attn, values.requires_grad_(grad), logits_fn)
+        new_attn = fsa.feedback_attention(values, values, logits_fn)
     assert out.device.type == 'cuda' and out.dtype == torch.float16
     assert out.shape == values.shape and new_attn.shape == (1, 1, 1764, 1764)
     assert copies.found == []
@@ -269,13 +316,35 @@ def test_on_cuda_fsa_reproduces_the_golden_fixture(golden, golden_logits_fn):
 
 
 @needs_cuda
+@pytest.mark.parametrize('fused', [True, False], ids=['fused', 'torch_sort'])
 @pytest.mark.parametrize('dtype', [torch.float16, torch.bfloat16, torch.float32],
                          ids=['fp16', 'bf16', 'fp32'])
 @pytest.mark.parametrize('attention', ['per-head', 'shared', 'identity'])
-def test_on_cuda_fsa_never_synchronises_with_the_host(attention, dtype):
+def test_on_cuda_fsa_never_synchronises_with_the_host(attention, dtype, fused):
     """CUDA's own check (sync debug mode 'error') over a whole forward at real sizes."""
     problem = cuda_problem(attention=attention, dtype=dtype)
+    fsa = FSA(**HYPER, fused_pruning=fused)
+    fsa(*problem)  # the first call compiles the kernel
     with host_syncs_raise(), torch.no_grad():
-        out = FSA(**HYPER)(*problem)
+        out = fsa(*problem)
     assert out.dtype == dtype and bool(torch.isfinite(out).all())
+
+
+@needs_cuda
+@pytest.mark.parametrize('n', [1764, 4096])
+def test_on_cuda_the_fused_kernel_keeps_the_official_selection_in_fp32(n):
+    """Real sizes in fp32: the fused kernel against the official pruning on the same CUDA rows.
+    Its sums run in another order, so a row's cut may move by an entry where the cumulative mass
+    lies within rounding of top_p: at most 1 entry in 10^5 differs, the rows of A_new by < 1e-5."""
+    assert FSA(**HYPER)._path_for(torch.empty(1, 1, n, 1, device='cuda'), -2) == 'fused'
+    generator = torch.Generator(device='cuda').manual_seed(n)
+    q = torch.rand(256, n, 171, device='cuda', generator=generator).mul_(6).softmax(-1)
+    log_q = torch.log(q + 1e-10)
+    kl = (q * log_q).sum(-1, keepdim=True) - q @ log_q[:1].transpose(1, 2)  # 256 rows of KL
+    with torch.no_grad():
+        fused = FSA(**HYPER)._prune_and_sharpen(1 / (1 + kl.clamp(min=0)), False, 'fused')
+    official = official_prune_and_sharpen(1 / (1 + kl.clamp(min=0)), HYPER['lamda'],
+                                          HYPER['top_p'])
+    assert ((fused > 0) != (official > 0)).float().mean() < 1e-5
+    assert (fused - official).abs().max() < 1e-5
 

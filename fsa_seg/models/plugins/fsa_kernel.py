@@ -1,0 +1,100 @@
+"""FSA's pruning and sharpening as one fused Triton kernel per block of rows (CUDA).
+
+The torch device path makes a block of A_new in about a dozen kernels over block×N buffers (the
+similarity, a segmented sort with indices, softmax, cumulative sum, a scatter of the kept sorted
+positions, the sharpening, a masked softmax). On an H100 at N = 1764 that sort-based chain is most
+of FSA's time. Here one program per row reads the KL row once, keeps the row in registers and
+writes its row of A_new once, in the dtype of the values:
+
+    sim = 1 / (1 + max(KL, 0))                         (or the similarity row as it is)
+    sorted = sort(sim, descending); mass = cumsum(softmax(sorted))
+    k = max(1, #{mass ≤ top_p})                        the kept sorted positions are a prefix
+    keep the k largest: every sim above the k-th value t, and of the entries equal to t the ones
+        of lowest index (the order of the stable sort CUDA's ``torch.sort`` uses for such rows)
+    A_new = softmax over the kept entries of sim·exp(λ·sim)
+
+This is the official selection; only the summation order of the softmax and the cumulative sum
+differs from torch's kernels (a top-p cut moves only where a row's cumulative mass lies within
+rounding of ``top_p``). The op is a torch custom op with a shape-only fake implementation, so the
+host-synchronisation checks on fake CUDA tensors see through it. On CPU the same kernel runs in
+Triton's interpreter (TRITON_INTERPRET=1): slow, for the tests only.
+"""
+import functools
+import importlib.util
+
+import numpy as np
+import torch
+from torch import Tensor
+
+MAX_FUSED_TOKENS = 4096  # one row lives in one program's registers: N ≤ 4096 (SAM's 64×64 grid)
+_FLOAT_TYPES = (torch.float32, torch.float64)
+
+
+def fused_pruning_available(device: torch.device, num_tokens: int) -> bool:
+    """Whether the fused kernel can run rows of ``num_tokens`` on ``device`` (CUDA, with Triton)."""
+    return device.type == 'cuda' and num_tokens <= MAX_FUSED_TOKENS and _has_triton()
+
+
+@functools.lru_cache(maxsize=None)
+def _has_triton() -> bool:
+    return importlib.util.find_spec('triton') is not None
+
+
+def fused_prune_and_sharpen(rows: Tensor, lamda: float, top_p: float, from_kl: bool,
+                            out_dtype: torch.dtype) -> Tensor:
+    """A_new for each row of ``rows`` (..., N), fp32 or fp64: the KL divergences when
+    ``from_kl`` (the similarity 1 / (1 + max(KL, 0)) is made in the kernel), else the similarities.
+    Returns a new tensor of the same shape in ``out_dtype``."""
+    if rows.dtype not in _FLOAT_TYPES:
+        raise TypeError(f'the fused FSA pruning works in float32 or float64, got {rows.dtype}')
+    if rows.shape[-1] > MAX_FUSED_TOKENS:
+        raise ValueError(f'the fused FSA pruning takes rows of at most {MAX_FUSED_TOKENS} '
+                         f'tokens, got {rows.shape[-1]}')
+    return torch.ops.fsa_seg.prune_and_sharpen(rows, lamda, top_p, from_kl, out_dtype)
+
+
+@torch.library.custom_op('fsa_seg::prune_and_sharpen', mutates_args=())
+def _prune_and_sharpen_op(rows: Tensor, lamda: float, top_p: float, from_kl: bool,
+                          out_dtype: torch.dtype) -> Tensor:
+    rows = rows.contiguous()
+    size = rows.shape[-1]
+    out = torch.empty(rows.shape, dtype=out_dtype, device=rows.device)
+    if rows.numel() == 0:
+        return out
+    # λ and top_p in the rows' dtype, as torch's scalar arithmetic on such rows uses them (a
+    # Triton float argument is fp32); filled on the device, no host-to-device copy.
+    hyper = rows.new_full((2,), top_p)
+    hyper[0] = lamda
+    num_rows = rows.numel() // size
+    block = max(16, 1 << (size - 1).bit_length())
+    kernel = _kernel(rows.device)
+    # The GPU runs a row a program; the interpreter, whose cost is per program, all rows in one.
+    per_program = 1 if rows.is_cuda else 1 << (num_rows - 1).bit_length()
+    launch = kernel[(-(-num_rows // per_program),)]
+    # The interpreter's padding rows (beyond num_rows, never stored) divide 0 by 0 in numpy.
+    with np.errstate(invalid='ignore', divide='ignore'):
+        launch(rows, out, hyper, num_rows, size, FROM_KL=from_kl, KEY_BITS=8 * rows.element_size(),
+               ROWS=per_program, BLOCK=block, num_warps=_num_warps(block))
+    return out
+
+
+@_prune_and_sharpen_op.register_fake
+def _(rows, lamda, top_p, from_kl, out_dtype):
+    return rows.new_empty(rows.shape, dtype=out_dtype)
+
+
+def _num_warps(block: int) -> int:
+    """Enough threads that a row is a few registers per thread (4 to 16 warps)."""
+    return min(16, max(4, block // 256))
+
+
+def _kernel(device: torch.device):
+    """The Triton kernel: compiled for CUDA; for CPU tensors only when Triton runs its interpreter
+    (TRITON_INTERPRET=1 before Triton is imported, as the tests do without a GPU)."""
+    from triton.runtime.interpreter import InterpretedFunction
+
+    from ._fsa_triton import prune_and_sharpen_rows  # imports Triton: only when first used
+    if device.type == 'cpu' and not isinstance(prune_and_sharpen_rows, InterpretedFunction):
+        raise RuntimeError('the fused FSA pruning runs on CUDA; on CPU only in Triton\'s '
+                           'interpreter (TRITON_INTERPRET=1 set before Triton is imported)')
+    return prune_and_sharpen_rows

@@ -1,0 +1,189 @@
+"""Crop batches replayed from CUDA graphs (fsa_seg/models/segmentors/cuda_graphs.py): one capture
+per signature and model state, fresh outputs, eager fallbacks, and a segmentor whose predictions
+do not change. On CPU a recording capture stands in for CUDA's (its replay runs the forward on
+the static input, as a graph replays its kernels); on a GPU the real graphs are checked against
+eager bit for bit and for host synchronisation."""
+import copy
+import pickle
+
+import pytest
+import torch
+from cuda_checks import host_syncs_raise, needs_cuda
+from mmseg.registry import MODELS
+
+from fsa_seg.apis import load_test_config
+from fsa_seg.apis.configs import ConfigError
+from fsa_seg.models.segmentors.cuda_graphs import CropGraphs, model_state
+
+from doubles import TINY_VFM
+
+
+class RecordingCapture:
+    """CUDA capture's contract on any device: a static input, a static output, a replay that
+    recomputes the output from the static input in place."""
+
+    def __init__(self, fails_with=None):
+        self.shapes = []
+        self.fails_with = fails_with
+
+    def __call__(self, forward, example, pool):
+        self.shapes.append(tuple(example.shape))
+        if self.fails_with is not None:
+            raise self.fails_with
+        static_input = example.clone()
+        static_output = forward(static_input)
+        return static_input, static_output, lambda: static_output.copy_(forward(static_input))
+
+
+def cpu_graphs(**kwargs):
+    capture = RecordingCapture(**kwargs)
+    return CropGraphs(device_types=('cpu',), capture=capture, capacity=2), capture
+
+
+def double(x):
+    return x * 2
+
+
+@torch.no_grad()
+def test_one_capture_per_signature_and_state_and_fresh_outputs():
+    graphs, capture = cpu_graphs()
+    a, b = torch.randn(2, 3), torch.randn(2, 3)
+    out_a = graphs(double, a, 'state')
+    out_b = graphs(double, b, 'state')                 # replayed on b's values
+    assert torch.equal(out_a, a * 2) and torch.equal(out_b, b * 2)  # out_a not overwritten
+    assert capture.shapes == [(2, 3)]
+    graphs(double, torch.randn(4, 3), 'state')         # another shape
+    graphs(double, a, 'other state')                   # another model state
+    assert capture.shapes == [(2, 3), (4, 3), (2, 3)]
+    assert torch.equal(graphs(double, a.double(), 'other state'), a.double() * 2)  # dtype
+    assert len(capture.shapes) == 4
+
+
+@torch.no_grad()
+def test_least_recently_used_graphs_are_dropped_beyond_the_capacity():
+    graphs, capture = cpu_graphs()
+    for rows in (1, 2, 1, 3, 1, 2):                    # capacity 2: 2 was dropped when 3 came
+        graphs(double, torch.ones(rows, 2), 'state')
+    assert capture.shapes == [(1, 2), (2, 2), (3, 2), (2, 2)] and len(graphs) == 2
+    graphs.clear()
+    assert len(graphs) == 0
+
+
+def test_autograd_and_other_devices_run_eagerly():
+    graphs, capture = cpu_graphs()
+    x = torch.randn(2, 2, requires_grad=True)
+    assert torch.equal(graphs(double, x, 's'), x * 2)  # autograd on: never captured
+    with torch.no_grad():
+        cuda_only = CropGraphs(capture=capture)
+        assert torch.equal(cuda_only(double, x, 's'), x * 2)
+    assert capture.shapes == []
+
+
+@torch.no_grad()
+def test_a_capture_that_fails_falls_back_to_eager_once_and_out_of_memory_is_raised():
+    graphs, capture = cpu_graphs(fails_with=RuntimeError('operation not permitted when stream '
+                                                         'is capturing\nmore'))
+    x = torch.randn(2, 2)
+    with pytest.warns(UserWarning, match=r'capture failed for crops of shape \(2, 2\), which run '
+                                         r'eagerly: operation not permitted when stream is '
+                                         r'capturing$'):
+        assert torch.equal(graphs(double, x, 's'), x * 2)
+    assert torch.equal(graphs(double, x, 's'), x * 2)  # not tried again
+    assert capture.shapes == [(2, 2)]
+    graphs, _ = cpu_graphs(fails_with=torch.cuda.OutOfMemoryError('out of memory'))
+    with pytest.raises(torch.cuda.OutOfMemoryError):
+        graphs(double, x, 's')
+
+
+@torch.no_grad()
+def test_copies_and_pickles_of_a_model_start_without_graphs():
+    graphs, capture = cpu_graphs()
+    graphs(double, torch.ones(1), 's')
+    for clone in (copy.deepcopy(graphs), pickle.loads(pickle.dumps(graphs))):
+        assert len(clone) == 0 and clone.capacity == 2 and clone.device_types == ('cpu',)
+
+
+def test_model_state_follows_storage_and_in_place_changes():
+    layer = torch.nn.Linear(2, 2)
+    before = model_state(layer, 'plugin')
+    assert model_state(layer, 'plugin') == before
+    assert model_state(layer, 'other plugin') != before
+    layer.load_state_dict({k: v.clone() for k, v in layer.state_dict().items()})  # in place
+    assert model_state(layer, 'plugin') != before
+    after_load = model_state(layer, 'plugin')
+    layer.double()                                                                # new storage
+    assert model_state(layer, 'plugin') != after_load
+
+
+# ---------------------------------------------------------------------------- in a segmentor
+def tiny_proxyclip(tiny_clip, **kwargs):
+    return MODELS.build(dict(
+        type='ProxyCLIP', clip=tiny_clip, vocabulary=['a', 'b', 'c'], templates='plain',
+        text_cache_dir=False, plugin=dict(type='FSA'),
+        vfm=dict(type='TimmVFM', name='dino_vitb8', random_init=True, model_kwargs=TINY_VFM),
+        test_cfg=dict(mode='slide', crop_size=(112, 112), stride=(56, 56)), crop_batch_size=4,
+        **kwargs))
+
+
+@torch.no_grad()
+def test_a_segmentor_with_graphs_predicts_what_it_predicts_without(tiny_clip):
+    """Two image sizes (windows 2 × 2 and 1 × 3: batches of 4, and of 3), a new vocabulary and
+    new weights in place: the same predictions as eager, one capture per batch shape and state."""
+    torch.manual_seed(0)
+    eager = tiny_proxyclip(tiny_clip)
+    torch.manual_seed(0)  # the same random weights, text tower included
+    graphed = tiny_proxyclip(tiny_clip, cuda_graphs=True)
+    graphed.crop_graphs, capture = cpu_graphs()
+    images = [torch.randn(1, 3, 150, 160, dtype=torch.float64),
+              torch.randn(1, 3, 112, 200, dtype=torch.float64)]
+
+    def same_predictions():
+        for image in images:
+            expected = eager.predict(image)[0].seg_logits.data
+            assert torch.equal(graphed.predict(image)[0].seg_logits.data, expected)
+
+    same_predictions()
+    same_predictions()
+    assert capture.shapes == [(4, 3, 112, 112), (3, 3, 112, 112)]
+    for model in (eager, graphed):
+        model.set_vocabulary(['x', 'y'])
+    assert len(graphed.crop_graphs) == 0                 # the old embeddings' graphs are freed
+    same_predictions()
+    weights = {k: v * 1.5 for k, v in eager.state_dict().items()}
+    for model in (eager, graphed):
+        model.load_state_dict(weights, strict=False)
+    same_predictions()
+    assert len(capture.shapes) == 6
+
+
+def test_cass_refuses_graphs_in_one_line(tiny_clip):
+    with pytest.raises(ValueError, match='CASS runs host code per crop and cannot replay crops '
+                                         'as CUDA graphs: leave cuda_graphs off'):
+        MODELS.build(dict(type='CASS', clip=tiny_clip, vocabulary=['a'], templates='plain',
+                          text_cache_dir=False, cuda_graphs=True,
+                          vfm=dict(type='TimmVFM', name='dino_vitb8', random_init=True,
+                                   model_kwargs=TINY_VFM)))
+    with pytest.raises(ConfigError, match=r'CASS runs host code per crop .* leave out '
+                                          r'--cuda-graphs$'):
+        load_test_config('cass_vit-b16_voc21', cuda_graphs=True)
+    cfg = load_test_config('proxyclip_fsa_vit-b16_dino-b8_voc21', cuda_graphs=True)
+    assert cfg.model.cuda_graphs is True
+
+
+@needs_cuda
+@pytest.mark.parametrize('plugin', [None, dict(type='FSA')], ids=['baseline', 'fsa'])
+def test_on_cuda_replayed_crops_equal_eager_bit_for_bit_without_host_syncs(tiny_clip, plugin):
+    """Real CUDA graphs, fp16, FSA's fused kernel inside: replays equal eager exactly, and a
+    replay (state check, input copy, replay, output copy) never synchronises with the host."""
+    torch.manual_seed(0)
+    model = tiny_proxyclip(dict(tiny_clip, precision='fp16'), plugin=plugin,
+                           cuda_graphs=True).cuda()
+    crops = [torch.randn(4, 3, 112, 112, device='cuda') for _ in range(3)]
+    with torch.no_grad():
+        eager = [model.crop_logits(c) for c in crops]
+        replayed = [model.replayed_crop_logits(c) for c in crops]
+        assert len(model.crop_graphs) == 1
+        with host_syncs_raise():
+            again = model.replayed_crop_logits(crops[0])
+    for expected, out in zip(eager + eager[:1], replayed + [again]):
+        assert torch.equal(out, expected)

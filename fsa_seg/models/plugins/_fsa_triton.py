@@ -5,8 +5,9 @@ import triton.language as tl
 
 @triton.jit
 def _order_keys(x, valid, KEY_BITS: tl.constexpr):
-    """Integers in the order of the floats ``x`` (sign-magnitude → two's complement), as int64;
-    entries outside ``valid`` get the smallest key."""
+    """Integers in the order of the floats ``x`` (sign-magnitude → two's complement), as int64,
+    -0.0 and 0.0 one key; entries outside ``valid`` get the smallest key."""
+    x = tl.where(x == 0.0, 0.0, x)
     if KEY_BITS == 32:
         bits = x.to(tl.int32, bitcast=True)
         keys = (bits ^ ((bits >> 31) & 0x7FFFFFFF)).to(tl.int64)

@@ -333,18 +333,19 @@ def test_on_cuda_fsa_never_synchronises_with_the_host(attention, dtype, fused):
 @needs_cuda
 @pytest.mark.parametrize('n', [1764, 4096])
 def test_on_cuda_the_fused_kernel_keeps_the_official_selection_in_fp32(n):
-    """Real sizes in fp32: the fused kernel against the official pruning on the same CUDA rows.
-    Its sums run in another order, so a row's cut may move by an entry where the cumulative mass
-    lies within rounding of top_p: at most 1 entry in 10^5 differs, the rows of A_new by < 1e-5."""
+    """Real sizes in fp32: the fused kernel against the official pruning on the same CUDA rows
+    (256 rows of KL divergences between random query distributions). Its sums run in another
+    order, so a row's cut may move by one entry where its cumulative mass lies within rounding
+    of top_p (expected in about 1 row in 500); every other row agrees to 1e-6."""
     assert FSA(**HYPER)._path_for(torch.empty(1, 1, n, 1, device='cuda'), -2) == 'fused'
     generator = torch.Generator(device='cuda').manual_seed(n)
-    q = torch.rand(256, n, 171, device='cuda', generator=generator).mul_(6).softmax(-1)
+    q = torch.rand(n, 171, device='cuda', generator=generator).mul_(6).softmax(-1)
     log_q = torch.log(q + 1e-10)
-    kl = (q * log_q).sum(-1, keepdim=True) - q @ log_q[:1].transpose(1, 2)  # 256 rows of KL
+    kl = (q[:256] * log_q[:256]).sum(-1, keepdim=True) - q[:256] @ log_q.t()   # (256, n)
+    sim = 1 / (1 + kl.clamp(min=0))
     with torch.no_grad():
-        fused = FSA(**HYPER)._prune_and_sharpen(1 / (1 + kl.clamp(min=0)), False, 'fused')
-    official = official_prune_and_sharpen(1 / (1 + kl.clamp(min=0)), HYPER['lamda'],
-                                          HYPER['top_p'])
-    assert ((fused > 0) != (official > 0)).float().mean() < 1e-5
-    assert (fused - official).abs().max() < 1e-5
-
+        fused = FSA(**HYPER)._prune_and_sharpen(sim.clone(), False, 'fused')
+    official = official_prune_and_sharpen(sim, HYPER['lamda'], HYPER['top_p'])
+    moved = ((fused > 0) != (official > 0)).sum(-1)
+    assert moved.max() <= 1 and (moved > 0).sum() <= 5
+    assert (fused - official)[moved == 0].abs().max() < 1e-6

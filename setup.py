@@ -49,7 +49,7 @@ setup(
     py_modules=['_fsa_seg_mmcv_lite'],
     package_data={'fsa_seg': ['class_names/*.txt', 'assets/*', 'analysis/*.csv']},
     install_requires=[
-        'torch>=2.0',
+        'torch>=2.4',  # torch.library.custom_op (FSA's fused CUDA kernel)
         'torchvision>=0.15',
         'mmengine>=0.10.0,<1.0',
         'mmsegmentation>=1.2.0,<1.3',

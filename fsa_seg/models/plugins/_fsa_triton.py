@@ -45,7 +45,7 @@ def prune_and_sharpen_rows(rows_ptr, out_ptr, hyper_ptr, num_rows, size, FROM_KL
     high = tl.max(keys, axis=1)[:, None] + 1                                   # G(high) = 0
     low_fits = tl.sum(tl.where(keys >= low, p, 0.0), axis=1)[:, None] <= top_p
     high = tl.where(low_fits, low, high)                      # top_p ≥ the whole mass: keep all
-    for _ in range(KEY_BITS):
+    while tl.max(high - low) > 1:  # at most KEY_BITS halvings; about 25 for similarities
         middle = (low >> 1) + (high >> 1) + (low & high & 1)  # ⌊(low + high) / 2⌋, no overflow
         middle = tl.where(high - low > 1, middle, high)
         fits = tl.sum(tl.where(keys >= middle, p, 0.0), axis=1)[:, None] <= top_p

@@ -318,6 +318,10 @@ CASES = [
     Case('test: malformed --cfg-options', 'tools/test.py',
          ['{ws}/tiny_voc21.py', '--cfg-options', 'model.prob_thd'],
          r"--cfg-options: expected KEY=VALUE, got 'model.prob_thd'", exit_code=2),
+    Case('test: --cuda-graphs with CASS', 'tools/test.py',
+         ['cass_vit-b16_voc21', '--cuda-graphs'],
+         r'cass_vit-b16_voc21.py: CASS runs host code per crop and cannot replay crops as CUDA '
+         r'graphs: leave out --cuda-graphs'),
     Case('test: vocabulary file missing', 'tools/test.py',
          TEST + ['model.vocabulary={case}/classes.txt'] + PARTIAL,
          r"vocabulary '.*classes.txt' is neither a bundled vocabulary .* nor an existing"),

@@ -32,13 +32,13 @@ def test_each_device_runs_the_path_fsa_picks_and_forces_the_torch_sort_path(monk
     assert benchmark.PluginWorkload.variants_on('cpu') == ('ours', 'ours-device', 'official')
     assert benchmark.PluginWorkload.variants_on('cuda:0') == ('ours', 'ours-device', 'official')
     import fsa_seg.models.plugins.fsa_kernel as kernel_module
-    monkeypatch.setattr(kernel_module, '_has_triton', lambda: True)
+    monkeypatch.setattr(kernel_module, '_kernel_runs_on', lambda index: True)
     assert benchmark._picked_path(dict(device='cuda', n=1764, plugin=dict(type='FSA'))) == 'fused'
     assert benchmark._picked_path(dict(device='cuda', n=1764, plugin=dict(
         type='FSA', fused_pruning=False))) == 'device'
     assert benchmark._picked_path(dict(device='cuda', n=5000, plugin={})) == 'device'
     assert benchmark._picked_path(dict(device='cpu', n=1764, plugin={})) == 'cpu'
-    monkeypatch.setattr(kernel_module, '_has_triton', lambda: False)
+    monkeypatch.setattr(kernel_module, '_kernel_runs_on', lambda index: False)
     assert benchmark._picked_path(dict(device='cuda', n=1764, plugin={})) == 'device'
 
 
@@ -77,7 +77,7 @@ def test_the_variants_timed_compute_the_same_attention_output():
 
 def test_report_gives_official_over_each_of_ours_and_no_verdict(monkeypatch):
     import fsa_seg.models.plugins.fsa_kernel as kernel_module
-    monkeypatch.setattr(kernel_module, '_has_triton', lambda: True)
+    monkeypatch.setattr(kernel_module, '_kernel_runs_on', lambda index: True)
     # official 1.2 s and 600 MB; ours 0.1 s and 20 MB; the other path 0.3 s and 40 MB
     report = benchmark.plugin_report(
         comparison('cuda', 4096, 'fp16', (0.1, 0.3, 1.2), (20, 40, 600)))

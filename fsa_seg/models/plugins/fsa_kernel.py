@@ -21,6 +21,7 @@ Triton's interpreter (TRITON_INTERPRET=1): slow, for the tests only.
 """
 import functools
 import importlib.util
+from typing import Optional
 
 import numpy as np
 import torch
@@ -31,13 +32,19 @@ _FLOAT_TYPES = (torch.float32, torch.float64)
 
 
 def fused_pruning_available(device: torch.device, num_tokens: int) -> bool:
-    """Whether the fused kernel can run rows of ``num_tokens`` on ``device`` (CUDA, with Triton)."""
-    return device.type == 'cuda' and num_tokens <= MAX_FUSED_TOKENS and _has_triton()
+    """Whether the fused kernel can run rows of ``num_tokens`` on ``device``: a CUDA GPU that
+    Triton compiles for."""
+    return device.type == 'cuda' and num_tokens <= MAX_FUSED_TOKENS and \
+        _kernel_runs_on(device.index)
 
 
 @functools.lru_cache(maxsize=None)
-def _has_triton() -> bool:
-    return importlib.util.find_spec('triton') is not None
+def _kernel_runs_on(index: Optional[int]) -> bool:
+    """Triton is installed and the GPU is an Ampere or newer (compute capability ≥ 8.0; Triton's
+    support of older ones is partial)."""
+    if importlib.util.find_spec('triton') is None:
+        return False
+    return torch.cuda.get_device_capability(index) >= (8, 0)
 
 
 def fused_prune_and_sharpen(rows: Tensor, lamda: float, top_p: float, from_kl: bool,

@@ -85,6 +85,7 @@ class TrainingFreeSegmentor(BaseSegmentor):
                              '`train_cfg`')
         super().__init__(data_preprocessor=data_preprocessor or CLIP_PREPROCESSOR,
                          init_cfg=init_cfg)
+        self._graph_tensors = None  # parameters and buffers, listed once for the graphs' state
         self.clip = self.build_component('clip', clip)
         self.plugin = build_plugin(plugin)
         self.post_refine = MODELS.build(post_refine) if post_refine else None
@@ -141,6 +142,7 @@ class TrainingFreeSegmentor(BaseSegmentor):
         self.register_buffer('query_embeddings', embeddings.to(device), persistent=False)
         self.register_buffer('query_to_class', torch.tensor(self.vocabulary.query_to_class,
                                                             device=device), persistent=False)
+        self._graph_tensors = None
         if getattr(self, 'crop_graphs', None) is not None:
             self.crop_graphs.clear()  # graphs of the old embeddings: free their memory now
 
@@ -198,8 +200,19 @@ class TrainingFreeSegmentor(BaseSegmentor):
         need only their pixels)."""
         if self.crop_graphs is None or context is not None:
             return self.crop_logits(crops, context)
-        state = model_state(self, id(self.plugin), repr(self.plugin))
-        return self.crop_graphs(self.crop_logits, crops, state)
+        return self.crop_graphs(self.crop_logits, crops, self._graph_state())
+
+    def _graph_state(self) -> tuple:
+        """What a captured crop graph depends on (:mod:`.cuda_graphs`). Listing the parameters
+        walks every module (about 1 ms for ProxyCLIP): done once, again after ``_apply``."""
+        if self._graph_tensors is None:
+            self._graph_tensors = [*self.parameters(), *self.buffers()]
+        return model_state(self._graph_tensors, tuple(map(id, self.children())),
+                           id(self.plugin), repr(self.plugin))
+
+    def _apply(self, fn, *args, **kwargs):
+        self._graph_tensors = None  # .to(), .half(), .cuda() make new buffers
+        return super()._apply(fn, *args, **kwargs)
 
     # ------------------------------------------------------------------ inference
     def windows(self, height: int, width: int) -> Tuple[List[Tuple[int, int, int, int]],

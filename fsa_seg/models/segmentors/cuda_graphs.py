@@ -8,9 +8,10 @@ device) and model state, after a warm-up run that does the lazy work outside the
 compilation, cuBLAS workspaces, the position-embedding cache); the graphs share one memory pool.
 
 The model state a graph depends on is the storage and version of every parameter and buffer
-(a new vocabulary, ``.to()``, ``load_state_dict`` all change it) and the plug-in (its object and
-settings); a change of either captures anew. Settings changed in place elsewhere (say a
-segmentor's attention temperature) are not seen: call :meth:`CropGraphs.clear` after them.
+(a new vocabulary, ``.to()``, ``load_state_dict``, an in-place edit all change it), the
+segmentor's components and the plug-in (its object and settings); a change of any captures anew.
+Settings changed in place elsewhere (say a segmentor's attention temperature) and components
+replaced below the segmentor's own are not seen: call :meth:`CropGraphs.clear` after them.
 """
 import warnings
 from collections import OrderedDict
@@ -118,8 +119,8 @@ def capture_cuda_graph(forward: Callable[[Tensor], Tensor], example: Tensor,
     return static_input, static_output, graph.replay
 
 
-def model_state(module: torch.nn.Module, *extra: Hashable) -> tuple:
-    """What a captured graph of ``module`` depends on: the storage and version of each parameter
-    and buffer (a graph reads them at fixed addresses), and ``extra``."""
-    tensors = [*module.parameters(), *module.buffers()]
+def model_state(tensors: Sequence[Tensor], *extra: Hashable) -> tuple:
+    """What a captured graph of a model depends on: the storage and version of each of its
+    parameters and buffers ``tensors`` (a graph reads them at fixed addresses, and caches made
+    from them outside the graph follow their versions), and ``extra``."""
     return (tuple((t.data_ptr(), t._version) for t in tensors), *extra)

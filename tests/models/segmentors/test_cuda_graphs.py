@@ -105,14 +105,15 @@ def test_copies_and_pickles_of_a_model_start_without_graphs():
 
 def test_model_state_follows_storage_and_in_place_changes():
     layer = torch.nn.Linear(2, 2)
-    before = model_state(layer, 'plugin')
-    assert model_state(layer, 'plugin') == before
-    assert model_state(layer, 'other plugin') != before
+    tensors = list(layer.parameters())
+    before = model_state(tensors, 'plugin')
+    assert model_state(tensors, 'plugin') == before
+    assert model_state(tensors, 'other plugin') != before
     layer.load_state_dict({k: v.clone() for k, v in layer.state_dict().items()})  # in place
-    assert model_state(layer, 'plugin') != before
-    after_load = model_state(layer, 'plugin')
-    layer.double()                                                                # new storage
-    assert model_state(layer, 'plugin') != after_load
+    assert model_state(tensors, 'plugin') != before
+    after_load = model_state(tensors, 'plugin')
+    layer.double()                                       # new storage, the same parameters
+    assert model_state(tensors, 'plugin') != after_load
 
 
 # ---------------------------------------------------------------------------- in a segmentor
@@ -154,6 +155,14 @@ def test_a_segmentor_with_graphs_predicts_what_it_predicts_without(tiny_clip):
         model.load_state_dict(weights, strict=False)
     same_predictions()
     assert len(capture.shapes) == 6
+    for model in (eager, graphed):               # an in-place edit of the CLIP's position grid
+        model.clip.visual.positional_embedding.mul_(0.5)
+    same_predictions()
+    for model in (eager, graphed):               # new storage of every parameter and buffer
+        model.float()
+    images = [image.float() for image in images]
+    same_predictions()
+    assert len(capture.shapes) == 10
 
 
 def test_cass_refuses_graphs_in_one_line(tiny_clip):

@@ -114,7 +114,9 @@ def capture_cuda_graph(forward: Callable[[Tensor], Tensor], example: Tensor,
             forward(static_input)
     torch.cuda.current_stream(example.device).wait_stream(stream)
     graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph, pool=pool):
+    # 'thread_local': what other threads do meanwhile (a dataloader pinning host memory) is not
+    # an error of this capture.
+    with torch.cuda.graph(graph, pool=pool, capture_error_mode='thread_local'):
         static_output = forward(static_input)
     return static_input, static_output, graph.replay
 

@@ -15,7 +15,7 @@ log q) nor an N×N·N×N product: A_ens·V = A_new·(A·V + V) + A·(A_new·V), 
 (two when the caller gives A·V), an attention shared by the heads applied to all heads at once;
 the uniform branch is the mean of the values. Without autograd, A_new is made and applied a block
 of rows at a time (each step works on rows independently), so that its N×N buffers shrink to
-block×N ones and it is never held whole. Two paths do that, chosen by the device of the inputs:
+block×N ones and it is never held whole. A CPU and a CUDA path do that, by the device of the inputs:
 
 * CPU: small blocks (2^19 entries) that stay in cache; the pruning needs only each row's sorted
   values (numpy's vectorised sort, several times faster than ``torch.sort``): the kept entries are
@@ -35,11 +35,11 @@ block×N ones and it is never held whole. Two paths do that, chosen by the devic
 
 Ties: where exactly equal similarities straddle the top-p cut (a one-query vocabulary, identical
 padded patches), which of them are kept is decided by the order of ``torch.sort(descending=True)``
-on the row, as in the official code; both paths call that very sort on the device of the inputs,
-so they keep what the official code keeps there. On CUDA that sort is stable for rows longer than
-32 (merge and radix sorts), i.e. the equal entries of lowest index are kept, which is what the
-fused kernel keeps; on CPU its order among equal values is the (deterministic, unspecified)
-order of ``std::sort``.
+on the row, as in the official code; the CPU and the torch.sort paths call that very sort on the
+device of the inputs, so they keep what the official code keeps there. On CUDA that sort is
+stable for rows longer than 32 (merge and radix sorts), i.e. the equal entries of lowest index
+are kept, which is what the fused kernel keeps; on CPU its order among equal values is the
+(deterministic, unspecified) order of ``std::sort``.
 """
 from typing import List, Optional, Sequence, Tuple
 

@@ -87,9 +87,12 @@ COMPILE_FOR_H100 = textwrap.dedent('''
         signature = dict(rows_ptr='*' + rows, out_ptr='*' + out, hyper_ptr='*' + rows,
                          num_rows='i32', size='i32', FROM_KL='constexpr', KEY_BITS='constexpr',
                          ROWS='constexpr', BLOCK='constexpr')
-        source = triton.compiler.ASTSource(
-            fn=prune_and_sharpen_rows, signature=signature,
-            constexprs=dict(FROM_KL=from_kl, KEY_BITS=bits, ROWS=1, BLOCK=block))
+        try:
+            source = triton.compiler.ASTSource(
+                fn=prune_and_sharpen_rows, signature=signature,
+                constexprs=dict(FROM_KL=from_kl, KEY_BITS=bits, ROWS=1, BLOCK=block))
+        except TypeError as error:  # another Triton's ahead-of-time API
+            sys.exit(f'API: {error}')
         kernel = triton.compile(source, target=GPUTarget('cuda', 90, 32),
                                 options=dict(num_warps=fsa_kernel._num_warps(block)))
         if ptxas:
@@ -98,6 +101,8 @@ COMPILE_FOR_H100 = textwrap.dedent('''
             info = subprocess.run([ptxas[0], '-v', '--gpu-name', 'sm_90a', ptx.name, '-o',
                                    os.devnull], capture_output=True, text=True, check=True)
             print(block, info.stderr.replace(chr(10), ' '))
+        else:
+            print('no ptxas')
 ''')
 
 
@@ -108,7 +113,13 @@ def test_the_kernel_compiles_for_an_h100_without_register_spills():
     env = {k: v for k, v in os.environ.items() if k != 'TRITON_INTERPRET'}
     result = subprocess.run([sys.executable, '-c', COMPILE_FOR_H100], env=env,
                             capture_output=True, text=True, timeout=300)
+    if result.returncode != 0 and '\nAPI: ' in '\n' + result.stderr:
+        pytest.skip(f"this Triton's ahead-of-time compile API differs ({result.stderr.strip()})")
     assert result.returncode == 0, result.stderr[-3000:]
-    for line in result.stdout.splitlines():
+    lines = result.stdout.splitlines()
+    assert len(lines) == 3
+    for line in lines:
+        if line == 'no ptxas':
+            continue
         spills = re.findall(r'(\d+) bytes spill', line)
         assert 'Used' in line and spills and set(spills) == {'0'}, line

@@ -60,7 +60,6 @@ from mmseg.registry import MODELS
 
 from ..apis.configs import read_config, resolve_config, use_random_weights
 from ..models.plugins.fsa import FSA
-from ..models.plugins.fsa_kernel import fused_pruning_available
 from ..models.plugins.fsa_reference import official_fsa
 from ..models.segmentors.proxyclip import proxy_attention
 from ..models.text import load_vocabulary
@@ -606,13 +605,9 @@ def plugin_report(comparison: dict) -> str:
 
 
 def _picked_path(params: dict) -> str:
-    """The path FSA takes for the benchmark's device and N (see FSA._path_for)."""
-    device = torch.device(params['device'])
-    if device.type == 'cpu':
-        return 'cpu'
-    fused = params['plugin'].get('fused_pruning', True) and fused_pruning_available(
-        device, params['n'])
-    return 'fused' if fused else 'device'
+    """The path FSA, set as the benchmark's plug-in config, takes for its device and N."""
+    settings = {key: value for key, value in params['plugin'].items() if key != 'type'}
+    return FSA(**settings).path_on(torch.device(params['device']), params['n'])
 
 
 def _fsa_repr(plugin: dict) -> str:

@@ -239,12 +239,17 @@ class FSA(AttentionPlugin):
                                                                  keep_sorted.logical_not_())
         return self._sharpen_and_normalise(sim, drop, sorted_sim, mass, reuse_input)
 
+    def path_on(self, device: torch.device, num_tokens: int) -> str:
+        """The path FSA takes for ``num_tokens`` tokens on ``device`` (see the module's docstring):
+        'cpu', 'fused' or 'device'."""
+        if device.type == 'cpu':
+            return 'cpu'
+        fused = self.fused_pruning and fused_pruning_available(device, num_tokens)
+        return 'fused' if fused else 'device'
+
     def _path_for(self, x: Tensor, token_dim: int) -> str:
         """The path for tensors like ``x``, whose dimension ``token_dim`` runs over the tokens."""
-        if x.device.type == 'cpu':
-            return 'cpu'
-        fused = self.fused_pruning and fused_pruning_available(x.device, x.shape[token_dim])
-        return 'fused' if fused else 'device'
+        return self.path_on(x.device, x.shape[token_dim])
 
     def _sharpen_and_normalise(self, sim: Tensor, drop: Tensor, spare: Tensor, out: Tensor,
                                reuse_input: bool) -> Tensor:

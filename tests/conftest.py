@@ -32,6 +32,19 @@ def private_text_cache(tmp_path, monkeypatch):
 
 
 @pytest.fixture
+def fused_kernel_support(monkeypatch):
+    """Whether FSA's fused kernel runs on a CUDA device, as the test sets it (``True`` to start
+    with): tests that pick paths on fake CUDA tensors have no GPU to ask."""
+    import fsa_seg.models.plugins.fsa_kernel as kernel_module
+
+    def runs(supported: bool) -> None:
+        monkeypatch.setattr(kernel_module, '_kernel_runs_on', lambda index: supported)
+
+    runs(True)
+    return runs
+
+
+@pytest.fixture
 def tiny_clip():
     """Config of a tiny random CLIP (fp64 so references can be compared tightly)."""
     return dict(arch=tiny_clip_arch(), random_init=True, precision='fp64')

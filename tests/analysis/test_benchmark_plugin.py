@@ -27,18 +27,17 @@ def comparison(device, n, dtype, medians, peaks_mb):
                 results=results)
 
 
-def test_each_device_runs_the_path_fsa_picks_and_forces_the_torch_sort_path(monkeypatch):
+def test_each_device_runs_the_path_fsa_picks_and_forces_the_torch_sort_path(
+        fused_kernel_support):
     """On CUDA FSA picks the fused kernel where Triton is there, else the torch.sort path."""
     assert benchmark.PluginWorkload.variants_on('cpu') == ('ours', 'ours-device', 'official')
     assert benchmark.PluginWorkload.variants_on('cuda:0') == ('ours', 'ours-device', 'official')
-    import fsa_seg.models.plugins.fsa_kernel as kernel_module
-    monkeypatch.setattr(kernel_module, '_kernel_runs_on', lambda index: True)
     assert benchmark._picked_path(dict(device='cuda', n=1764, plugin=dict(type='FSA'))) == 'fused'
     assert benchmark._picked_path(dict(device='cuda', n=1764, plugin=dict(
         type='FSA', fused_pruning=False))) == 'device'
     assert benchmark._picked_path(dict(device='cuda', n=5000, plugin={})) == 'device'
     assert benchmark._picked_path(dict(device='cpu', n=1764, plugin={})) == 'cpu'
-    monkeypatch.setattr(kernel_module, '_kernel_runs_on', lambda index: False)
+    fused_kernel_support(False)
     assert benchmark._picked_path(dict(device='cuda', n=1764, plugin={})) == 'device'
 
 
@@ -75,9 +74,7 @@ def test_the_variants_timed_compute_the_same_attention_output():
         torch.testing.assert_close(outputs[variant], outputs['official'], rtol=0, atol=1e-12)
 
 
-def test_report_gives_official_over_each_of_ours_and_no_verdict(monkeypatch):
-    import fsa_seg.models.plugins.fsa_kernel as kernel_module
-    monkeypatch.setattr(kernel_module, '_kernel_runs_on', lambda index: True)
+def test_report_gives_official_over_each_of_ours_and_no_verdict(fused_kernel_support):
     # official 1.2 s and 600 MB; ours 0.1 s and 20 MB; the other path 0.3 s and 40 MB
     report = benchmark.plugin_report(
         comparison('cuda', 4096, 'fp16', (0.1, 0.3, 1.2), (20, 40, 600)))

@@ -109,18 +109,16 @@ def test_forward_picks_the_path_by_device_and_rejects_unknown_paths():
         fsa._forward(*problem, path='gpu')
 
 
-def test_on_cuda_the_fused_kernel_is_picked_where_it_can_run(monkeypatch):
+def test_on_cuda_the_fused_kernel_is_picked_where_it_can_run(fused_kernel_support):
     """A GPU Triton compiles for: fused up to N = 4096, the torch.sort chain above it, on other
     GPUs or without Triton, or with fused_pruning=False."""
-    import fsa_seg.models.plugins.fsa_kernel as kernel_module
-    monkeypatch.setattr(kernel_module, '_kernel_runs_on', lambda index: True)
     with FakeTensorMode():
         values = {n: torch.empty(1, 2, n, 4, device='cuda') for n in (1764, 4096, 4097)}
     fsa, unfused = FSA(**HYPER), FSA(**HYPER, fused_pruning=False)
     assert [fsa._path_for(v, -2) for v in values.values()] == ['fused', 'fused', 'device']
     assert unfused._path_for(values[1764], -2) == 'device'
     assert fsa._path_for(torch.empty(1, 2, 30, 4), -2) == 'cpu'
-    monkeypatch.setattr(kernel_module, '_kernel_runs_on', lambda index: False)
+    fused_kernel_support(False)
     assert fsa._path_for(values[1764], -2) == 'device'
 
 
@@ -236,12 +234,11 @@ def cuda_problem(batch=1, heads=12, n=1764, dim=64, queries=171, attention='shar
 @pytest.mark.parametrize('fused', [True, False], ids=['fused', 'torch_sort'])
 @pytest.mark.parametrize('grad', [False, True], ids=['no_grad', 'grad'])
 @pytest.mark.parametrize('attention', ['per-head', 'shared', 'identity'])
-def test_forward_on_cuda_makes_no_host_synchronisation(monkeypatch, attention, grad, fused):
+def test_forward_on_cuda_makes_no_host_synchronisation(fused_kernel_support, attention, grad,
+                                                       fused):
     """By construction: FSA.forward on fake CUDA tensors of real sizes (N = 1764, Q = 171, fp16)
     takes a CUDA path (the fused kernel's op has a shape-only fake), branches on no value and
     copies nothing to the host."""
-    import fsa_seg.models.plugins.fsa_kernel as kernel_module
-    monkeypatch.setattr(kernel_module, '_kernel_runs_on', lambda index: True)
     fsa = FSA(**HYPER, fused_pruning=fused)
     with FakeTensorMode(), DeviceToHostCopies() as copies, torch.set_grad_enabled(grad):
         attn, values, logits_fn = cuda_problem(attention=attention)

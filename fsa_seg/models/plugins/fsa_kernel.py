@@ -13,11 +13,13 @@ writes its row of A_new once, in the dtype of the values:
         of lowest index (the order of the stable sort CUDA's ``torch.sort`` uses for such rows)
     A_new = softmax over the kept entries of sim·exp(λ·sim)
 
-This is the official selection; only the summation order of the softmax and the cumulative sum
-differs from torch's kernels (a top-p cut moves only where a row's cumulative mass lies within
-rounding of ``top_p``). The op is a torch custom op with a shape-only fake implementation, so the
-host-synchronisation checks on fake CUDA tensors see through it. On CPU the same kernel runs in
-Triton's interpreter (TRITON_INTERPRET=1): slow, for the tests only.
+This is the official selection, as a definition: the kernel finds the cut by a bisection over
+the bit patterns of the similarities, without sorting (:mod:`._fsa_triton`). Only the summation
+order of the softmax and the cumulative mass differs from torch's kernels (a top-p cut moves only
+where a row's cumulative mass lies within rounding of ``top_p``). The op is a torch custom op
+with a shape-only fake implementation, so the host-synchronisation checks on fake CUDA tensors
+see through it. On CPU the same kernel runs in Triton's interpreter (TRITON_INTERPRET=1): slow,
+for the tests only.
 """
 import functools
 import importlib.util
@@ -98,10 +100,10 @@ def _num_warps(block: int) -> int:
 def _kernel(device: torch.device):
     """The Triton kernel: compiled for CUDA; for CPU tensors only when Triton runs its interpreter
     (TRITON_INTERPRET=1 before Triton is imported, as the tests do without a GPU)."""
-    from triton.runtime.interpreter import InterpretedFunction
-
     from ._fsa_triton import prune_and_sharpen_rows  # imports Triton: only when first used
-    if device.type == 'cpu' and not isinstance(prune_and_sharpen_rows, InterpretedFunction):
-        raise RuntimeError('the fused FSA pruning runs on CUDA; on CPU only in Triton\'s '
-                           'interpreter (TRITON_INTERPRET=1 set before Triton is imported)')
+    if device.type == 'cpu':
+        from triton.runtime.interpreter import InterpretedFunction
+        if not isinstance(prune_and_sharpen_rows, InterpretedFunction):
+            raise RuntimeError('the fused FSA pruning runs on CUDA; on CPU only in Triton\'s '
+                               'interpreter (TRITON_INTERPRET=1 set before Triton is imported)')
     return prune_and_sharpen_rows

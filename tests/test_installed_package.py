@@ -90,6 +90,22 @@ def test_mmseg_imported_before_fsa_seg_in_a_fresh_process(installed):
         assert stdout.split() == [str(not compiled), 'True'], (module, stdout)
 
 
+@pytest.mark.parametrize('module_there', [True, False])
+def test_the_start_up_hook_runs_only_while_its_module_is_there(module_there, tmp_path):
+    """The .pth line installs the finder; where the module is gone (an editable install whose
+    checkout was deleted) it does nothing, instead of a traceback at every Python start."""
+    hook = (REPO / 'fsa_seg_mmcv_lite.pth').read_text(encoding='utf-8')
+    assert hook.startswith('import ') and len(hook.splitlines()) == 1  # site runs such a line
+    code = hook + "import sys; print([f.__name__ for f in sys.meta_path][0])"
+    env = {k: v for k, v in os.environ.items() if k != 'PYTHONPATH'}
+    if module_there:
+        env['PYTHONPATH'] = str(REPO)
+    result = subprocess.run([sys.executable, '-S', '-c', code], cwd=tmp_path, env=env,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and result.stderr == '', result.stderr
+    assert (result.stdout.strip() == 'MMCVOpsFinder') == module_there, result.stdout
+
+
 TINY_CLIP = ("dict(type='OpenCLIP', random_init=True, arch=dict(embed_dim=32, vision_cfg=dict("
              "image_size=224, patch_size=16, width=64, layers=2, head_width=16), text_cfg=dict("
              "context_length=77, vocab_size=49408, width=32, heads=2, layers=1)))")

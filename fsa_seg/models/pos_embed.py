@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .cuda_graphs import hold_during_capture
+
 
 @dataclass(frozen=True)
 class PosEmbedResampling:
@@ -92,7 +94,9 @@ class ResampledCache:
     same object, storage, dtype, device and version (any in-place change, ``load_state_dict``
     included, bumps the version), so changed weights are never served stale. While autograd
     records through ``source`` nothing is cached. At most ``capacity`` grids are kept (whole-image
-    inference meets a new grid with each image size); a copy of the model starts empty.
+    inference meets a new grid with each image size); a copy of the model starts empty. A CUDA
+    graph captured while an entry was served keeps that entry's tensor alive (it reads it at its
+    address), also once the cache has dropped it.
     """
 
     def __init__(self, capacity: int = 8):
@@ -106,13 +110,13 @@ class ResampledCache:
         entry = self._entries.get(key)
         if entry is not None and entry[0]() is source and entry[1] == state:
             self._entries.move_to_end(key)
-            return entry[2]
+            return hold_during_capture(entry[2])
         value = compute()
         self._entries[key] = (weakref.ref(source), state, value)
         self._entries.move_to_end(key)
         while len(self._entries) > self.capacity:
             self._entries.popitem(last=False)
-        return value
+        return hold_during_capture(value)
 
     def __len__(self) -> int:
         return len(self._entries)

@@ -97,7 +97,7 @@ cuda_tests() {  # time limit in seconds: every test whose name says cuda (skippe
     echo "== tests: pytest -k cuda (limit $1 s)" | tee -a "$LOG"
     timeout --kill-after=10 "$1" python3 -m pytest -q -p no:cacheprovider -k cuda -rs \
         tests/models/plugins/test_fsa_paths.py tests/models/segmentors/test_proxyclip.py \
-        tests/models/segmentors/test_cuda_graphs.py \
+        tests/models/test_cuda_graphs.py \
         >"$RESULTS/tests.log" 2>&1
     local rc=$?
     STATUS+=("tests: exit $rc after $((SECONDS - start)) s: $(tail -n 1 "$RESULTS/tests.log")")

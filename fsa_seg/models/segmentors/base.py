@@ -21,9 +21,9 @@ from mmseg.structures import SegDataSample
 from torch import Tensor, nn
 
 from ...visualization import make_palette
+from ..cuda_graphs import CropGraphs, model_state
 from ..plugins import AttentionPlugin, LogitsFn
 from ..text import Vocabulary, cached_query_embeddings, load_vocabulary, resolve_templates
-from .cuda_graphs import CropGraphs, model_state
 
 # CLIP's normalisation on 0..255 RGB values; mmseg loads BGR.
 CLIP_PREPROCESSOR = dict(type='mmseg.SegDataPreProcessor', mean=[122.771, 116.746, 104.094],

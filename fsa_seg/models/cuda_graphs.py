@@ -12,7 +12,14 @@ The model state a graph depends on is the storage and version of every parameter
 segmentor's components and the plug-in (its object and settings); a change of any captures anew.
 Settings changed in place elsewhere (say a segmentor's attention temperature) and components
 replaced below the segmentor's own are not seen: call :meth:`CropGraphs.clear` after them.
+
+A graph reads every tensor at the address it had during the capture. Tensors a cache made outside
+the graph (the resampled position embeddings) must therefore outlive the cache's own eviction:
+such caches pass what they serve through :func:`hold_during_capture`, and a graph keeps what was
+served while it was captured for as long as it is kept itself.
 """
+import contextlib
+import threading
 import warnings
 from collections import OrderedDict
 from typing import Callable, Hashable, Optional, Sequence, Tuple
@@ -23,6 +30,27 @@ from torch import Tensor
 Replay = Callable[[], None]
 Capture = Callable[[Callable[[Tensor], Tensor], Tensor, object], Tuple[Tensor, Tensor, Replay]]
 WARMUP_RUNS = 2  # the first run compiles and caches; the second runs as the graph will
+_capturing = threading.local()  # .held: what this thread's capture under way keeps alive
+
+
+def hold_during_capture(tensor: Tensor) -> Tensor:
+    """``tensor``, kept alive by the crop graph this thread is capturing, if any (as long as
+    that graph is kept). For caches whose tensors a graph may read after the cache dropped them."""
+    held = getattr(_capturing, 'held', None)
+    if held is not None:
+        held.append(tensor)
+    return tensor
+
+
+@contextlib.contextmanager
+def _holding():
+    """The list of what :func:`hold_during_capture` is given on this thread meanwhile."""
+    outer = getattr(_capturing, 'held', None)
+    _capturing.held = held = []
+    try:
+        yield held
+    finally:
+        _capturing.held = outer
 
 
 class CropGraphs:
@@ -60,7 +88,7 @@ class CropGraphs:
             if entry is None:
                 return forward(crops)
         self._graphs.move_to_end(key)
-        static_input, static_output, replay = entry
+        static_input, static_output, replay, _ = entry
         static_input.copy_(crops)
         replay()
         return static_output.clone()  # the next replay overwrites the static output
@@ -70,7 +98,8 @@ class CropGraphs:
         if self._pool is None and crops.is_cuda:
             self._pool = torch.cuda.graph_pool_handle()
         try:
-            entry = self._capture(forward, crops, self._pool)
+            with _holding() as held:
+                entry = (*self._capture(forward, crops, self._pool), held)
         except torch.cuda.OutOfMemoryError:
             raise
         except RuntimeError as error:  # an operation capture does not allow: run eagerly

@@ -1,10 +1,12 @@
-"""Crop batches replayed from CUDA graphs (fsa_seg/models/segmentors/cuda_graphs.py): one capture
+"""Crop batches replayed from CUDA graphs (fsa_seg/models/cuda_graphs.py): one capture
 per signature and model state, fresh outputs, eager fallbacks, and a segmentor whose predictions
 do not change. On CPU a recording capture stands in for CUDA's (its replay runs the forward on
 the static input, as a graph replays its kernels); on a GPU the real graphs are checked against
 eager bit for bit and for host synchronisation."""
 import copy
+import gc
 import pickle
+import weakref
 
 import pytest
 import torch
@@ -13,7 +15,8 @@ from mmseg.registry import MODELS
 
 from fsa_seg.apis import load_test_config
 from fsa_seg.apis.configs import ConfigError
-from fsa_seg.models.segmentors.cuda_graphs import CropGraphs, model_state
+from fsa_seg.models.cuda_graphs import CropGraphs, hold_during_capture, model_state
+from fsa_seg.models.pos_embed import ResampledCache
 
 from doubles import TINY_VFM
 
@@ -101,6 +104,30 @@ def test_copies_and_pickles_of_a_model_start_without_graphs():
     graphs(double, torch.ones(1), 's')
     for clone in (copy.deepcopy(graphs), pickle.loads(pickle.dumps(graphs))):
         assert len(clone) == 0 and clone.capacity == 2 and clone.device_types == ('cpu',)
+
+
+@torch.no_grad()
+def test_a_graph_keeps_alive_what_a_cache_served_during_its_capture():
+    """A replay reads the cache's tensor at its captured address: the graph, not the cache,
+    decides how long it lives (a cache of one grid, graphs of two shapes)."""
+    graphs, _ = cpu_graphs()
+    cache, source = ResampledCache(capacity=1), torch.ones(1)
+
+    def forward(x):
+        return x + cache(source, x.shape[-1], lambda: torch.arange(float(x.shape[-1])))
+
+    x = torch.zeros(2, 3)
+    graphs(forward, x, 's')
+    served = weakref.ref(cache(source, 3, None))
+    forward(torch.zeros(1, 4))                           # eagerly: the cache drops grid 3
+    gc.collect()
+    assert served() is not None                          # the graph of (2, 3) still holds it
+    assert torch.equal(graphs(forward, x + 1, 's'), x + 1 + torch.arange(3.0))
+    graphs(forward, torch.zeros(2, 5), 's')
+    graphs(forward, torch.zeros(2, 6), 's')              # capacity 2: the (2, 3) graph goes
+    gc.collect()
+    assert served() is None
+    assert hold_during_capture(x) is x                   # outside a capture: held by nothing
 
 
 def test_model_state_follows_storage_and_in_place_changes():
@@ -196,3 +223,22 @@ def test_on_cuda_replayed_crops_equal_eager_bit_for_bit_without_host_syncs(tiny_
             again = model.replayed_crop_logits(crops[0])
     for expected, out in zip(eager + eager[:1], replayed + [again]):
         assert torch.equal(out, expected)
+
+
+@needs_cuda
+@torch.no_grad()
+def test_on_cuda_a_graph_replays_after_the_position_cache_dropped_its_grid(tiny_clip):
+    """Whole-image inference meets more grids than the position-embedding caches keep: a graph
+    captured on the first size must still read that size's embeddings (held by the graph) after
+    the caches dropped them and their memory could have been reused."""
+    torch.manual_seed(0)
+    model = tiny_proxyclip(dict(tiny_clip, precision='fp16'), cuda_graphs=True).cuda()
+    first = torch.randn(1, 3, 112, 112, device='cuda', dtype=torch.float16)
+    expected = model.crop_logits(first)
+    assert torch.equal(model.replayed_crop_logits(first), expected)
+    for size in range(120, 120 + 8 * 16, 16):            # 8 other grids, eagerly
+        model.crop_logits(torch.randn(1, 3, size, size, device='cuda', dtype=torch.float16))
+    # NaN over what the caches freed, wherever the allocator placed it
+    nans = [torch.full((n,), float('nan'), device='cuda') for n in range(256, 1 << 16, 256)]
+    assert torch.equal(model.replayed_crop_logits(first), expected)
+    del nans

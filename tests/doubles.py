@@ -1,6 +1,6 @@
 """Test doubles shared by tests, imported by name (tests/conftest.py puts tests/ on sys.path and
-registers the plug-ins for a test through its ``pass_through_plugins`` fixture), and the timm
-keyword arguments of the tiny random VFMs the tests build."""
+registers the plug-ins for a test through its ``pass_through_plugins`` fixture), the timm
+keyword arguments of the tiny random VFMs the tests build, and a CUDA-graph capture for CPU."""
 from fsa_seg.models.plugins import AttentionPlugin
 
 TINY_VFM = dict(embed_dim=32, depth=2, num_heads=2)
@@ -22,3 +22,20 @@ class PassThrough(AttentionPlugin):
 class PassThroughAll(PassThrough):
     """The same on all tokens (class token kept)."""
     tokens = 'all'
+
+
+class RecordingCapture:
+    """CUDA capture's contract on any device: a static input, a static output, a replay that
+    recomputes the output from the static input in place."""
+
+    def __init__(self, fails_with=None):
+        self.shapes = []
+        self.fails_with = fails_with
+
+    def __call__(self, forward, example, pool):
+        self.shapes.append(tuple(example.shape))
+        if self.fails_with is not None:
+            raise self.fails_with
+        static_input = example.clone()
+        static_output = forward(static_input)
+        return static_input, static_output, lambda: static_output.copy_(forward(static_input))

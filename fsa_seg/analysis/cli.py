@@ -80,6 +80,8 @@ def parse_args(argv=None, prog=None):
                                                  'real sizes with random weights')
     proxyclip.add_argument('--precision', choices=sorted(benchmark.DTYPES),
                            help="CLIP precision (default: the config's)")
+    proxyclip.add_argument('--batch', type=int, default=1, help='crops per forward')
+    cfg_options(proxyclip)
     common(proxyclip)
 
     text = sub.add_parser('text', help='first use of a vocabulary: text embeddings at the full '
@@ -143,9 +145,11 @@ def run(args):
         report = text_benchmark.text_report(comparison)
     else:
         comparison = benchmark.run_segmentor(benchmark.PROXYCLIP_CONFIG, random_weights=True,
-                                             crop=336, q=171, precision=args.precision,
-                                             device=args.device, repeat=args.repeat,
-                                             threads=args.threads, start_method=start_method)
+                                             crop=336, q=171, batch=args.batch,
+                                             precision=args.precision, device=args.device,
+                                             repeat=args.repeat, threads=args.threads,
+                                             start_method=start_method,
+                                             cfg_options=args.cfg_options)
         report = benchmark.segmentor_report(
             comparison, 'ProxyCLIP (CLIP ViT-B/16, DINO ViT-B/8) with and without FSA, one crop')
     print(report)

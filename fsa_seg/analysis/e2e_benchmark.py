@@ -45,7 +45,7 @@ from ..apis.configs import apply_overrides, read_config
 from ..apis.testing import load_test_config
 from ..models.text import load_vocabulary
 from ..visualization import make_palette
-from .benchmark import DTYPES, PROXYCLIP_CONFIG, BenchmarkError, environment
+from .benchmark import DTYPES, PROXYCLIP_CONFIG, BenchmarkError, environment, replays_graphs
 
 REFERENCE = 'fp32'
 STAGES = ('VFM', 'CLIP trunk', 'last block', 'plug-in', 'post-processing', 'other')
@@ -506,7 +506,7 @@ def e2e_report(result: dict) -> str:
         '', *e2e_table(result), '', *e2e_ratios(result),
         'last block: the rest of crop_logits (last attention, values, head, logits, upsampling); '
         'other: preprocessing, windows cut and assembled, per-image context']
-    if str((result.get('cfg_options') or {}).get('model.cuda_graphs')) == 'True':
+    if replays_graphs(result.get('cfg_options')):
         lines.append('cuda_graphs: crop batches replayed from CUDA graphs, whose insides no probe '
                      "sees: 'last block' is then the whole crop (VFM, trunk and plug-in read 0)")
     return '\n'.join(lines)

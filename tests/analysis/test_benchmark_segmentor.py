@@ -1,15 +1,23 @@
 """The crop benchmarks (``config``, ``proxyclip``): configs by name, the config's own plug-in,
 ratios computed from the measurements, no verdicts."""
 import re
+import warnings
 
 import pytest
+import torch
+from cuda_checks import needs_cuda
 
 from fsa_seg.analysis import benchmark, cli
+from fsa_seg.apis import resolve_config
+from fsa_seg.models.backbones import tiny_clip_arch
+from fsa_seg.models.cuda_graphs import CropGraphs
+
+from doubles import TINY_VFM, RecordingCapture
 
 WITHOUT, WITH = benchmark.SegmentorWorkload.variants
 
 
-def comparison(medians, plugin_s, extra_mb, resident_mb):
+def comparison(medians, plugin_s, extra_mb, resident_mb, device='cpu', cfg_options=None):
     """A finished ``config`` comparison with made-up numbers (without, with the plug-in)."""
     results = {}
     for variant, median, extra in zip((WITHOUT, WITH), medians, extra_mb):
@@ -19,10 +27,10 @@ def comparison(medians, plugin_s, extra_mb, resident_mb):
             plugin_repr='FSA(lamda=3.0, top_p=0.45, logit_scales=(20.0, 35.0))',
             model_bytes=resident_mb * benchmark.MB,
             model_parts=dict(clip_image=100 * benchmark.MB, vfm=50 * benchmark.MB),
-            env=dict(torch='x', threads=2, device='cpu'))
+            env=dict(torch='x', threads=2, device=device))
     results[WITH].update(plugin_median_s=plugin_s)
     params = dict(config='/configs/proxyclip_fsa.py', random_weights=True, crop=336, q=171,
-                  batch=1, precision=None, device='cpu', cfg_options=None)
+                  batch=1, precision=None, device=device, cfg_options=cfg_options)
     return dict(spec=dict(kind='segmentor', params=params), repeat=3,
                 variants=[WITHOUT, WITH], results=results)
 
@@ -63,3 +71,85 @@ def test_cli_user_mistakes_are_one_line_errors(argv, message, capsys):
         cli.main(argv)
     assert str(exit_info.value).startswith('error: ') and message in str(exit_info.value)
     assert capsys.readouterr().out == ''
+
+
+GRAPHS = {'model.cuda_graphs': True}
+
+
+@pytest.mark.parametrize('device, noted', [('cuda', True), ('cpu', False)])
+def test_reports_say_when_crops_were_replayed_from_cuda_graphs(device, noted):
+    measured = comparison((0.004, 0.0042), 0.0, (100, 110), 890, device, GRAPHS)
+    report = benchmark.segmentor_report(measured, 'title')
+    assert ("cuda_graphs: each crop batch replayed from a CUDA graph, inside which no hook sees "
+            "the plug-in (its time reads 0: FSA's share is the latency ratio)" in report) == noted
+    line = benchmark.segmentor_line(measured)
+    assert line.startswith('proxyclip_fsa, its precision, 1 x 336^2 crop'
+                           + (', CUDA graphs, Q=171' if noted else ', Q=171'))
+    assert '4.0 ms without the plug-in, 4.2 ms with (1.05x (+5.0%))' in line
+
+
+def tiny_graphed_workload(tmp_path, device='cpu'):
+    """The crop benchmark's workload over a tiny ProxyCLIP + FSA, CUDA graphs on."""
+    config = tmp_path / 'tiny.py'
+    config.write_text(f"_base_ = [{str(resolve_config(benchmark.PROXYCLIP_CONFIG))!r}]\n"
+                      f"model = dict(clip=dict(arch={tiny_clip_arch()!r}), templates='plain',\n"
+                      f"             vfm=dict(model_kwargs={TINY_VFM!r}))\n")
+    return benchmark.SegmentorWorkload(str(config), random_weights=True, crop=112, q=5, batch=2,
+                                       device=device, cfg_options=GRAPHS)
+
+
+@torch.no_grad()
+def test_the_crop_benchmark_times_graph_replays_one_graph_per_variant(tmp_path):
+    """With cuda_graphs on, each variant is timed as replayed from its own graph (the plug-in
+    is part of the graph's state), and gives what that variant computes eagerly."""
+    workload = tiny_graphed_workload(tmp_path)
+    capture = RecordingCapture()
+    segmentor = workload.segmentor
+    segmentor.crop_graphs = CropGraphs(device_types=('cpu',), capture=capture)
+    crops = workload.make_inputs(112)
+    for _ in range(2):
+        for variant in workload.variants:
+            replayed = workload.run(variant, crops)
+            segmentor.plugin = workload.plugin if variant == WITH else None
+            assert torch.equal(replayed, segmentor.crop_logits(crops)), variant
+    assert capture.shapes == [(2, 3, 112, 112)] * 2
+
+
+def test_the_proxyclip_command_passes_batch_and_config_options(monkeypatch, capsys):
+    calls = []
+
+    def run_segmentor(config, **kwargs):
+        calls.append(kwargs)
+        return comparison((0.004, 0.0042), 0.0, (100, 110), 890, 'cuda', GRAPHS)
+
+    monkeypatch.setattr(benchmark, 'run_segmentor', run_segmentor)
+    cli.main(['proxyclip', '--device', 'cuda', '--precision', 'fp16', '--batch', '2',
+              '--cfg-options', 'model.cuda_graphs=True'])
+    assert calls[0]['batch'] == 2 and calls[0]['cfg_options'] == GRAPHS
+    assert calls[0]['precision'] == 'fp16' and calls[0]['crop'] == 336 and calls[0]['q'] == 171
+    assert 'cuda_graphs: each crop batch replayed' in capsys.readouterr().out
+
+
+def test_the_plugin_timer_does_not_synchronise_while_a_graph_is_captured(tmp_path, monkeypatch):
+    """A synchronisation inside a capture spoils it: the timer's hooks stand aside then."""
+    workload = tiny_graphed_workload(tmp_path)
+    syncs = []
+    monkeypatch.setattr(benchmark, '_synchronize', syncs.append)
+    workload.device = torch.device('cuda')
+    for capturing in (True, False):
+        monkeypatch.setattr(torch.cuda, 'is_current_stream_capturing', lambda: capturing)
+        workload._enter_plugin()
+        workload._leave_plugin()
+    assert syncs == [torch.device('cuda')] * 2
+
+
+@needs_cuda
+@torch.no_grad()
+def test_on_cuda_the_crop_benchmark_captures_both_variants(tmp_path):
+    workload = tiny_graphed_workload(tmp_path, device='cuda')
+    crops = workload.make_inputs(112)
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')                  # a failed capture warns
+        for variant in workload.variants * 2:
+            workload.run(variant, crops)
+    assert len(workload.segmentor.crop_graphs) == 2

@@ -18,24 +18,7 @@ from fsa_seg.apis.configs import ConfigError
 from fsa_seg.models.cuda_graphs import CropGraphs, hold_during_capture, model_state
 from fsa_seg.models.pos_embed import ResampledCache
 
-from doubles import TINY_VFM
-
-
-class RecordingCapture:
-    """CUDA capture's contract on any device: a static input, a static output, a replay that
-    recomputes the output from the static input in place."""
-
-    def __init__(self, fails_with=None):
-        self.shapes = []
-        self.fails_with = fails_with
-
-    def __call__(self, forward, example, pool):
-        self.shapes.append(tuple(example.shape))
-        if self.fails_with is not None:
-            raise self.fails_with
-        static_input = example.clone()
-        static_output = forward(static_input)
-        return static_input, static_output, lambda: static_output.copy_(forward(static_input))
+from doubles import TINY_VFM, RecordingCapture
 
 
 def cpu_graphs(**kwargs):

@@ -74,10 +74,17 @@ class CropGraphs:
         self._graphs: 'OrderedDict[Hashable, tuple]' = OrderedDict()
         self._uncapturable = set()
         self._pool = None
+        self._told_eager = False
 
     def __call__(self, forward: Callable[[Tensor], Tensor], crops: Tensor,
                  state: Hashable) -> Tensor:
-        if crops.device.type not in self.device_types or torch.is_grad_enabled():
+        if crops.device.type not in self.device_types:
+            if not self._told_eager:  # asked for graphs, and nothing would say none are used
+                self._told_eager = True
+                warnings.warn(f'cuda_graphs: crops on {crops.device.type} run eagerly (graphs '
+                              f'replay crops on {" or ".join(self.device_types)} only)')
+            return forward(crops)
+        if torch.is_grad_enabled():
             return forward(crops)
         key = (tuple(crops.shape), crops.dtype, crops.device, state)
         if key in self._uncapturable:

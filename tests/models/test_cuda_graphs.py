@@ -6,6 +6,7 @@ eager bit for bit and for host synchronisation."""
 import copy
 import gc
 import pickle
+import warnings
 import weakref
 
 import pytest
@@ -61,7 +62,12 @@ def test_autograd_and_other_devices_run_eagerly():
     assert torch.equal(graphs(double, x, 's'), x * 2)  # autograd on: never captured
     with torch.no_grad():
         cuda_only = CropGraphs(capture=capture)
-        assert torch.equal(cuda_only(double, x, 's'), x * 2)
+        with pytest.warns(UserWarning, match=r'^cuda_graphs: crops on cpu run eagerly \(graphs '
+                                             r'replay crops on cuda only\)$'):
+            assert torch.equal(cuda_only(double, x, 's'), x * 2)
+        with warnings.catch_warnings():
+            warnings.simplefilter('error')                # said once
+            assert torch.equal(cuda_only(double, x, 's'), x * 2)
     assert capture.shapes == []
 
 

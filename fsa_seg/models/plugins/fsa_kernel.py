@@ -30,6 +30,7 @@ import torch
 from torch import Tensor
 
 MAX_FUSED_TOKENS = 4096  # one row lives in one program's registers: N ≤ 4096 (SAM's 64×64 grid)
+MAX_BLOCK_ENTRIES = 2 ** 20  # Triton's largest block (TRITON_MAX_TENSOR_NUMEL)
 _FLOAT_TYPES = (torch.float32, torch.float64)
 
 
@@ -77,8 +78,10 @@ def _prune_and_sharpen_op(rows: Tensor, lamda: float, top_p: float, from_kl: boo
     num_rows = rows.numel() // size
     block = max(16, 1 << (size - 1).bit_length())
     kernel = _kernel(rows.device)
-    # The GPU runs a row a program; the interpreter, whose cost is per program, all rows in one.
-    per_program = 1 if rows.is_cuda else 1 << (num_rows - 1).bit_length()
+    # The GPU runs a row a program; the interpreter, whose cost is per program, as many rows in
+    # one as Triton's largest block (2^20 entries) holds.
+    per_program = 1 if rows.is_cuda else min(1 << (num_rows - 1).bit_length(),
+                                             max(1, MAX_BLOCK_ENTRIES // block))
     launch = kernel[(-(-num_rows // per_program),)]
     # The interpreter's padding rows (beyond num_rows, never stored) divide 0 by 0 in numpy.
     with np.errstate(invalid='ignore', divide='ignore'):

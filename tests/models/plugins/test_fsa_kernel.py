@@ -56,6 +56,15 @@ def test_kl_rows_become_similarities_in_the_kernel_and_any_leading_shape_is_kept
     assert (out - official).abs().max() < 1e-15
 
 
+def test_more_rows_than_one_interpreted_block_holds():
+    """The interpreter runs at most Triton's largest block (2^20 entries) a program: 600 rows
+    of 1100 (padded to 1024 × 2048) take two programs."""
+    sim = torch.rand(600, 1100, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    out = fused_prune_and_sharpen(sim, 3.0, 0.45, False, torch.float64)
+    official = official_prune_and_sharpen(sim, 3.0, 0.45, stable=True)
+    assert torch.equal(out > 0, official > 0) and (out - official).abs().max() < 1e-15
+
+
 def test_fp32_rows_written_in_half_precision():
     sim = rows_of('positive', torch.Generator().manual_seed(3), torch.float32)
     out = fused_prune_and_sharpen(sim, 3.0, 0.45, False, torch.float16)

@@ -56,8 +56,8 @@ def _holding():
 class CropGraphs:
     """``graphs(forward, crops, state)`` is ``forward(crops)``, replayed from a CUDA graph
     captured once per (crops' shape, dtype, device, ``state``); ``forward`` (crops → logits) must
-    make no host synchronisation, which capture refuses. Inputs on other devices, or with
-    autograd on, run eagerly.
+    make no host synchronisation, which capture refuses. Inputs on other devices (with one
+    warning), or with autograd on, run eagerly.
 
     Args:
         capacity: graphs kept (least recently used dropped): a dataset of several image sizes

@@ -141,19 +141,23 @@ class CropGraphs:
 def capture_cuda_graph(forward: Callable[[Tensor], Tensor], example: Tensor,
                        pool) -> Tuple[Tensor, Tensor, Replay]:
     """Warm ``forward`` up on a side stream, then capture it on ``example``'s copy; returns the
-    static input, the static output and the graph's replay."""
-    static_input = example.clone()
-    stream = torch.cuda.Stream(example.device)
-    stream.wait_stream(torch.cuda.current_stream(example.device))
-    with torch.cuda.stream(stream):
-        for _ in range(WARMUP_RUNS):
-            forward(static_input)
-    torch.cuda.current_stream(example.device).wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    # 'thread_local': what other threads do meanwhile (a dataloader pinning host memory) is not
-    # an error of this capture.
-    with torch.cuda.graph(graph, pool=pool, capture_error_mode='thread_local'):
-        static_output = forward(static_input)
+    static input, the static output and the graph's replay. All on ``example``'s device, whichever
+    is current (a capture takes its memory pool on the current device)."""
+    with torch.cuda.device(example.device):
+        static_input = example.clone()
+        stream = torch.cuda.Stream(example.device)
+        stream.wait_stream(torch.cuda.current_stream(example.device))
+        with torch.cuda.stream(stream):
+            for _ in range(WARMUP_RUNS):
+                forward(static_input)
+        torch.cuda.current_stream(example.device).wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        # 'thread_local': what other threads do meanwhile (a dataloader pinning host memory) is
+        # not an error of this capture. The side stream captures too: torch's default capture
+        # stream is made once, on whichever device was current then.
+        with torch.cuda.graph(graph, pool=pool, stream=stream,
+                              capture_error_mode='thread_local'):
+            static_output = forward(static_input)
     return static_input, static_output, graph.replay
 
 

@@ -21,6 +21,7 @@ with a shape-only fake implementation, so the host-synchronisation checks on fak
 see through it. On CPU the same kernel runs in Triton's interpreter (TRITON_INTERPRET=1): slow,
 for the tests only.
 """
+import contextlib
 import functools
 import importlib.util
 from typing import Optional
@@ -83,8 +84,10 @@ def _prune_and_sharpen_op(rows: Tensor, lamda: float, top_p: float, from_kl: boo
     per_program = 1 if rows.is_cuda else min(1 << (num_rows - 1).bit_length(),
                                              max(1, MAX_BLOCK_ENTRIES // block))
     launch = kernel[(-(-num_rows // per_program),)]
-    # The interpreter's padding rows (beyond num_rows, never stored) divide 0 by 0 in numpy.
-    with np.errstate(invalid='ignore', divide='ignore'):
+    # Triton launches on the current device; the interpreter's padding rows (beyond num_rows,
+    # never stored) divide 0 by 0 in numpy.
+    on_device = torch.cuda.device(rows.device) if rows.is_cuda else contextlib.nullcontext()
+    with on_device, np.errstate(invalid='ignore', divide='ignore'):
         launch(rows, out, hyper, num_rows, size, FROM_KL=from_kl, KEY_BITS=8 * rows.element_size(),
                ROWS=per_program, BLOCK=block, num_warps=_num_warps(block))
     return out

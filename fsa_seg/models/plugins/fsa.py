@@ -264,8 +264,6 @@ def _records_grad(x: Tensor) -> bool:
     return torch.is_grad_enabled() and x.requires_grad
 
 
-
-
 def _row_blocks(batch: int, num_tokens: int, path: str) -> List[slice]:
     """Rows of A_new made at once. CPU: about ``BLOCK_ELEMENTS`` entries per image, small enough
     to stay in cache. Device: as few blocks as ``DEVICE_BLOCK_ELEMENTS`` allows for the whole

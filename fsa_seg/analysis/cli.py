@@ -28,11 +28,12 @@ r"""Benchmarks that measure variants side by side in one run and print measureme
 import argparse
 import sys
 
-from mmengine.config import DictAction
-
 from ..apis.configs import ConfigError, ConfigNotFoundError
+from ..cli.arguments import add_cfg_options, positive_int
 from ..models.weights import WeightsError
 from . import benchmark, e2e_benchmark, text_benchmark
+
+COUNT = positive_int('integer')  # sizes, counts and repeats: a bad one is a one-line usage error
 
 
 def parse_args(argv=None, prog=None):
@@ -41,23 +42,22 @@ def parse_args(argv=None, prog=None):
     sub = parser.add_subparsers(dest='command', required=True)
 
     def common(command, device='cpu'):
-        command.add_argument('--repeat', type=int, default=7,
+        command.add_argument('--repeat', type=COUNT, default=7,
                              help='timed runs per variant (noisy machines need several)')
         command.add_argument('--device', default=device, help="'cpu' or 'cuda[:i]'")
-        command.add_argument('--threads', type=int,
+        command.add_argument('--threads', type=COUNT,
                              help="torch CPU threads in the workers (default: torch's)")
         command.add_argument('--json', help='also write the measurements to this JSON file')
 
     def cfg_options(command):
-        command.add_argument('--cfg-options', nargs='+', action=DictAction, metavar='KEY=VALUE',
-                             help='override config keys, e.g. model.crop_batch_size=8')
+        add_cfg_options(command, 'override config keys, e.g. model.crop_batch_size=8')
 
     plugin = sub.add_parser('plugin', help='our FSA vs the official formulation')
-    plugin.add_argument('--n', type=int, nargs='+', default=[1764], help='patch tokens N')
-    plugin.add_argument('--q', type=int, default=171, help='queries Q')
-    plugin.add_argument('--heads', type=int, default=12)
-    plugin.add_argument('--head-dim', type=int, default=64)
-    plugin.add_argument('--batch', type=int, default=1)
+    plugin.add_argument('--n', type=COUNT, nargs='+', default=[1764], help='patch tokens N')
+    plugin.add_argument('--q', type=COUNT, default=171, help='queries Q')
+    plugin.add_argument('--heads', type=COUNT, default=12)
+    plugin.add_argument('--head-dim', type=COUNT, default=64)
+    plugin.add_argument('--batch', type=COUNT, default=1)
     plugin.add_argument('--dtype', choices=sorted(benchmark.DTYPES), nargs='+', default=['fp32'])
     plugin.add_argument('--config', default=benchmark.PROXYCLIP_CONFIG,
                         help='ProxyCLIP config whose FSA and proxy attention settings to use')
@@ -68,9 +68,9 @@ def parse_args(argv=None, prog=None):
     config.add_argument('config', help='config name or file')
     config.add_argument('--random-weights', action='store_true',
                         help='replace CLIP and the VFM by real-size models with random weights')
-    config.add_argument('--crop', type=int, default=336, help='square crop size')
-    config.add_argument('--q', type=int, help="queries Q (default: the config's vocabulary)")
-    config.add_argument('--batch', type=int, default=1, help='crops per forward')
+    config.add_argument('--crop', type=COUNT, default=336, help='square crop size')
+    config.add_argument('--q', type=COUNT, help="queries Q (default: the config's vocabulary)")
+    config.add_argument('--batch', type=COUNT, default=1, help='crops per forward')
     config.add_argument('--precision', choices=sorted(benchmark.DTYPES),
                         help="CLIP precision (default: the config's)")
     cfg_options(config)
@@ -80,7 +80,7 @@ def parse_args(argv=None, prog=None):
                                                  'real sizes with random weights')
     proxyclip.add_argument('--precision', choices=sorted(benchmark.DTYPES),
                            help="CLIP precision (default: the config's)")
-    proxyclip.add_argument('--batch', type=int, default=1, help='crops per forward')
+    proxyclip.add_argument('--batch', type=COUNT, default=1, help='crops per forward')
     cfg_options(proxyclip)
     common(proxyclip)
 
@@ -95,22 +95,19 @@ def parse_args(argv=None, prog=None):
 
     e2e = sub.add_parser('e2e', help="tools/test.py's path end to end on generated images")
     e2e.add_argument('--config', default=benchmark.PROXYCLIP_CONFIG, help='config name or file')
-    e2e.add_argument('--images', type=int, default=30, help='generated images')
-    e2e.add_argument('--size', type=int, nargs=2, default=[375, 500], metavar=('H', 'W'),
+    e2e.add_argument('--images', type=COUNT, default=30, help='generated images')
+    e2e.add_argument('--size', type=COUNT, nargs=2, default=[375, 500], metavar=('H', 'W'),
                      help='generated image size (default: VOC-like 375 x 500)')
     e2e.add_argument('--precision', choices=sorted(benchmark.DTYPES), nargs='+',
                      help='CLIP (and VFM) precisions (default: fp32 fp16 on CUDA, fp32 on CPU)')
     e2e.add_argument('--random-weights', action='store_true',
                      help='real-size models with random weights (no downloads)')
-    e2e.add_argument('--stage-repeat', type=int, default=10,
+    e2e.add_argument('--stage-repeat', type=COUNT, default=10,
                      help="probed runs of the first image for the model's stages")
     cfg_options(e2e)
     common(e2e, device=None)
     e2e.set_defaults(repeat=3)
-    args = parser.parse_args(argv)
-    if args.repeat < 1:
-        parser.error('--repeat must be at least 1')
-    return args
+    return parser.parse_args(argv)
 
 
 def main(argv=None, prog=None):

@@ -154,3 +154,17 @@ def test_on_cuda_the_crop_benchmark_captures_both_variants(tmp_path):
             workload.run(variant, crops)
     failed = [str(w.message) for w in caught if 'capture failed' in str(w.message)]
     assert not failed and len(workload.segmentor.crop_graphs) == 2, failed
+
+
+@pytest.mark.parametrize('argv, message', [
+    (['proxyclip', '--batch', '0'], "argument --batch: expected a positive integer, got '0'"),
+    (['config', 'x', '--crop', 'big'], "argument --crop: expected a positive integer, got 'big'"),
+    (['plugin', '--repeat', '0'], "argument --repeat: expected a positive integer, got '0'"),
+    (['proxyclip', '--cfg-options', 'model.cuda_graphs'],
+     "--cfg-options: expected KEY=VALUE, got 'model.cuda_graphs'"),
+])
+def test_cli_bad_arguments_are_usage_errors_before_any_worker(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(argv)
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and err.strip().endswith(message), err

@@ -225,18 +225,21 @@ class FSA(AttentionPlugin):
         order of ``torch.sort`` as the official code does."""
         sorted_sim = _sorted_descending(sim)
         mass = sorted_sim.softmax(dim=-1).cumsum_(dim=-1)
-        kept = (mass <= self.top_p).sum(dim=-1, keepdim=True).clamp_(min=1)        # (B, N, 1)
+        # k = #{mass ≤ top_p}: a binary search per row in the non-decreasing mass
+        limit = mass.new_full((*mass.shape[:-1], 1), self.top_p)
+        kept = torch.searchsorted(mass, limit, right=True).clamp_(min=1)           # (B, N, 1)
         threshold = sorted_sim.gather(-1, kept - 1)                                # k-th value
-        drop = sim < threshold
         size = sim.shape[-1]
         following = sorted_sim.gather(-1, kept.clamp(max=size - 1))
         straddling = ((kept < size) & (following == threshold)).squeeze(-1)
+        # 1.0 where dropped, over the mass (no longer needed): a comparison into floats is
+        # vectorised on CPU, a boolean mask is filled entry by entry
+        drop = torch.lt(sim, threshold, out=mass)
         if straddling.any():  # equal values across the cut: the sort's order decides, as there
             rows = straddling.nonzero(as_tuple=True)
             order = sim[rows].sort(dim=-1, descending=True).indices
-            keep_sorted = torch.arange(size, device=sim.device) < kept[rows]
-            drop[rows] = torch.empty_like(keep_sorted).scatter_(-1, order,
-                                                                 keep_sorted.logical_not_())
+            drop_sorted = (torch.arange(size, device=sim.device) >= kept[rows]).to(drop.dtype)
+            drop[rows] = torch.empty_like(drop_sorted).scatter_(-1, order, drop_sorted)
         return self._sharpen_and_normalise(sim, drop, sorted_sim, mass, reuse_input)
 
     def path_on(self, device: torch.device, num_tokens: int) -> str:
@@ -253,11 +256,17 @@ class FSA(AttentionPlugin):
 
     def _sharpen_and_normalise(self, sim: Tensor, drop: Tensor, spare: Tensor, out: Tensor,
                                reuse_input: bool) -> Tensor:
-        """softmax(sim·exp(λ·sim)) over the entries not dropped; ``spare`` (then ``sim`` if
+        """softmax(sim·exp(λ·sim)) over the entries not dropped, ``drop`` a boolean mask or 1.0
+        where dropped (0.0 elsewhere; it may be ``out``); ``spare`` (then ``sim`` if
         ``reuse_input``) is overwritten, the result is written to ``out``."""
         sharpened = torch.mul(sim, self.lamda, out=spare).exp_()                   # exp(λ·sim)
         sharpened = sim.mul_(sharpened) if reuse_input else sharpened.mul_(sim)   # sim·exp(λ·sim)
-        return torch.softmax(sharpened.masked_fill_(drop, float('-inf')), dim=-1, out=out)
+        if drop.dtype == torch.bool:
+            sharpened.masked_fill_(drop, float('-inf'))
+        else:  # the lowest float where dropped, kept entries unchanged (+ 0·lowest = −0.0): the
+            # softmax's exp gives 0 there, as it does for −inf, and the same result bit for bit
+            sharpened.add_(drop, alpha=torch.finfo(drop.dtype).min)
+        return torch.softmax(sharpened, dim=-1, out=out)
 
 
 def _records_grad(x: Tensor) -> bool:

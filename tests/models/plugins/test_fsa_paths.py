@@ -200,6 +200,20 @@ def test_pruning_of_straddling_ties_equals_the_official_selection(path):
         assert torch.equal(pruned, official)
 
 
+@pytest.mark.parametrize('dtype', [torch.float32, torch.float16], ids=['fp32', 'fp16'])
+def test_cpu_pruning_equals_the_official_rows_bit_for_bit_in_lower_precisions(dtype):
+    """The CPU path drops entries by adding the lowest float where its float mask is 1 instead of
+    filling −inf; the softmax's exp makes 0 of both, so every row, straddling ties included,
+    equals the official one bit for bit in each precision."""
+    generator = torch.Generator().manual_seed(1)
+    sim = ((torch.rand(3, 40, 40, generator=generator) * 6).round() / 6 + 0.1).to(dtype)
+    with torch.no_grad():
+        pruned = FSA(**HYPER)._prune_and_sharpen(sim.clone(), False, 'cpu')
+    official = official_prune_and_sharpen(sim.clone(), HYPER['lamda'], HYPER['top_p'])
+    assert ties_straddle_the_cut(pruned, sim)
+    assert pruned.dtype == dtype and torch.equal(pruned, official)
+
+
 # ---------------------------------------------------------------------------- no host sync
 class DeviceToHostCopies(TorchDispatchMode):
     """Records every operation that turns CUDA inputs into a CPU output (.cpu(), .to('cpu'))."""

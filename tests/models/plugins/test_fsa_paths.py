@@ -200,7 +200,8 @@ def test_pruning_of_straddling_ties_equals_the_official_selection(path):
         assert torch.equal(pruned, official)
 
 
-@pytest.mark.parametrize('dtype', [torch.float32, torch.float16], ids=['fp32', 'fp16'])
+@pytest.mark.parametrize('dtype', [torch.float32, torch.float16, torch.bfloat16],
+                         ids=['fp32', 'fp16', 'bf16'])
 def test_cpu_pruning_equals_the_official_rows_bit_for_bit_in_lower_precisions(dtype):
     """The CPU path drops entries by adding the lowest float where its float mask is 1 instead of
     filling −inf; the softmax's exp makes 0 of both, so every row, straddling ties included,

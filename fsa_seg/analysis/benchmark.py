@@ -433,14 +433,16 @@ def _memory_info(workload, variant: str, warmup_size: int, uncached: bool = Fals
     return info
 
 
-def latency_worker(spec: dict, variants: Sequence[str], repeat: int) -> Dict[str, dict]:
+def latency_worker(spec: dict, variants: Sequence[str], repeat: int,
+                   profile_rows: int = 0) -> Dict[str, dict]:
     """Run in a fresh process: ``repeat`` timed runs per variant, interleaved, after a warm-up;
-    for a segmentor also the time spent inside the plug-in during each run."""
+    for a segmentor also the time spent inside the plug-in during each run; with
+    ``profile_rows``, then one profiled run per variant (:func:`_profile`)."""
     _set_up_worker(spec)
-    return _latencies(build_workload(spec), variants, repeat)
+    return _latencies(build_workload(spec), variants, repeat, profile_rows)
 
 
-def cuda_worker(spec: dict, variants: Sequence[str], repeat: int) -> tuple:
+def cuda_worker(spec: dict, variants: Sequence[str], repeat: int, profile_rows: int = 0) -> tuple:
     """Run in a fresh process, on CUDA: each variant's extra peak memory, then the latencies, all
     from one build of the workload. The CUDA allocator's peak counts live tensors only, so one
     process measures every variant exactly (each warmed up at full size first, so that caches
@@ -450,10 +452,11 @@ def cuda_worker(spec: dict, variants: Sequence[str], repeat: int) -> tuple:
     workload = build_workload(spec)
     memory = {variant: _memory_info(workload, variant, workload.full_size)
               for variant in variants}
-    return memory, _latencies(workload, variants, repeat)
+    return memory, _latencies(workload, variants, repeat, profile_rows)
 
 
-def _latencies(workload, variants: Sequence[str], repeat: int) -> Dict[str, dict]:
+def _latencies(workload, variants: Sequence[str], repeat: int,
+               profile_rows: int = 0) -> Dict[str, dict]:
     inputs = workload.make_inputs(workload.full_size)
     for variant in variants:
         workload.run(variant, inputs)
@@ -468,7 +471,24 @@ def _latencies(workload, variants: Sequence[str], repeat: int) -> Dict[str, dict
             if hasattr(workload, 'plugin_s'):
                 times[variant]['plugin_s'].append(workload.plugin_s)
             del output
+    if profile_rows:  # after the timed runs, which the profiler would slow down
+        for variant in variants:
+            times[variant]['profile'] = _profile(workload, variant, inputs, profile_rows)
     return times
+
+
+def _profile(workload, variant: str, inputs, rows: int) -> List[dict]:
+    """The ``rows`` operators of one run of ``variant`` with the most time of their own (device
+    time on CUDA, kernels included, else CPU time), from torch's profiler: where the time goes."""
+    from torch.profiler import ProfilerActivity, profile
+    cuda = workload.device.type == 'cuda'
+    with profile(activities=[ProfilerActivity.CUDA if cuda else ProfilerActivity.CPU]) as prof:
+        workload.run(variant, inputs)
+        _synchronize(workload.device)
+    own = 'self_device_time_total' if cuda else 'self_cpu_time_total'
+    events = sorted(prof.key_averages(), key=lambda event: getattr(event, own), reverse=True)
+    return [dict(name=event.key, self_ms=getattr(event, own) / 1e3, calls=event.count)
+            for event in events[:rows]]
 
 
 class WorkerError(RuntimeError):
@@ -509,7 +529,7 @@ def _in_fresh_process(context, function, *args):
 
 
 def compare(spec: dict, variants: Sequence[str], repeat: int = 3,
-            start_method: Optional[str] = None) -> dict:
+            start_method: Optional[str] = None, profile_rows: int = 0) -> dict:
     """On CPU, memory of each variant in its own fresh process (resident memory is a process's),
     then latency of all, interleaved, in one more; on CUDA all in one fresh process
     (:func:`cuda_worker`). Workers start with ``start_method``; by default 'forkserver' on CPU
@@ -522,11 +542,13 @@ def compare(spec: dict, variants: Sequence[str], repeat: int = 3,
     if start_method == 'forkserver':
         context.set_forkserver_preload([__name__])
     if cuda:
-        memory, times = _in_fresh_process(context, cuda_worker, spec, tuple(variants), repeat)
+        memory, times = _in_fresh_process(context, cuda_worker, spec, tuple(variants), repeat,
+                                          profile_rows)
     else:
         memory = {variant: _in_fresh_process(context, memory_worker, spec, variant)
                   for variant in variants}
-        times = _in_fresh_process(context, latency_worker, spec, tuple(variants), repeat)
+        times = _in_fresh_process(context, latency_worker, spec, tuple(variants), repeat,
+                                  profile_rows)
     results = {}
     for variant in variants:
         latencies = times[variant]['latencies_s']
@@ -535,6 +557,8 @@ def compare(spec: dict, variants: Sequence[str], repeat: int = 3,
         if times[variant]['plugin_s']:
             results[variant]['plugin_s'] = times[variant]['plugin_s']
             results[variant]['plugin_median_s'] = statistics.median(times[variant]['plugin_s'])
+        if 'profile' in times[variant]:
+            results[variant]['profile'] = times[variant]['profile']
     return dict(spec=spec, repeat=repeat, variants=list(variants), results=results)
 
 
@@ -579,6 +603,21 @@ def _table(comparison: dict, total: bool = False) -> List[str]:
     return rows
 
 
+def _profile_lines(comparison: dict) -> List[str]:
+    """Each variant's profiled run, where ``--profile`` asked for one."""
+    lines = []
+    for variant in comparison['variants']:
+        rows = comparison['results'][variant].get('profile')
+        if rows:
+            time = 'device' if comparison['results'][variant]['env']['device'] != 'cpu' \
+                else 'CPU'
+            lines += ['', f'profile of one run, {variant}: the {len(rows)} operators with the '
+                          f'most {time} time of their own',
+                      *(f"{row['self_ms']:>11.3f} ms {row['calls']:>6}x  {row['name']}"
+                        for row in rows)]
+    return lines
+
+
 def plugin_summary(comparison: dict, variant: str = 'ours') -> dict:
     """official / ``variant``: latency (medians, minima) and extra peak memory."""
     ours, official = (comparison['results'][v] for v in (variant, 'official'))
@@ -608,7 +647,7 @@ def plugin_report(comparison: dict) -> str:
     if any(syncs.values()):
         lines.append('host synchronisations (torch.cuda.set_sync_debug_mode): '
                      + '; '.join(f'{v}: {found}' for v, found in syncs.items()))
-    return '\n'.join(lines)
+    return '\n'.join(lines + _profile_lines(comparison))
 
 
 def _picked_path(params: dict) -> str:
@@ -699,7 +738,8 @@ def segmentor_report(comparison: dict, title: str) -> str:
              f"{_fmt_overhead(summary['latency_min'])} on the minima), "
              f"peak memory incl. model and crop {_fmt_overhead(summary['total_peak'])}, "
              f"extra peak alone {_fmt_overhead(summary['extra_peak'])} "
-             f"({summary['extra_peak_added_mb']:+.1f} MB)", *_graphs_note(comparison)]
+             f"({summary['extra_peak_added_mb']:+.1f} MB)", *_graphs_note(comparison),
+             *_profile_lines(comparison)]
     return '\n'.join(lines)
 
 
@@ -730,7 +770,7 @@ def write_json(path: str, comparison: dict) -> None:
 def run_plugin(n: int, q: int, heads: int = 12, head_dim: int = 64, batch: int = 1,
                dtype: str = 'fp32', device: str = 'cpu', repeat: int = 3,
                threads: Optional[int] = None, start_method: Optional[str] = None,
-               settings: Optional[dict] = None) -> dict:
+               settings: Optional[dict] = None, profile_rows: int = 0) -> dict:
     """Our FSA against the official formulation, FSA and the proxy attention set as
     ``settings`` says (default: :func:`fsa_settings` of the ProxyCLIP config); see
     :func:`compare`."""
@@ -738,14 +778,14 @@ def run_plugin(n: int, q: int, heads: int = 12, head_dim: int = 64, batch: int =
     spec = dict(kind='plugin', threads=threads,
                 params=dict(n=n, q=q, heads=heads, head_dim=head_dim, batch=batch, dtype=dtype,
                             device=device, **settings))
-    return compare(spec, PluginWorkload.variants_on(device), repeat, start_method)
+    return compare(spec, PluginWorkload.variants_on(device), repeat, start_method, profile_rows)
 
 
 def run_segmentor(config: str, random_weights: bool = False, crop: int = 336,
                   q: Optional[int] = None, batch: int = 1, precision: Optional[str] = None,
                   device: str = 'cpu', repeat: int = 3, threads: Optional[int] = None,
-                  start_method: Optional[str] = None,
-                  cfg_options: Optional[dict] = None) -> dict:
+                  start_method: Optional[str] = None, cfg_options: Optional[dict] = None,
+                  profile_rows: int = 0) -> dict:
     """One crop of a config's segmentor (a name or a path) with and without its plug-in; see
     :func:`compare`. The config is checked here, before any worker starts."""
     config_plugin(read_config(config, cfg_options))
@@ -753,4 +793,4 @@ def run_segmentor(config: str, random_weights: bool = False, crop: int = 336,
                 params=dict(config=str(resolve_config(config)), random_weights=random_weights,
                             crop=crop, q=q, batch=batch, precision=precision, device=device,
                             cfg_options=cfg_options))
-    return compare(spec, SegmentorWorkload.variants, repeat, start_method)
+    return compare(spec, SegmentorWorkload.variants, repeat, start_method, profile_rows)

@@ -4,11 +4,12 @@ r"""Benchmarks that measure variants side by side in one run and print measureme
     # config says; several --n and --dtype run each combination and end with one table
     python -m fsa_seg.analysis plugin --n 1764 4096 --dtype fp16 fp32 [--q 171] [--heads 12] \
         [--head-dim 64] [--batch 1] [--config NAME] [--repeat 7] [--threads T] [--device cpu] \
-        [--json out.json]
+        [--profile ROWS] [--json out.json]
 
     # one crop through a config's segmentor, with and without its plug-in
     python -m fsa_seg.analysis config CONFIG [--random-weights] [--crop 336] [--q Q] [--batch 1] \
-        [--precision fp32] [--cfg-options KEY=VALUE ...] [--repeat 7] [--device cpu] ...
+        [--precision fp32] [--cfg-options KEY=VALUE ...] [--repeat 7] [--device cpu] \
+        [--profile ROWS] ...
 
     # ProxyCLIP (CLIP ViT-B/16 + DINO ViT-B/8) +- FSA: real sizes, random weights, 336 crop, Q=171
     python -m fsa_seg.analysis proxyclip [--precision fp16] [--repeat 7] [--device cpu] ...
@@ -22,6 +23,8 @@ r"""Benchmarks that measure variants side by side in one run and print measureme
         [--precision fp32 fp16] [--random-weights] [--repeat 3] [--stage-repeat 10] \
         [--device cuda] [--cfg-options KEY=VALUE ...] [--json out.json]
 
+``--profile ROWS``: after the timings, one run of each variant under torch's profiler, and the ROWS
+operators (kernels on CUDA) with the most time of their own.
 ``tools/analysis/benchmark.py`` is the same command in a checkout. CONFIG is a config name
 (``fsa-seg configs`` lists them) or a config file.
 """
@@ -49,6 +52,12 @@ def parse_args(argv=None, prog=None):
                              help="torch CPU threads in the workers (default: torch's)")
         command.add_argument('--json', help='also write the measurements to this JSON file')
 
+    def profile(command):
+        command.add_argument('--profile', type=COUNT, metavar='ROWS', default=0,
+                             help='after the timings, profile one run per variant and list the '
+                                  'ROWS operators (kernels on CUDA) with the most time of their '
+                                  'own')
+
     def cfg_options(command):
         add_cfg_options(command, 'override config keys, e.g. model.crop_batch_size=8')
 
@@ -61,6 +70,7 @@ def parse_args(argv=None, prog=None):
     plugin.add_argument('--dtype', choices=sorted(benchmark.DTYPES), nargs='+', default=['fp32'])
     plugin.add_argument('--config', default=benchmark.PROXYCLIP_CONFIG,
                         help='ProxyCLIP config whose FSA and proxy attention settings to use')
+    profile(plugin)
     common(plugin)
 
     config = sub.add_parser('config', help="one crop of a config's segmentor, with / without "
@@ -74,6 +84,7 @@ def parse_args(argv=None, prog=None):
     config.add_argument('--precision', choices=sorted(benchmark.DTYPES),
                         help="CLIP precision (default: the config's)")
     cfg_options(config)
+    profile(config)
     common(config)
 
     proxyclip = sub.add_parser('proxyclip', help='ProxyCLIP +- FSA, one 336 crop, Q=171, '
@@ -82,6 +93,7 @@ def parse_args(argv=None, prog=None):
                            help="CLIP precision (default: the config's)")
     proxyclip.add_argument('--batch', type=COUNT, default=1, help='crops per forward')
     cfg_options(proxyclip)
+    profile(proxyclip)
     common(proxyclip)
 
     text = sub.add_parser('text', help='first use of a vocabulary: text embeddings at the full '
@@ -132,7 +144,7 @@ def run(args):
         comparison = benchmark.run_segmentor(args.config, args.random_weights, args.crop, args.q,
                                              args.batch, args.precision, args.device,
                                              args.repeat, args.threads, start_method,
-                                             args.cfg_options)
+                                             args.cfg_options, args.profile)
         report = benchmark.segmentor_report(comparison, 'Segmentor with and without its '
                                                         'plug-in, per crop')
     elif args.command == 'text':
@@ -146,7 +158,8 @@ def run(args):
                                              precision=args.precision, device=args.device,
                                              repeat=args.repeat, threads=args.threads,
                                              start_method=start_method,
-                                             cfg_options=args.cfg_options)
+                                             cfg_options=args.cfg_options,
+                                             profile_rows=args.profile)
         report = benchmark.segmentor_report(
             comparison, 'ProxyCLIP (CLIP ViT-B/16, DINO ViT-B/8) with and without FSA, one crop')
     print(report)
@@ -173,7 +186,7 @@ def run_plugin_grid(args, start_method):
         for dtype in args.dtype:
             comparison = benchmark.run_plugin(n, args.q, args.heads, args.head_dim, args.batch,
                                               dtype, args.device, args.repeat, args.threads,
-                                              start_method, settings)
+                                              start_method, settings, args.profile)
             print(benchmark.plugin_report(comparison), flush=True)
             comparisons.append(comparison)
     if len(comparisons) > 1:

@@ -7,8 +7,10 @@ import subprocess
 
 import pytest
 import torch
+from cuda_checks import needs_cuda
 
 from fsa_seg.analysis import benchmark
+from fsa_seg.models.plugins import FSA
 
 SETTINGS = dict(plugin=dict(type='FSA', lamda=3.0, top_p=0.45, logit_scales=(20.0, 35.0)),
                 beta=1.2, gamma=3.0)
@@ -90,6 +92,58 @@ def test_report_gives_official_over_each_of_ours_and_no_verdict(fused_kernel_sup
     assert re.search(r'^\s+1764\s+fp32 ours\s+0\.50000\s+4\.00x\s+40\.00x$', grid, re.M), grid
     assert re.search(r'^\s+4096\s+fp16 ours-device\s+0\.30000\s+4\.00x\s+15\.00x$', grid,
                      re.M), grid
+
+
+def test_the_profile_of_each_variant_shows_the_operators_of_its_own_path():
+    """After the timings, one profiled run per variant: the CPU path cuts each row by a binary
+    search and sorts with numpy (no torch sort, inputs without ties); the torch.sort path and
+    the official formulation sort every row with torch and scatter the kept entries back."""
+    spec = dict(kind='plugin', params=dict(n=40, q=5, heads=2, head_dim=4, dtype='fp64',
+                                           device='cpu', **SETTINGS))
+    with torch.enable_grad():  # the worker turns autograd off for its process: not for ours
+        times = benchmark.latency_worker(spec, ('ours', 'ours-device', 'official'), 1,
+                                         profile_rows=1000)
+    operators = {variant: {row['name']: row for row in times[variant]['profile']}
+                 for variant in times}
+    assert 'aten::searchsorted' in operators['ours'] and 'aten::sort' not in operators['ours']
+    for variant in ('ours-device', 'official'):
+        assert 'aten::sort' in operators[variant] and 'aten::scatter' in ' '.join(
+            operators[variant]) and 'aten::searchsorted' not in operators[variant]
+    assert operators['official']['aten::sort']['calls'] == 1
+    rows = times['ours']['profile']
+    assert [row['self_ms'] for row in rows] == sorted((row['self_ms'] for row in rows),
+                                                      reverse=True)
+    assert len(benchmark.latency_worker(spec, ('ours',), 1, profile_rows=3)['ours']['profile']) \
+        == 3
+
+
+@needs_cuda
+def test_on_cuda_the_profile_lists_the_kernels_of_each_path():
+    """On CUDA the profile lists kernels: the fused path's Triton kernel (where FSA picks it)
+    and the sort kernels of the torch.sort path."""
+    spec = dict(kind='plugin', params=dict(n=256, q=5, heads=2, head_dim=8, dtype='fp32',
+                                           device='cuda', **SETTINGS))
+    with torch.enable_grad():
+        times = benchmark.latency_worker(spec, ('ours', 'ours-device'), 1, profile_rows=1000)
+    kernels = {variant: ' '.join(row['name'] for row in times[variant]['profile']).lower()
+               for variant in times}
+    if FSA().path_on(torch.device('cuda'), 256) == 'fused':
+        assert 'prune_and_sharpen_rows' in kernels['ours'], kernels['ours']
+    assert 'sort' in kernels['ours-device'], kernels['ours-device']
+    assert times['ours']['profile'][0]['self_ms'] > 0
+
+
+def test_the_report_lists_each_profiled_variant(fused_kernel_support):
+    result = comparison('cuda', 1764, 'fp16', (0.1, 0.3, 1.2), (20, 40, 600))
+    result['results']['ours']['profile'] = [
+        dict(name='prune_and_sharpen_rows', self_ms=0.1234, calls=1),
+        dict(name='sm90_xmma_gemm_f16', self_ms=0.05, calls=3)]
+    lines = benchmark.plugin_report(result).splitlines()
+    start = lines.index('profile of one run, ours: the 2 operators with the most device time of '
+                        'their own')
+    assert lines[start + 1:] == ['      0.123 ms      1x  prune_and_sharpen_rows',
+                                 '      0.050 ms      3x  sm90_xmma_gemm_f16']
+    assert sum(line.startswith('profile of one run') for line in lines) == 1
 
 
 def test_plugin_cli_runs_a_grid_of_sizes_from_an_installed_package(tmp_path):

@@ -160,6 +160,7 @@ def test_on_cuda_the_crop_benchmark_captures_both_variants(tmp_path):
     (['proxyclip', '--batch', '0'], "argument --batch: expected a positive integer, got '0'"),
     (['config', 'x', '--crop', 'big'], "argument --crop: expected a positive integer, got 'big'"),
     (['plugin', '--repeat', '0'], "argument --repeat: expected a positive integer, got '0'"),
+    (['proxyclip', '--profile', '0'], "argument --profile: expected a positive integer, got '0'"),
     (['proxyclip', '--cfg-options', 'model.cuda_graphs'],
      "--cfg-options: expected KEY=VALUE, got 'model.cuda_graphs'"),
 ])

@@ -603,7 +603,7 @@ def _table(comparison: dict, total: bool = False) -> List[str]:
     return rows
 
 
-def _profile_lines(comparison: dict) -> List[str]:
+def profile_lines(comparison: dict) -> List[str]:
     """Each variant's profiled run, where ``--profile`` asked for one."""
     lines = []
     for variant in comparison['variants']:
@@ -647,7 +647,7 @@ def plugin_report(comparison: dict) -> str:
     if any(syncs.values()):
         lines.append('host synchronisations (torch.cuda.set_sync_debug_mode): '
                      + '; '.join(f'{v}: {found}' for v, found in syncs.items()))
-    return '\n'.join(lines + _profile_lines(comparison))
+    return '\n'.join(lines + profile_lines(comparison))
 
 
 def _picked_path(params: dict) -> str:
@@ -739,7 +739,7 @@ def segmentor_report(comparison: dict, title: str) -> str:
              f"peak memory incl. model and crop {_fmt_overhead(summary['total_peak'])}, "
              f"extra peak alone {_fmt_overhead(summary['extra_peak'])} "
              f"({summary['extra_peak_added_mb']:+.1f} MB)", *_graphs_note(comparison),
-             *_profile_lines(comparison)]
+             *profile_lines(comparison)]
     return '\n'.join(lines)
 
 

@@ -134,14 +134,15 @@ EOF
     step e2e_graphs 240 e2e --device cpu --config "$TINY" --random-weights --images 2 \
         --precision fp32 --repeat 1 --stage-repeat 2 --cfg-options model.cuda_graphs=True
 else
-    # in order of what is least known: a second call (STEPS=...) runs what the budget left out
+    # the targets first (plug-in ratios, the graphed crop, where an eager crop spends its GPU
+    # time), then the rest: a second call (STEPS=...) runs what the budget left out
     cuda_tests 100
     step plugin 150 plugin --device cuda --n 1764 4096 --dtype fp16 fp32 --repeat 5
     step proxyclip_graphs 90 proxyclip --device cuda --precision fp16 --batch 2 --repeat 7 \
         --cfg-options model.cuda_graphs=True
+    step proxyclip_fp16 80 proxyclip --device cuda --precision fp16 --repeat 7 --profile 15
     step e2e_graphs 170 e2e --device cuda --random-weights --images 30 --size 375 500 \
         --precision fp32 fp16 --repeat 3 --stage-repeat 3 --cfg-options model.cuda_graphs=True
-    step proxyclip_fp16 80 proxyclip --device cuda --precision fp16 --repeat 7 --profile 15
     step e2e 170 e2e --device cuda --random-weights --images 30 --size 375 500 \
         --precision fp32 fp16 bf16 --repeat 3 --stage-repeat 10
     step proxyclip_fp32 70 proxyclip --device cuda --precision fp32 --repeat 7
@@ -181,10 +182,14 @@ if plugin:
             print(f"host synchronisations, N={params['n']} {params['dtype']}: "
                   + '; '.join(f'{v}: {found}' for v, found in syncs.items()))
     print()
+profiled = []
 for name in ('proxyclip_fp32', 'proxyclip_fp16', 'proxyclip_graphs'):
     comparison = load(name)
     if comparison:
         print(benchmark.segmentor_line(comparison))
+        profile = benchmark.profile_lines(comparison)
+        profiled += [f'\n[{name}]', *profile[1:]] if profile else []
+print('\n'.join(profiled))
 for name in ('e2e', 'e2e_graphs'):
     e2e = load(name)
     if e2e:

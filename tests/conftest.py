@@ -31,6 +31,16 @@ def private_text_cache(tmp_path, monkeypatch):
     monkeypatch.setenv('FSA_SEG_CACHE', str(tmp_path / 'fsa_seg_cache'))
 
 
+@pytest.fixture(autouse=True)
+def autograd_left_as_found():
+    """A test that switches autograd off for the process (as benchmark workers do for theirs)
+    fails itself, instead of the later tests that would then see no autograd."""
+    before = torch.is_grad_enabled()
+    yield
+    assert torch.is_grad_enabled() == before, 'the test left autograd switched ' + (
+        'off' if before else 'on')
+
+
 @pytest.fixture
 def fused_kernel_support(monkeypatch):
     """Whether FSA's fused kernel runs on a CUDA device, as the test sets it (``True`` to start

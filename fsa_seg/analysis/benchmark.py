@@ -35,6 +35,9 @@ How it measures, so that the numbers can be trusted on a noisy machine:
   (A B, B A, ...) after one warm-up run each; the median and the minimum per variant are reported,
   and their ratios, all measured under the same machine load. For a segmentor the time spent
   inside the plug-in is timed too (forward hooks), which gives its share of a crop directly.
+* profile (``profile_rows``, ``--profile``) — after the timed runs, in the same worker, one run
+  of each variant under torch's profiler: the operators (kernels on CUDA) with the most time of
+  their own.
 """
 import copy
 import ctypes

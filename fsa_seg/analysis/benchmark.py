@@ -612,10 +612,10 @@ def profile_lines(comparison: dict) -> List[str]:
     for variant in comparison['variants']:
         rows = comparison['results'][variant].get('profile')
         if rows:
-            time = 'device' if comparison['results'][variant]['env']['device'] != 'cpu' \
+            clock = 'device' if comparison['results'][variant]['env']['device'] != 'cpu' \
                 else 'CPU'
             lines += ['', f'profile of one run, {variant}: the {len(rows)} operators with the '
-                          f'most {time} time of their own',
+                          f'most {clock} time of their own',
                       *(f"{row['self_ms']:>11.3f} ms {row['calls']:>6}x  {row['name']}"
                         for row in rows)]
     return lines

@@ -104,6 +104,7 @@ def test_every_readable_image_gets_its_outputs(cli_run, tiny_config):
     for image in summary['images']:
         assert set(image['outputs']) == {'labels', 'overlay', 'shares', 'probs'}
         assert all(Path(p).is_file() for p in image['outputs'].values())
+        assert image['undefined_pixels'] == 0
 
 
 def test_corrupt_files_are_reported_by_name_and_skipped(cli_run):
@@ -302,6 +303,27 @@ def test_local_weight_files_replace_random_weights(cli_run, tiny_config, images,
     _, expected, _ = read_labels(cli_run['out'] / 'blocks_labels.png')
     _, labels, _ = read_labels(out / 'blocks_labels.png')
     assert (labels == expected).all()
+
+
+def test_undefined_pixels_are_named_and_counted_in_the_summary(tiny_config, images, tmp_path,
+                                                              monkeypatch):
+    """ProxyCLIP with β = 1e6 makes every pixel undefined (tests/tools/test_test_script.py
+    says why); each image's warning names its file, and the summary counts its pixels."""
+    from fsa_seg.models.segmentors import base
+    config = tmp_path / 'undefined.py'
+    config.write_text(f'_base_ = [{str(tiny_config)!r}]\nmodel = dict(beta=1e6)\n')
+    messages = []
+    monkeypatch.setattr(base, 'print_log', lambda message, **kwargs: messages.append(message))
+    inputs = [images / 'blocks.png', images / 'gray.png']
+    status, _, stderr = run_cli('predict', *inputs, '--config', config, '--random-weights',
+                                '--out-dir', tmp_path / 'out', '--quiet', '--vocab', *VOCAB,
+                                '--batch-size', 2)
+    assert status == 0, stderr
+    summary = json.loads((tmp_path / 'out' / 'summary.json').read_text())
+    assert [image['undefined_pixels'] for image in summary['images']] == [60 * 80, 48 * 64]
+    assert len(messages) == 1   # one batch
+    assert f'{60 * 80} of the {60 * 80} pixels of {inputs[0]}; ' in messages[0]
+    assert f'{48 * 64} of the {48 * 64} pixels of {inputs[1]}.' in messages[0]
 
 
 def test_a_bad_weight_file_is_named_not_blamed_on_the_network(tmp_path, monkeypatch):

@@ -204,6 +204,9 @@ class SegmentationResult:
             softmax over all synonyms).
         class_names: the C class names (first synonym of each class).
         source: the image's path, if it came from a file.
+        meta: ``img_shape`` (the network input's size), ``ori_shape`` and ``undefined_pixels``,
+            the count of pixels whose probabilities are not finite, so labels arbitrary (the
+            segmentor warns of them).
     """
     labels: np.ndarray
     probs: np.ndarray
@@ -229,13 +232,18 @@ def _prepare(pipeline: Compose, rgb: np.ndarray) -> dict:
     return pipeline(dict(img=np.ascontiguousarray(rgb[..., ::-1])))  # mmseg loads BGR
 
 
-def run_model(model, pipeline: Compose, images: Sequence[np.ndarray],
-              batch_size: int = 1) -> List[SegmentationResult]:
-    """Segment RGB arrays. Images whose prepared size differs are never batched together (the
-    data preprocessor needs one size per batch); batch size never changes a result."""
+def run_model(model, pipeline: Compose, images: Sequence[np.ndarray], batch_size: int = 1,
+              sources: Optional[Sequence[Optional[str]]] = None) -> List[SegmentationResult]:
+    """Segment RGB arrays (``sources``: their paths, where they came from files, for the results
+    and the warnings). Images whose prepared size differs are never batched together (the data
+    preprocessor needs one size per batch); batch size never changes a result."""
     if batch_size < 1:
         raise ValueError(f'batch_size must be at least 1, got {batch_size}')
+    sources = list(sources or [None] * len(images))
     prepared = [_prepare(pipeline, image) for image in images]
+    for item, source in zip(prepared, sources):
+        if source is not None:   # the pipeline's LoadImageFromNDArray knows no path
+            item['data_samples'].set_metainfo(dict(img_path=source))
     groups: Dict[tuple, List[int]] = {}
     for index, item in enumerate(prepared):
         groups.setdefault(tuple(item['inputs'].shape), []).append(index)
@@ -252,9 +260,10 @@ def run_model(model, pipeline: Compose, images: Sequence[np.ndarray],
                 results[index] = SegmentationResult(
                     labels=sample.pred_sem_seg.data[0].cpu().numpy().astype(np.int64),
                     probs=sample.seg_logits.data.float().cpu().numpy(),
-                    class_names=names,
+                    class_names=names, source=sources[index],
                     meta=dict(img_shape=tuple(sample.metainfo['img_shape'][:2]),
-                              ori_shape=tuple(sample.metainfo['ori_shape'][:2])))
+                              ori_shape=tuple(sample.metainfo['ori_shape'][:2]),
+                              undefined_pixels=sample.metainfo['undefined_pixels']))
     return results
 
 
@@ -267,8 +276,6 @@ def segment(model, images: Union[ImageInput, Sequence[ImageInput]], batch_size: 
     single = not isinstance(images, (list, tuple))
     items = [images] if single else list(images)
     arrays = [load_image(item) for item in items]
-    results = run_model(model, build_test_pipeline(model.cfg), arrays, batch_size)
-    for item, result in zip(items, results):
-        if isinstance(item, (str, os.PathLike)):
-            result.source = str(item)
+    sources = [str(item) if isinstance(item, (str, os.PathLike)) else None for item in items]
+    results = run_model(model, build_test_pipeline(model.cfg), arrays, batch_size, sources)
     return results[0] if single else results

@@ -240,9 +240,9 @@ def predict_files(model, paths: Sequence[Path], out_dir, batch_size: int = 1,
                 except ImageReadError as error:
                     run.skipped.append(dict(input=str(path), reason=error.reason))
                     _warn(f'skipped {path}: {error.reason}', bar if progress else None)
-            results = run_model(model, pipeline, [image for _, _, image in loaded], batch_size)
+            results = run_model(model, pipeline, [image for _, _, image in loaded], batch_size,
+                                [str(path) for path, _, _ in loaded])
             for (path, name, image), result in zip(loaded, results):
-                result.source = str(path)
                 try:
                     outputs = write_result(result, image, out_dir, name, palette, save_probs,
                                            opacity)
@@ -251,7 +251,8 @@ def predict_files(model, paths: Sequence[Path], out_dir, batch_size: int = 1,
                         f'cannot write the outputs of {path} in {out_dir}: '
                         f'{error.strerror or error}') from error
                 run.processed.append(dict(input=str(path), height=image.shape[0],
-                                          width=image.shape[1], outputs=outputs))
+                                          width=image.shape[1], outputs=outputs,
+                                          undefined_pixels=result.meta['undefined_pixels']))
             bar.update(len(chunk))
             if info is not None:
                 write_summary(out_dir, run, info)

@@ -300,7 +300,10 @@ def write_results(path: str, cfg: Config, metrics: dict, evaluators: Sequence,
             results.update(num_images=evaluator.num_images, per_class=evaluator.per_class,
                            bad_annotations=dict(policy=evaluator.on_bad_annotation,
                                                 count=len(evaluator.annotation_problems),
-                                                files=evaluator.annotation_problems))
+                                                files=evaluator.annotation_problems),
+                           undefined_predictions=dict(
+                               count=len(evaluator.undefined_predictions),
+                               files=evaluator.undefined_predictions))
     results['settings'] = run_settings(cfg, seed, model)
     os.makedirs(osp.dirname(osp.abspath(path)), exist_ok=True)
     with open(path, 'w', encoding='utf-8') as handle:

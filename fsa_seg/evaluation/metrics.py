@@ -39,13 +39,21 @@ def annotation_problem(sample: dict, num_classes: int, ignore_index: int) -> Opt
                         f'{num_classes} classes (0..{num_classes - 1}, {ignore_index} = ignore)')
 
 
+def undefined_prediction(sample: dict) -> Optional[dict]:
+    """The image and its count of pixels whose class probabilities were not finite, so their
+    labels arbitrary (recorded by the segmentor as ``undefined_pixels``), or None."""
+    pixels = sample.get('undefined_pixels', 0)
+    return dict(file=sample.get('img_path', 'image'), pixels=pixels) if pixels else None
+
+
 @METRICS.register_module()
 class PerClassIoUMetric(IoUMetric):
     """Same metrics and log as :class:`mmseg.evaluation.IoUMetric`; after each evaluation
     ``per_class`` maps each class name to its IoU and Acc (in %, NaN for classes absent from
     both prediction and ground truth), ``num_images`` counts the evaluated images and
-    ``annotation_problems`` lists the bad annotations met, for the JSON results of
-    ``tools/test.py``.
+    ``annotation_problems`` lists the bad annotations met and ``undefined_predictions`` the
+    scored images with pixels whose class probabilities were not finite (the segmentor's
+    ``undefined_pixels``), for the JSON results of ``tools/test.py``.
 
     Every annotation is checked as it is scored (no extra pass over the data): a size other
     than its image's, or values outside the classes and ignore index (which mmseg's metric
@@ -64,10 +72,12 @@ class PerClassIoUMetric(IoUMetric):
         super().__init__(**kwargs)
         self.on_bad_annotation = on_bad_annotation
         self.annotation_problems: List[dict] = []
+        self.undefined_predictions: List[dict] = []
 
     def process(self, data_batch: dict, data_samples: Sequence[dict]) -> None:
-        """mmseg's, one sample at a time; each result carries the annotation's problem (or
-        None), so that results gathered from every rank keep one entry per image."""
+        """mmseg's, one sample at a time; each result carries the annotation's problem and
+        the prediction's undefined pixels (or None), so that results gathered from every rank
+        keep one entry per image."""
         if self.format_only:
             return super().process(data_batch, data_samples)
         num_classes = len(self.dataset_meta['classes'])
@@ -77,7 +87,7 @@ class PerClassIoUMetric(IoUMetric):
                 self._report(problem)
             if problem is not None and problem['problem'] == 'size':
                 zeros = torch.zeros(num_classes)  # as mmseg's areas: float32, CPU
-                self.results.append((zeros, zeros, zeros, zeros, problem))
+                self.results.append((zeros, zeros, zeros, zeros, problem, None))
                 continue
             if problem is not None:  # out-of-range values: ignored pixels
                 label = sample['gt_sem_seg']['data']
@@ -85,7 +95,7 @@ class PerClassIoUMetric(IoUMetric):
                                           self.ignore_index)
                 sample = dict(sample, gt_sem_seg=dict(sample['gt_sem_seg'], data=label))
             super().process(data_batch, [sample])
-            self.results[-1] = (*self.results[-1], problem)
+            self.results[-1] = (*self.results[-1], problem, undefined_prediction(sample))
 
     def _report(self, problem: dict) -> None:
         if self.on_bad_annotation == 'error':
@@ -112,4 +122,11 @@ class PerClassIoUMetric(IoUMetric):
         self.num_images = len(areas)
         self.annotation_problems = [{k: v for k, v in p.items() if k != 'message'}
                                     for p in problems]
+        self.undefined_predictions = [result[5] for result in results if result[5] is not None]
+        if self.undefined_predictions:
+            pixels = sum(entry['pixels'] for entry in self.undefined_predictions)
+            print_log(f'WARNING: {len(self.undefined_predictions)} of the scored images had '
+                      f'pixels ({pixels} in all) whose class probabilities were not finite, so '
+                      'labels arbitrary; these metrics count them as predicted (warnings above)',
+                      logger='current', level=logging.WARNING)
         return metrics

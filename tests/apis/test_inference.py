@@ -85,7 +85,7 @@ def test_segment_uses_the_config_resize_and_returns_the_original_size(model, tmp
     assert (result.labels == result.probs.argmax(0)).all()  # prob_thd 0 with own vocabulary
     assert np.isclose(result.shares().sum(), 1.0)
     assert (result.pixel_counts() == np.bincount(result.labels.ravel(), minlength=5)).all()
-    assert result.source == str(tmp_path / 'img.png')
+    assert result.source == str(tmp_path / 'img.png') and result.meta['undefined_pixels'] == 0
     from_array = segment(model, image)
     assert (from_array.labels == result.labels).all()
 

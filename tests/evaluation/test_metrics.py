@@ -55,3 +55,21 @@ def test_an_annotation_of_another_size_stops_the_run_or_is_left_out():
 def test_a_clean_annotation_changes_nothing():
     metric, metrics = evaluate([sample(PRED, [[0, 1, 2], [0, 1, 255]])])
     assert metrics['mIoU'] == 100.0 and metric.annotation_problems == []
+
+
+def test_predictions_with_undefined_pixels_are_listed_and_still_scored(monkeypatch):
+    """The segmentor's ``undefined_pixels`` (see test_base.py) is carried to the results; the
+    image is scored as predicted, as the official code scores it."""
+    from fsa_seg.evaluation import metrics as module
+    messages = []
+    monkeypatch.setattr(module, 'print_log', lambda message, **kwargs: messages.append(message))
+    clean = sample(PRED, [[0, 1, 2], [0, 1, 1]], 'clean')
+    undefined = dict(sample(PRED, [[0, 1, 2], [0, 2, 1]], 'nan'), undefined_pixels=4)
+    metric, metrics = evaluate([clean, undefined])
+    assert metric.undefined_predictions == [dict(file='/data/nan.jpg', pixels=4)]
+    assert metrics['aAcc'] == pytest.approx(1100 / 12, abs=0.01)   # 11 of 12 pixels right
+    assert messages == ['WARNING: 1 of the scored images had pixels (4 in all) whose class '
+                        'probabilities were not finite, so labels arbitrary; these metrics '
+                        'count them as predicted (warnings above)']
+    metric, _ = evaluate([clean])
+    assert metric.undefined_predictions == [] and len(messages) == 1

@@ -204,6 +204,23 @@ def test_a_config_on_mmseg_own_bases_runs_as_it_is(tmp_path):
     assert results['num_images'] == 2 and len(results['per_class']) == 21  # IoUMetric kept
 
 
+def test_undefined_predictions_are_named_in_the_log_and_listed_in_the_results(tmp_path, capfd):
+    """ProxyCLIP with β = 1e6: mean(S) = ‖Σ f_i‖² / N² exceeds 1/β unless the VFM features sum
+    to zero, so every crop's proxy attention is masked entirely and every pixel is undefined."""
+    data_root = make_benchmark('voc21', tmp_path / 'data', sizes=((40, 56), (30, 30)))
+    config = tiny_config(tmp_path, 'proxyclip/proxyclip_vit-b16_dino-b16_voc21.py', data_root,
+                         proxy=True)
+    out = tmp_path / 'results.json'
+    run_test_script(config, '--work-dir', tmp_path / 'work', '--out', out,
+                    '--allow-partial-split', '--cfg-options', 'model.beta=1e6')
+    log = ''.join(capfd.readouterr())
+    record = json.loads(out.read_text())['undefined_predictions']
+    assert record['count'] == 2 and sorted(e['pixels'] for e in record['files']) == [900, 2240]
+    for entry in record['files']:
+        assert f"{entry['pixels']} of the {entry['pixels']} pixels of {entry['file']}" in log
+    assert '1/beta = 1e-06' in log and '2 of the scored images had pixels (3140 in all)' in log
+
+
 def test_random_weights_are_loud_seeded_and_recorded(tmp_path, capfd):
     """--random-weights switches the config's CLIP (here: a weights file) to random weights,
     warns, and seeds them: two runs give the same numbers."""

@@ -8,12 +8,14 @@ A segmentor whose crops need more than their pixels (CASS: a prior from the whol
 adapted per crop) overrides :meth:`~TrainingFreeSegmentor.image_context` and
 :meth:`~TrainingFreeSegmentor.crop_logits`.
 """
+import logging
 from abc import abstractmethod
 from typing import Any, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
 from mmengine.config import ConfigDict
+from mmengine.logging import print_log
 from mmengine.structures import PixelData
 from mmseg.models.segmentors import BaseSegmentor
 from mmseg.registry import MODELS
@@ -307,7 +309,31 @@ class TrainingFreeSegmentor(BaseSegmentor):
             probs = self.class_probabilities(self.refined_logits(logits, image, size), size)
             sample.set_data(dict(seg_logits=PixelData(data=probs),
                                  pred_sem_seg=PixelData(data=self.label_map(probs))))
+        self.report_undefined_pixels(data_samples)
         return data_samples
+
+    def report_undefined_pixels(self, samples: Sequence[SegDataSample]) -> None:
+        """Record in each sample's metainfo ``undefined_pixels``, the count of pixels whose class
+        probabilities are not finite (their label means nothing), and warn once per batch that
+        has some. One host synchronisation a batch, after all its crops."""
+        counts = torch.stack([sample.seg_logits.data.isfinite().all(dim=0).logical_not().sum()
+                              for sample in samples]).tolist()
+        undefined = []
+        for index, (sample, count) in enumerate(zip(samples, counts)):
+            sample.set_metainfo(dict(undefined_pixels=count))
+            if count:
+                height, width = sample.seg_logits.shape
+                name = sample.metainfo.get('img_path') or f'image {index + 1} of the batch'
+                undefined.append(f'{count} of the {height * width} pixels of {name}')
+        if undefined:
+            cause = self.undefined_probabilities_cause()
+            print_log(f'WARNING: class probabilities are not finite (NaN), and labels '
+                      f'arbitrary, at {"; ".join(undefined)}' + (f'. {cause}' if cause else ''),
+                      logger='current', level=logging.WARNING)
+
+    def undefined_probabilities_cause(self) -> str:
+        """Why this segmentor's probabilities can be undefined, for the warning ('' unknown)."""
+        return ''
 
     # ------------------------------------------------------------------ mmseg's abstract API
     def extract_feat(self, inputs: Tensor) -> Tensor:

@@ -39,6 +39,11 @@ class ProxyCLIP(TrainingFreeSegmentor):
         self.vfm = self.build_component('vfm', vfm)
         self.beta, self.gamma = float(beta), float(gamma)
 
+    def undefined_probabilities_cause(self) -> str:
+        return ('ProxyCLIP\'s proxy attention masks every entry of a crop, and is undefined, '
+                f'when the mean cosine similarity of its VFM features exceeds 1/beta = '
+                f'{1 / self.beta:.3g} (nearly uniform crops), as in the official code')
+
     def encode_crops(self, crops: Tensor) -> Tensor:
         tokens, grid = self.output_tokens(crops)
         return F.normalize(tokens, dim=-1).transpose(1, 2).unflatten(2, grid)

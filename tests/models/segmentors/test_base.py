@@ -4,6 +4,7 @@ import torch.nn.functional as F
 from mmseg.registry import MODELS
 from mmseg.structures import SegDataSample
 
+from fsa_seg.models.segmentors import base
 from fsa_seg.models.segmentors.base import window_starts
 
 from references import reference_pamr
@@ -86,6 +87,29 @@ def test_windows_of_several_images_share_forward_passes(tiny_clip):
         model.predict(images, [sample(48, 48), sample(40, 32)])  # 4 + 2 windows; 48², 48×32
         assert calls == expected
         calls.clear()
+
+
+def test_pixels_without_finite_probabilities_are_counted_and_named_once_per_batch(
+        tiny_clip, monkeypatch):
+    """One NaN input pixel makes every logit of its whole-image pass NaN: all the pixels of
+    that image at its original size are undefined, none of the other image's."""
+    messages = []
+    monkeypatch.setattr(base, 'print_log', lambda message, **kwargs: messages.append(message))
+    model = build(tiny_clip, test_cfg=dict(mode='whole'))
+    images = torch.randn(2, 3, 48, 48, dtype=torch.float64)
+    images[0, :, 5, 7] = float('nan')
+    samples = [sample(48, 48, (60, 50)), sample(40, 48)]
+    samples[0].set_metainfo(dict(img_path='data/a.jpg'))
+    model.predict(images, samples)
+    assert [s.metainfo['undefined_pixels'] for s in samples] == [3000, 0]
+    assert len(messages) == 1
+    assert 'not finite' in messages[0]
+    assert messages[0].endswith('3000 of the 3000 pixels of data/a.jpg')
+    model.predict(images[1:], samples[1:])   # a batch without: no warning
+    assert len(messages) == 1
+    model.predict(images.flip(0), [sample(40, 48), sample(48, 48)])  # no path: its place
+    assert len(messages) == 2 and messages[1].endswith(
+        '2304 of the 2304 pixels of image 2 of the batch')
 
 
 def test_synonym_max_and_probability_threshold_on_a_hand_made_map(tiny_clip):

@@ -1,10 +1,12 @@
+import math
+
 import pytest
 import torch
 from cuda_checks import host_syncs_raise, needs_cuda
 from mmseg.registry import MODELS
 from torch import nn
 
-from fsa_seg.models.segmentors import proxy_attention
+from fsa_seg.models.segmentors import base, proxy_attention
 
 from doubles import TINY_SAM, TINY_VFM
 
@@ -76,6 +78,36 @@ def test_mean_similarity_is_taken_per_image():
     both = proxy_attention(features, 1.2, 3.0)
     for i in range(2):
         assert torch.allclose(both[i:i + 1], proxy_attention(features[i:i + 1], 1.2, 3.0))
+
+
+def equally_similar_features(cosine: float) -> torch.Tensor:
+    """(1, 5, 2, 2): four unit vectors √c·e0 + √(1−c)·e_i, every pair at cosine ``c``."""
+    vectors = torch.eye(5, dtype=torch.float64)[1:] * math.sqrt(1 - cosine)
+    vectors[:, 0] = math.sqrt(cosine)
+    return vectors.t().reshape(1, 5, 2, 2)
+
+
+@pytest.mark.parametrize('cosine,undefined', [(0.75, False), (0.8, True)])
+def test_proxy_attention_is_undefined_exactly_when_mean_similarity_exceeds_one_over_beta(
+        cosine, undefined):
+    """mean(S) = (4 + 12c) / 16: 0.8125 for c = 0.75, 0.85 for c = 0.8; 1/β = 0.833. Above it
+    even the diagonal (S_ii = 1) is masked, in every row; below it no row is empty."""
+    attn = proxy_attention(equally_similar_features(cosine), beta=1.2, gamma=3.0)
+    if undefined:
+        assert attn.isnan().all()
+    else:
+        assert attn.isfinite().all() and torch.allclose(attn.sum(-1), torch.ones(1, 1, 4).double())
+
+
+def test_a_nearly_uniform_crop_is_reported_with_proxyclips_cause(golden, monkeypatch):
+    messages = []
+    monkeypatch.setattr(base, 'print_log', lambda message, **kwargs: messages.append(message))
+    model = build_golden(golden)
+    model.vfm.features = torch.ones_like(golden['vfm_features'])   # S = 1 everywhere
+    samples = model.predict(golden['image'])
+    height, width = golden['image'].shape[-2:]
+    assert samples[0].metainfo['undefined_pixels'] == height * width
+    assert len(messages) == 1 and '1/beta = 0.833' in messages[0]
 
 
 @pytest.mark.parametrize('plugin', [None, dict(type='FSA')])

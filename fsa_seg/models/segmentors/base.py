@@ -316,6 +316,8 @@ class TrainingFreeSegmentor(BaseSegmentor):
         """Record in each sample's metainfo ``undefined_pixels``, the count of pixels whose class
         probabilities are not finite (their label means nothing), and warn once per batch that
         has some. One host synchronisation a batch, after all its crops."""
+        if not samples:
+            return
         counts = torch.stack([sample.seg_logits.data.isfinite().all(dim=0).logical_not().sum()
                               for sample in samples]).tolist()
         undefined = []

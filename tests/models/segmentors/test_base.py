@@ -112,6 +112,10 @@ def test_pixels_without_finite_probabilities_are_counted_and_named_once_per_batc
         '2304 of the 2304 pixels of image 2 of the batch')
 
 
+def test_an_empty_batch_gives_no_samples(tiny_clip):
+    assert build(tiny_clip).predict(torch.empty(0, 3, 48, 48, dtype=torch.float64)) == []
+
+
 def test_synonym_max_and_probability_threshold_on_a_hand_made_map(tiny_clip):
     model = build(tiny_clip, logit_scale=1.0, prob_thd=0.4)
     # queries: cat | dog, puppy | grass; two pixels.

@@ -16,9 +16,9 @@ TINY_ARCH = ("dict(embed_dim=32, vision_cfg=dict(image_size=224, patch_size=16, 
              "vocab_size=49408, width=32, heads=2, layers=1))")
 
 
-def run_test_script(*args):
+def run_test_script(*args, status: int = 0):
     """Run tools/test.py in this process (as `python tools/test.py ARGS` would); its exit
-    status must be 0."""
+    status must be ``status``."""
     argv = sys.argv
     sys.argv = ['tools/test.py', *map(str, args)]
     try:
@@ -26,7 +26,7 @@ def run_test_script(*args):
             runpy.run_path(str(REPO / 'tools' / 'test.py'), run_name='__main__')
     finally:
         sys.argv = argv
-    assert exit_.value.code == 0
+    assert exit_.value.code == status
 
 
 def assert_reports_the_iou_of_its_own_predictions(config, data_root, results_file, benchmark,

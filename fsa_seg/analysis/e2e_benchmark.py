@@ -42,7 +42,7 @@ from mmengine.runner import Runner
 from PIL import Image
 
 from ..apis.configs import apply_overrides, read_config
-from ..apis.testing import load_test_config
+from ..apis.testing import attach_journal, load_test_config, prepare_journal
 from ..models.text import load_vocabulary
 from ..visualization import make_palette
 from .benchmark import DTYPES, PROXYCLIP_CONFIG, BenchmarkError, environment, replays_graphs
@@ -280,7 +280,9 @@ def build_runner(config: str, precision: str, dataset: dict, work_dir: Path, nam
     cfg.randomness = dict(seed=seed)
     cfg.log_level = 'WARNING'
     cfg.experiment_name = name
+    journal = prepare_journal(cfg, resume=False)  # as tools/test.py: every image journaled
     runner = Runner.from_cfg(cfg)
+    attach_journal(runner, journal)
     runner.model.set_vocabulary(vocabulary, templates)
     return runner
 

@@ -7,7 +7,7 @@ import os.path as osp
 import tempfile
 from importlib import metadata
 from pathlib import Path
-from typing import Optional, Sequence, Union
+from typing import List, Optional, Sequence, Union
 
 import torch
 import torch.distributed as dist
@@ -23,6 +23,7 @@ from ..datasets import (
     check_layout,
     check_split_size,
 )
+from ..evaluation.journal import Journal, journal_files, journal_header, load_journal
 from ..evaluation.metrics import BAD_ANNOTATION_POLICIES
 from .configs import (
     ConfigError,
@@ -218,17 +219,21 @@ def leave_process_group(wait: bool) -> None:
     dist.destroy_process_group()
 
 
-def evaluate(cfg: Config, out: Optional[str] = None, allow_partial: bool = False) -> dict:
+def evaluate(cfg: Config, out: Optional[str] = None, allow_partial: bool = False,
+             resume: bool = False) -> dict:
     """Check the outputs and the dataset, run mmengine's test loop, write the metrics and the
-    settings that produced them as JSON to ``out`` if given."""
+    settings that produced them as JSON to ``out`` if given. Every scored image is journaled in
+    the work dir; ``resume``: score only the images that the journal lacks."""
     check_launcher(cfg)
     check_outputs(cfg, out)
     complete = check_dataset_size(cfg, check_dataset(cfg), allow_partial)
+    journal = prepare_journal(cfg, resume)
     init_cpu_processes(cfg)
     try:
         with explained_config_errors(cfg.filename):
             runner = Runner.from_cfg(cfg)
             dataset = runner.test_dataloader.dataset
+        attach_journal(runner, journal)
         if has_random_weights(cfg):  # in the run's log, next to its numbers
             from .inference import RANDOM_WEIGHTS_WARNING
             print_log(RANDOM_WEIGHTS_WARNING, logger='current', level=logging.WARNING)
@@ -238,10 +243,95 @@ def evaluate(cfg: Config, out: Optional[str] = None, allow_partial: bool = False
             write_results(out, cfg, metrics, runner.test_evaluator.metrics, complete,
                           seed=runner.seed, model=runner.model)
     except BaseException:
+        say_how_to_resume(journal)
         leave_process_group(wait=False)
         raise
     leave_process_group(wait=True)
     return metrics
+
+
+# ---------------------------------------------------------------------------------- journal
+def _journaled_metric(cfg: Config) -> Optional[dict]:
+    """The config's evaluator that journals its images: its one PerClassIoUMetric."""
+    ours = [e for e in _evaluators(cfg) if e.get('type', '').split('.')[-1] == 'PerClassIoUMetric']
+    return ours[0] if len(ours) == 1 else None
+
+
+def journal_settings(cfg: Config) -> dict:
+    """What the numbers of the scored images depend on (:func:`run_settings` and the
+    evaluator's settings), but not the number of processes nor the bad-annotation policy, which
+    change none of them (an image scored under either policy scores the same)."""
+    settings = run_settings(cfg, (cfg.get('randomness') or {}).get('seed'))
+    del settings['launcher'], settings['world_size']
+    settings['evaluator'] = {k: v for k, v in _journaled_metric(cfg).items()
+                             if k != 'on_bad_annotation'}
+    return settings
+
+
+def prepare_journal(cfg: Config, resume: bool) -> Optional[Journal]:
+    """The run's journal in the work dir (None without a PerClassIoUMetric to keep it); with
+    ``resume``, the dataset is left without the images it holds under the same settings."""
+    if _journaled_metric(cfg) is None:
+        if resume:
+            raise ConfigError(f'{cfg.filename}: --resume needs test_evaluator to be one '
+                              'IoUMetric (or PerClassIoUMetric), whose images are journaled')
+        return None
+    header = journal_header(journal_settings(cfg))
+    if resume:
+        skip_scored_images(cfg, load_journal(cfg.work_dir, header))
+    return Journal(cfg.work_dir, header, resume)
+
+
+def attach_journal(runner: Runner, journal: Optional[Journal]) -> None:
+    """Give the runner's PerClassIoUMetric the journal (its test loop is built here)."""
+    if journal is None:
+        return
+    from ..evaluation import PerClassIoUMetric
+    metric, = (m for m in runner.test_loop.evaluator.metrics if isinstance(m, PerClassIoUMetric))
+    metric.journal = journal
+
+
+def skip_scored_images(cfg: Config, scored: dict) -> None:
+    """Restrict the dataset (its ``indices``) to the images not in ``scored``; at least its
+    last image is scored again, since mmengine's test loop needs one."""
+    from mmengine.dataset import BaseDataset
+    dataset_cfg = cfg.test_dataloader.dataset
+    dataset = build_lazily({k: v for k, v in dataset_cfg.items() if k != 'indices'},
+                           cfg.get('default_scope') or 'mmseg')
+    if not isinstance(dataset, BaseDataset):
+        raise ConfigError(f'{cfg.filename}: --resume needs a dataset that lists its images '
+                          f'(an mmengine BaseDataset), not {type(dataset).__name__}')
+    dataset.full_init()
+    positions = _subset(dataset_cfg.get('indices'), len(dataset))
+    remaining = [i for i in positions if dataset.get_data_info(i).get('img_path') not in scored]
+    if _first_process():
+        print_log(f'resuming: {len(positions) - len(remaining)} of the {len(positions)} images '
+                  f'are scored in {osp.abspath(cfg.work_dir)}; scoring the other '
+                  f'{len(remaining)}', logger='current')
+    dataset_cfg.indices = remaining or positions[-1:]
+
+
+def _subset(indices, length: int) -> List[int]:
+    """The dataset positions that mmengine's ``indices`` (None, a count or a list) selects."""
+    positions = list(range(length))
+    if indices is None:
+        return positions
+    if isinstance(indices, int):
+        return positions[:indices] if indices >= 0 else positions[indices:]
+    return [positions[i] for i in indices]
+
+
+def _first_process() -> bool:
+    """Rank 0, also before the process group exists (torchrun sets RANK)."""
+    return int(os.environ.get('RANK', '0')) == 0
+
+
+def say_how_to_resume(journal: Optional[Journal]) -> None:
+    """After a stop, where the scored images are and how to go on."""
+    if journal is not None and journal_files(journal.folder) and _first_process():
+        print_log(f'the images scored before the stop are kept in {osp.abspath(journal.folder)}:'
+                  ' run again with --resume to score only the others', logger='current',
+                  level=logging.WARNING)
 
 
 # ---------------------------------------------------------------------------------- results

@@ -21,11 +21,11 @@ def user_errors() -> tuple:
     from ..apis.configs import ConfigError, ConfigNotFoundError
     from ..apis.predict import OutputDirError
     from ..datasets import DatasetError
-    from ..evaluation import AnnotationError
+    from ..evaluation import AnnotationError, JournalError
     from ..models.text import VocabularyError
     from ..models.weights import WeightsError
-    return (ConfigNotFoundError, ConfigError, DatasetError, AnnotationError, VocabularyError,
-            WeightsError, OutputDirError, ResultsFileError)
+    return (ConfigNotFoundError, ConfigError, DatasetError, AnnotationError, JournalError,
+            VocabularyError, WeightsError, OutputDirError, ResultsFileError)
 
 
 def one_line(error: BaseException) -> str:

@@ -35,6 +35,10 @@ def add_test_arguments(parser: argparse.ArgumentParser) -> None:
                              'outside the classes: a warning per file and a count in the JSON '
                              '(pixels ignored, wrong-size annotations left out) instead of an '
                              'error')
+    parser.add_argument('--resume', action='store_true',
+                        help='go on with an evaluation that stopped (Ctrl-C, a crash, a bad '
+                             'file): the images already scored in the work dir, under the same '
+                             'settings, are not run again')
     parser.add_argument('--random-weights', action='store_true',
                         help='TESTING ONLY: build every component with random weights (seeded: '
                              'two runs agree) to check the pipeline; the numbers mean nothing')
@@ -87,7 +91,7 @@ def run_test(args: argparse.Namespace, prog: str = 'fsa-seg test') -> int:
                            random_weights=args.random_weights,
                            trust_checkpoint=args.trust_checkpoint, precision=args.precision,
                            cuda_graphs=args.cuda_graphs)
-    evaluate(cfg, out=args.out, allow_partial=args.allow_partial_split)
+    evaluate(cfg, out=args.out, allow_partial=args.allow_partial_split, resume=args.resume)
     return 0
 
 

@@ -1,3 +1,4 @@
+from .journal import JournalError
 from .metrics import AnnotationError, PerClassIoUMetric
 
-__all__ = ['AnnotationError', 'PerClassIoUMetric']
+__all__ = ['AnnotationError', 'JournalError', 'PerClassIoUMetric']

@@ -9,6 +9,9 @@ from mmengine.logging import print_log
 from mmseg.evaluation import IoUMetric
 from mmseg.registry import METRICS
 
+from .journal import Journal
+from .journal import entry as journal_line
+
 BAD_ANNOTATION_POLICIES = ('error', 'warn')
 FLAG = '--allow-bad-annotations'
 
@@ -59,6 +62,11 @@ class PerClassIoUMetric(IoUMetric):
     than its image's, or values outside the classes and ignore index (which mmseg's metric
     would silently drop from the label area while still counting the predictions there).
 
+    With a ``journal`` (a :class:`~fsa_seg.evaluation.journal.Journal`, which ``tools/test.py``
+    gives it), each image's result is written as it is scored, and a resumed evaluation adds
+    the images scored before it. The areas are summed in float64, exact in any order of
+    the images (mmseg's float32 sums round past 2^24 pixels a class).
+
     Args:
         on_bad_annotation: ``'error'`` (default): stop with an :class:`AnnotationError` naming
             the file and values. ``'warn'``: a warning per file; out-of-range pixels are
@@ -73,29 +81,40 @@ class PerClassIoUMetric(IoUMetric):
         self.on_bad_annotation = on_bad_annotation
         self.annotation_problems: List[dict] = []
         self.undefined_predictions: List[dict] = []
+        self.journal: Optional[Journal] = None
 
     def process(self, data_batch: dict, data_samples: Sequence[dict]) -> None:
-        """mmseg's, one sample at a time; each result carries the annotation's problem and
-        the prediction's undefined pixels (or None), so that results gathered from every rank
-        keep one entry per image."""
+        """mmseg's, one sample at a time; each result carries the annotation's problem, the
+        prediction's undefined pixels (or None) and the image's path, so that results gathered
+        from every rank keep one entry per image."""
         if self.format_only:
             return super().process(data_batch, data_samples)
         num_classes = len(self.dataset_meta['classes'])
+        first = len(self.results)
         for sample in data_samples:
-            problem = annotation_problem(sample, num_classes, self.ignore_index)
-            if problem is not None:
-                self._report(problem)
-            if problem is not None and problem['problem'] == 'size':
-                zeros = torch.zeros(num_classes)  # as mmseg's areas: float32, CPU
-                self.results.append((zeros, zeros, zeros, zeros, problem, None))
-                continue
-            if problem is not None:  # out-of-range values: ignored pixels
-                label = sample['gt_sem_seg']['data']
-                label = label.masked_fill((label >= num_classes) & (label != self.ignore_index),
-                                          self.ignore_index)
-                sample = dict(sample, gt_sem_seg=dict(sample['gt_sem_seg'], data=label))
-            super().process(data_batch, [sample])
-            self.results[-1] = (*self.results[-1], problem, undefined_prediction(sample))
+            self._score(data_batch, sample, num_classes)
+            self.results[-1] = (*self.results[-1], sample.get('img_path'))
+        if self.journal is not None:
+            self.journal.write(journal_line(result) for result in self.results[first:]
+                               if result[6] is not None)
+
+    def _score(self, data_batch: dict, sample: dict, num_classes: int) -> None:
+        """Append the sample's result: mmseg's four areas, the annotation's problem and the
+        prediction's undefined pixels."""
+        problem = annotation_problem(sample, num_classes, self.ignore_index)
+        if problem is not None:
+            self._report(problem)
+        if problem is not None and problem['problem'] == 'size':
+            zeros = torch.zeros(num_classes)  # as mmseg's areas: float32, CPU
+            self.results.append((zeros, zeros, zeros, zeros, problem, None))
+            return
+        if problem is not None:  # out-of-range values: ignored pixels
+            label = sample['gt_sem_seg']['data']
+            label = label.masked_fill((label >= num_classes) & (label != self.ignore_index),
+                                      self.ignore_index)
+            sample = dict(sample, gt_sem_seg=dict(sample['gt_sem_seg'], data=label))
+        super().process(data_batch, [sample])
+        self.results[-1] = (*self.results[-1], problem, undefined_prediction(sample))
 
     def _report(self, problem: dict) -> None:
         if self.on_bad_annotation == 'error':
@@ -106,11 +125,20 @@ class PerClassIoUMetric(IoUMetric):
         print_log(f'{problem["message"]}; {what} ({FLAG})', logger='current',
                   level=logging.WARNING)
 
+    def evaluate(self, size: int) -> dict:
+        if self.journal is not None:  # every process has scored all its images
+            self.journal.close()
+        return super().evaluate(size)
+
     def compute_metrics(self, results: List[tuple]) -> Dict[str, float]:
         if self.format_only:
             return super().compute_metrics(results)
+        if self.journal is not None and self.journal.resume:
+            results = list(results) + self.journal.earlier_results(r[6] for r in results)
         problems = [result[4] for result in results if result[4] is not None]
-        areas = [result[:4] for result in results
+        # float64 sums: exact pixel counts in any order (mmseg's float32 sums round past 2^24
+        # pixels a class, so they depend on the order of the images; a resumed run's differs)
+        areas = [tuple(area.double() for area in result[:4]) for result in results
                  if result[4] is None or result[4]['problem'] != 'size']
         metrics = super().compute_metrics(areas)
         intersect, union, pred_area, label_area = (sum(column) for column in zip(*areas))

@@ -113,7 +113,8 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def test_two_processes_give_the_same_metrics_as_one_and_draw_every_image(tmp_path):
+def test_two_processes_give_the_same_metrics_as_one_and_draw_every_image(tmp_path,
+                                                                         processed_images):
     data_root = make_benchmark('voc21', tmp_path / 'data', sizes=((40, 56), (30, 30), (36, 28)))
     weights = tmp_path / 'tiny_clip.pt'  # every process loads the same weights
     torch.save(OpenCLIP(arch=tiny_clip_arch(), random_init=True).model.state_dict(), weights)
@@ -138,6 +139,15 @@ def test_two_processes_give_the_same_metrics_as_one_and_draw_every_image(tmp_pat
     drawn = sorted(path.name for path in show_dir.rglob('*.png'))
     assert drawn == ['test_2007_000000.jpg_0.png', 'test_2007_000001.jpg_0.png',
                      'test_2007_000002.jpg_0.png'], drawn
+    # one process resumes from both processes' journals: all scored, the last image again
+    resumed = tmp_path / 'resumed.json'
+    run_test_script(config, '--work-dir', tmp_path / 'w2', '--out', resumed,
+                    '--allow-partial-split', '--resume')
+    assert processed_images['images'][-1:] == ['2007_000002.jpg']
+    assert len(processed_images['images']) == 4   # 3 in the single run, 1 resumed
+    again = json.loads(resumed.read_text())
+    assert again['num_images'] == 3 and again['metrics'] == two['metrics']
+    assert json.dumps(again['per_class']) == json.dumps(two['per_class'])   # NaN as NaN
 
 
 @pytest.mark.parametrize('dataset', [b.name for b in MATRIX.benchmarks])
@@ -219,6 +229,59 @@ def test_undefined_predictions_are_named_in_the_log_and_listed_in_the_results(tm
     for entry in record['files']:
         assert f"{entry['pixels']} of the {entry['pixels']} pixels of {entry['file']}" in log
     assert '1/beta = 1e-06' in log and '2 of the scored images had pixels (3140 in all)' in log
+
+
+@pytest.fixture
+def processed_images(monkeypatch):
+    """The images the metric scores, in order; Ctrl-C once ``stop_after`` of them are scored."""
+    from fsa_seg.evaluation import PerClassIoUMetric
+    record = dict(images=[], stop_after=None)
+    process = PerClassIoUMetric.process
+
+    def recording_process(self, data_batch, data_samples):
+        process(self, data_batch, data_samples)
+        record['images'] += [Path(sample['img_path']).name for sample in data_samples]
+        if len(record['images']) == record['stop_after']:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(PerClassIoUMetric, 'process', recording_process)
+    return record
+
+
+def test_an_interrupted_evaluation_resumes_where_it_stopped(tmp_path, capfd, processed_images):
+    """Ctrl-C after two images: they stay in the work dir's journal; --resume scores only the
+    third, and reports the IoU of all three images' own predictions (computed by hand)."""
+    data_root = make_benchmark('voc21', tmp_path / 'data',
+                               sizes=((40, 56), (30, 30), (36, 44)))
+    config = tiny_config(tmp_path, 'clearclip/clearclip_fsa_vit-b16_voc21.py', data_root)
+    out = tmp_path / 'results.json'
+    args = (config, '--work-dir', tmp_path / 'work', '--out', out, '--allow-partial-split')
+    processed_images['stop_after'] = 2
+    run_test_script(*args, status=130)
+    assert not out.exists()
+    assert 'run again with --resume to score only the others' in ''.join(capfd.readouterr())
+    run_test_script(*args, '--resume')
+    assert processed_images['images'] == ['2007_000000.jpg', '2007_000001.jpg',
+                                          '2007_000002.jpg']
+    assert 'resuming: 2 of the 3 images are scored' in ''.join(capfd.readouterr())
+    assert json.loads(out.read_text())['num_images'] == 3
+    assert_reports_the_iou_of_its_own_predictions(config, data_root, out, 'voc21')
+
+
+def test_resuming_under_other_settings_is_refused_in_one_line(tmp_path, capfd,
+                                                              processed_images):
+    data_root = make_benchmark('voc21', tmp_path / 'data', sizes=((40, 56), (30, 30)))
+    config = tiny_config(tmp_path, 'clearclip/clearclip_vit-b16_voc21.py', data_root)
+    args = (config, '--work-dir', tmp_path / 'work', '--allow-partial-split')
+    processed_images['stop_after'] = 1
+    run_test_script(*args, status=130)
+    capfd.readouterr()
+    run_test_script(*args, '--resume', '--cfg-options', 'model.prob_thd=0.5', status=1)
+    error = capfd.readouterr().err.strip()
+    assert re.fullmatch(r'tools/test\.py: error: \S+scored_images\.rank0\.jsonl was written '
+                        r'with other settings \(changed: model\.prob_thd\); leave out --resume '
+                        r'to start again, or give another --work-dir', error), error
+    assert processed_images['images'] == ['2007_000000.jpg']   # nothing run
 
 
 def test_random_weights_are_loud_seeded_and_recorded(tmp_path, capfd):

@@ -1,0 +1,177 @@
+"""The evaluation journal: each scored image's areas, written as it is scored, so that an
+evaluation stopped by Ctrl-C, a crash or a bad file continues where it stopped (``--resume``).
+
+Each process (rank) appends to its own file in the work dir, ``scored_images.rank<R>.jsonl``:
+a header line with the fingerprint of the settings a number depends on (model, dataset,
+pipeline, seed, device, library versions), then one JSON line per image (its path, the four
+per-class areas of mmseg's metric, the annotation's problem and the undefined pixels). A line
+cut short by the interruption is ignored. A new (not resumed) run starts its files afresh.
+"""
+import glob
+import hashlib
+import json
+import logging
+import os
+import os.path as osp
+import re
+from typing import Dict, Iterable, List
+
+import torch
+from mmengine.dist import get_rank, get_world_size
+from mmengine.logging import print_log
+
+FILE_PATTERN = 'scored_images.rank{}.jsonl'
+FILE_NAME = re.compile(r'scored_images\.rank(\d+)\.jsonl')
+
+
+class JournalError(ValueError):
+    """A journal that cannot be resumed: made with other settings, or unreadable."""
+
+
+def journal_files(folder: str) -> List[str]:
+    return sorted(path for path in glob.glob(osp.join(glob.escape(folder), '*.jsonl'))
+                  if FILE_NAME.fullmatch(osp.basename(path)))
+
+
+def differing_keys(old, new, depth: int = 2, prefix: str = '') -> List[str]:
+    """Dotted keys whose values differ between two settings dicts, down to ``depth`` levels."""
+    if depth == 0 or not (isinstance(old, dict) and isinstance(new, dict)):
+        return [] if old == new else [prefix.rstrip('.') or 'settings']
+    return [key for name in sorted(set(old) | set(new))
+            for key in differing_keys(old.get(name), new.get(name), depth - 1,
+                                      f'{prefix}{name}.')]
+
+
+def journal_header(settings: dict) -> dict:
+    """The first line of a journal file: the settings (as JSON keeps them) and their
+    fingerprint."""
+    text = json.dumps(settings, sort_keys=True, default=str)
+    return dict(fingerprint=hashlib.sha256(text.encode('utf-8')).hexdigest(),
+                settings=json.loads(text))
+
+
+def load_journal(folder: str, header: dict) -> Dict[str, dict]:
+    """Every image scored in ``folder``'s journal files under the settings of ``header`` (see
+    :func:`journal_header`): path → line. Raises :class:`JournalError` for a file made under
+    other settings."""
+    entries = {}
+    for path in journal_files(folder):
+        lines = _read_lines(path)
+        if not lines:
+            continue
+        if lines[0].get('fingerprint') != header['fingerprint']:
+            changed = ', '.join(differing_keys(lines[0].get('settings') or {},
+                                               header['settings'])[:4]) or 'the settings'
+            raise JournalError(f'{path} was written with other settings (changed: {changed}); '
+                               'leave out --resume to start again, or give another --work-dir')
+        entries.update((entry['image'], entry) for entry in lines[1:])
+    return entries
+
+
+def _read_text(path: str) -> str:
+    try:
+        with open(path, encoding='utf-8') as handle:
+            return handle.read()
+    except OSError as error:
+        raise JournalError(f'cannot read {path}: {error.strerror or error}') from error
+
+
+def _read_lines(path: str) -> List[dict]:
+    """The file's JSON lines; the last one may be cut short by the interruption (dropped)."""
+    raw = [line for line in _read_text(path).split('\n') if line]
+    lines = []
+    for number, line in enumerate(raw):
+        try:
+            lines.append(json.loads(line))
+        except json.JSONDecodeError as error:
+            if number < len(raw) - 1:
+                raise JournalError(f'{path}, line {number + 1}: not a journal line; remove '
+                                   'the file to score its images again') from error
+    return lines
+
+
+def entry(result: tuple) -> dict:
+    """A journal line of one of :class:`PerClassIoUMetric`'s results (four areas, problem,
+    undefined pixels, image)."""
+    areas = [area.tolist() for area in result[:4]]
+    return dict(image=result[6], areas=areas, problem=result[4], undefined=result[5])
+
+
+def result(line: dict) -> tuple:
+    """The metric's result back from a journal line; float32 areas, as mmseg's (exact: they are
+    pixel counts, written as decimal floats that read back to the same float32)."""
+    areas = tuple(torch.tensor(area, dtype=torch.float32) for area in line['areas'])
+    return (*areas, line['problem'], line['undefined'], line['image'])
+
+
+class Journal:
+    """One process's journal file (opened on the first write) and the earlier entries.
+
+    Args:
+        folder: where the files are (the run's work dir).
+        header: :func:`journal_header` of the settings the numbers depend on (see
+            ``fsa_seg.apis.testing``); it heads each file.
+        resume: append to the journal (False: this process's file starts afresh, and rank 0
+            removes the files of ranks this run does not have).
+    """
+
+    def __init__(self, folder: str, header: dict, resume: bool = False):
+        self.folder, self.header, self.resume = folder, dict(header), resume
+        self._handle = None
+        self.failed = False
+
+    def write(self, lines: Iterable[dict]) -> None:
+        """Append the lines, flushed. A journal that cannot be written (a full disk) is left
+        with one warning: the evaluation goes on, it cannot be resumed past that point."""
+        if self.failed:
+            return
+        try:
+            if self._handle is None:
+                self._handle = self._open()
+            for line in lines:
+                self._handle.write(json.dumps(line) + '\n')
+            self._handle.flush()
+        except OSError as error:
+            self.failed = True
+            print_log(f'WARNING: cannot write the evaluation journal in {self.folder} '
+                      f'({error.strerror or error}): the evaluation goes on, but a stop from '
+                      'here on cannot be resumed', logger='current', level=logging.WARNING)
+
+    def _open(self):
+        rank = get_rank()
+        path = osp.join(self.folder, FILE_PATTERN.format(rank))
+        if not self.resume and rank == 0:
+            world_size = get_world_size()
+            for stale in journal_files(self.folder):
+                if _rank_of(stale) >= world_size:
+                    os.remove(stale)
+        if self.resume and osp.isfile(path):
+            _drop_cut_line(path)
+        fresh = not self.resume or not osp.isfile(path) or osp.getsize(path) == 0
+        handle = open(path, 'w' if fresh else 'a', encoding='utf-8')
+        if fresh:
+            handle.write(json.dumps(self.header) + '\n')
+        return handle
+
+    def earlier_results(self, scored_now: Iterable[str]) -> List[tuple]:
+        """The results of the images scored before this run (all files), not scored again."""
+        scored_now = set(scored_now)
+        return [result(line) for image, line in load_journal(self.folder, self.header).items()
+                if image not in scored_now]
+
+    def close(self) -> None:
+        if self._handle is not None:
+            self._handle.close()
+            self._handle = None
+
+
+def _rank_of(path: str) -> int:
+    return int(FILE_NAME.fullmatch(osp.basename(path)).group(1))
+
+
+def _drop_cut_line(path: str) -> None:
+    """Truncate a line cut short by the interruption, so that appended lines start afresh."""
+    with open(path, 'rb+') as handle:
+        data = handle.read()
+        if data and not data.endswith(b'\n'):
+            handle.truncate(data.rfind(b'\n') + 1)

@@ -1,0 +1,109 @@
+"""The evaluation journal: what an interrupted tools/test.py run keeps and a resumed one adds."""
+import json
+
+import pytest
+import torch
+
+from fsa_seg.evaluation import JournalError, PerClassIoUMetric
+from fsa_seg.evaluation import journal as journal_module
+from fsa_seg.evaluation.journal import Journal, journal_header, load_journal, result
+
+PRED = [[0, 1, 2], [0, 1, 1]]
+HEADER = journal_header(dict(model=dict(type='ClearCLIP', prob_thd=0.0), seed=0))
+
+
+def sample(gt, name):
+    return dict(pred_sem_seg=dict(data=torch.tensor([PRED])),
+                gt_sem_seg=dict(data=torch.tensor([gt], dtype=torch.uint8)),
+                seg_map_path=f'/data/{name}.png', img_path=f'/data/{name}.jpg')
+
+
+def metric(folder, resume=False, header=HEADER):
+    metric = PerClassIoUMetric()
+    metric.journal = Journal(str(folder), header, resume)
+    metric.dataset_meta = dict(classes=('sky', 'tree', 'road'))
+    return metric
+
+
+def test_a_resumed_metric_adds_the_images_scored_before_it(tmp_path):
+    first = metric(tmp_path)
+    first.process({}, [sample(PRED, 'a')])                       # all 6 pixels right
+    second = metric(tmp_path, resume=True)
+    second.process({}, [sample([[0, 1, 2], [0, 2, 1]], 'b')])    # (1, 1) is road, not tree
+    metrics = second.compute_metrics(second.results)
+    # by hand over both images: sky 4/4; tree ∩ 5, ∪ 6; road ∩ 2, ∪ 3; 11 of 12 pixels right
+    assert second.num_images == 2 and metrics['aAcc'] == pytest.approx(1100 / 12, abs=0.01)
+    assert [second.per_class[c]['IoU'] for c in ('sky', 'tree', 'road')] == pytest.approx(
+        [100.0, 500 / 6, 200 / 3])
+    fresh = metric(tmp_path)                                     # not resumed: b alone
+    fresh.process({}, [sample([[0, 1, 2], [0, 2, 1]], 'b')])
+    assert fresh.compute_metrics(fresh.results)['aAcc'] == pytest.approx(500 / 6, abs=0.01)
+
+
+def test_the_problems_of_the_images_scored_before_are_reported_too(tmp_path):
+    first = metric(tmp_path)
+    first.on_bad_annotation = 'warn'
+    first.process({}, [dict(sample([[0, 1, 2], [30, 1, 1]], 'a'), undefined_pixels=2)])
+    second = metric(tmp_path, resume=True)
+    second.process({}, [sample(PRED, 'b')])
+    second.compute_metrics(second.results)
+    assert second.annotation_problems == [dict(file='/data/a.png', problem='values',
+                                               values=[30], pixels=1)]
+    assert second.undefined_predictions == [dict(file='/data/a.jpg', pixels=2)]
+
+
+def test_areas_read_back_exactly(tmp_path):
+    areas = torch.tensor([3.0, 1.5e7, 16777216.0, 123457.0])
+    Journal(str(tmp_path), HEADER).write(
+        [dict(image='x.jpg', areas=[areas.tolist()] * 4, problem=None, undefined=None)])
+    back = result(load_journal(str(tmp_path), HEADER)['x.jpg'])
+    assert all(torch.equal(area, areas) and area.dtype == torch.float32 for area in back[:4])
+
+
+def test_a_line_cut_short_by_the_interruption_is_dropped_and_written_over(tmp_path):
+    line = dict(areas=[[1.0]] * 4, problem=None, undefined=None)
+    Journal(str(tmp_path), HEADER).write([dict(line, image='a.jpg')])
+    path = tmp_path / 'scored_images.rank0.jsonl'
+    with open(path, 'a') as handle:
+        handle.write('{"image": "b.jpg", "are')
+    assert list(load_journal(str(tmp_path), HEADER)) == ['a.jpg']
+    Journal(str(tmp_path), HEADER, resume=True).write([dict(line, image='c.jpg')])
+    assert list(load_journal(str(tmp_path), HEADER)) == ['a.jpg', 'c.jpg']
+    with open(path, 'a') as handle:
+        handle.write('not json\n{"image": "d.jpg"}\n')
+    with pytest.raises(JournalError, match=r'rank0\.jsonl, line 4: not a journal line'):
+        load_journal(str(tmp_path), HEADER)
+
+
+def test_a_journal_of_other_settings_is_refused_naming_what_changed(tmp_path):
+    Journal(str(tmp_path), HEADER).write([dict(image='a.jpg', areas=[[1.0]] * 4, problem=None,
+                                               undefined=None)])
+    other = journal_header(dict(model=dict(type='ClearCLIP', prob_thd=0.3), seed=0))
+    with pytest.raises(JournalError, match=r'other settings \(changed: model\.prob_thd\)'):
+        load_journal(str(tmp_path), other)
+
+
+def test_a_new_run_starts_its_file_afresh_and_drops_files_of_ranks_it_lacks(tmp_path):
+    """One process (rank 0 of 1): rank 1's file of an earlier two-process run goes, unless the
+    run resumes (then its images count)."""
+    line = dict(areas=[[1.0]] * 4, problem=None, undefined=None)
+    for rank, image in ((0, 'a.jpg'), (1, 'b.jpg')):
+        (tmp_path / f'scored_images.rank{rank}.jsonl').write_text(
+            json.dumps(HEADER) + '\n' + json.dumps(dict(line, image=image)) + '\n')
+    Journal(str(tmp_path), HEADER, resume=True).write([dict(line, image='c.jpg')])
+    assert sorted(load_journal(str(tmp_path), HEADER)) == ['a.jpg', 'b.jpg', 'c.jpg']
+    Journal(str(tmp_path), HEADER).write([dict(line, image='d.jpg')])
+    assert list(load_journal(str(tmp_path), HEADER)) == ['d.jpg']
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['scored_images.rank0.jsonl']
+
+
+def test_a_journal_that_cannot_be_written_warns_once_and_the_evaluation_goes_on(tmp_path,
+                                                                              monkeypatch):
+    messages = []
+    monkeypatch.setattr(journal_module, 'print_log', lambda message, **kw: messages.append(message))
+    (tmp_path / 'file').write_text('a file where the folder should be')
+    scoring = metric(tmp_path / 'file')
+    scoring.process({}, [sample(PRED, 'a')])
+    scoring.process({}, [sample(PRED, 'b')])
+    assert scoring.compute_metrics(scoring.results)['aAcc'] == 100.0
+    assert len(messages) == 1 and 'cannot write the evaluation journal' in messages[0]

@@ -328,7 +328,7 @@ def _first_process() -> bool:
 
 def say_how_to_resume(journal: Optional[Journal]) -> None:
     """After a stop, where the scored images are and how to go on."""
-    if journal is not None and journal_files(journal.folder) and _first_process():
+    if journal is not None and journal_files(journal.folder, journal.header) and _first_process():
         print_log(f'the images scored before the stop are kept in {osp.abspath(journal.folder)}:'
                   ' run again with --resume to score only the others', logger='current',
                   level=logging.WARNING)

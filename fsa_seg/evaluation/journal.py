@@ -1,11 +1,13 @@
 """The evaluation journal: each scored image's areas, written as it is scored, so that an
 evaluation stopped by Ctrl-C, a crash or a bad file continues where it stopped (``--resume``).
 
-Each process (rank) appends to its own file in the work dir, ``scored_images.rank<R>.jsonl``:
-a header line with the fingerprint of the settings a number depends on (model, dataset,
-pipeline, seed, device, library versions), then one JSON line per image (its path, the four
-per-class areas of mmseg's metric, the annotation's problem and the undefined pixels). A line
-cut short by the interruption is ignored. A new (not resumed) run starts its files afresh.
+Each process (rank) appends to its own file in the work dir,
+``scored_images.<fingerprint>.rank<R>.jsonl``, named by the fingerprint of the settings a number
+depends on (model, dataset, pipeline, seed, device, library versions), so that runs of other
+settings sharing a work dir never touch it: a header line with the settings and their
+fingerprint, then one JSON line per image (its path, the four per-class areas of mmseg's metric,
+the annotation's problem and the undefined pixels). A line cut short by the interruption is
+ignored. A new (not resumed) run of the same settings starts their files afresh.
 """
 import glob
 import hashlib
@@ -14,23 +16,29 @@ import logging
 import os
 import os.path as osp
 import re
-from typing import Dict, Iterable, List
+from typing import Dict, Iterable, List, Optional
 
 import torch
 from mmengine.dist import get_rank, get_world_size
 from mmengine.logging import print_log
 
-FILE_PATTERN = 'scored_images.rank{}.jsonl'
-FILE_NAME = re.compile(r'scored_images\.rank(\d+)\.jsonl')
+FILE_NAME = re.compile(r'scored_images\.([0-9a-f]{16})\.rank(\d+)\.jsonl')
 
 
 class JournalError(ValueError):
     """A journal that cannot be resumed: made with other settings, or unreadable."""
 
 
-def journal_files(folder: str) -> List[str]:
-    return sorted(path for path in glob.glob(osp.join(glob.escape(folder), '*.jsonl'))
-                  if FILE_NAME.fullmatch(osp.basename(path)))
+def journal_path(folder: str, header: dict, rank: int) -> str:
+    return osp.join(folder, f'scored_images.{header["fingerprint"][:16]}.rank{rank}.jsonl')
+
+
+def journal_files(folder: str, header: Optional[dict] = None) -> List[str]:
+    """The journal files in ``folder``: of the settings of ``header``, or of any."""
+    names = {path: FILE_NAME.fullmatch(osp.basename(path))
+             for path in glob.glob(osp.join(glob.escape(folder), '*.jsonl'))}
+    return sorted(path for path, name in names.items() if name and (
+        header is None or name.group(1) == header['fingerprint'][:16]))
 
 
 def differing_keys(old, new, depth: int = 2, prefix: str = '') -> List[str]:
@@ -52,20 +60,28 @@ def journal_header(settings: dict) -> dict:
 
 def load_journal(folder: str, header: dict) -> Dict[str, dict]:
     """Every image scored in ``folder``'s journal files under the settings of ``header`` (see
-    :func:`journal_header`): path → line. Raises :class:`JournalError` for a file made under
-    other settings."""
+    :func:`journal_header`): path → line; none if ``folder`` has no journal. Raises
+    :class:`JournalError` if it only has journals of other settings."""
+    files = journal_files(folder, header)
+    if not files and journal_files(folder):
+        raise JournalError(f'{osp.abspath(folder)} holds journals of other settings only '
+                           f'(changed: {_changes_since_newest(folder, header)}); leave out '
+                           '--resume to start again, or give another --work-dir')
     entries = {}
-    for path in journal_files(folder):
+    for path in files:
         lines = _read_lines(path)
-        if not lines:
-            continue
-        if lines[0].get('fingerprint') != header['fingerprint']:
-            changed = ', '.join(differing_keys(lines[0].get('settings') or {},
-                                               header['settings'])[:4]) or 'the settings'
-            raise JournalError(f'{path} was written with other settings (changed: {changed}); '
-                               'leave out --resume to start again, or give another --work-dir')
+        if lines and lines[0].get('fingerprint') != header['fingerprint']:
+            raise JournalError(f'{path}: not a journal of these settings; remove it')
         entries.update((entry['image'], entry) for entry in lines[1:])
     return entries
+
+
+def _changes_since_newest(folder: str, header: dict) -> str:
+    """What differs between ``header``'s settings and those of the newest journal file."""
+    newest = max(journal_files(folder), key=osp.getmtime)
+    lines = _read_lines(newest)
+    old = (lines[0].get('settings') or {}) if lines else {}
+    return ', '.join(differing_keys(old, header['settings'])[:4]) or 'the settings'
 
 
 def _read_text(path: str) -> str:
@@ -139,10 +155,10 @@ class Journal:
 
     def _open(self):
         rank = get_rank()
-        path = osp.join(self.folder, FILE_PATTERN.format(rank))
+        path = journal_path(self.folder, self.header, rank)
         if not self.resume and rank == 0:
             world_size = get_world_size()
-            for stale in journal_files(self.folder):
+            for stale in journal_files(self.folder, self.header):
                 if _rank_of(stale) >= world_size:
                     os.remove(stale)
         if self.resume and osp.isfile(path):
@@ -166,7 +182,7 @@ class Journal:
 
 
 def _rank_of(path: str) -> int:
-    return int(FILE_NAME.fullmatch(osp.basename(path)).group(1))
+    return int(FILE_NAME.fullmatch(osp.basename(path)).group(2))
 
 
 def _drop_cut_line(path: str) -> None:

@@ -6,7 +6,13 @@ import torch
 
 from fsa_seg.evaluation import JournalError, PerClassIoUMetric
 from fsa_seg.evaluation import journal as journal_module
-from fsa_seg.evaluation.journal import Journal, journal_header, load_journal, result
+from fsa_seg.evaluation.journal import (
+    Journal,
+    journal_header,
+    journal_path,
+    load_journal,
+    result,
+)
 
 PRED = [[0, 1, 2], [0, 1, 1]]
 HEADER = journal_header(dict(model=dict(type='ClearCLIP', prob_thd=0.0), seed=0))
@@ -63,7 +69,7 @@ def test_areas_read_back_exactly(tmp_path):
 def test_a_line_cut_short_by_the_interruption_is_dropped_and_written_over(tmp_path):
     line = dict(areas=[[1.0]] * 4, problem=None, undefined=None)
     Journal(str(tmp_path), HEADER).write([dict(line, image='a.jpg')])
-    path = tmp_path / 'scored_images.rank0.jsonl'
+    path = journal_path(str(tmp_path), HEADER, 0)
     with open(path, 'a') as handle:
         handle.write('{"image": "b.jpg", "are')
     assert list(load_journal(str(tmp_path), HEADER)) == ['a.jpg']
@@ -75,12 +81,19 @@ def test_a_line_cut_short_by_the_interruption_is_dropped_and_written_over(tmp_pa
         load_journal(str(tmp_path), HEADER)
 
 
-def test_a_journal_of_other_settings_is_refused_naming_what_changed(tmp_path):
-    Journal(str(tmp_path), HEADER).write([dict(image='a.jpg', areas=[[1.0]] * 4, problem=None,
-                                               undefined=None)])
+def test_runs_of_other_settings_keep_their_own_journals(tmp_path):
+    """Resuming under other settings is refused, naming what changed; a run of other settings
+    in the same work dir (two runs at once) leaves the first run's journal alone."""
+    line = dict(areas=[[1.0]] * 4, problem=None, undefined=None)
+    Journal(str(tmp_path), HEADER).write([dict(line, image='a.jpg')])
     other = journal_header(dict(model=dict(type='ClearCLIP', prob_thd=0.3), seed=0))
-    with pytest.raises(JournalError, match=r'other settings \(changed: model\.prob_thd\)'):
+    with pytest.raises(JournalError, match=r'holds journals of other settings only \(changed: '
+                                           r'model\.prob_thd\); leave out --resume'):
         load_journal(str(tmp_path), other)
+    Journal(str(tmp_path), other).write([dict(line, image='b.jpg')])
+    assert list(load_journal(str(tmp_path), HEADER)) == ['a.jpg']
+    assert list(load_journal(str(tmp_path), other)) == ['b.jpg']
+    assert load_journal(str(tmp_path / 'empty'), HEADER) == {}   # nothing to resume: no error
 
 
 def test_a_new_run_starts_its_file_afresh_and_drops_files_of_ranks_it_lacks(tmp_path):
@@ -88,13 +101,13 @@ def test_a_new_run_starts_its_file_afresh_and_drops_files_of_ranks_it_lacks(tmp_
     run resumes (then its images count)."""
     line = dict(areas=[[1.0]] * 4, problem=None, undefined=None)
     for rank, image in ((0, 'a.jpg'), (1, 'b.jpg')):
-        (tmp_path / f'scored_images.rank{rank}.jsonl').write_text(
-            json.dumps(HEADER) + '\n' + json.dumps(dict(line, image=image)) + '\n')
+        with open(journal_path(str(tmp_path), HEADER, rank), 'w') as handle:
+            handle.write(json.dumps(HEADER) + '\n' + json.dumps(dict(line, image=image)) + '\n')
     Journal(str(tmp_path), HEADER, resume=True).write([dict(line, image='c.jpg')])
     assert sorted(load_journal(str(tmp_path), HEADER)) == ['a.jpg', 'b.jpg', 'c.jpg']
     Journal(str(tmp_path), HEADER).write([dict(line, image='d.jpg')])
     assert list(load_journal(str(tmp_path), HEADER)) == ['d.jpg']
-    assert sorted(p.name for p in tmp_path.iterdir()) == ['scored_images.rank0.jsonl']
+    assert [str(p) for p in tmp_path.iterdir()] == [journal_path(str(tmp_path), HEADER, 0)]
 
 
 def test_a_journal_that_cannot_be_written_warns_once_and_the_evaluation_goes_on(tmp_path,

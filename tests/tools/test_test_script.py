@@ -278,9 +278,9 @@ def test_resuming_under_other_settings_is_refused_in_one_line(tmp_path, capfd,
     capfd.readouterr()
     run_test_script(*args, '--resume', '--cfg-options', 'model.prob_thd=0.5', status=1)
     error = capfd.readouterr().err.strip()
-    assert re.fullmatch(r'tools/test\.py: error: \S+scored_images\.rank0\.jsonl was written '
-                        r'with other settings \(changed: model\.prob_thd\); leave out --resume '
-                        r'to start again, or give another --work-dir', error), error
+    assert re.fullmatch(r'tools/test\.py: error: \S+work holds journals of other settings only '
+                        r'\(changed: model\.prob_thd\); leave out --resume to start again, or '
+                        r'give another --work-dir', error), error
     assert processed_images['images'] == ['2007_000000.jpg']   # nothing run
 
 

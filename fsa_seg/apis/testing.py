@@ -387,7 +387,8 @@ def write_results(path: str, cfg: Config, metrics: dict, evaluators: Sequence,
                    metrics={k: float(v) for k, v in metrics.items()})
     for evaluator in evaluators:
         if hasattr(evaluator, 'per_class'):
-            results.update(num_images=evaluator.num_images, per_class=evaluator.per_class,
+            results.update(num_images=evaluator.num_images,
+                           resumed_images=evaluator.num_resumed, per_class=evaluator.per_class,
                            bad_annotations=dict(policy=evaluator.on_bad_annotation,
                                                 count=len(evaluator.annotation_problems),
                                                 files=evaluator.annotation_problems),

@@ -82,6 +82,7 @@ class PerClassIoUMetric(IoUMetric):
         self.annotation_problems: List[dict] = []
         self.undefined_predictions: List[dict] = []
         self.journal: Optional[Journal] = None
+        self.num_resumed = 0  # of the images evaluated, those scored before a resumed run
 
     def process(self, data_batch: dict, data_samples: Sequence[dict]) -> None:
         """mmseg's, one sample at a time; each result carries the annotation's problem, the
@@ -133,8 +134,11 @@ class PerClassIoUMetric(IoUMetric):
     def compute_metrics(self, results: List[tuple]) -> Dict[str, float]:
         if self.format_only:
             return super().compute_metrics(results)
+        earlier = []
         if self.journal is not None and self.journal.resume:
-            results = list(results) + self.journal.earlier_results(r[6] for r in results)
+            earlier = self.journal.earlier_results(r[6] for r in results)
+        self.num_resumed = len(earlier)
+        results = list(results) + earlier
         problems = [result[4] for result in results if result[4] is not None]
         # float64 sums: exact pixel counts in any order (mmseg's float32 sums round past 2^24
         # pixels a class, so they depend on the order of the images; a resumed run's differs)

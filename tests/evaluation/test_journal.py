@@ -38,7 +38,8 @@ def test_a_resumed_metric_adds_the_images_scored_before_it(tmp_path):
     second.process({}, [sample([[0, 1, 2], [0, 2, 1]], 'b')])    # (1, 1) is road, not tree
     metrics = second.compute_metrics(second.results)
     # by hand over both images: sky 4/4; tree ∩ 5, ∪ 6; road ∩ 2, ∪ 3; 11 of 12 pixels right
-    assert second.num_images == 2 and metrics['aAcc'] == pytest.approx(1100 / 12, abs=0.01)
+    assert second.num_images == 2 and second.num_resumed == 1
+    assert metrics['aAcc'] == pytest.approx(1100 / 12, abs=0.01)
     assert [second.per_class[c]['IoU'] for c in ('sky', 'tree', 'road')] == pytest.approx(
         [100.0, 500 / 6, 200 / 3])
     fresh = metric(tmp_path)                                     # not resumed: b alone

@@ -234,6 +234,8 @@ def evaluate(cfg: Config, out: Optional[str] = None, allow_partial: bool = False
             runner = Runner.from_cfg(cfg)
             dataset = runner.test_dataloader.dataset
         attach_journal(runner, journal)
+        if resume and dist.is_initialized():
+            dist.barrier()  # every process has read the journal before any writes to it
         if has_random_weights(cfg):  # in the run's log, next to its numbers
             from .inference import RANDOM_WEIGHTS_WARNING
             print_log(RANDOM_WEIGHTS_WARNING, logger='current', level=logging.WARNING)

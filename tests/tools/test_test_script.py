@@ -148,6 +148,15 @@ def test_two_processes_give_the_same_metrics_as_one_and_draw_every_image(tmp_pat
     again = json.loads(resumed.read_text())
     assert again['num_images'] == 3 and again['metrics'] == two['metrics']
     assert json.dumps(again['per_class']) == json.dumps(two['per_class'])   # NaN as NaN
+    # and two processes resume too
+    result = subprocess.run(
+        ['bash', 'tools/dist_test.sh', str(config), '2', '--work-dir', str(tmp_path / 'w2'),
+         '--out', str(resumed), '--allow-partial-split', '--resume'],
+        cwd=REPO, capture_output=True, text=True, timeout=600,
+        env=dict(os.environ, PORT=str(free_port()), OMP_NUM_THREADS='1'))
+    assert result.returncode == 0, result.stderr[-3000:]
+    again = json.loads(resumed.read_text())
+    assert again['resumed_images'] == 2 and again['metrics'] == two['metrics']
 
 
 @pytest.mark.parametrize('dataset', [b.name for b in MATRIX.benchmarks])

@@ -324,8 +324,10 @@ def _subset(indices, length: int) -> List[int]:
 
 
 def _first_process() -> bool:
-    """Rank 0, also before the process group exists (torchrun sets RANK)."""
-    return int(os.environ.get('RANK', '0')) == 0
+    """Rank 0, also before the process group exists (as torchrun, slurm or mpirun say)."""
+    rank = next((os.environ[key] for key in ('RANK', 'SLURM_PROCID', 'OMPI_COMM_WORLD_RANK')
+                 if key in os.environ), '0')
+    return int(rank) == 0
 
 
 def say_how_to_resume(journal: Optional[Journal]) -> None:

@@ -72,7 +72,7 @@ def load_journal(folder: str, header: dict) -> Dict[str, dict]:
         lines = _read_lines(path)
         if lines and lines[0].get('fingerprint') != header['fingerprint']:
             raise JournalError(f'{path}: not a journal of these settings; remove it')
-        entries.update((entry['image'], entry) for entry in lines[1:])
+        entries.update((line['image'], line) for line in lines[1:])
     return entries
 
 
@@ -106,14 +106,14 @@ def _read_lines(path: str) -> List[dict]:
     return lines
 
 
-def entry(result: tuple) -> dict:
+def to_line(result: tuple) -> dict:
     """A journal line of one of :class:`PerClassIoUMetric`'s results (four areas, problem,
     undefined pixels, image)."""
     areas = [area.tolist() for area in result[:4]]
     return dict(image=result[6], areas=areas, problem=result[4], undefined=result[5])
 
 
-def result(line: dict) -> tuple:
+def from_line(line: dict) -> tuple:
     """The metric's result back from a journal line; float32 areas, as mmseg's (exact: they are
     pixel counts, written as decimal floats that read back to the same float32)."""
     areas = tuple(torch.tensor(area, dtype=torch.float32) for area in line['areas'])
@@ -172,7 +172,7 @@ class Journal:
     def earlier_results(self, scored_now: Iterable[str]) -> List[tuple]:
         """The results of the images scored before this run (all files), not scored again."""
         scored_now = set(scored_now)
-        return [result(line) for image, line in load_journal(self.folder, self.header).items()
+        return [from_line(line) for image, line in load_journal(self.folder, self.header).items()
                 if image not in scored_now]
 
     def close(self) -> None:

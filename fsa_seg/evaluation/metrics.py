@@ -9,8 +9,7 @@ from mmengine.logging import print_log
 from mmseg.evaluation import IoUMetric
 from mmseg.registry import METRICS
 
-from .journal import Journal
-from .journal import entry as journal_line
+from .journal import Journal, to_line
 
 BAD_ANNOTATION_POLICIES = ('error', 'warn')
 FLAG = '--allow-bad-annotations'
@@ -96,7 +95,7 @@ class PerClassIoUMetric(IoUMetric):
             self._score(data_batch, sample, num_classes)
             self.results[-1] = (*self.results[-1], sample.get('img_path'))
         if self.journal is not None:
-            self.journal.write(journal_line(result) for result in self.results[first:]
+            self.journal.write(to_line(result) for result in self.results[first:]
                                if result[6] is not None)
 
     def _score(self, data_batch: dict, sample: dict, num_classes: int) -> None:

@@ -8,10 +8,10 @@ from fsa_seg.evaluation import JournalError, PerClassIoUMetric
 from fsa_seg.evaluation import journal as journal_module
 from fsa_seg.evaluation.journal import (
     Journal,
+    from_line,
     journal_header,
     journal_path,
     load_journal,
-    result,
 )
 
 PRED = [[0, 1, 2], [0, 1, 1]]
@@ -63,7 +63,7 @@ def test_areas_read_back_exactly(tmp_path):
     areas = torch.tensor([3.0, 1.5e7, 16777216.0, 123457.0])
     Journal(str(tmp_path), HEADER).write(
         [dict(image='x.jpg', areas=[areas.tolist()] * 4, problem=None, undefined=None)])
-    back = result(load_journal(str(tmp_path), HEADER)['x.jpg'])
+    back = from_line(load_journal(str(tmp_path), HEADER)['x.jpg'])
     assert all(torch.equal(area, areas) and area.dtype == torch.float32 for area in back[:4])
 
 

@@ -41,13 +41,6 @@ def annotation_problem(sample: dict, num_classes: int, ignore_index: int) -> Opt
                         f'{num_classes} classes (0..{num_classes - 1}, {ignore_index} = ignore)')
 
 
-def undefined_prediction(sample: dict) -> Optional[dict]:
-    """The image and its count of pixels whose class probabilities were not finite, so their
-    labels arbitrary (recorded by the segmentor as ``undefined_pixels``), or None."""
-    pixels = sample.get('undefined_pixels', 0)
-    return dict(file=sample.get('img_path', 'image'), pixels=pixels) if pixels else None
-
-
 @METRICS.register_module()
 class PerClassIoUMetric(IoUMetric):
     """Same metrics and log as :class:`mmseg.evaluation.IoUMetric`; after each evaluation
@@ -84,29 +77,29 @@ class PerClassIoUMetric(IoUMetric):
         self.num_resumed = 0  # of the images evaluated, those scored before a resumed run
 
     def process(self, data_batch: dict, data_samples: Sequence[dict]) -> None:
-        """mmseg's, one sample at a time; each result carries the annotation's problem, the
-        prediction's undefined pixels (or None) and the image's path, so that results gathered
-        from every rank keep one entry per image."""
+        """mmseg's, one sample at a time; each result carries the annotation's problem (or
+        None), the prediction's undefined pixels (the segmentor's ``undefined_pixels``) and the
+        image's path, so that results gathered from every rank keep one entry per image."""
         if self.format_only:
             return super().process(data_batch, data_samples)
         num_classes = len(self.dataset_meta['classes'])
         first = len(self.results)
         for sample in data_samples:
             self._score(data_batch, sample, num_classes)
-            self.results[-1] = (*self.results[-1], sample.get('img_path'))
         if self.journal is not None:
             self.journal.write(to_line(result) for result in self.results[first:]
                                if result[6] is not None)
 
     def _score(self, data_batch: dict, sample: dict, num_classes: int) -> None:
-        """Append the sample's result: mmseg's four areas, the annotation's problem and the
-        prediction's undefined pixels."""
+        """Append the sample's result: mmseg's four areas, the annotation's problem, the
+        prediction's undefined pixels and the image's path."""
         problem = annotation_problem(sample, num_classes, self.ignore_index)
         if problem is not None:
             self._report(problem)
+        about = (problem, sample.get('undefined_pixels', 0), sample.get('img_path'))
         if problem is not None and problem['problem'] == 'size':
             zeros = torch.zeros(num_classes)  # as mmseg's areas: float32, CPU
-            self.results.append((zeros, zeros, zeros, zeros, problem, None))
+            self.results.append((zeros, zeros, zeros, zeros, *about))
             return
         if problem is not None:  # out-of-range values: ignored pixels
             label = sample['gt_sem_seg']['data']
@@ -114,7 +107,7 @@ class PerClassIoUMetric(IoUMetric):
                                       self.ignore_index)
             sample = dict(sample, gt_sem_seg=dict(sample['gt_sem_seg'], data=label))
         super().process(data_batch, [sample])
-        self.results[-1] = (*self.results[-1], problem, undefined_prediction(sample))
+        self.results[-1] = (*self.results[-1], *about)
 
     def _report(self, problem: dict) -> None:
         if self.on_bad_annotation == 'error':
@@ -139,10 +132,11 @@ class PerClassIoUMetric(IoUMetric):
         self.num_resumed = len(earlier)
         results = list(results) + earlier
         problems = [result[4] for result in results if result[4] is not None]
+        scored = [result for result in results
+                  if result[4] is None or result[4]['problem'] != 'size']
         # float64 sums: exact pixel counts in any order (mmseg's float32 sums round past 2^24
         # pixels a class, so they depend on the order of the images; a resumed run's differs)
-        areas = [tuple(area.double() for area in result[:4]) for result in results
-                 if result[4] is None or result[4]['problem'] != 'size']
+        areas = [tuple(area.double() for area in result[:4]) for result in scored]
         metrics = super().compute_metrics(areas)
         intersect, union, pred_area, label_area = (sum(column) for column in zip(*areas))
         per_metric = self.total_area_to_metrics(intersect, union, pred_area, label_area,
@@ -153,7 +147,8 @@ class PerClassIoUMetric(IoUMetric):
         self.num_images = len(areas)
         self.annotation_problems = [{k: v for k, v in p.items() if k != 'message'}
                                     for p in problems]
-        self.undefined_predictions = [result[5] for result in results if result[5] is not None]
+        self.undefined_predictions = [dict(file=result[6] or 'image', pixels=result[5])
+                                      for result in scored if result[5]]
         if self.undefined_predictions:
             pixels = sum(entry['pixels'] for entry in self.undefined_predictions)
             print_log(f'WARNING: {len(self.undefined_predictions)} of the scored images had '

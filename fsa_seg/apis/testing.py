@@ -279,9 +279,10 @@ def prepare_journal(cfg: Config, resume: bool) -> Optional[Journal]:
                               'IoUMetric (or PerClassIoUMetric), whose images are journaled')
         return None
     header = journal_header(journal_settings(cfg))
-    if resume:
-        skip_scored_images(cfg, load_journal(cfg.work_dir, header))
-    return Journal(cfg.work_dir, header, resume)
+    earlier = load_journal(cfg.work_dir, header) if resume else None
+    if earlier is not None:
+        skip_scored_images(cfg, earlier)
+    return Journal(cfg.work_dir, header, earlier)
 
 
 def attach_journal(runner: Runner, journal: Optional[Journal]) -> None:

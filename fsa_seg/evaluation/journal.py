@@ -127,12 +127,13 @@ class Journal:
         folder: where the files are (the run's work dir).
         header: :func:`journal_header` of the settings the numbers depend on (see
             ``fsa_seg.apis.testing``); it heads each file.
-        resume: append to the journal (False: this process's file starts afresh, and rank 0
-            removes the files of ranks this run does not have).
+        earlier: a resumed run's :func:`load_journal`, read before the run (it appends to the
+            journal); None for a new run (this process's file starts afresh, and rank 0 removes
+            the files of ranks this run does not have).
     """
 
-    def __init__(self, folder: str, header: dict, resume: bool = False):
-        self.folder, self.header, self.resume = folder, dict(header), resume
+    def __init__(self, folder: str, header: dict, earlier: Optional[Dict[str, dict]] = None):
+        self.folder, self.header, self.earlier = folder, dict(header), earlier
         self._handle = None
         self.failed = False
 
@@ -169,10 +170,14 @@ class Journal:
             handle.write(json.dumps(self.header) + '\n')
         return handle
 
+    @property
+    def resume(self) -> bool:
+        return self.earlier is not None
+
     def earlier_results(self, scored_now: Iterable[str]) -> List[tuple]:
-        """The results of the images scored before this run (all files), not scored again."""
+        """The results of the images scored before this run, not scored again."""
         scored_now = set(scored_now)
-        return [from_line(line) for image, line in load_journal(self.folder, self.header).items()
+        return [from_line(line) for image, line in (self.earlier or {}).items()
                 if image not in scored_now]
 
     def close(self) -> None:

@@ -24,9 +24,14 @@ def sample(gt, name):
                 seg_map_path=f'/data/{name}.png', img_path=f'/data/{name}.jpg')
 
 
+def resumed(folder, header=HEADER):
+    """A resumed run's journal, as tools/test.py makes it: the earlier lines read first."""
+    return Journal(str(folder), header, load_journal(str(folder), header))
+
+
 def metric(folder, resume=False, header=HEADER):
     metric = PerClassIoUMetric()
-    metric.journal = Journal(str(folder), header, resume)
+    metric.journal = resumed(folder, header) if resume else Journal(str(folder), header)
     metric.dataset_meta = dict(classes=('sky', 'tree', 'road'))
     return metric
 
@@ -62,19 +67,19 @@ def test_the_problems_of_the_images_scored_before_are_reported_too(tmp_path):
 def test_areas_read_back_exactly(tmp_path):
     areas = torch.tensor([3.0, 1.5e7, 16777216.0, 123457.0])
     Journal(str(tmp_path), HEADER).write(
-        [dict(image='x.jpg', areas=[areas.tolist()] * 4, problem=None, undefined=None)])
+        [dict(image='x.jpg', areas=[areas.tolist()] * 4, problem=None, undefined=0)])
     back = from_line(load_journal(str(tmp_path), HEADER)['x.jpg'])
     assert all(torch.equal(area, areas) and area.dtype == torch.float32 for area in back[:4])
 
 
 def test_a_line_cut_short_by_the_interruption_is_dropped_and_written_over(tmp_path):
-    line = dict(areas=[[1.0]] * 4, problem=None, undefined=None)
+    line = dict(areas=[[1.0]] * 4, problem=None, undefined=0)
     Journal(str(tmp_path), HEADER).write([dict(line, image='a.jpg')])
     path = journal_path(str(tmp_path), HEADER, 0)
     with open(path, 'a') as handle:
         handle.write('{"image": "b.jpg", "are')
     assert list(load_journal(str(tmp_path), HEADER)) == ['a.jpg']
-    Journal(str(tmp_path), HEADER, resume=True).write([dict(line, image='c.jpg')])
+    resumed(tmp_path).write([dict(line, image='c.jpg')])
     assert list(load_journal(str(tmp_path), HEADER)) == ['a.jpg', 'c.jpg']
     with open(path, 'a') as handle:
         handle.write('not json\n{"image": "d.jpg"}\n')
@@ -85,7 +90,7 @@ def test_a_line_cut_short_by_the_interruption_is_dropped_and_written_over(tmp_pa
 def test_runs_of_other_settings_keep_their_own_journals(tmp_path):
     """Resuming under other settings is refused, naming what changed; a run of other settings
     in the same work dir (two runs at once) leaves the first run's journal alone."""
-    line = dict(areas=[[1.0]] * 4, problem=None, undefined=None)
+    line = dict(areas=[[1.0]] * 4, problem=None, undefined=0)
     Journal(str(tmp_path), HEADER).write([dict(line, image='a.jpg')])
     other = journal_header(dict(model=dict(type='ClearCLIP', prob_thd=0.3), seed=0))
     with pytest.raises(JournalError, match=r'holds journals of other settings only \(changed: '
@@ -100,11 +105,11 @@ def test_runs_of_other_settings_keep_their_own_journals(tmp_path):
 def test_a_new_run_starts_its_file_afresh_and_drops_files_of_ranks_it_lacks(tmp_path):
     """One process (rank 0 of 1): rank 1's file of an earlier two-process run goes, unless the
     run resumes (then its images count)."""
-    line = dict(areas=[[1.0]] * 4, problem=None, undefined=None)
+    line = dict(areas=[[1.0]] * 4, problem=None, undefined=0)
     for rank, image in ((0, 'a.jpg'), (1, 'b.jpg')):
         with open(journal_path(str(tmp_path), HEADER, rank), 'w') as handle:
             handle.write(json.dumps(HEADER) + '\n' + json.dumps(dict(line, image=image)) + '\n')
-    Journal(str(tmp_path), HEADER, resume=True).write([dict(line, image='c.jpg')])
+    resumed(tmp_path).write([dict(line, image='c.jpg')])
     assert sorted(load_journal(str(tmp_path), HEADER)) == ['a.jpg', 'b.jpg', 'c.jpg']
     Journal(str(tmp_path), HEADER).write([dict(line, image='d.jpg')])
     assert list(load_journal(str(tmp_path), HEADER)) == ['d.jpg']

@@ -1,6 +1,7 @@
 """Test doubles shared by tests, imported by name (tests/conftest.py puts tests/ on sys.path and
 registers the plug-ins for a test through its ``pass_through_plugins`` fixture), the timm
-keyword arguments of the tiny random VFMs the tests build, and a CUDA-graph capture for CPU."""
+keyword arguments of the tiny random VFMs the tests build, a CUDA-graph capture for CPU, and a
+recorder of the messages a module logs."""
 from fsa_seg.models.plugins import AttentionPlugin
 
 TINY_VFM = dict(embed_dim=32, depth=2, num_heads=2)
@@ -39,3 +40,10 @@ class RecordingCapture:
         static_input = example.clone()
         static_output = forward(static_input)
         return static_input, static_output, lambda: static_output.copy_(forward(static_input))
+
+
+def record_logs(monkeypatch, module) -> list:
+    """The messages ``module`` logs with mmengine's ``print_log`` from now on, in order."""
+    messages = []
+    monkeypatch.setattr(module, 'print_log', lambda message, **kwargs: messages.append(message))
+    return messages

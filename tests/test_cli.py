@@ -19,6 +19,8 @@ from fsa_seg.apis.predict import DEMO_IMAGE, DEMO_VOCABULARY
 from fsa_seg.models.backbones import tiny_clip_arch
 from fsa_seg.visualization import make_palette
 
+from doubles import record_logs
+
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT = REPO / 'configs' / 'proxyclip' / 'proxyclip_fsa_vit-b16_dino-b8_voc21.py'
 VOCAB = ['sky', 'tree', 'house; building', 'road', 'grass']
@@ -180,7 +182,7 @@ def test_api_gives_the_same_label_maps_as_the_cli(cli_run, tiny_config, images):
 # ------------------------------------------------------------------ defaults and failures
 def test_no_input_segments_the_demo_image_with_the_demo_vocabulary(tiny_config, tmp_path,
                                                                    monkeypatch):
-    logs = record_logs(monkeypatch)
+    logs = record_logs(monkeypatch, inference)
     demo = Image.open(DEMO_IMAGE)
     assert demo.mode == 'RGB' and DEMO_IMAGE.stat().st_size <= 100_000
     assert (DEMO_IMAGE.parent / 'README.md').read_text().count('CC0') >= 1
@@ -274,12 +276,6 @@ def test_output_names_stay_distinct():
     assert _output_names(paths) == ['x', 'x_jpg', 'x_png', 'x_2', 'y']
 
 
-def record_logs(monkeypatch):
-    messages = []
-    monkeypatch.setattr(inference, 'print_log', lambda message, **kwargs: messages.append(message))
-    return messages
-
-
 def test_local_weight_files_replace_random_weights(cli_run, tiny_config, images, tmp_path,
                                                    monkeypatch):
     """Weights saved from the (seeded) random model and given back as files reproduce its
@@ -291,7 +287,7 @@ def test_local_weight_files_replace_random_weights(cli_run, tiny_config, images,
     torch.save(model.clip.model.state_dict(), clip_file)
     torch.save(model.vfm.model.state_dict(), vfm_file)
     out = tmp_path / 'out'
-    logs = record_logs(monkeypatch)
+    logs = record_logs(monkeypatch, inference)
     status, stdout, stderr = run_cli('predict', images / 'blocks.png', '--config', tiny_config,
                                      '--clip-weights', clip_file, '--vfm-weights', vfm_file,
                                      '--out-dir', out, '--quiet', '--vocab', *VOCAB)
@@ -312,8 +308,7 @@ def test_undefined_pixels_are_named_and_counted_in_the_summary(tiny_config, imag
     from fsa_seg.models.segmentors import base
     config = tmp_path / 'undefined.py'
     config.write_text(f'_base_ = [{str(tiny_config)!r}]\nmodel = dict(beta=1e6)\n')
-    messages = []
-    monkeypatch.setattr(base, 'print_log', lambda message, **kwargs: messages.append(message))
+    messages = record_logs(monkeypatch, base)
     inputs = [images / 'blocks.png', images / 'gray.png']
     status, _, stderr = run_cli('predict', *inputs, '--config', config, '--random-weights',
                                 '--out-dir', tmp_path / 'out', '--quiet', '--vocab', *VOCAB,

@@ -14,6 +14,8 @@ from fsa_seg.evaluation.journal import (
     load_journal,
 )
 
+from doubles import record_logs
+
 PRED = [[0, 1, 2], [0, 1, 1]]
 HEADER = journal_header(dict(model=dict(type='ClearCLIP', prob_thd=0.0), seed=0))
 
@@ -118,8 +120,7 @@ def test_a_new_run_starts_its_file_afresh_and_drops_files_of_ranks_it_lacks(tmp_
 
 def test_a_journal_that_cannot_be_written_warns_once_and_the_evaluation_goes_on(tmp_path,
                                                                               monkeypatch):
-    messages = []
-    monkeypatch.setattr(journal_module, 'print_log', lambda message, **kw: messages.append(message))
+    messages = record_logs(monkeypatch, journal_module)
     (tmp_path / 'file').write_text('a file where the folder should be')
     scoring = metric(tmp_path / 'file')
     scoring.process({}, [sample(PRED, 'a')])

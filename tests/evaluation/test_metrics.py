@@ -4,6 +4,8 @@ import torch
 
 from fsa_seg.evaluation import AnnotationError, PerClassIoUMetric
 
+from doubles import record_logs
+
 PRED = [[0, 1, 2], [0, 1, 1]]
 
 
@@ -61,8 +63,7 @@ def test_predictions_with_undefined_pixels_are_listed_and_still_scored(monkeypat
     """The segmentor's ``undefined_pixels`` (see test_base.py) is carried to the results; the
     image is scored as predicted, as the official code scores it."""
     from fsa_seg.evaluation import metrics as module
-    messages = []
-    monkeypatch.setattr(module, 'print_log', lambda message, **kwargs: messages.append(message))
+    messages = record_logs(monkeypatch, module)
     clean = sample(PRED, [[0, 1, 2], [0, 1, 1]], 'clean')
     undefined = dict(sample(PRED, [[0, 1, 2], [0, 2, 1]], 'nan'), undefined_pixels=4)
     metric, metrics = evaluate([clean, undefined])

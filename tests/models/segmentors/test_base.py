@@ -7,6 +7,7 @@ from mmseg.structures import SegDataSample
 from fsa_seg.models.segmentors import base
 from fsa_seg.models.segmentors.base import window_starts
 
+from doubles import record_logs
 from references import reference_pamr
 
 
@@ -93,8 +94,7 @@ def test_pixels_without_finite_probabilities_are_counted_and_named_once_per_batc
         tiny_clip, monkeypatch):
     """One NaN input pixel makes every logit of its whole-image pass NaN: all the pixels of
     that image at its original size are undefined, none of the other image's."""
-    messages = []
-    monkeypatch.setattr(base, 'print_log', lambda message, **kwargs: messages.append(message))
+    messages = record_logs(monkeypatch, base)
     model = build(tiny_clip, test_cfg=dict(mode='whole'))
     images = torch.randn(2, 3, 48, 48, dtype=torch.float64)
     images[0, :, 5, 7] = float('nan')

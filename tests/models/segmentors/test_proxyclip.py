@@ -8,7 +8,7 @@ from torch import nn
 
 from fsa_seg.models.segmentors import base, proxy_attention
 
-from doubles import TINY_SAM, TINY_VFM
+from doubles import TINY_SAM, TINY_VFM, record_logs
 
 
 class FixedVFM(nn.Module):
@@ -100,8 +100,7 @@ def test_proxy_attention_is_undefined_exactly_when_mean_similarity_exceeds_one_o
 
 
 def test_a_nearly_uniform_crop_is_reported_with_proxyclips_cause(golden, monkeypatch):
-    messages = []
-    monkeypatch.setattr(base, 'print_log', lambda message, **kwargs: messages.append(message))
+    messages = record_logs(monkeypatch, base)
     model = build_golden(golden)
     model.vfm.features = torch.ones_like(golden['vfm_features'])   # S = 1 everywhere
     samples = model.predict(golden['image'])

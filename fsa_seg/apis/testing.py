@@ -123,12 +123,15 @@ def _evaluators(cfg: Config) -> list:
             if isinstance(e, dict)]
 
 
+def _per_class_metrics(cfg: Config) -> list:
+    return [e for e in _evaluators(cfg) if e.get('type', '').split('.')[-1] == 'PerClassIoUMetric']
+
+
 def set_bad_annotation_policy(cfg: Config, policy: str) -> None:
     if policy not in BAD_ANNOTATION_POLICIES:
         raise ValueError(f'on_bad_annotation must be one of {BAD_ANNOTATION_POLICIES}')
-    for evaluator in _evaluators(cfg):
-        if evaluator.get('type', '').split('.')[-1] == 'PerClassIoUMetric':
-            evaluator['on_bad_annotation'] = policy
+    for evaluator in _per_class_metrics(cfg):
+        evaluator['on_bad_annotation'] = policy
 
 
 def enable_visualization(cfg: Config, show_dir: str) -> None:
@@ -255,7 +258,7 @@ def evaluate(cfg: Config, out: Optional[str] = None, allow_partial: bool = False
 # ---------------------------------------------------------------------------------- journal
 def _journaled_metric(cfg: Config) -> Optional[dict]:
     """The config's evaluator that journals its images: its one PerClassIoUMetric."""
-    ours = [e for e in _evaluators(cfg) if e.get('type', '').split('.')[-1] == 'PerClassIoUMetric']
+    ours = _per_class_metrics(cfg)
     return ours[0] if len(ours) == 1 else None
 
 

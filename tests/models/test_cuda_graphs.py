@@ -133,10 +133,10 @@ def test_model_state_follows_storage_and_in_place_changes():
 
 
 # ---------------------------------------------------------------------------- in a segmentor
-def tiny_proxyclip(tiny_clip, **kwargs):
+def tiny_proxyclip(tiny_clip, plugin=dict(type='FSA'), **kwargs):
     return MODELS.build(dict(
         type='ProxyCLIP', clip=tiny_clip, vocabulary=['a', 'b', 'c'], templates='plain',
-        text_cache_dir=False, plugin=dict(type='FSA'),
+        text_cache_dir=False, plugin=plugin,
         vfm=dict(type='TimmVFM', name='dino_vitb8', random_init=True, model_kwargs=TINY_VFM),
         test_cfg=dict(mode='slide', crop_size=(112, 112), stride=(56, 56)), crop_batch_size=4,
         **kwargs))

@@ -72,10 +72,7 @@ def _prune_and_sharpen_op(rows: Tensor, lamda: float, top_p: float, from_kl: boo
     out = torch.empty(rows.shape, dtype=out_dtype, device=rows.device)
     if rows.numel() == 0:
         return out
-    # λ and top_p in the rows' dtype, as torch's scalar arithmetic on such rows uses them (a
-    # Triton float argument is fp32); filled on the device, no host-to-device copy.
-    hyper = rows.new_full((2,), top_p)
-    hyper[0] = lamda
+    hyper = _hyperparameters(rows, lamda, top_p)
     num_rows = rows.numel() // size
     block = max(16, 1 << (size - 1).bit_length())
     kernel = _kernel(rows.device)
@@ -91,6 +88,15 @@ def _prune_and_sharpen_op(rows: Tensor, lamda: float, top_p: float, from_kl: boo
         launch(rows, out, hyper, num_rows, size, FROM_KL=from_kl, KEY_BITS=8 * rows.element_size(),
                ROWS=per_program, BLOCK=block, num_warps=_num_warps(block))
     return out
+
+
+def _hyperparameters(rows: Tensor, lamda: float, top_p: float) -> Tensor:
+    """[λ, top_p] on the rows' device in their dtype, as torch's scalar arithmetic on such rows
+    uses them (a Triton float argument is fp32). Filled by kernels: ``hyper[0] = lamda`` would
+    copy a CPU scalar to the device, a host synchronisation that a CUDA graph cannot capture."""
+    hyper = rows.new_full((2,), top_p)
+    hyper[:1].fill_(lamda)
+    return hyper
 
 
 @_prune_and_sharpen_op.register_fake

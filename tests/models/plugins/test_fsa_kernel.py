@@ -11,7 +11,10 @@ import textwrap
 
 import pytest
 import torch
+from cuda_checks import HostDeviceCopies
+from torch._subclasses.fake_tensor import FakeTensorMode
 
+import fsa_seg.models.plugins.fsa_kernel as fsa_kernel
 from fsa_seg.models.plugins.fsa_kernel import MAX_FUSED_TOKENS, fused_prune_and_sharpen
 from fsa_seg.models.plugins.fsa_reference import official_prune_and_sharpen
 
@@ -113,6 +116,21 @@ COMPILE_FOR_H100 = textwrap.dedent('''
         else:
             print('no ptxas')
 ''')
+
+
+def test_the_hyperparameters_reach_the_device_without_a_host_copy():
+    """λ and top_p are filled on the device in the rows' dtype: no CPU scalar copied into a CUDA
+    tensor (a host synchronisation, and a CUDA graph capture fails on it), as the check sees
+    ``hyper[0] = lamda`` do."""
+    with FakeTensorMode(), HostDeviceCopies() as copies:
+        rows = torch.empty(4, 1764, device='cuda', dtype=torch.float64)
+        hyper = fsa_kernel._hyperparameters(rows, 3.0, 0.45)
+        assert copies.found == []
+        hyper[0] = 3.0
+    assert hyper.device.type == 'cuda' and hyper.dtype == torch.float64 and hyper.shape == (2,)
+    assert copies.found == ['aten.copy_.default']
+    rows = torch.empty(2, 8, dtype=torch.float64)
+    assert fsa_kernel._hyperparameters(rows, 3.0, 0.45).tolist() == [3.0, 0.45]
 
 
 @pytest.mark.skipif(sys.platform != 'linux', reason="Triton's CUDA compiler ships for Linux")

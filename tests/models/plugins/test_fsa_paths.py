@@ -9,10 +9,8 @@ import os
 import pytest
 import torch
 import torch.nn.functional as F
-from cuda_checks import host_syncs_raise, needs_cuda
+from cuda_checks import HostDeviceCopies, host_syncs_raise, needs_cuda
 from torch._subclasses.fake_tensor import FakeTensorMode
-from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_leaves
 
 import fsa_seg.models.plugins.fsa as fsa_module
 from fsa_seg.models.plugins import FSA
@@ -216,23 +214,6 @@ def test_cpu_pruning_equals_the_official_rows_bit_for_bit_in_lower_precisions(dt
 
 
 # ---------------------------------------------------------------------------- no host sync
-class DeviceToHostCopies(TorchDispatchMode):
-    """Records every operation that turns CUDA inputs into a CPU output (.cpu(), .to('cpu'))."""
-
-    def __init__(self):
-        super().__init__()
-        self.found = []
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        devices_in = {t.device.type for t in tree_leaves((args, kwargs))
-                      if isinstance(t, torch.Tensor)}
-        devices_out = {t.device.type for t in tree_leaves(out) if isinstance(t, torch.Tensor)}
-        if 'cuda' in devices_in and 'cpu' in devices_out:
-            self.found.append(str(func))
-        return out
-
-
 def cuda_problem(batch=1, heads=12, n=1764, dim=64, queries=171, attention='shared',
                  dtype=torch.float16):
     """An FSA input of real sizes on CUDA. Under FakeTensorMode these are fake CUDA tensors
@@ -255,7 +236,7 @@ def test_forward_on_cuda_makes_no_host_synchronisation(fused_kernel_support, att
     takes a CUDA path (the fused kernel's op has a shape-only fake), branches on no value and
     copies nothing to the host."""
     fsa = FSA(**HYPER, fused_pruning=fused)
-    with FakeTensorMode(), DeviceToHostCopies() as copies, torch.set_grad_enabled(grad):
+    with FakeTensorMode(), HostDeviceCopies() as copies, torch.set_grad_enabled(grad):
         attn, values, logits_fn = cuda_problem(attention=attention)
         assert fsa._path_for(values, -2) == ('fused' if fused else 'device')
         out = fsa(attn, values.requires_grad_(grad), logits_fn)

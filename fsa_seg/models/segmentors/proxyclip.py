@@ -3,7 +3,7 @@ import torch.nn.functional as F
 from mmseg.registry import MODELS
 from torch import Tensor
 
-from .base import TrainingFreeSegmentor
+from .base import TrainingFreeSegmentor, upsample_bilinear
 
 
 def proxy_attention(vfm_features: Tensor, beta: float, gamma: float) -> Tensor:
@@ -63,5 +63,5 @@ class ProxyCLIP(TrainingFreeSegmentor):
         _, _, values = self.clip.qkv(tokens[:, 1:])
         batch, heads, _, head_dim = values.shape
         values = values.transpose(2, 3).reshape(batch, heads * head_dim, *clip_grid)
-        values = F.interpolate(values, size=grid, mode='bilinear', align_corners=False)
+        values = upsample_bilinear(values, grid)
         return values.reshape(batch, heads, head_dim, -1).transpose(2, 3)

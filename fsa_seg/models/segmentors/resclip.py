@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from mmseg.registry import MODELS
 from torch import Tensor
 
-from .base import TrainingFreeSegmentor
+from .base import TrainingFreeSegmentor, upsample_bilinear
 from .last_block import official_neighbourhood
 from .semantic_feedback import feedback_matrix, patch_mode
 
@@ -182,8 +182,7 @@ class ResCLIP(TrainingFreeSegmentor):
     def pixel_probabilities(self, logits: Tensor, crops: Tensor) -> Tensor:
         """softmax over the names of logit_scale × the logits upsampled to the crop and refined
         by ``sfr_refine`` on it (in at least float32), (b, Q, H, W) in the model's dtype."""
-        logits = F.interpolate(logits, size=crops.shape[-2:], mode='bilinear',
-                               align_corners=False)
+        logits = upsample_bilinear(logits, crops.shape[-2:])
         if self.sfr_refine is not None:
             work_dtype = torch.promote_types(logits.dtype, torch.float32)
             logits = self.sfr_refine(crops, logits.to(work_dtype)).to(logits.dtype)

@@ -1,6 +1,7 @@
 import pytest
 import torch
 import torch.nn.functional as F
+from cuda_checks import needs_cuda
 from mmseg.registry import MODELS
 from mmseg.structures import SegDataSample
 
@@ -185,3 +186,31 @@ def test_mmseg_checkpoint_arguments_are_accepted_only_when_empty(tiny_clip):
     build(tiny_clip, pretrained=None, train_cfg=None)  # what mmseg.apis.init_model passes
     with pytest.raises(ValueError, match='clip.pretrained'):
         build(tiny_clip, pretrained='some_checkpoint.pth')
+
+
+# ---------------------------------------------------------------------------- upsampling
+def test_crops_upsample_channels_last_on_cuda_and_as_before_elsewhere():
+    """On CUDA the maps go channels-last into the upsampling (torch's kernel for that layout
+    runs a thread per value, its kernel for contiguous maps a thread per pixel over all
+    channels); seen through fake CUDA tensors. On CPU the result is F.interpolate's on the maps
+    as given, bit for bit and in the same layout."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    with FakeTensorMode():
+        values = torch.empty(2, 768, 21, 21, device='cuda', dtype=torch.float16)
+        out = base.upsample_bilinear(values, (42, 42))
+    assert out.shape == (2, 768, 42, 42) and out.dtype == torch.float16
+    assert out.is_contiguous(memory_format=torch.channels_last) and not out.is_contiguous()
+    generator = torch.Generator().manual_seed(0)
+    for maps in (torch.randn(2, 21, 7, 9, generator=generator, dtype=torch.float64),
+                 torch.randn(2, 7, 9, 21, generator=generator).permute(0, 3, 1, 2)):
+        out = base.upsample_bilinear(maps, (28, 20))
+        expected = F.interpolate(maps, size=(28, 20), mode='bilinear', align_corners=False)
+        assert torch.equal(out, expected) and out.stride() == expected.stride()
+
+
+@needs_cuda
+def test_on_cuda_the_channels_last_upsampling_agrees_with_the_contiguous_one():
+    maps = torch.randn(2, 768, 21, 21, device='cuda')
+    expected = F.interpolate(maps, size=(42, 42), mode='bilinear', align_corners=False)
+    torch.testing.assert_close(base.upsample_bilinear(maps, (42, 42)), expected,
+                               rtol=1e-6, atol=1e-6)

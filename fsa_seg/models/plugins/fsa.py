@@ -139,10 +139,13 @@ class FSA(AttentionPlugin):
         return new_attn.to(values.dtype).unsqueeze(1)
 
     def _isolated_logits(self, attended: Tensor, values: Tensor, logits_fn: LogitsFn) -> Tensor:
-        """P − P_u (B, N, Q), in at least fp32."""
+        """P − P_u (B, N, Q), in at least fp32. Both branches in one call of ``logits_fn``, the
+        uniform branch's mean token after the patches: on a GPU, where a call of a few small
+        kernels costs more host time than device time, that halves the calls."""
         scale_attn, scale_uniform = self.logit_scales
-        logits = scale_attn * logits_fn(attended)                                  # (B, N, Q)
-        uniform = scale_uniform * logits_fn(values.mean(dim=2, keepdim=True))      # (B, 1, Q)
+        tokens = torch.cat([attended, values.mean(dim=2, keepdim=True)], dim=2)  # (B, H, N+1, d)
+        both = logits_fn(tokens)                                                # (B, N+1, Q)
+        logits, uniform = scale_attn * both[:, :-1], scale_uniform * both[:, -1:]
         # fp16's smallest normal number is above the 1e-10 of the logarithm: work in ≥ fp32.
         work_dtype = torch.promote_types(values.dtype, torch.float32)
         return (logits - uniform).to(work_dtype)

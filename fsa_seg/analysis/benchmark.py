@@ -52,6 +52,7 @@ import resource
 import statistics
 import time
 import traceback
+from functools import partial
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
@@ -62,6 +63,7 @@ from mmengine.registry import init_default_scope
 from mmseg.registry import MODELS
 
 from ..apis.configs import read_config, resolve_config, use_random_weights
+from ..models.cuda_graphs import CropGraphs
 from ..models.plugins.fsa import FSA
 from ..models.plugins.fsa_reference import official_fsa
 from ..models.segmentors.proxyclip import proxy_attention
@@ -219,13 +221,17 @@ class PluginWorkload:
     L2-normalised, against Q L2-normalised random text embeddings as ``logits_fn``. FSA is built
     from ``plugin`` (a config's), the official formulation gets the same settings. Variants:
     'ours' (the path FSA picks for the device), 'ours-device' (the torch.sort chain forced),
+    on CUDA 'ours-graphed' ('ours' replayed from a CUDA graph, as ``model.cuda_graphs`` replays
+    crops: what the plug-in costs the GPU once the host no longer issues each kernel),
     'official'."""
     warmup_size = 32
 
     @staticmethod
     def variants_on(device: str) -> tuple:
-        """'ours', the device path of ours forced (on CUDA: beside the fused kernel), 'official'."""
-        return ('ours', 'ours-device', 'official')
+        """'ours', the device path of ours forced (on CUDA: beside the fused kernel), on CUDA
+        'ours' replayed from a CUDA graph, 'official'."""
+        graphed = ('ours-graphed',) if torch.device(device).type == 'cuda' else ()
+        return ('ours', 'ours-device', *graphed, 'official')
 
     def __init__(self, n: int, q: int, plugin: dict, beta: float, gamma: float, heads: int = 12,
                  head_dim: int = 64, batch: int = 1, dtype: str = 'fp32', device: str = 'cpu',
@@ -247,12 +253,16 @@ class PluginWorkload:
         self.hyper = dict(lamda=self.fsa.lamda, top_p=self.fsa.top_p,
                           logit_scales=self.fsa.logit_scales)
         self.beta, self.gamma = beta, gamma
+        self.graphs = CropGraphs()
 
     def logits_fn(self, heads):
         merged = heads.transpose(1, 2).flatten(2)                       # (B, n, H·d)
         return F.normalize(merged @ self.weight, dim=-1) @ self.text.t()
 
     def make_inputs(self, n: int):
+        # new inputs, new graphs: a graph reads its inputs at their addresses, and the memory
+        # measured for a run of 'ours-graphed' then includes its capture (the graph's pool)
+        self.graphs.clear()
         generator = torch.Generator().manual_seed(self.seed + 1)
         proxy = torch.randn(self.batch, 64, n, 1, generator=generator)
         attn = proxy_attention(proxy, beta=self.beta, gamma=self.gamma)
@@ -263,6 +273,9 @@ class PluginWorkload:
         attn, values = inputs
         if variant == 'ours':
             return self.fsa(attn, values, self.logits_fn)
+        if variant == 'ours-graphed':  # the values copied in, the output copied out, as for crops
+            return self.graphs(partial(self.fsa, attn, logits_fn=self.logits_fn), values,
+                               attn.data_ptr())
         if variant.startswith('ours-'):
             return self.fsa._forward(attn, values, self.logits_fn, path=variant[len('ours-'):])
         return official_fsa(attn, values, self.logits_fn, **self.hyper)
@@ -639,7 +652,9 @@ def plugin_report(comparison: dict) -> str:
              f"Q={params['q']}, {params['dtype']}; FSA({_fsa_repr(params['plugin'])}), "
              f"proxy attention beta={params['beta']}, gamma={params['gamma']}",
              f"ours: the {picked} path, which FSA picks on this device; ours-device: the "
-             'torch.sort path forced',
+             'torch.sort path forced'
+             + ('; ours-graphed: ours replayed from a CUDA graph'
+                if 'ours-graphed' in comparison['variants'] else ''),
              *_header(comparison), '', *_table(comparison), '']
     for variant in ours_variants:
         summary = plugin_summary(comparison, variant)

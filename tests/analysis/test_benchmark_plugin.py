@@ -10,6 +10,7 @@ import torch
 from cuda_checks import needs_cuda
 
 from fsa_seg.analysis import benchmark
+from fsa_seg.models.cuda_graphs import CropGraphs
 from fsa_seg.models.plugins import FSA
 
 SETTINGS = dict(plugin=dict(type='FSA', lamda=3.0, top_p=0.45, logit_scales=(20.0, 35.0)),
@@ -33,7 +34,8 @@ def test_each_device_runs_the_path_fsa_picks_and_forces_the_torch_sort_path(
         fused_kernel_support):
     """On CUDA FSA picks the fused kernel where Triton is there, else the torch.sort path."""
     assert benchmark.PluginWorkload.variants_on('cpu') == ('ours', 'ours-device', 'official')
-    assert benchmark.PluginWorkload.variants_on('cuda:0') == ('ours', 'ours-device', 'official')
+    assert benchmark.PluginWorkload.variants_on('cuda:0') == ('ours', 'ours-device',
+                                                              'ours-graphed', 'official')
     assert benchmark._picked_path(dict(device='cuda', n=1764, plugin=dict(type='FSA'))) == 'fused'
     assert benchmark._picked_path(dict(device='cuda', n=1764, plugin=dict(
         type='FSA', fused_pruning=False))) == 'device'
@@ -77,20 +79,25 @@ def test_the_variants_timed_compute_the_same_attention_output():
 
 
 def test_report_gives_official_over_each_of_ours_and_no_verdict(fused_kernel_support):
-    # official 1.2 s and 600 MB; ours 0.1 s and 20 MB; the other path 0.3 s and 40 MB
+    # official 1.2 s and 600 MB; ours 0.1 s and 20 MB; the other path 0.3 s and 40 MB; ours
+    # replayed from a CUDA graph 0.05 s and 30 MB
     report = benchmark.plugin_report(
-        comparison('cuda', 4096, 'fp16', (0.1, 0.3, 1.2), (20, 40, 600)))
+        comparison('cuda', 4096, 'fp16', (0.1, 0.3, 0.05, 1.2), (20, 40, 30, 600)))
     assert 'ours: the fused path' in report
+    assert 'ours-graphed: ours replayed from a CUDA graph' in report
+    assert 'official / ours-graphed: latency 24.00x' in report and 'memory 20.00x' in report
     assert 'FSA(lamda=3.0, top_p=0.45, logit_scales=(20.0, 35.0))' in report
     assert 'official / ours: latency 12.00x (medians; 12.00x on the minima), ' \
            'extra peak memory 30.00x' in report
     assert 'official / ours-device: latency 4.00x' in report and 'memory 15.00x' in report
     assert not re.search(r'target|MET|MISSED', report), report
     grid = benchmark.plugin_grid_report([
-        comparison('cuda', 1764, 'fp32', (0.5, 1.0, 2.0), (10, 20, 400)),
-        comparison('cuda', 4096, 'fp16', (0.1, 0.3, 1.2), (20, 40, 600))])
+        comparison('cuda', 1764, 'fp32', (0.5, 1.0, 0.25, 2.0), (10, 20, 10, 400)),
+        comparison('cuda', 4096, 'fp16', (0.1, 0.3, 0.05, 1.2), (20, 40, 30, 600))])
     assert re.search(r'^\s+1764\s+fp32 ours\s+0\.50000\s+4\.00x\s+40\.00x$', grid, re.M), grid
     assert re.search(r'^\s+4096\s+fp16 ours-device\s+0\.30000\s+4\.00x\s+15\.00x$', grid,
+                     re.M), grid
+    assert re.search(r'^\s+1764\s+fp32 ours-graphed\s+0\.25000\s+8\.00x\s+40\.00x$', grid,
                      re.M), grid
 
 
@@ -117,6 +124,43 @@ def test_the_profile_of_each_variant_shows_the_operators_of_its_own_path():
     assert len(three) == 3
 
 
+@torch.no_grad()
+def test_the_graphed_variant_captures_once_per_inputs_so_its_memory_counts_the_capture():
+    """ours-graphed replays the plug-in captured on these inputs (a recording capture on CPU):
+    repeated runs replay one capture and equal ours; new inputs (as the memory measurement makes
+    for its measured run) drop the graphs, so that run captures anew and its peak holds the
+    graph's memory."""
+    from doubles import RecordingCapture
+    workload = benchmark.PluginWorkload(n=36, q=5, heads=2, head_dim=4, dtype='fp64', **SETTINGS)
+    capture = RecordingCapture()
+    workload.graphs = CropGraphs(device_types=('cpu',), capture=capture)
+    inputs = workload.make_inputs(workload.full_size)
+    runs = [workload.run('ours-graphed', inputs) for _ in range(3)]
+    assert capture.shapes == [(1, 2, 36, 4)]
+    for out in runs:
+        assert torch.equal(out, workload.run('ours', inputs))
+    assert runs[0].data_ptr() != runs[1].data_ptr()            # copies of the static output
+    inputs = workload.make_inputs(workload.full_size)
+    assert len(workload.graphs) == 0
+    workload.run('ours-graphed', inputs)
+    assert capture.shapes == [(1, 2, 36, 4)] * 2
+
+
+@needs_cuda
+def test_on_cuda_the_graphed_variant_replays_ours_bit_for_bit():
+    """ours-graphed is ours replayed from one CUDA graph: the same output, and one capture for
+    repeated runs on the same inputs."""
+    workload = benchmark.PluginWorkload(n=256, q=5, heads=2, head_dim=8, dtype='fp16',
+                                        device='cuda', **SETTINGS)
+    inputs = workload.make_inputs(workload.full_size)
+    with torch.no_grad():
+        eager = workload.run('ours', inputs)
+        replays = [workload.run('ours-graphed', inputs) for _ in range(3)]
+    assert len(workload.graphs) == 1
+    for replayed in replays:
+        assert torch.equal(replayed, eager)
+
+
 @needs_cuda
 def test_on_cuda_the_profile_lists_the_kernels_of_each_path():
     """On CUDA the profile lists kernels: the fused path's Triton kernel (where FSA picks it)
@@ -134,7 +178,7 @@ def test_on_cuda_the_profile_lists_the_kernels_of_each_path():
 
 
 def test_the_report_lists_each_profiled_variant(fused_kernel_support):
-    result = comparison('cuda', 1764, 'fp16', (0.1, 0.3, 1.2), (20, 40, 600))
+    result = comparison('cuda', 1764, 'fp16', (0.1, 0.3, 0.05, 1.2), (20, 40, 30, 600))
     result['results']['ours']['profile'] = [
         dict(name='prune_and_sharpen_rows', self_ms=0.1234, calls=1),
         dict(name='sm90_xmma_gemm_f16', self_ms=0.05, calls=3)]

@@ -2,12 +2,13 @@
 # Issue 10's GPU measurements in one device call, ending with one summary:
 #   0. tests      the tests that need CUDA (FSA in fp64 against the reference, fp16/bf16 against
 #                 fp64 on the golden crop, CUDA's own host-synchronisation check on FSA and crops)
-#   1. plugin     FSA (the fused Triton kernel it picks on CUDA, and its torch.sort path) vs the
-#                 official formulation, N = 1764 and 4096, fp16 and fp32
+#   1. plugin     FSA (the fused Triton kernel it picks on CUDA, its torch.sort path, and the
+#                 former replayed from a CUDA graph) vs the official formulation, N = 1764 and
+#                 4096, fp16 and fp32
 #   2. proxyclip  one ProxyCLIP B/16 + DINO-B/8 crop (336, Q = 171) +- FSA, fp32, then fp16
 #                 (fp16: also the 15 kernels that take the most GPU time in each variant);
 #                 proxyclip_graphs: batches of 2 such crops in fp16, replayed from CUDA graphs
-#   3. e2e        tools/test.py's path on 30 generated 375x500 images, +- FSA, fp32 / fp16 / bf16:
+#   3. e2e        tools/test.py's path on 20 generated 375x500 images, +- FSA, fp32 / fp16 / bf16:
 #                 images/s, where the model's time goes, agreement with fp32
 #   4. e2e_graphs the same with crop batches replayed from CUDA graphs (model.cuda_graphs), fp16
 #                 and fp32 +- FSA: FSA's share once the host no longer issues every kernel
@@ -23,7 +24,7 @@
 # torchvision, tqdm, rich, huggingface_hub.
 # Run, on the GPU machine (device tool: carry ['.whl'], timeout_s 600), from the repository root:
 #     bash tools/analysis/gpu_session.sh
-# Each step has its own time limit (830 s in all, more than one device call allows); the steps run
+# Each step has its own time limit (710 s in all, more than one device call allows); the steps run
 # in order of priority while they fit in BUDGET seconds (540), the rest are named as skipped, and
 # the summary always prints: a second call with STEPS="..." runs those. The output of each step,
 # its JSON and the summary are written to $OUT (else a new /tmp folder).
@@ -100,7 +101,7 @@ cuda_tests() {  # time limit in seconds: every test whose name says cuda (skippe
     timeout --kill-after=10 "$1" python3 -m pytest -q -p no:cacheprovider -k cuda -rs \
         tests/models/plugins/test_fsa_paths.py tests/models/segmentors/test_proxyclip.py \
         tests/models/test_cuda_graphs.py tests/analysis/test_benchmark_segmentor.py \
-        tests/analysis/test_benchmark_plugin.py \
+        tests/analysis/test_benchmark_plugin.py tests/models/segmentors/test_base.py \
         >"$RESULTS/tests.log" 2>&1
     local rc=$?
     STATUS+=("tests: exit $rc after $((SECONDS - start)) s: $(tail -n 1 "$RESULTS/tests.log")")
@@ -141,11 +142,11 @@ else
     step proxyclip_graphs 90 proxyclip --device cuda --precision fp16 --batch 2 --repeat 7 \
         --cfg-options model.cuda_graphs=True
     step proxyclip_fp16 80 proxyclip --device cuda --precision fp16 --repeat 7 --profile 15
-    step e2e_graphs 170 e2e --device cuda --random-weights --images 30 --size 375 500 \
-        --precision fp32 fp16 --repeat 3 --stage-repeat 3 --cfg-options model.cuda_graphs=True
-    step e2e 170 e2e --device cuda --random-weights --images 30 --size 375 500 \
-        --precision fp32 fp16 bf16 --repeat 3 --stage-repeat 10
     step proxyclip_fp32 70 proxyclip --device cuda --precision fp32 --repeat 7
+    step e2e_graphs 100 e2e --device cuda --random-weights --images 20 --size 375 500 \
+        --precision fp32 fp16 --repeat 2 --stage-repeat 3 --cfg-options model.cuda_graphs=True
+    step e2e 120 e2e --device cuda --random-weights --images 20 --size 375 500 \
+        --precision fp32 fp16 bf16 --repeat 2 --stage-repeat 5
 fi
 
 python3 - "$RESULTS" 2>&1 <<'EOF' | tee "$RESULTS/summary.txt"

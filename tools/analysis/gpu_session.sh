@@ -4,7 +4,8 @@
 #                 fp64 on the golden crop, CUDA's own host-synchronisation check on FSA and crops)
 #   1. plugin     FSA (the fused Triton kernel it picks on CUDA, its torch.sort path, and the
 #                 former replayed from a CUDA graph) vs the official formulation, N = 1764 and
-#                 4096, fp16 and fp32
+#                 4096, fp16 and fp32 (and in steps.log the 20 kernels with the most GPU time of
+#                 each variant)
 #   2. proxyclip  one ProxyCLIP B/16 + DINO-B/8 crop (336, Q = 171) +- FSA, fp32, then fp16
 #                 (fp16: also the 15 kernels that take the most GPU time in each variant);
 #                 proxyclip_graphs: batches of 2 such crops in fp16, replayed from CUDA graphs
@@ -27,7 +28,8 @@
 # Each step has its own time limit (710 s in all, more than one device call allows); the steps run
 # in order of priority while they fit in BUDGET seconds (540), the rest are named as skipped, and
 # the summary always prints: a second call with STEPS="..." runs those. The output of each step,
-# its JSON and the summary are written to $OUT (else a new /tmp folder).
+# its JSON and the summary are written to $OUT (else a new /tmp folder), the JSON and logs packed
+# into results.tgz at the end.
 # SMOKE=1 runs the same steps at tiny sizes on the CPU: a check of this script, not a measurement.
 # STEPS="tests e2e" runs only the steps named (tests plugin proxyclip_fp32 proxyclip_fp16
 # proxyclip_graphs e2e e2e_graphs).
@@ -138,7 +140,7 @@ else
     # the targets first (plug-in ratios, the graphed crop, where an eager crop spends its GPU
     # time), then the rest: a second call (STEPS=...) runs what the budget left out
     cuda_tests 100
-    step plugin 150 plugin --device cuda --n 1764 4096 --dtype fp16 fp32 --repeat 5
+    step plugin 150 plugin --device cuda --n 1764 4096 --dtype fp16 fp32 --repeat 5 --profile 20
     step proxyclip_graphs 90 proxyclip --device cuda --precision fp16 --batch 2 --repeat 7 \
         --cfg-options model.cuda_graphs=True
     step proxyclip_fp16 80 proxyclip --device cuda --precision fp16 --repeat 7 --profile 15
@@ -198,3 +200,6 @@ for name in ('e2e', 'e2e_graphs'):
 EOF
 echo
 printf '%s\n' "${STATUS[@]}"
+# one archive of the steps' JSON and logs beside summary.txt: the device tool returns 8 files
+(cd "$RESULTS" && tar czf results.tgz -- *.json *.log 2>/dev/null && rm -f -- *.json *.log)
+echo "JSON and logs: $RESULTS/results.tgz"

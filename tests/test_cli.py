@@ -274,6 +274,9 @@ def test_output_names_stay_distinct():
     from fsa_seg.apis.predict import _output_names
     paths = [Path('a/x.jpg'), Path('b/x.jpg'), Path('x.png'), Path('c/x.jpg'), Path('y.png')]
     assert _output_names(paths) == ['x', 'x_jpg', 'x_png', 'x_2', 'y']
+    # a resumed run gives none of the names its kept images have
+    assert _output_names(paths[1:], taken=['x']) == ['x_jpg', 'x_png', 'x_2', 'y']
+    assert _output_names([Path('y.png')], taken=['y', 'y_png']) == ['y_2']
 
 
 def test_local_weight_files_replace_random_weights(cli_run, tiny_config, images, tmp_path,
@@ -329,3 +332,75 @@ def test_a_bad_weight_file_is_named_not_blamed_on_the_network(tmp_path, monkeypa
                                 '--device', 'cpu')
     assert status == 1
     assert str(bad) in stderr and 'huggingface.co cannot be reached' not in stderr
+
+
+# ------------------------------------------------------------------ --resume
+def predict_into(out, *inputs_and_flags, tiny_config):
+    return run_cli('predict', *inputs_and_flags, '--config', tiny_config, '--random-weights',
+                   '--out-dir', out, '--vocab', *VOCAB, '--save-logits', '--quiet')
+
+
+def test_resume_segments_only_what_the_earlier_run_lacks(cli_run, tiny_config, images,
+                                                         tmp_path):
+    """A run on two images; then two more images in the folder and one output of the second
+    image lost: --resume keeps the first image's outputs untouched, segments the three others,
+    and every label map equals the uninterrupted run's (``cli_run``, the same settings)."""
+    pictures, out = tmp_path / 'pictures', tmp_path / 'out'
+    pictures.mkdir()
+    for name in ('blocks.png', 'photo.jpg'):
+        (pictures / name).write_bytes((images / name).read_bytes())
+    assert predict_into(out, pictures, tiny_config=tiny_config)[0] == 0
+    kept = {path: path.stat().st_mtime_ns for path in out.glob('blocks*')}
+    (out / 'photo_overlay.png').unlink()
+    for name in ('gray.png', 'rgba.png'):
+        (pictures / name).write_bytes((images / name).read_bytes())
+    status, stdout, stderr = predict_into(out, pictures, '--resume', '--batch-size', 2,
+                                          tiny_config=tiny_config)
+    assert status == 0, stderr
+    assert 'resuming: 1 image(s) segmented before are kept, 3 to segment' in stderr
+    assert '3 image(s) segmented, 1 kept from the earlier run, none skipped' in stdout
+    summary = json.loads((out / 'summary.json').read_text())
+    assert [Path(image['input']).name for image in summary['images']] == [
+        'blocks.png', 'gray.png', 'photo.jpg', 'rgba.png']
+    assert summary['num_processed'] == 4 and summary['resumed_images'] == 1
+    assert summary['status'] == 'complete' and summary['batch_size'] == 2
+    assert {path: path.stat().st_mtime_ns for path in out.glob('blocks*')} == kept
+    for name in READABLE:
+        for suffix in ('_labels.png', '_overlay.png', '.json', '_probs.npz'):
+            assert (out / f'{name}{suffix}').is_file()
+        assert (read_labels(out / f'{name}_labels.png')[1]
+                == read_labels(cli_run['out'] / f'{name}_labels.png')[1]).all()
+
+
+def test_resume_refuses_another_runs_settings_and_a_foreign_summary(tiny_config, images,
+                                                                    tmp_path):
+    out = tmp_path / 'out'
+    assert predict_into(out, images / 'blocks.png', tiny_config=tiny_config)[0] == 0
+    before = (out / 'summary.json').read_text()
+    status, _, stderr = predict_into(out, images / 'blocks.png', '--resume', '--prob-thd', 0.5,
+                                     '--opacity', 0.8, tiny_config=tiny_config)
+    assert status == 1
+    assert stderr.strip().splitlines()[-1] == (
+        f'fsa-seg predict: error: cannot resume from {out / "summary.json"}: it is a run of '
+        'other settings (changed: prob_thd, opacity); choose another --out-dir, or --overwrite')
+    assert (out / 'summary.json').read_text() == before
+    (out / 'summary.json').write_text('["not", "a", "summary"]')
+    status, _, stderr = predict_into(out, images / 'blocks.png', '--resume',
+                                     tiny_config=tiny_config)
+    assert status == 1 and stderr.strip().splitlines()[-1].startswith(
+        f'fsa-seg predict: error: cannot resume from {out / "summary.json"}: not a summary of '
+        'fsa-seg predict (TypeError: ')
+
+
+def test_resume_without_an_earlier_run_segments_everything_and_excludes_overwrite(
+        tiny_config, images, tmp_path, capsys):
+    out = tmp_path / 'out'
+    status, stdout, stderr = predict_into(out, images / 'blocks.png', '--resume',
+                                          tiny_config=tiny_config)
+    assert status == 0 and 'resuming' not in stderr
+    assert '1 image(s) segmented, none skipped' in stdout
+    assert json.loads((out / 'summary.json').read_text())['resumed_images'] == 0
+    with pytest.raises(SystemExit) as stop:
+        cli.main(['predict', str(images / 'blocks.png'), '--resume', '--overwrite'])
+    assert stop.value.code == 2
+    assert 'argument --overwrite: not allowed with argument --resume' in capsys.readouterr().err

@@ -533,14 +533,15 @@ def check_listed_outputs_whole(out_dir: Path, record: dict) -> None:
     assert not list(out_dir.glob('.partial-*'))  # no half-written file left behind
 
 
-def test_ctrl_c_leaves_a_valid_summary_of_what_was_done(workspace, tmp_path):
+def test_ctrl_c_leaves_a_valid_summary_of_what_was_done_and_resume_continues(workspace,
+                                                                               tmp_path):
     write_images(tmp_path / 'many', [(64, 64)] * 40)
     out_dir = tmp_path / 'out'
-    process, stdout, stderr = cli_runner.start(
-        'fsa-seg', ['predict', tmp_path / 'many', '--config', workspace / 'tiny_predict.py',
-                    '--random-weights', '--quiet', '--out-dir', out_dir, '--crop', '64',
-                    '--stride', '16'],  # many windows per image: a run of some seconds
-        tmp_path, env=dict(FSA_SEG_CACHE=str(tmp_path / 'cache')))
+    arguments = ['predict', tmp_path / 'many', '--config', workspace / 'tiny_predict.py',
+                 '--random-weights', '--quiet', '--out-dir', out_dir, '--crop', '64',
+                 '--stride', '16']  # many windows per image: a run of some seconds
+    environment = dict(FSA_SEG_CACHE=str(tmp_path / 'cache'))
+    process, stdout, stderr = cli_runner.start('fsa-seg', arguments, tmp_path, env=environment)
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
         try:
@@ -554,11 +555,24 @@ def test_ctrl_c_leaves_a_valid_summary_of_what_was_done(workspace, tmp_path):
     assert result.returncode == 130, result.output[-3000:]
     assert 'Traceback' not in result.output
     assert re.search(r'^fsa-seg predict: interrupted; .*summary.json lists the images '
-                     r'segmented so far$', result.stderr.strip().splitlines()[-1])
+                     r'segmented so far \(the same command with --resume continues\)$',
+                     result.stderr.strip().splitlines()[-1])
     record = json.loads((out_dir / 'summary.json').read_text())
     assert record['status'] == 'interrupted'
     assert 1 <= record['num_processed'] < 40
     check_listed_outputs_whole(out_dir, record)
+    # the same command with --resume segments only the rest (three images left, for time)
+    done = sorted(Path(image['input']).name for image in record['images'])
+    rest = sorted({path.name for path in (tmp_path / 'many').iterdir()} - set(done))
+    for name in rest[3:]:
+        (tmp_path / 'many' / name).unlink()
+    result = cli_runner.run('fsa-seg', arguments + ['--resume'], tmp_path, env=environment)
+    assert result.returncode == 0, result.output[-3000:]
+    resumed = json.loads((out_dir / 'summary.json').read_text())
+    assert resumed['status'] == 'complete' and resumed['resumed_images'] == len(done)
+    assert resumed['images'][:len(done)] == record['images']
+    assert [Path(image['input']).name for image in resumed['images'][len(done):]] == rest[:3]
+    check_listed_outputs_whole(out_dir, resumed)
 
 
 def test_a_full_disk_stops_the_run_with_a_valid_summary(workspace, tmp_path):

@@ -14,7 +14,9 @@ Per image ``<name>`` (the file's stem, made unique within a run) in the output f
 with its outputs, every skipped input with the reason, and the run's ``status``. It is rewritten
 after every image (always a complete JSON file, also after Ctrl-C or a full disk), and every
 output file is written under a temporary name and renamed, so no file is ever half-written.
-A folder that already holds a run's ``summary.json`` is refused unless ``overwrite``.
+A folder that already holds a run's ``summary.json`` is refused unless ``overwrite``, or
+``resume``: then the images that run segmented under the same settings, whose outputs are all
+there, are kept (:func:`resumable_images`) and only the others are segmented.
 """
 import glob
 import json
@@ -41,6 +43,7 @@ IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.tif', '.tiff', '.webp', '
 DEMO_IMAGE = Path(__file__).resolve().parents[1] / 'assets' / 'demo.jpg'
 DEMO_VOCABULARY = ['sky', 'cloud', 'sun', 'grass', 'tree', 'house', 'road']
 SUMMARY_NAME = 'summary.json'
+RESUME_IGNORES = ('batch_size',)  # settings a resumed run may change: results never depend on them
 
 
 class OutputDirError(OSError):
@@ -51,15 +54,19 @@ class OutputWriteError(OSError):
     """An output file could not be written (a full disk …); the run stopped there."""
 
 
-def check_output_dir(out_dir, overwrite: bool = False) -> Path:
+class ResumeError(ValueError):
+    """An earlier run cannot be resumed: its summary is unreadable or its settings differ."""
+
+
+def check_output_dir(out_dir, overwrite: bool = False, resume: bool = False) -> Path:
     """Create ``out_dir`` if needed and prove it writable (a file is created and removed);
-    refuse a folder that holds an earlier run's summary unless ``overwrite``."""
+    refuse a folder that holds an earlier run's summary unless ``overwrite`` or ``resume``."""
     path = Path(out_dir).expanduser()
-    if (path / SUMMARY_NAME).exists() and not overwrite:
+    if (path / SUMMARY_NAME).exists() and not (overwrite or resume):
         raise OutputDirError(f'{path} already holds the results of an earlier run ('
-                             f'{path / SUMMARY_NAME}); choose another --out-dir, or pass '
-                             '--overwrite to write this run there (its summary.json then '
-                             'replaces the earlier one)')
+                             f'{path / SUMMARY_NAME}); choose another --out-dir, pass --resume '
+                             'to continue that run, or --overwrite to write this run there '
+                             '(its summary.json then replaces the earlier one)')
     try:
         path.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=path, prefix='.fsa_seg_write_test_'):
@@ -150,9 +157,35 @@ def expand_inputs(inputs: Sequence[str]) -> Tuple[List[Path], List[dict]]:
     return paths, skipped
 
 
-def _output_names(paths: Sequence[Path]) -> List[str]:
-    """A distinct output name per image: its stem, else stem_<extension>, else a counter."""
-    used, names = set(), []
+def resumable_images(out_dir, info: dict) -> List[dict]:
+    """The images an earlier run in ``out_dir`` segmented, as its ``summary.json`` lists them,
+    whose outputs are all there: what a resumed run keeps ([] without a summary). The earlier run
+    must have the settings ``info`` (config, weights, precision, vocabulary …, all but
+    ``RESUME_IGNORES``), else :class:`ResumeError` names the ones that changed."""
+    path = Path(out_dir) / SUMMARY_NAME
+    if not path.exists():
+        return []
+    try:
+        earlier = json.loads(path.read_text(encoding='utf-8'))
+        kept = [image for image in earlier['images']  # the fields a resumed run reads
+                if image['input'] and image['outputs']['shares']
+                and all(Path(output).is_file() for output in image['outputs'].values())]
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise ResumeError(f'cannot resume from {path}: not a summary of fsa-seg predict '
+                          f'({type(error).__name__}: {error})') from error
+    settings = json.loads(json.dumps(info))  # as the summary holds them (tuples become lists)
+    changed = [key for key, value in settings.items()
+               if key not in RESUME_IGNORES and earlier.get(key) != value]
+    if changed:
+        raise ResumeError(f'cannot resume from {path}: it is a run of other settings (changed: '
+                          f'{", ".join(changed)}); choose another --out-dir, or --overwrite')
+    return kept
+
+
+def _output_names(paths: Sequence[Path], taken: Sequence[str] = ()) -> List[str]:
+    """A distinct output name per image, none of ``taken``: its stem, else
+    stem_<extension>, else a counter."""
+    used, names = set(taken), []
     for path in paths:
         candidates = [path.stem, f'{path.stem}_{path.suffix.lstrip(".").lower()}']
         name = next((c for c in candidates if c and c not in used), None)
@@ -201,6 +234,7 @@ class PredictionRun:
     processed: List[dict] = field(default_factory=list)
     skipped: List[dict] = field(default_factory=list)
     status: str = 'running'
+    resumed: int = 0  # the first ``resumed`` of ``processed`` were kept from an earlier run
 
 
 def _warn(message: str, progress) -> None:
@@ -212,11 +246,14 @@ def _warn(message: str, progress) -> None:
 
 def predict_files(model, paths: Sequence[Path], out_dir, batch_size: int = 1,
                   save_probs: bool = False, opacity: float = 0.5, progress: bool = True,
-                  info: Optional[dict] = None, skipped: Sequence[dict] = ()) -> PredictionRun:
+                  info: Optional[dict] = None, skipped: Sequence[dict] = (),
+                  earlier: Sequence[dict] = ()) -> PredictionRun:
     """Segment image files in chunks of ``batch_size``; unreadable ones are reported and
     skipped. Outputs go to ``out_dir`` (see the module doc). With ``info`` (config, settings,
     vocabulary …), ``summary.json`` is written after every chunk and when the run ends, however
-    it ends; ``skipped``: inputs already skipped before (listed in the summary).
+    it ends; ``skipped``: inputs already skipped before (listed in the summary); ``earlier``:
+    images an earlier run segmented there (:func:`resumable_images`), listed first and kept,
+    their output names not given again.
 
     Raises:
         OutputWriteError: an output could not be written; the run stopped there (its summary
@@ -226,8 +263,8 @@ def predict_files(model, paths: Sequence[Path], out_dir, batch_size: int = 1,
     out_dir = Path(out_dir)
     pipeline = build_test_pipeline(model.cfg)
     palette = make_palette(len(model.vocabulary))
-    names = _output_names(paths)
-    run = PredictionRun(skipped=list(skipped))
+    names = _output_names(paths, [Path(image['outputs']['shares']).stem for image in earlier])
+    run = PredictionRun(processed=list(earlier), skipped=list(skipped), resumed=len(earlier))
     bar = tqdm(total=len(paths), unit='img', desc='segmenting', disable=not progress,
                file=sys.stderr)
     try:
@@ -284,7 +321,8 @@ def write_summary(out_dir, run: PredictionRun, info: dict) -> Path:
     atomically."""
     path = Path(out_dir) / SUMMARY_NAME
     summary = dict(info, status=run.status, num_processed=len(run.processed),
-                   num_skipped=len(run.skipped), images=run.processed, skipped=run.skipped)
+                   num_skipped=len(run.skipped), resumed_images=run.resumed,
+                   images=run.processed, skipped=run.skipped)
     text = json.dumps(summary, indent=2)
     write_atomically(path, lambda temporary: temporary.write_text(text, encoding='utf-8'))
     return path

@@ -23,7 +23,7 @@ vocabulary sky cloud sun grass tree house road.
 Outputs per image in --out-dir: NAME_labels.png (palette PNG, pixel value = class index),
 NAME_overlay.png (colours + legend), NAME.json (each class's pixel share), with --save-logits
 NAME_probs.npz (class probabilities); and summary.json for the whole run, rewritten after
-every image (an --out-dir holding an earlier run is refused without --overwrite)."""
+every image (an --out-dir holding an earlier run is refused without --overwrite or --resume)."""
 
 PREDICT_EPILOG = """\
 vocabulary (--vocab, after the inputs: it takes every argument that follows):
@@ -125,9 +125,17 @@ def add_predict_arguments(parser: argparse.ArgumentParser) -> None:
                              'proxyclip_fsa_vit-b16_dino-b8_voc21')
     parser.add_argument('--out-dir', default=DEFAULT_OUT_DIR, metavar='DIR',
                         help=f'output folder (created; default ./{DEFAULT_OUT_DIR})')
-    parser.add_argument('--overwrite', action='store_true',
-                        help='write into an --out-dir that holds an earlier run (its '
-                             'summary.json is replaced); without it such a folder is refused')
+    earlier_run = parser.add_mutually_exclusive_group()
+    earlier_run.add_argument('--overwrite', action='store_true',
+                             help='write into an --out-dir that holds an earlier run (its '
+                                  'summary.json is replaced); without it such a folder is '
+                                  'refused')
+    earlier_run.add_argument('--resume', action='store_true',
+                             help='continue the earlier run in --out-dir (interrupted, or with '
+                                  'images added): the images its summary.json lists, with '
+                                  'their outputs there, are kept, the others segmented; refused '
+                                  'if its settings differ. Run it from the same folder as before '
+                                  '(inputs are matched by path)')
     parser.add_argument('--device', default=None,
                         help='cpu, cuda, cuda:1 ... (default: cuda if available, else cpu)')
     parser.add_argument('--precision', choices=['fp32', 'fp16', 'bf16'], default=None,
@@ -202,11 +210,13 @@ def run_predict(args: argparse.Namespace, prog: str = 'fsa-seg predict') -> int:
         DEMO_VOCABULARY,
         SUMMARY_NAME,
         OutputWriteError,
+        ResumeError,
         check_output_dir,
         expand_inputs,
         predict_files,
+        resumable_images,
     )
-    out_dir = check_output_dir(args.out_dir, overwrite=args.overwrite)
+    out_dir = check_output_dir(args.out_dir, overwrite=args.overwrite, resume=args.resume)
     inputs = args.inputs or [str(DEMO_IMAGE)]
     vocab_values = args.vocab
     if not args.inputs and vocab_values is None:
@@ -256,22 +266,34 @@ def run_predict(args: argparse.Namespace, prog: str = 'fsa-seg predict') -> int:
         random_weights=has_random_weights(cfg),
         device=device, precision=precision,
         resize=_resize_description(cfg), test_cfg=dict(model.test_cfg),
-        prob_thd=model.prob_thd, batch_size=args.batch_size,
+        prob_thd=model.prob_thd, batch_size=args.batch_size, save_logits=args.save_logits,
+        opacity=args.opacity,
         vocabulary=[dict(index=i, name=name, synonyms=list(synonyms)) for i, (name, synonyms)
                     in enumerate(zip(model.vocabulary.class_names, model.vocabulary.classes))])
     summary = out_dir / SUMMARY_NAME
     try:
+        earlier = resumable_images(out_dir, info) if args.resume else []
+    except ResumeError as error:
+        return fail(prog, str(error))
+    if earlier:
+        done = {os.path.abspath(image['input']) for image in earlier}
+        paths = [path for path in paths if os.path.abspath(path) not in done]
+        print(f'{prog}: resuming: {len(earlier)} image(s) segmented before are kept, '
+              f'{len(paths)} to segment', file=sys.stderr)
+    try:
         run = predict_files(model, paths, out_dir, batch_size=args.batch_size,
                             save_probs=args.save_logits, opacity=args.opacity,
-                            progress=not args.quiet, info=info, skipped=skipped)
+                            progress=not args.quiet, info=info, skipped=skipped,
+                            earlier=earlier)
     except KeyboardInterrupt:
-        print(f'{prog}: interrupted; {summary} lists the images segmented so far',
-              file=sys.stderr)
+        print(f'{prog}: interrupted; {summary} lists the images segmented so far (the same '
+              'command with --resume continues)', file=sys.stderr)
         return INTERRUPTED
     except OutputWriteError as error:
         return fail(prog, f'{error}; {summary} lists the images done before')
     skipped_note = f'{len(run.skipped)} skipped (listed in the summary)' if run.skipped \
         else 'none skipped'
-    print(f'{len(run.processed)} image(s) segmented, {skipped_note}; results in {out_dir}, '
-          f'summary {summary}')
+    kept_note = f', {run.resumed} kept from the earlier run' if run.resumed else ''
+    print(f'{len(run.processed) - run.resumed} image(s) segmented{kept_note}, {skipped_note}; '
+          f'results in {out_dir}, summary {summary}')
     return 0 if run.processed else 1

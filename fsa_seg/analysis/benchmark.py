@@ -280,6 +280,11 @@ class PluginWorkload:
             return self.fsa._forward(attn, values, self.logits_fn, path=variant[len('ours-'):])
         return official_fsa(attn, values, self.logits_fn, **self.hyper)
 
+    @property
+    def graph_failures(self) -> List[str]:
+        """Why 'ours-graphed' ran eagerly on some inputs (its capture failed), if it did."""
+        return self.graphs.failures
+
     def resident_bytes(self, inputs) -> int:
         tensors = list(inputs) + [self.weight, self.text]
         return sum(t.numel() * t.element_size() for t in tensors)
@@ -367,6 +372,12 @@ class SegmentorWorkload:
             _synchronize(self.device)
             self.plugin_s += time.perf_counter() - self._plugin_start
 
+    @property
+    def graph_failures(self) -> List[str]:
+        """Why crops ran eagerly although ``cuda_graphs`` is on (their capture failed)."""
+        graphs = self.segmentor.crop_graphs
+        return graphs.failures if graphs is not None else []
+
     def _capturing(self) -> bool:
         """Whether a CUDA graph of the crop is being captured, which a synchronisation would
         spoil (its replays run no hook)."""
@@ -404,7 +415,7 @@ def environment(device: torch.device) -> dict:
 
 def _workload_info(workload) -> dict:
     info = {}
-    for key in ('q', 'plugin_repr', 'model_bytes', 'model_parts'):
+    for key in ('q', 'plugin_repr', 'model_bytes', 'model_parts', 'graph_failures'):
         if hasattr(workload, key):
             info[key] = getattr(workload, key)
     return info
@@ -665,6 +676,7 @@ def plugin_report(comparison: dict) -> str:
     if any(syncs.values()):
         lines.append('host synchronisations (torch.cuda.set_sync_debug_mode): '
                      + '; '.join(f'{v}: {found}' for v, found in syncs.items()))
+    lines += capture_failures(comparison['results'].values())
     return '\n'.join(lines + profile_lines(comparison))
 
 
@@ -693,8 +705,10 @@ def plugin_grid_report(comparisons: Sequence[dict]) -> str:
             rows.append(f"{params['n']:>6} {params['dtype']:>6} {variant:<12}{median:>12.5f}"
                         f"{_fmt_short(summary['speedup']):>18}"
                         f"{_fmt_short(summary['memory_reduction']):>14}")
+    failures = capture_failures(result for comparison in comparisons
+                                for result in comparison['results'].values())
     return '\n'.join(['FSA plug-in, all runs: official / ours (latency medians, extra peak memory)',
-                      *rows])
+                      *rows, *failures])
 
 
 def _fmt_short(value: Optional[float]) -> str:
@@ -724,6 +738,14 @@ def _model_line(result: dict) -> str:
 def replays_graphs(cfg_options: Optional[dict]) -> bool:
     """Whether ``--cfg-options`` turned the segmentor's CUDA-graph replay on."""
     return str((cfg_options or {}).get('model.cuda_graphs')) == 'True'
+
+
+def capture_failures(results: Sequence[dict]) -> List[str]:
+    """One line per failed CUDA-graph capture in ``results`` (each variant's, or each pass's):
+    what they concern ran eagerly, so the numbers are not those of replays."""
+    failures = dict.fromkeys(failure for result in results
+                             for failure in result.get('graph_failures') or ())
+    return [f'CUDA GRAPH CAPTURE FAILED, so these ran eagerly: {failure}' for failure in failures]
 
 
 def _graphs_note(comparison: dict) -> List[str]:
@@ -757,7 +779,7 @@ def segmentor_report(comparison: dict, title: str) -> str:
              f"peak memory incl. model and crop {_fmt_overhead(summary['total_peak'])}, "
              f"extra peak alone {_fmt_overhead(summary['extra_peak'])} "
              f"({summary['extra_peak_added_mb']:+.1f} MB)", *_graphs_note(comparison),
-             *profile_lines(comparison)]
+             *capture_failures(comparison['results'].values()), *profile_lines(comparison)]
     return '\n'.join(lines)
 
 
@@ -769,6 +791,8 @@ def segmentor_line(comparison: dict) -> str:
     summary = segmentor_summary(comparison)
     device = with_['env']['device']
     graphs = ', CUDA graphs' if _graphs_note(comparison) else ''
+    if capture_failures(comparison['results'].values()):
+        graphs = ', CUDA graphs NOT CAPTURED (eager)'
     return (f"{Path(params['config']).stem}, {params['precision'] or 'its precision'}, "
             f"{params['batch']} x {params['crop']}^2 crop{graphs}, Q={with_['q']}, {device}: "
             f"{without['median_s'] * 1e3:.1f} ms without the plug-in, "

@@ -45,7 +45,14 @@ from ..apis.configs import apply_overrides, read_config
 from ..apis.testing import attach_journal, load_test_config, prepare_journal
 from ..models.text import load_vocabulary
 from ..visualization import make_palette
-from .benchmark import DTYPES, PROXYCLIP_CONFIG, BenchmarkError, environment, replays_graphs
+from .benchmark import (
+    DTYPES,
+    PROXYCLIP_CONFIG,
+    BenchmarkError,
+    capture_failures,
+    environment,
+    replays_graphs,
+)
 
 REFERENCE = 'fp32'
 STAGES = ('VFM', 'CLIP trunk', 'last block', 'plug-in', 'post-processing', 'other')
@@ -328,12 +335,14 @@ class Variant:
         loops = [p['loop_s'] for p in self.passes]
         median_loop = statistics.median(loops)
         images = self.passes[0]['images']
+        graphs = getattr(self.runner.model, 'crop_graphs', None)
         return dict(
             precision=self.precision, plugin=self.plugin is not None, passes=self.passes,
             images=images, median_loop_s=median_loop, images_per_s=images / median_loop,
             median_data_wait_s=statistics.median(p['data_wait_s'] for p in self.passes),
             median_test_s=statistics.median(p['test_s'] for p in self.passes),
             crops_per_batch=self.crops, stage_runs=self.stages,
+            graph_failures=graphs.failures if graphs is not None else [],
             stages_s={stage: statistics.median(run[stage] for run in self.stages)
                       for stage in ('model', *STAGES)})
 
@@ -511,4 +520,4 @@ def e2e_report(result: dict) -> str:
     if replays_graphs(result.get('cfg_options')):
         lines.append('cuda_graphs: crop batches replayed from CUDA graphs, whose insides no probe '
                      "sees: 'last block' is then the whole crop (VFM, trunk and plug-in read 0)")
-    return '\n'.join(lines)
+    return '\n'.join(lines + capture_failures(result['results'].values()))

@@ -22,7 +22,7 @@ import contextlib
 import threading
 import warnings
 from collections import OrderedDict
-from typing import Callable, Hashable, Optional, Sequence, Tuple
+from typing import Callable, Dict, Hashable, List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
@@ -72,7 +72,7 @@ class CropGraphs:
         self.device_types = tuple(device_types)
         self._capture = capture or capture_cuda_graph
         self._graphs: 'OrderedDict[Hashable, tuple]' = OrderedDict()
-        self._uncapturable = set()
+        self._uncapturable: Dict[Hashable, str] = {}  # signature → why its capture failed
         self._pool = None
         self._told_eager = False
 
@@ -110,14 +110,20 @@ class CropGraphs:
         except torch.cuda.OutOfMemoryError:
             raise
         except RuntimeError as error:  # an operation capture does not allow: run eagerly
-            self._uncapturable.add(key)
-            warnings.warn(f'CUDA graph capture failed for crops of shape {tuple(crops.shape)}, '
-                          f'which run eagerly: {str(error).splitlines()[0]}')
+            self._uncapturable[key] = reason = (f'crops of shape {tuple(crops.shape)}: '
+                                                f'{str(error).splitlines()[0]}')
+            warnings.warn(f'CUDA graph capture failed for {reason} (they run eagerly)')
             return None
         self._graphs[key] = entry
         while len(self._graphs) > self.capacity:
             self._graphs.popitem(last=False)
         return entry
+
+    @property
+    def failures(self) -> List[str]:
+        """Why each input signature whose capture failed runs eagerly, one line each: what a
+        measurement of replayed crops must report (those crops were not replayed)."""
+        return list(self._uncapturable.values())
 
     def clear(self) -> None:
         """Drop every graph (they are captured anew when next needed)."""

@@ -99,6 +99,13 @@ def test_report_gives_official_over_each_of_ours_and_no_verdict(fused_kernel_sup
                      re.M), grid
     assert re.search(r'^\s+1764\s+fp32 ours-graphed\s+0\.25000\s+8\.00x\s+40\.00x$', grid,
                      re.M), grid
+    assert 'CAPTURE FAILED' not in grid + report
+    # a failed capture: ours-graphed ran eagerly, and the reports say so
+    failed = comparison('cuda', 1764, 'fp16', (0.1, 0.3, 0.1, 1.2), (20, 40, 20, 600))
+    failed['results']['ours-graphed']['graph_failures'] = ['crops of shape (1, 12, 1764, 64): x']
+    line = 'CUDA GRAPH CAPTURE FAILED, so these ran eagerly: crops of shape (1, 12, 1764, 64): x'
+    assert benchmark.plugin_grid_report([failed]).splitlines()[-1] == line
+    assert line in benchmark.plugin_report(failed).splitlines()
 
 
 def test_the_profile_of_each_variant_shows_the_operators_of_its_own_path():

@@ -88,6 +88,30 @@ def test_reports_say_when_crops_were_replayed_from_cuda_graphs(device, noted):
     assert '4.0 ms without the plug-in, 4.2 ms with (1.05x (+5.0%))' in line
 
 
+def test_reports_name_the_crops_whose_graph_capture_failed():
+    """Crops whose capture failed ran eagerly: the one-line summary and the report say so
+    instead of presenting the numbers as replays'."""
+    measured = comparison((0.0139, 0.0158), 0.0, (100, 110), 890, 'cuda', GRAPHS)
+    failure = 'crops of shape (2, 3, 336, 336): Cannot copy between CPU and CUDA tensors'
+    measured['results'][WITH]['graph_failures'] = [failure]
+    line = benchmark.segmentor_line(measured)
+    assert ', 1 x 336^2 crop, CUDA graphs NOT CAPTURED (eager), Q=171' in line
+    report = benchmark.segmentor_report(measured, 'title').splitlines()
+    assert f'CUDA GRAPH CAPTURE FAILED, so these ran eagerly: {failure}' in report
+
+
+@torch.no_grad()
+def test_the_workload_carries_the_capture_failures_into_its_results(tmp_path):
+    workload = tiny_graphed_workload(tmp_path)
+    workload.segmentor.crop_graphs = CropGraphs(
+        device_types=('cpu',), capture=RecordingCapture(fails_with=RuntimeError('no capture')))
+    assert benchmark._workload_info(workload)['graph_failures'] == []
+    with pytest.warns(UserWarning, match='capture failed'):
+        workload.run(WITH, workload.make_inputs(112))
+    assert benchmark._workload_info(workload)['graph_failures'] == [
+        'crops of shape (2, 3, 112, 112): no capture']
+
+
 def tiny_graphed_workload(tmp_path, device='cpu'):
     """The crop benchmark's workload over a tiny ProxyCLIP + FSA, CUDA graphs on."""
     config = tmp_path / 'tiny.py'

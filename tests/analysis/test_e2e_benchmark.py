@@ -135,6 +135,20 @@ def test_report_rows_and_ratios_are_the_measurements_in_milliseconds_and_quotien
     assert not re.search(r'target|MET|MISSED', report)
 
 
+def test_a_failed_graph_capture_is_named_in_the_report():
+    """Asked for CUDA graphs, crops whose capture failed ran eagerly: the report says which, once
+    however many variants saw it, and says nothing of the kind when every capture succeeded."""
+    result = fake_result()
+    result['cfg_options'] = {'model.cuda_graphs': True}
+    assert 'CAPTURE FAILED' not in e2e_benchmark.e2e_report(result)
+    failure = 'crops of shape (2, 3, 336, 336): Cannot copy between CPU and CUDA tensors'
+    for name in ('fp16 -FSA', 'fp16 +FSA'):
+        result['results'][name]['graph_failures'] = [failure]
+    lines = e2e_benchmark.e2e_report(result).splitlines()
+    assert [line for line in lines if 'CAPTURE FAILED' in line] == [
+        f'CUDA GRAPH CAPTURE FAILED, so these ran eagerly: {failure}']
+
+
 # ---------------------------------------------------------------------------- a whole run
 @pytest.fixture(scope='module')
 def tiny_run(tmp_path_factory):

@@ -76,12 +76,17 @@ def test_a_capture_that_fails_falls_back_to_eager_once_and_out_of_memory_is_rais
     graphs, capture = cpu_graphs(fails_with=RuntimeError('operation not permitted when stream '
                                                          'is capturing\nmore'))
     x = torch.randn(2, 2)
-    with pytest.warns(UserWarning, match=r'capture failed for crops of shape \(2, 2\), which run '
-                                         r'eagerly: operation not permitted when stream is '
-                                         r'capturing$'):
+    with pytest.warns(UserWarning, match=r'capture failed for crops of shape \(2, 2\): '
+                                         r'operation not permitted when stream is capturing '
+                                         r'\(they run eagerly\)$'):
         assert torch.equal(graphs(double, x, 's'), x * 2)
     assert torch.equal(graphs(double, x, 's'), x * 2)  # not tried again
     assert capture.shapes == [(2, 2)]
+    # what a measurement of replays reports: these crops were not replayed
+    assert graphs.failures == ['crops of shape (2, 2): operation not permitted when stream is '
+                               'capturing']
+    graphs.clear()
+    assert graphs.failures == []
     graphs, _ = cpu_graphs(fails_with=torch.cuda.OutOfMemoryError('out of memory'))
     with pytest.raises(torch.cuda.OutOfMemoryError):
         graphs(double, x, 's')

@@ -14,6 +14,10 @@ r"""Benchmarks that measure variants side by side in one run and print measureme
     # ProxyCLIP (CLIP ViT-B/16 + DINO ViT-B/8) +- FSA: real sizes, random weights, 336 crop, Q=171
     python -m fsa_seg.analysis proxyclip [--precision fp16] [--repeat 7] [--device cpu] ...
 
+    # FSA's fused pruning kernel alone: FSA's launch and other launch settings (GPU tuning)
+    python -m fsa_seg.analysis kernel [--n 1764 4096] [--q 171] [--launch 1x4 1x8 2x8 ...] \
+        [--out-dtype fp16] [--repeat 20] [--device cuda] [--json out.json]
+
     # first use of a vocabulary: text embeddings at the full context (before) vs cut per batch
     python -m fsa_seg.analysis text [--vocab voc21] [--model ViT-B-16] [--precision fp32] ...
 
@@ -34,7 +38,7 @@ import sys
 from ..apis.configs import ConfigError, ConfigNotFoundError
 from ..cli.arguments import add_cfg_options, positive_int
 from ..models.weights import WeightsError
-from . import benchmark, e2e_benchmark, text_benchmark
+from . import benchmark, e2e_benchmark, kernel_benchmark, text_benchmark
 
 COUNT = positive_int('integer')  # sizes, counts and repeats: a bad one is a one-line usage error
 
@@ -105,6 +109,20 @@ def parse_args(argv=None, prog=None):
     common(text)
     text.set_defaults(repeat=1)
 
+    kernel = sub.add_parser('kernel', help="FSA's fused pruning kernel under other launch "
+                                           'settings (rows and warps per program)')
+    kernel.add_argument('--n', type=COUNT, nargs='+', default=[1764, 4096],
+                        help='tokens per row (N)')
+    kernel.add_argument('--q', type=COUNT, default=171, help='queries (Q) of the KL rows')
+    kernel.add_argument('--launch', type=kernel_benchmark.parse_launch, nargs='+',
+                        default=list(kernel_benchmark.LAUNCHES), metavar='ROWSxWARPS',
+                        help='launch settings tried beside FSA\'s (default: '
+                             + ' '.join(f'{r}x{w}' for r, w in kernel_benchmark.LAUNCHES) + ')')
+    kernel.add_argument('--out-dtype', choices=sorted(benchmark.DTYPES), default='fp16',
+                        help="A_new's dtype (the model's)")
+    common(kernel, device='cuda')
+    kernel.set_defaults(repeat=20)
+
     e2e = sub.add_parser('e2e', help="tools/test.py's path end to end on generated images")
     e2e.add_argument('--config', default=benchmark.PROXYCLIP_CONFIG, help='config name or file')
     e2e.add_argument('--images', type=COUNT, default=30, help='generated images')
@@ -147,6 +165,10 @@ def run(args):
                                              args.cfg_options, args.profile)
         report = benchmark.segmentor_report(comparison, 'Segmentor with and without its '
                                                         'plug-in, per crop')
+    elif args.command == 'kernel':
+        comparison = kernel_benchmark.run_kernel_benchmark(
+            args.n, args.q, args.launch, args.device, args.out_dtype, args.repeat)
+        report = kernel_benchmark.kernel_report(comparison)
     elif args.command == 'text':
         comparison = text_benchmark.run_text(args.vocab, args.templates, args.model,
                                              args.precision, args.device, args.repeat,

@@ -6,6 +6,8 @@
 #                 former replayed from a CUDA graph) vs the official formulation, N = 1764 and
 #                 4096, fp16 and fp32 (and in steps.log the 20 kernels with the most GPU time of
 #                 each variant)
+#      kernel     FSA's fused pruning kernel alone, FSA's launch beside other launch settings
+#                 (rows and warps per program), N = 1764 and 4096: for tuning its launch
 #   2. proxyclip  one ProxyCLIP B/16 + DINO-B/8 crop (336, Q = 171) +- FSA, fp32, then fp16
 #                 (fp16: also the 15 kernels that take the most GPU time in each variant);
 #                 proxyclip_graphs: batches of 2 such crops in fp16, replayed from CUDA graphs
@@ -25,13 +27,13 @@
 # torchvision, tqdm, rich, huggingface_hub.
 # Run, on the GPU machine (device tool: carry ['.whl'], timeout_s 600), from the repository root:
 #     bash tools/analysis/gpu_session.sh
-# Each step has its own time limit (710 s in all, more than one device call allows); the steps run
+# Each step has its own time limit (750 s in all, more than one device call allows); the steps run
 # in order of priority while they fit in BUDGET seconds (540), the rest are named as skipped, and
 # the summary always prints: a second call with STEPS="..." runs those. The output of each step,
 # its JSON and the summary are written to $OUT (else a new /tmp folder), the JSON and logs packed
 # into results.tgz at the end.
 # SMOKE=1 runs the same steps at tiny sizes on the CPU: a check of this script, not a measurement.
-# STEPS="tests e2e" runs only the steps named (tests plugin proxyclip_fp32 proxyclip_fp16
+# STEPS="tests e2e" runs only the steps named (tests plugin kernel proxyclip_fp32 proxyclip_fp16
 # proxyclip_graphs e2e e2e_graphs).
 set -u
 cd "$(dirname "$0")/../.."
@@ -127,6 +129,8 @@ with open(sys.argv[1], 'w', encoding='utf-8') as handle:
 EOF
     step plugin 120 plugin --device cpu --n 64 --q 5 --heads 2 --head-dim 8 --dtype fp16 fp32 \
         --repeat 1
+    TRITON_INTERPRET=1 step kernel 120 kernel --device cpu --n 32 --q 5 --repeat 1 \
+        --launch 4x2 8x4
     step proxyclip_fp32 120 config "$TINY" --random-weights --crop 112 --q 21 --repeat 1
     step proxyclip_fp16 120 config "$TINY" --random-weights --crop 112 --q 21 --repeat 1 \
         --precision bf16 --profile 5
@@ -141,6 +145,7 @@ else
     # time), then the rest: a second call (STEPS=...) runs what the budget left out
     cuda_tests 100
     step plugin 150 plugin --device cuda --n 1764 4096 --dtype fp16 fp32 --repeat 5 --profile 20
+    step kernel 40 kernel --device cuda --repeat 20
     step proxyclip_graphs 90 proxyclip --device cuda --precision fp16 --batch 2 --repeat 7 \
         --cfg-options model.cuda_graphs=True
     step proxyclip_fp16 80 proxyclip --device cuda --precision fp16 --repeat 7 --profile 15
@@ -156,7 +161,7 @@ import json
 import os
 import sys
 
-from fsa_seg.analysis import benchmark, e2e_benchmark
+from fsa_seg.analysis import benchmark, e2e_benchmark, kernel_benchmark
 
 results = sys.argv[1]
 
@@ -193,6 +198,9 @@ for name in ('proxyclip_fp32', 'proxyclip_fp16', 'proxyclip_graphs'):
         profile = benchmark.profile_lines(comparison)
         profiled += [f'\n[{name}]', *profile[1:]] if profile else []
 print('\n'.join(profiled))
+kernel = load('kernel')
+if kernel:
+    print('\n' + kernel_benchmark.kernel_report(kernel))
 for name in ('e2e', 'e2e_graphs'):
     e2e = load(name)
     if e2e:

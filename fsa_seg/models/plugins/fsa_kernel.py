@@ -68,26 +68,33 @@ def fused_prune_and_sharpen(rows: Tensor, lamda: float, top_p: float, from_kl: b
 def _prune_and_sharpen_op(rows: Tensor, lamda: float, top_p: float, from_kl: bool,
                           out_dtype: torch.dtype) -> Tensor:
     rows = rows.contiguous()
-    size = rows.shape[-1]
     out = torch.empty(rows.shape, dtype=out_dtype, device=rows.device)
     if rows.numel() == 0:
         return out
-    hyper = _hyperparameters(rows, lamda, top_p)
+    run_kernel(rows, out, _hyperparameters(rows, lamda, top_p), from_kl)
+    return out
+
+
+def run_kernel(rows: Tensor, out: Tensor, hyper: Tensor, from_kl: bool,
+               rows_per_program: Optional[int] = None, num_warps: Optional[int] = None) -> None:
+    """Launch the kernel on contiguous ``rows`` (..., N), writing ``out`` (the same shape). By
+    default the GPU runs a row a program with :func:`_num_warps` warps, and the interpreter, whose
+    cost is per program, as many rows in one as Triton's largest block (2^20 entries) holds;
+    ``rows_per_program`` and ``num_warps`` set others (:mod:`fsa_seg.analysis.kernel_benchmark`
+    times them)."""
+    size = rows.shape[-1]
     num_rows = rows.numel() // size
     block = max(16, 1 << (size - 1).bit_length())
-    kernel = _kernel(rows.device)
-    # The GPU runs a row a program; the interpreter, whose cost is per program, as many rows in
-    # one as Triton's largest block (2^20 entries) holds.
-    per_program = 1 if rows.is_cuda else min(1 << (num_rows - 1).bit_length(),
-                                             max(1, MAX_BLOCK_ENTRIES // block))
-    launch = kernel[(-(-num_rows // per_program),)]
+    if rows_per_program is None:
+        rows_per_program = 1 if rows.is_cuda else min(1 << (num_rows - 1).bit_length(),
+                                                      max(1, MAX_BLOCK_ENTRIES // block))
+    launch = _kernel(rows.device)[(-(-num_rows // rows_per_program),)]
     # Triton launches on the current device; the interpreter's padding rows (beyond num_rows,
     # never stored) divide 0 by 0 in numpy.
     on_device = torch.cuda.device(rows.device) if rows.is_cuda else contextlib.nullcontext()
     with on_device, np.errstate(invalid='ignore', divide='ignore'):
         launch(rows, out, hyper, num_rows, size, FROM_KL=from_kl, KEY_BITS=8 * rows.element_size(),
-               ROWS=per_program, BLOCK=block, num_warps=_num_warps(block))
-    return out
+               ROWS=rows_per_program, BLOCK=block, num_warps=num_warps or _num_warps(block))
 
 
 def _hyperparameters(rows: Tensor, lamda: float, top_p: float) -> Tensor:

@@ -1,0 +1,132 @@
+"""FSA's fused pruning kernel alone, launched as FSA launches it and with other launch settings
+(rows per program, warps per program): time per call of each, side by side in one run, and how
+far each one's rows of A_new are from FSA's launch. For tuning on a GPU; measurements, no verdicts.
+
+The rows are KL divergences of ProxyCLIP's sizes made as FSA makes them (FSA's own KL terms of
+random isolated logits, Q queries), λ and top-p from the ProxyCLIP config, A_new written in fp16
+(the model's dtype in an fp16 run). On CPU the kernel runs in Triton's interpreter: a check of
+this code, not a measurement.
+"""
+import argparse
+import statistics
+import time
+from typing import Optional, Sequence, Tuple
+
+import torch
+
+from ..models.plugins.fsa import FSA
+from ..models.plugins.fsa_kernel import _hyperparameters, fused_prune_and_sharpen, run_kernel
+from .benchmark import DTYPES, environment, fsa_settings
+
+# (rows per program, warps per program) tried beside FSA's launch (a row a program, and
+# _num_warps: 8 warps for N ≤ 2048, 16 for N ≤ 4096)
+LAUNCHES = ((1, 2), (1, 4), (1, 8), (1, 16), (2, 4), (2, 8), (4, 8))
+
+
+def isolated_logits(n: int, q: int, seed: int = 0) -> torch.Tensor:
+    """(1, n, q) fp32 isolated logits of cosine scale: 20 · U(-1, 1) − 35 · U(-1, 1)."""
+    generator = torch.Generator().manual_seed(seed)
+    return (20 * (2 * torch.rand(1, n, q, generator=generator) - 1)
+            - 35 * (2 * torch.rand(1, 1, q, generator=generator) - 1))
+
+
+def kl_rows(isolated: torch.Tensor, fsa: FSA) -> torch.Tensor:
+    """(n, n) KL divergences between the query distributions of the n patches of ``isolated``
+    (1, n, q), as FSA makes them (its KL terms and one matrix product)."""
+    q_dist, log_q, self_term = fsa._kl_terms(isolated)
+    return torch.baddbmm(self_term, q_dist, log_q.transpose(-1, -2), alpha=-1)[0]
+
+
+def _median_seconds(function, repeat: int, device: torch.device) -> float:
+    """Median of ``repeat`` timed calls after one warm-up (CUDA events on a GPU)."""
+    function()
+    if device.type != 'cuda':
+        times = []
+        for _ in range(repeat):
+            start = time.perf_counter()
+            function()
+            times.append(time.perf_counter() - start)
+        return statistics.median(times)
+    events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
+              for _ in range(repeat)]
+    for start, end in events:
+        start.record()
+        function()
+        end.record()
+    torch.cuda.synchronize(device)
+    return statistics.median(start.elapsed_time(end) / 1e3 for start, end in events)
+
+
+def run_kernel_benchmark(n_values: Sequence[int] = (1764, 4096), q: int = 171,
+                         launches: Sequence[Tuple[int, int]] = LAUNCHES, device: str = 'cuda',
+                         out_dtype: str = 'fp16', repeat: int = 20,
+                         settings: Optional[dict] = None) -> dict:
+    """FSA's launch and each of ``launches`` on KL rows of each N: median seconds per call, and
+    the largest difference of their rows from FSA's launch and how many rows differ."""
+    device = torch.device(device)
+    plugin = dict((settings or fsa_settings())['plugin'])
+    plugin.pop('type')
+    fsa = FSA(**plugin)
+    dtype = DTYPES[out_dtype]
+    runs = []
+    for n in n_values:
+        rows = kl_rows(isolated_logits(n, q).to(device), fsa)
+        hyper = _hyperparameters(rows, fsa.lamda, fsa.top_p)
+        reference = fused_prune_and_sharpen(rows, fsa.lamda, fsa.top_p, True, dtype)
+        fsa_s = _median_seconds(
+            lambda: fused_prune_and_sharpen(rows, fsa.lamda, fsa.top_p, True, dtype),
+            repeat, device)
+        results = []
+        for rows_per_program, warps in launches:
+            out = torch.empty_like(reference)
+            seconds = _median_seconds(
+                lambda: run_kernel(rows, out, hyper, True, rows_per_program, warps),
+                repeat, device)
+            difference = (out.double() - reference.double()).abs()
+            results.append(dict(rows_per_program=rows_per_program, warps=warps,
+                                median_s=seconds, max_abs_diff=difference.max().item(),
+                                rows_differing=int((difference.amax(dim=-1) > 0).sum())))
+        runs.append(dict(n=n, fsa_launch_s=fsa_s, launches=results))
+    return dict(q=q, out_dtype=out_dtype, repeat=repeat, lamda=fsa.lamda, top_p=fsa.top_p,
+                env=environment(device), runs=runs)
+
+
+def kernel_report(result: dict) -> str:
+    env = result['env']
+    lines = ["FSA's fused pruning kernel: FSA's launch (on a GPU a row a program) and other "
+             'launch settings',
+             f"KL rows N x N (Q={result['q']}), A_new in {result['out_dtype']}, "
+             f"lamda={result['lamda']}, top_p={result['top_p']}; median of {result['repeat']} "
+             'calls after a warm-up',
+             f"device: {env['device']} ({env.get('device_name', 'cpu')}), torch {env['torch']}"]
+    for run in result['runs']:
+        lines += ['', f"N={run['n']}: FSA's launch {run['fsa_launch_s'] * 1e3:.4f} ms",
+                  f"{'rows/program':>13}{'warps':>7}{'ms':>10}{'FSA / this':>12}"
+                  f"{'max|diff|':>11}{'rows differing':>16}"]
+        lines += [_launch_row(run['fsa_launch_s'], launch) for launch in run['launches']]
+    return '\n'.join(lines)
+
+
+def _launch_row(fsa_s: float, launch: dict) -> str:
+    speed = fsa_s / launch['median_s'] if launch['median_s'] > 0 else float('nan')
+    return (f"{launch['rows_per_program']:>13}{launch['warps']:>7}"
+            f"{launch['median_s'] * 1e3:>10.4f}{speed:>11.2f}x"
+            f"{launch['max_abs_diff']:>11.1e}{launch['rows_differing']:>16}")
+
+
+def parse_launch(text: str) -> Tuple[int, int]:
+    """``ROWSxWARPS`` (e.g. ``1x4``) → (rows per program, warps), both powers of two (a Triton
+    block's sizes are)."""
+    try:
+        rows, warps = (int(part) for part in text.lower().split('x'))
+    except ValueError:
+        rows = warps = 0
+    if not (_power_of_two(rows) and _power_of_two(warps)):
+        raise argparse.ArgumentTypeError(f'expected ROWSxWARPS like 1x4, both powers of two, got '
+                                         f'{text!r}')
+    return rows, warps
+
+
+def _power_of_two(value: int) -> bool:
+    return value >= 1 and value & (value - 1) == 0
+

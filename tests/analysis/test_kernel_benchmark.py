@@ -1,0 +1,56 @@
+"""The fused pruning kernel's launch benchmark (fsa_seg/analysis/kernel_benchmark.py): KL rows as
+FSA makes them, other launch settings computing FSA's rows, the report's ratios, bad settings."""
+import argparse
+import importlib.util
+import os
+import re
+
+import pytest
+import torch
+
+from fsa_seg.analysis import kernel_benchmark
+from fsa_seg.analysis.benchmark import fsa_settings
+from fsa_seg.models.plugins import FSA
+
+interpreted = pytest.mark.skipif(
+    os.environ.get('TRITON_INTERPRET') != '1' or importlib.util.find_spec('triton') is None,
+    reason="the kernel runs on CPU tensors only in Triton's interpreter (set by conftest.py "
+           'without a GPU)')
+
+
+def test_kl_rows_are_the_kl_divergences_of_the_query_distributions():
+    """KL(q_i ‖ q_j) = Σ_c q_ic (log(q_ic + ε) − log(q_jc + ε)), from the definition in float64."""
+    isolated = kernel_benchmark.isolated_logits(12, 5, seed=3).double()
+    rows = kernel_benchmark.kl_rows(isolated, FSA())
+    q = isolated[0].softmax(dim=-1)
+    log_q = torch.log(q + 1e-10)
+    expected = (q[:, None, :] * (log_q[:, None, :] - log_q[None, :, :])).sum(-1)
+    torch.testing.assert_close(rows, expected, rtol=0, atol=1e-12)
+    assert rows.shape == (12, 12) and rows.diagonal().abs().max() < 1e-12
+
+
+@interpreted
+def test_every_launch_writes_fsas_rows_and_the_report_gives_the_ratios():
+    settings = fsa_settings()
+    result = kernel_benchmark.run_kernel_benchmark(
+        n_values=(16,), q=5, launches=((4, 2), (8, 4)), device='cpu', out_dtype='fp32',
+        repeat=1, settings=settings)
+    assert (result['lamda'], result['top_p']) == (settings['plugin']['lamda'],
+                                                  settings['plugin']['top_p'])
+    run, = result['runs']
+    assert [(launch['rows_per_program'], launch['warps']) for launch in run['launches']] == [
+        (4, 2), (8, 4)]
+    for launch in run['launches']:  # the interpreter sums each row alike, whatever the launch
+        assert launch['max_abs_diff'] == 0.0 and launch['rows_differing'] == 0
+    run['fsa_launch_s'] = 0.003
+    run['launches'][0]['median_s'] = 0.002
+    lines = kernel_benchmark.kernel_report(result).splitlines()
+    assert "N=16: FSA's launch 3.0000 ms" in lines
+    assert re.search(r'^\s+4\s+2\s+2\.0000\s+1\.50x\s+0\.0e\+00\s+0$', '\n'.join(lines), re.M)
+
+
+@pytest.mark.parametrize('text', ['3x8', '1x6', 'x4', '0x4', 'fast'])
+def test_launch_settings_are_powers_of_two(text):
+    with pytest.raises(argparse.ArgumentTypeError, match='both powers of two'):
+        kernel_benchmark.parse_launch(text)
+    assert kernel_benchmark.parse_launch('2X8') == (2, 8)

@@ -15,7 +15,7 @@ from typing import Optional, Sequence, Tuple
 import torch
 
 from ..models.plugins.fsa import FSA
-from ..models.plugins.fsa_kernel import _hyperparameters, fused_prune_and_sharpen, run_kernel
+from ..models.plugins.fsa_kernel import fused_prune_and_sharpen, hyperparameters, run_kernel
 from .benchmark import DTYPES, environment, fsa_settings
 
 # (rows per program, warps per program) tried beside FSA's launch (a row a program, and
@@ -71,7 +71,7 @@ def run_kernel_benchmark(n_values: Sequence[int] = (1764, 4096), q: int = 171,
     runs = []
     for n in n_values:
         rows = kl_rows(isolated_logits(n, q).to(device), fsa)
-        hyper = _hyperparameters(rows, fsa.lamda, fsa.top_p)
+        hyper = hyperparameters(rows, fsa.lamda, fsa.top_p)
         reference = fused_prune_and_sharpen(rows, fsa.lamda, fsa.top_p, True, dtype)
         fsa_s = _median_seconds(
             lambda: fused_prune_and_sharpen(rows, fsa.lamda, fsa.top_p, True, dtype),

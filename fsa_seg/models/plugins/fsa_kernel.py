@@ -71,7 +71,7 @@ def _prune_and_sharpen_op(rows: Tensor, lamda: float, top_p: float, from_kl: boo
     out = torch.empty(rows.shape, dtype=out_dtype, device=rows.device)
     if rows.numel() == 0:
         return out
-    run_kernel(rows, out, _hyperparameters(rows, lamda, top_p), from_kl)
+    run_kernel(rows, out, hyperparameters(rows, lamda, top_p), from_kl)
     return out
 
 
@@ -97,7 +97,7 @@ def run_kernel(rows: Tensor, out: Tensor, hyper: Tensor, from_kl: bool,
                ROWS=rows_per_program, BLOCK=block, num_warps=num_warps or _num_warps(block))
 
 
-def _hyperparameters(rows: Tensor, lamda: float, top_p: float) -> Tensor:
+def hyperparameters(rows: Tensor, lamda: float, top_p: float) -> Tensor:
     """[λ, top_p] on the rows' device in their dtype, as torch's scalar arithmetic on such rows
     uses them (a Triton float argument is fp32). Filled by kernels: ``hyper[0] = lamda`` would
     copy a CPU scalar to the device, a host synchronisation that a CUDA graph cannot capture."""

@@ -124,13 +124,13 @@ def test_the_hyperparameters_reach_the_device_without_a_host_copy():
     ``hyper[0] = lamda`` do."""
     with FakeTensorMode(), HostDeviceCopies() as copies:
         rows = torch.empty(4, 1764, device='cuda', dtype=torch.float64)
-        hyper = fsa_kernel._hyperparameters(rows, 3.0, 0.45)
+        hyper = fsa_kernel.hyperparameters(rows, 3.0, 0.45)
         assert copies.found == []
         hyper[0] = 3.0
     assert hyper.device.type == 'cuda' and hyper.dtype == torch.float64 and hyper.shape == (2,)
     assert copies.found == ['aten.copy_.default']
     rows = torch.empty(2, 8, dtype=torch.float64)
-    assert fsa_kernel._hyperparameters(rows, 3.0, 0.45).tolist() == [3.0, 0.45]
+    assert fsa_kernel.hyperparameters(rows, 3.0, 0.45).tolist() == [3.0, 0.45]
 
 
 @pytest.mark.skipif(sys.platform != 'linux', reason="Triton's CUDA compiler ships for Linux")

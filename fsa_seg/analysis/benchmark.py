@@ -54,7 +54,7 @@ import time
 import traceback
 from functools import partial
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, Iterable, List, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -740,7 +740,7 @@ def replays_graphs(cfg_options: Optional[dict]) -> bool:
     return str((cfg_options or {}).get('model.cuda_graphs')) == 'True'
 
 
-def capture_failures(results: Sequence[dict]) -> List[str]:
+def capture_failures(results: Iterable[dict]) -> List[str]:
     """One line per failed CUDA-graph capture in ``results`` (each variant's, or each pass's):
     what they concern ran eagerly, so the numbers are not those of replays."""
     failures = dict.fromkeys(failure for result in results

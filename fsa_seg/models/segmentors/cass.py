@@ -12,7 +12,7 @@ from mmseg.registry import MODELS
 from PIL import Image
 from torch import Tensor
 
-from .base import TrainingFreeSegmentor
+from .base import TrainingFreeSegmentor, upsample_bilinear
 from .last_block import official_neighbourhood
 from .spectral import (
     adjust_text,
@@ -168,7 +168,7 @@ class CASS(TrainingFreeSegmentor):
         gamma = self.global_semantics_weight
         logits = (features @ text.transpose(1, 2)) * (1 - gamma) + global_sim[:, None] * gamma
         logits = logits.transpose(1, 2).unflatten(2, grid)
-        return F.interpolate(logits, size=crops.shape[-2:], mode='bilinear', align_corners=False)
+        return upsample_bilinear(logits, crops.shape[-2:])
 
     def encode_crops(self, crops: Tensor) -> Tensor:
         """Dense features of the distilled attention (before FSA and the text adjustment, which

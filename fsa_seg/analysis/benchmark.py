@@ -682,8 +682,13 @@ def plugin_report(comparison: dict) -> str:
 
 def _picked_path(params: dict) -> str:
     """The path FSA, set as the benchmark's plug-in config, takes for its device and N."""
-    settings = {key: value for key, value in params['plugin'].items() if key != 'type'}
-    return FSA(**settings).path_on(torch.device(params['device']), params['n'])
+    return fsa_from_config(params['plugin']).path_on(torch.device(params['device']),
+                                                     params['n'])
+
+
+def fsa_from_config(plugin: dict) -> FSA:
+    """FSA as a plug-in config (``dict(type='FSA', ...)``) sets it."""
+    return FSA(**{key: value for key, value in plugin.items() if key != 'type'})
 
 
 def _fsa_repr(plugin: dict) -> str:
@@ -703,15 +708,15 @@ def plugin_grid_report(comparisons: Sequence[dict]) -> str:
             summary = plugin_summary(comparison, variant)
             median = comparison['results'][variant]['median_s']
             rows.append(f"{params['n']:>6} {params['dtype']:>6} {variant:<12}{median:>12.5f}"
-                        f"{_fmt_short(summary['speedup']):>18}"
-                        f"{_fmt_short(summary['memory_reduction']):>14}")
+                        f"{short_ratio(summary['speedup']):>18}"
+                        f"{short_ratio(summary['memory_reduction']):>14}")
     failures = capture_failures(result for comparison in comparisons
                                 for result in comparison['results'].values())
     return '\n'.join(['FSA plug-in, all runs: official / ours (latency medians, extra peak memory)',
                       *rows, *failures])
 
 
-def _fmt_short(value: Optional[float]) -> str:
+def short_ratio(value: Optional[float]) -> str:
     return 'n/a' if value is None else f'{value:.2f}x'
 
 

@@ -16,7 +16,14 @@ import torch
 
 from ..models.plugins.fsa import FSA
 from ..models.plugins.fsa_kernel import fused_prune_and_sharpen, hyperparameters, run_kernel
-from .benchmark import DTYPES, environment, fsa_settings
+from .benchmark import (
+    DTYPES,
+    environment,
+    fsa_from_config,
+    fsa_settings,
+    ratio,
+    short_ratio,
+)
 
 # (rows per program, warps per program) tried beside FSA's launch (a row a program, and
 # _num_warps: 8 warps for N ≤ 2048, 16 for N ≤ 4096)
@@ -64,9 +71,7 @@ def run_kernel_benchmark(n_values: Sequence[int] = (1764, 4096), q: int = 171,
     """FSA's launch and each of ``launches`` on KL rows of each N: median seconds per call, and
     the largest difference of their rows from FSA's launch and how many rows differ."""
     device = torch.device(device)
-    plugin = dict((settings or fsa_settings())['plugin'])
-    plugin.pop('type')
-    fsa = FSA(**plugin)
+    fsa = fsa_from_config((settings or fsa_settings())['plugin'])
     dtype = DTYPES[out_dtype]
     runs = []
     for n in n_values:
@@ -108,9 +113,8 @@ def kernel_report(result: dict) -> str:
 
 
 def _launch_row(fsa_s: float, launch: dict) -> str:
-    speed = fsa_s / launch['median_s'] if launch['median_s'] > 0 else float('nan')
     return (f"{launch['rows_per_program']:>13}{launch['warps']:>7}"
-            f"{launch['median_s'] * 1e3:>10.4f}{speed:>11.2f}x"
+            f"{launch['median_s'] * 1e3:>10.4f}{short_ratio(ratio(fsa_s, launch['median_s'])):>12}"
             f"{launch['max_abs_diff']:>11.1e}{launch['rows_differing']:>16}")
 
 

@@ -208,7 +208,7 @@ class PeakMemory:
         return max(self.peak - self.before, 0)
 
 
-def _synchronize(device: torch.device) -> None:
+def synchronize(device: torch.device) -> None:
     if torch.device(device).type == 'cuda':
         torch.cuda.synchronize(device)
 
@@ -364,12 +364,12 @@ class SegmentorWorkload:
 
     def _enter_plugin(self, *_):
         if not self._capturing():
-            _synchronize(self.device)
+            synchronize(self.device)
             self._plugin_start = time.perf_counter()
 
     def _leave_plugin(self, *_):
         if not self._capturing():
-            _synchronize(self.device)
+            synchronize(self.device)
             self.plugin_s += time.perf_counter() - self._plugin_start
 
     @property
@@ -438,13 +438,13 @@ def memory_worker(spec: dict, variant: str) -> dict:
 def _memory_info(workload, variant: str, warmup_size: int, uncached: bool = False) -> dict:
     """Extra peak memory of one full-size run of ``variant`` after a warm-up run at
     ``warmup_size`` (lazy initialisation: kernels, workspaces, caches)."""
-    _synchronize(workload.device)
+    synchronize(workload.device)
     workload.run(variant, workload.make_inputs(warmup_size))
     inputs = workload.make_inputs(workload.full_size)
     with PeakMemory(workload.device) as memory:
         start = time.perf_counter()
         output = workload.run(variant, inputs)
-        _synchronize(workload.device)
+        synchronize(workload.device)
         elapsed = time.perf_counter() - start
     del output
     info = _workload_info(workload)
@@ -490,10 +490,10 @@ def _latencies(workload, variants: Sequence[str], repeat: int,
     times = {variant: dict(latencies_s=[], plugin_s=[]) for variant in variants}
     for index in range(repeat):
         for variant in (variants if index % 2 == 0 else tuple(reversed(variants))):
-            _synchronize(workload.device)
+            synchronize(workload.device)
             start = time.perf_counter()
             output = workload.run(variant, inputs)
-            _synchronize(workload.device)
+            synchronize(workload.device)
             times[variant]['latencies_s'].append(time.perf_counter() - start)
             if hasattr(workload, 'plugin_s'):
                 times[variant]['plugin_s'].append(workload.plugin_s)
@@ -511,7 +511,7 @@ def _profile(workload, variant: str, inputs, rows: int) -> List[dict]:
     cuda = workload.device.type == 'cuda'
     with profile(activities=[ProfilerActivity.CUDA if cuda else ProfilerActivity.CPU]) as prof:
         workload.run(variant, inputs)
-        _synchronize(workload.device)
+        synchronize(workload.device)
     own = 'self_device_time_total' if cuda else 'self_cpu_time_total'
     events = sorted(prof.key_averages(), key=lambda event: getattr(event, own), reverse=True)
     return [dict(name=event.key, self_ms=getattr(event, own) / 1e3, calls=event.count)

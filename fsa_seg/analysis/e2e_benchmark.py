@@ -52,6 +52,7 @@ from .benchmark import (
     capture_failures,
     environment,
     replays_graphs,
+    synchronize,
 )
 
 REFERENCE = 'fp32'
@@ -92,11 +93,6 @@ def generated_dataset_cfg(root: Path, class_names: Sequence[str], pipeline: list
 
 
 # ---------------------------------------------------------------------------- timing
-def _synchronize(device: torch.device) -> None:
-    if device.type == 'cuda':
-        torch.cuda.synchronize(device)
-
-
 class LoopClock(Hook):
     """Times the test loop as the runner runs it: from the start of the epoch to the end of the
     last iteration, and the time spent waiting for the dataloader between iterations. It
@@ -112,7 +108,7 @@ class LoopClock(Hook):
         self._start = self._last = 0.0
 
     def before_test_epoch(self, runner) -> None:
-        _synchronize(self.device)
+        synchronize(self.device)
         self._start = self._last = time.perf_counter()
         self.loop_s = self.data_wait_s = 0.0
         self.images = 0
@@ -121,7 +117,7 @@ class LoopClock(Hook):
         self.data_wait_s += time.perf_counter() - self._last
 
     def after_test_iter(self, runner, batch_idx: int, data_batch=None, outputs=None) -> None:
-        _synchronize(self.device)
+        synchronize(self.device)
         self._last = time.perf_counter()
         self.loop_s = self._last - self._start
         self.images += len(outputs)
@@ -166,7 +162,7 @@ class StageClock:
 
     def records(self) -> List[Tuple[str, bool, float]]:
         """(stage, inside crop_logits, seconds) of every stage run since :meth:`reset`."""
-        _synchronize(self.device)
+        synchronize(self.device)
         if self.device.type == 'cuda':
             return [(n, c, s.elapsed_time(e) / 1e3) for n, c, s, e in self._marks]
         return [(n, c, e - s) for n, c, s, e in self._marks]

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from ..models.backbones import OpenCLIP
 from ..models.backbones.clip import is_causal_clip_text, pooled_token_index
 from ..models.text import embed_queries, load_vocabulary, resolve_templates
-from .benchmark import environment
+from .benchmark import environment, synchronize
 
 VARIANTS = ('full context', 'cut per batch')
 BATCH_SIZE = 256
@@ -51,16 +51,11 @@ def tokens_through_the_transformer(clip: OpenCLIP, prompts: Sequence[str],
     return {VARIANTS[0]: full, VARIANTS[1]: cut}
 
 
-def _synchronize(device: torch.device) -> None:
-    if device.type == 'cuda':
-        torch.cuda.synchronize(device)
-
-
 def _timed(function, device: torch.device):
-    _synchronize(device)
+    synchronize(device)
     start = time.perf_counter()
     result = function()
-    _synchronize(device)
+    synchronize(device)
     return time.perf_counter() - start, result
 
 

@@ -158,7 +158,7 @@ def test_the_plugin_timer_does_not_synchronise_while_a_graph_is_captured(tmp_pat
     """A synchronisation inside a capture spoils it: the timer's hooks stand aside then."""
     workload = tiny_graphed_workload(tmp_path)
     syncs = []
-    monkeypatch.setattr(benchmark, '_synchronize', syncs.append)
+    monkeypatch.setattr(benchmark, 'synchronize', syncs.append)
     workload.device = torch.device('cuda')
     for capturing in (True, False):
         monkeypatch.setattr(torch.cuda, 'is_current_stream_capturing', lambda: capturing)

@@ -44,3 +44,23 @@ class AttentionPlugin(nn.Module):
                 num_prefix: int = 0) -> Tensor:
         """The new attention output (B, H, N, d); ``attended`` is ``attn · values``."""
         raise NotImplementedError
+
+
+def merge_heads(x: Tensor) -> Tensor:
+    """(B, H, N, d) → (B, N, H·d); a view where the heads already lie side by side in memory."""
+    return x.transpose(1, 2).flatten(2)
+
+
+def split_heads(x: Tensor, heads: int) -> Tensor:
+    """(B, N, H·d) → (B, H, N, d), a view."""
+    return x.unflatten(-1, (heads, -1)).transpose(1, 2)
+
+
+def attend(attn: Tensor, values: Tensor) -> Tensor:
+    """``attn · values`` (B, H, N, d) for an attention per head (B, H, N, N) or shared by the
+    heads (B, 1, N, N). A shared one is applied to the merged heads in one product, which reads
+    the N×N matrix once instead of once per head (one wide GEMM on a GPU, not H narrow ones)."""
+    heads = values.shape[1]
+    if attn.shape[1] == 1 and heads > 1:
+        return split_heads(attn[:, 0] @ merge_heads(values), heads)
+    return attn @ values

@@ -48,7 +48,7 @@ import torch
 from mmseg.registry import MODELS
 from torch import Tensor
 
-from .base import AttentionPlugin, LogitsFn
+from .base import AttentionPlugin, LogitsFn, attend, merge_heads, split_heads
 from .fsa_kernel import fused_prune_and_sharpen, fused_pruning_available
 
 BLOCK_ELEMENTS = 2 ** 19  # CPU path: rows of A_new made at once, about this many entries (2 MB)
@@ -115,11 +115,11 @@ class FSA(AttentionPlugin):
         if path not in PATHS:
             raise ValueError(f'path must be one of {PATHS}, got {path!r}')
         if attended is None:
-            attended = values if attn is None else attn @ values
+            attended = values if attn is None else attend(attn, values)
         heads, head_dim = values.shape[1], values.shape[-1]
         if attn is None:
-            return _split_heads(self._feedback_product(attended, values, logits_fn,
-                                                       _merge_heads(values), path), heads)
+            return split_heads(self._feedback_product(attended, values, logits_fn,
+                                                      merge_heads(values), path), heads)
         # (A_new·A + A·A_new + A_new)·V = A_new·(A·V + V) + A·(A_new·V), without any N×N·N×N
         # product; A_new·V and A_new·(A·V + V) as one product over both, all heads at once.
         both = torch.stack([values.transpose(1, 2), (attended + values).transpose(1, 2)], dim=2)
@@ -128,8 +128,8 @@ class FSA(AttentionPlugin):
         new_attended = both[:, :, 0].transpose(1, 2)                         # (B, H, N, d)
         mixed = both[:, :, 1].transpose(1, 2)                                # A_new·(A·V + V)
         if attn.shape[1] == 1:
-            out = torch.baddbmm(_merge_heads(mixed), attn[:, 0], _merge_heads(new_attended))
-            return _split_heads(out.div_(3), heads)
+            out = torch.baddbmm(merge_heads(mixed), attn[:, 0], merge_heads(new_attended))
+            return split_heads(out.div_(3), heads)
         return (attn @ new_attended).add_(mixed).div_(3)
 
     def feedback_attention(self, attended: Tensor, values: Tensor, logits_fn: LogitsFn) -> Tensor:
@@ -286,16 +286,6 @@ def _row_blocks(batch: int, num_tokens: int, path: str) -> List[slice]:
         blocks = -(-batch * num_tokens * num_tokens // DEVICE_BLOCK_ELEMENTS)
         rows = -(-num_tokens // blocks)
     return [slice(start, start + rows) for start in range(0, num_tokens, rows)]
-
-
-def _merge_heads(x: Tensor) -> Tensor:
-    """(B, H, N, d) → (B, N, H·d)."""
-    return x.transpose(1, 2).flatten(2)
-
-
-def _split_heads(x: Tensor, heads: int) -> Tensor:
-    """(B, N, H·d) → (B, H, N, d), a view."""
-    return x.unflatten(-1, (heads, -1)).transpose(1, 2)
 
 
 def _sorted_descending(x: Tensor) -> Tensor:

@@ -12,6 +12,7 @@ from mmseg.registry import MODELS
 from PIL import Image
 from torch import Tensor
 
+from ..plugins.base import attend
 from .base import TrainingFreeSegmentor, upsample_bilinear
 from .last_block import official_neighbourhood
 from .spectral import (
@@ -157,7 +158,7 @@ class CASS(TrainingFreeSegmentor):
         _, keys, values = self.clip.qkv(tokens[:, 1:])
         dino_keys = self.dino_keys(crops, keys, grid)
         attn = self.distilled_attention(keys, dino_keys, grid)
-        attended = attn @ values
+        attended = attend(attn, values)
         features = self._features(attended)
         text = adjust_text(features, self.query_embeddings.to(features.dtype), global_sim,
                            self.query_clusters, self.mean_vector_weight, self.topk_patches)
@@ -176,7 +177,7 @@ class CASS(TrainingFreeSegmentor):
         tokens, grid = self.clip.forward_to_last_block(crops)
         _, keys, values = self.clip.qkv(tokens[:, 1:])
         attn = self.distilled_attention(keys, self.dino_keys(crops, keys, grid), grid)
-        return self._features(attn @ values).transpose(1, 2).unflatten(2, grid)
+        return self._features(attend(attn, values)).transpose(1, 2).unflatten(2, grid)
 
     def _features(self, attended: Tensor) -> Tensor:
         """(b, H, N, d) attention outputs → (b, N, D) L2-normalised patch features."""

@@ -3,6 +3,7 @@ import torch.nn.functional as F
 from mmseg.registry import MODELS
 from torch import Tensor
 
+from ..plugins.base import attend
 from .base import TrainingFreeSegmentor, upsample_bilinear
 
 
@@ -54,7 +55,7 @@ class ProxyCLIP(TrainingFreeSegmentor):
         grid = tuple(vfm_features.shape[-2:])
         attn = proxy_attention(vfm_features.to(self.clip.dtype), self.beta, self.gamma)
         values = self.values_on_grid(crops, grid)
-        attended = self.apply_plugin(attn, values, attn @ values, grid)
+        attended = self.apply_plugin(attn, values, attend(attn, values), grid)
         return self.clip.head(self.clip.out_proj(attended)), grid
 
     def values_on_grid(self, crops: Tensor, grid) -> Tensor:

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from mmseg.registry import MODELS
 from torch import Tensor
 
+from ..plugins.base import attend
 from .base import TrainingFreeSegmentor, upsample_bilinear
 from .last_block import official_neighbourhood
 from .semantic_feedback import feedback_matrix, patch_mode
@@ -133,7 +134,7 @@ class ResCLIP(TrainingFreeSegmentor):
                 self.feedback_logits(first, grid, num_prefix), crops))
             sfr = self.semantic_feedback(labels, num_prefix)
         attn = self.host_attention(key_logits, omega, rcs, sfr)
-        attended = self.apply_plugin(attn, values, attn @ values, grid, num_prefix)
+        attended = self.apply_plugin(attn, values, attend(attn, values), grid, num_prefix)
         features = self.clip.head(self.clip.out_proj(attended))[:, num_prefix:]
         return F.normalize(features, dim=-1).transpose(1, 2).unflatten(2, grid)
 

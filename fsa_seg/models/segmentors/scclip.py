@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from mmseg.registry import MODELS
 from torch import Tensor
 
+from ..plugins.base import attend
 from .base import TrainingFreeSegmentor
 
 # added to the row sums of the aggregation weights, as the official code does
@@ -231,7 +232,7 @@ class SCCLIP(TrainingFreeSegmentor):
         replaces A·V."""
         _, keys, values = self.clip.qkv(tokens)
         attn = self.branch_attention(keys, shared_attn)
-        attended = self.apply_plugin(attn, values, attn @ values, grid)
+        attended = self.apply_plugin(attn, values, attend(attn, values), grid)
         return self.clip.out_proj(attended)
 
     @staticmethod

@@ -4,6 +4,7 @@ import torch
 from mmseg.registry import MODELS
 
 from fsa_seg.models.plugins import AttentionPlugin
+from fsa_seg.models.plugins.base import attend
 
 from references import reference_features
 
@@ -55,3 +56,21 @@ def test_a_module_that_is_not_a_plugin_is_refused(tiny_clip):
 def test_a_plugin_must_declare_known_tokens():
     with pytest.raises(TypeError, match='tokens must be one of'):
         type('Bad', (AttentionPlugin,), dict(tokens='cls'))
+
+
+@pytest.mark.parametrize('layout', ['contiguous', 'channels_first'])
+def test_attend_applies_a_shared_attention_to_every_head(layout):
+    """A (B, 1, N, N) attention applied to the merged heads in one product equals the per-head
+    product; ``channels_first`` is ProxyCLIP's values, a view of (B, H·d, N) maps."""
+    batch, heads, n, d = 2, 3, 7, 5
+    attn = torch.rand(batch, 1, n, n, dtype=torch.float64).softmax(dim=-1)
+    if layout == 'contiguous':
+        values = torch.randn(batch, heads, n, d, dtype=torch.float64)
+    else:
+        values = torch.randn(batch, heads * d, n, dtype=torch.float64)
+        values = values.reshape(batch, heads, d, n).transpose(2, 3)
+    expected = torch.einsum('bnm,bhmd->bhnd', attn[:, 0], values)
+    assert torch.allclose(attend(attn, values), expected, rtol=0, atol=1e-14)
+    per_head = torch.rand(batch, heads, n, n, dtype=torch.float64)
+    assert torch.allclose(attend(per_head, values),
+                          torch.einsum('bhnm,bhmd->bhnd', per_head, values), rtol=0, atol=1e-14)

@@ -113,7 +113,7 @@ def parse_args(argv=None, prog=None):
                                            'settings (rows and warps per program)')
     kernel.add_argument('--n', type=COUNT, nargs='+', default=[1764, 4096],
                         help='tokens per row (N)')
-    kernel.add_argument('--q', type=COUNT, default=171, help='queries (Q) of the KL rows')
+    kernel.add_argument('--q', type=COUNT, default=171, help='queries (Q) of the KL terms')
     kernel.add_argument('--launch', type=kernel_benchmark.parse_launch, nargs='+',
                         default=list(kernel_benchmark.LAUNCHES), metavar='ROWSxWARPS',
                         help='launch settings tried beside FSA\'s (default: '

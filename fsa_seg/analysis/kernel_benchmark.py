@@ -2,8 +2,9 @@
 (rows per program, warps per program): time per call of each, side by side in one run, and how
 far each one's rows of A_new are from FSA's launch. For tuning on a GPU; measurements, no verdicts.
 
-The rows are KL divergences of ProxyCLIP's sizes made as FSA makes them (FSA's own KL terms of
-random isolated logits, Q queries), λ and top-p from the ProxyCLIP config, A_new written in fp16
+The rows are those FSA's fused path gives the kernel at ProxyCLIP's sizes: the dot products
+q_i·log(q_j + ε) and the self terms Σ q_i·log(q_i + ε) (FSA's own KL terms of random isolated
+logits, Q queries), λ and top-p from the ProxyCLIP config, A_new written in fp16
 (the model's dtype in an fp16 run). On CPU the kernel runs in Triton's interpreter: a check of
 this code, not a measurement.
 """
@@ -15,7 +16,7 @@ from typing import Optional, Sequence, Tuple
 import torch
 
 from ..models.plugins.fsa import FSA
-from ..models.plugins.fsa_kernel import fused_prune_and_sharpen, hyperparameters, run_kernel
+from ..models.plugins.fsa_kernel import fused_prune_and_sharpen, padded_rows, run_kernel
 from .benchmark import (
     DTYPES,
     environment,
@@ -37,11 +38,12 @@ def isolated_logits(n: int, q: int, seed: int = 0) -> torch.Tensor:
             - 35 * (2 * torch.rand(1, 1, q, generator=generator) - 1))
 
 
-def kl_rows(isolated: torch.Tensor, fsa: FSA) -> torch.Tensor:
-    """(n, n) KL divergences between the query distributions of the n patches of ``isolated``
-    (1, n, q), as FSA makes them (its KL terms and one matrix product)."""
+def kernel_rows(isolated: torch.Tensor, fsa: FSA) -> Tuple[torch.Tensor, torch.Tensor]:
+    """What the pruning kernel reads for the n patches of ``isolated`` (1, n, q): the dot
+    products q_i·log(q_j + ε) (n, n) and the self terms (n,), the KL divergences being
+    self_i − dots_ij (FSA's KL terms and one matrix product)."""
     q_dist, log_q, self_term = fsa._kl_terms(isolated)
-    return torch.baddbmm(self_term, q_dist, log_q.transpose(-1, -2), alpha=-1)[0]
+    return (q_dist @ log_q.transpose(-1, -2))[0], self_term[0, :, 0]
 
 
 def _median_seconds(function, repeat: int, device: torch.device) -> float:
@@ -68,25 +70,26 @@ def run_kernel_benchmark(n_values: Sequence[int] = (1764, 4096), q: int = 171,
                          launches: Sequence[Tuple[int, int]] = LAUNCHES, device: str = 'cuda',
                          out_dtype: str = 'fp16', repeat: int = 20,
                          settings: Optional[dict] = None) -> dict:
-    """FSA's launch and each of ``launches`` on KL rows of each N: median seconds per call, and
+    """FSA's launch and each of ``launches`` on the rows of each N: median seconds per call, and
     the largest difference of their rows from FSA's launch and how many rows differ."""
     device = torch.device(device)
     fsa = fsa_from_config((settings or fsa_settings())['plugin'])
     dtype = DTYPES[out_dtype]
     runs = []
     for n in n_values:
-        rows = kl_rows(isolated_logits(n, q).to(device), fsa)
-        hyper = hyperparameters(rows, fsa.lamda, fsa.top_p)
-        reference = fused_prune_and_sharpen(rows, fsa.lamda, fsa.top_p, True, dtype)
-        fsa_s = _median_seconds(
-            lambda: fused_prune_and_sharpen(rows, fsa.lamda, fsa.top_p, True, dtype),
-            repeat, device)
+        rows, self_terms = kernel_rows(isolated_logits(n, q).to(device), fsa)
+
+        def fsa_launch():
+            return fused_prune_and_sharpen(rows, fsa.lamda, fsa.top_p, 'dots', dtype,
+                                           self_terms=self_terms)
+        reference = fsa_launch()
+        fsa_s = _median_seconds(fsa_launch, repeat, device)
         results = []
         for rows_per_program, warps in launches:
-            out = torch.empty_like(reference)
+            out = padded_rows(reference.shape, dtype, device)
             seconds = _median_seconds(
-                lambda: run_kernel(rows, out, hyper, True, rows_per_program, warps),
-                repeat, device)
+                lambda: run_kernel(rows, out, fsa.lamda, fsa.top_p, 'dots', self_terms,
+                                   rows_per_program, warps), repeat, device)
             difference = (out.double() - reference.double()).abs()
             results.append(dict(rows_per_program=rows_per_program, warps=warps,
                                 median_s=seconds, max_abs_diff=difference.max().item(),
@@ -100,7 +103,8 @@ def kernel_report(result: dict) -> str:
     env = result['env']
     lines = ["FSA's fused pruning kernel: FSA's launch (on a GPU a row a program) and other "
              'launch settings',
-             f"KL rows N x N (Q={result['q']}), A_new in {result['out_dtype']}, "
+             f"N x N dot products and self terms (Q={result['q']}), A_new in "
+             f"{result['out_dtype']}, "
              f"lamda={result['lamda']}, top_p={result['top_p']}; median of {result['repeat']} "
              'calls after a warm-up',
              f"device: {env['device']} ({env.get('device_name', 'cpu')}), torch {env['torch']}"]

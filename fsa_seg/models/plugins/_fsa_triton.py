@@ -1,56 +1,116 @@
-"""The Triton kernel behind :mod:`.fsa_kernel` (imported only when the fused pruning first runs)."""
+"""The Triton kernels behind :mod:`.fsa_kernel` (imported only when the fused path first runs).
+
+Constants (λ, top_p, the logit scales, ε) arrive as the bit patterns of Python's doubles, as
+integers, and are cast in the kernel to the dtype of the work, as torch casts a Python scalar:
+Triton's float arguments are fp32, which would change ε in float64, and a tensor of them would
+have to be filled on the device first."""
 import triton
 import triton.language as tl
 
 
 @triton.jit
-def _order_keys(x, valid, KEY_BITS: tl.constexpr):
-    """Integers in the order of the floats ``x`` (sign-magnitude → two's complement), as int64,
-    -0.0 and 0.0 one key; entries outside ``valid`` get the smallest key."""
-    x = tl.where(x == 0.0, 0.0, x)
-    if KEY_BITS == 32:
-        bits = x.to(tl.int32, bitcast=True)
-        keys = (bits ^ ((bits >> 31) & 0x7FFFFFFF)).to(tl.int64)
-    else:
-        bits = x.to(tl.int64, bitcast=True)
-        keys = bits ^ ((bits >> 63) & 0x7FFFFFFFFFFFFFFF)
-    return tl.where(valid, keys, -0x7FFFFFFFFFFFFFFF - 1)
+def _from_bits(bits, dtype: tl.constexpr):
+    """The double whose bit pattern is ``bits``, rounded to ``dtype``."""
+    return bits.to(tl.int64).to(tl.float64, bitcast=True).to(dtype)
+
+
+@triton.jit(do_not_specialize=['num_tokens', 'scale_attn_bits', 'scale_uniform_bits',
+                               'eps_bits'])
+def kl_terms_rows(both_ptr, q_ptr, log_q_ptr, self_ptr, num_tokens, num_queries, q_stride,
+                  scale_attn_bits, scale_uniform_bits, eps_bits, ROWS: tl.constexpr,
+                  BLOCK: tl.constexpr):
+    """ROWS tokens of one image a program (grid: token blocks × images). ``both`` (B, N + 1, Q)
+    holds the attention branch's cosine similarities and, last, the uniform branch's; writes
+    q = softmax(s_a·P − s_u·P_u) and log(q + ε) (rows of ``q_stride``) and Σ q·log(q + ε)
+    (B, N), in the dtype of ``q``."""
+    dtype: tl.constexpr = q_ptr.dtype.element_ty
+    image = tl.program_id(1).to(tl.int64)
+    tokens = tl.program_id(0).to(tl.int64) * ROWS + tl.arange(0, ROWS)[:, None]
+    queries = tl.arange(0, BLOCK)[None, :]
+    in_row = queries < num_queries
+    valid = (tokens < num_tokens) & in_row
+    rows_ptr = both_ptr + image * (num_tokens + 1) * num_queries
+    attention = tl.load(rows_ptr + tokens * num_queries + queries, mask=valid, other=0.0)
+    uniform = tl.load(rows_ptr + num_tokens * num_queries + queries, mask=in_row, other=0.0)
+    isolated = (_from_bits(scale_attn_bits, dtype) * attention.to(dtype)
+                - _from_bits(scale_uniform_bits, dtype) * uniform.to(dtype))
+    isolated = tl.where(valid, isolated, -float('inf'))
+    weights = tl.exp(isolated - tl.max(isolated, axis=1)[:, None])
+    q = weights / tl.sum(weights, axis=1)[:, None]
+    log_q = tl.log(q + _from_bits(eps_bits, dtype))
+    offsets = (image * num_tokens + tokens) * q_stride + queries
+    tl.store(q_ptr + offsets, q, mask=valid)
+    tl.store(log_q_ptr + offsets, log_q, mask=valid)
+    self_terms = tl.sum(tl.where(valid, q * log_q, 0.0), axis=1)[:, None]
+    tl.store(self_ptr + image * num_tokens + tokens, self_terms, mask=tokens < num_tokens)
 
 
 @triton.jit
-def prune_and_sharpen_rows(rows_ptr, out_ptr, hyper_ptr, num_rows, size, FROM_KL: tl.constexpr,
-                           KEY_BITS: tl.constexpr, ROWS: tl.constexpr, BLOCK: tl.constexpr):
-    """ROWS rows of ``size`` entries a program (one on the GPU): A_new's rows from their KL
-    divergences (``FROM_KL``) or similarities; ``hyper`` holds λ and top_p in the rows' dtype.
+def _order_keys(x, valid, smallest, KEY_BITS: tl.constexpr):
+    """Integers of KEY_BITS bits in the order of the floats ``x`` (sign-magnitude → two's
+    complement), -0.0 and 0.0 one key; entries outside ``valid`` get ``smallest``."""
+    x = tl.where(x == 0.0, 0.0, x)
+    if KEY_BITS == 32:
+        bits = x.to(tl.int32, bitcast=True)
+        keys = bits ^ ((bits >> 31) & 0x7FFFFFFF)
+    else:
+        bits = x.to(tl.int64, bitcast=True)
+        keys = bits ^ ((bits >> 63) & 0x7FFFFFFFFFFFFFFF)
+    return tl.where(valid, keys, smallest)
+
+
+@triton.jit
+def _midpoint(low, high):
+    """⌊(low + high) / 2⌋ without overflow."""
+    return (low >> 1) + (high >> 1) + (low & high & 1)
+
+
+@triton.jit(do_not_specialize=['lamda_bits', 'top_p_bits'])
+def prune_and_sharpen_rows(rows_ptr, self_ptr, out_ptr, num_rows, size, out_stride, lamda_bits,
+                           top_p_bits, SOURCE: tl.constexpr, KEY_BITS: tl.constexpr,
+                           ROWS: tl.constexpr, BLOCK: tl.constexpr):
+    """ROWS rows of ``size`` entries a program (one on the GPU): A_new's rows, written with row
+    stride ``out_stride``, from rows (contiguous) of similarities (SOURCE 0), of KL divergences
+    (1), or of dot products q_i·log(q_j + ε), the KL being ``self`` minus them (2).
 
     With p = softmax(row) and G(b) = Σ p over the entries of key ≥ b (the cumulative mass at the
     end of a group of equal values in the sorted row), a bisection over the keys finds the
     smallest b with G(b) ≤ top_p: the entries from b up are kept whole; of the next group of
     equal values, the ones of lowest index while the mass stays ≤ top_p; at least the row's
     first maximum. This is the stable descending sort's selection, without sorting."""
+    dtype: tl.constexpr = rows_ptr.dtype.element_ty
     rows = tl.program_id(0).to(tl.int64) * ROWS + tl.arange(0, ROWS)[:, None]
     offsets = tl.arange(0, BLOCK)[None, :]
     valid = (offsets < size) & (rows < num_rows)
     x = tl.load(rows_ptr + rows * size + offsets, mask=valid, other=0.0)
-    lamda = tl.load(hyper_ptr)
-    top_p = tl.load(hyper_ptr + 1)
-    if FROM_KL:
+    lamda = _from_bits(lamda_bits, dtype)
+    top_p = _from_bits(top_p_bits, dtype)
+    if SOURCE == 2:
+        x = tl.load(self_ptr + rows, mask=rows < num_rows, other=0.0) - x
+    if SOURCE != 0:
         x = 1.0 / (1.0 + tl.maximum(x, 0.0))
     top = tl.max(tl.where(valid, x, -float('inf')), axis=1)[:, None]
     weights = tl.where(valid, tl.exp(x - top), 0.0)
     p = weights / tl.sum(weights, axis=1)[:, None]
-    keys = _order_keys(x, valid, KEY_BITS)
-    smallest = -0x7FFFFFFFFFFFFFFF - 1
-    low = tl.min(tl.where(valid, keys, 0x7FFFFFFFFFFFFFFF), axis=1)[:, None]   # G(low) > top_p
-    high = tl.max(keys, axis=1)[:, None] + 1                                   # G(high) = 0
+    if KEY_BITS == 32:  # the keys' smallest and largest values
+        smallest = -0x7FFFFFFF - 1
+        largest = 0x7FFFFFFF
+    else:
+        smallest = -0x7FFFFFFFFFFFFFFF - 1
+        largest = 0x7FFFFFFFFFFFFFFF
+    keys = _order_keys(x, valid, smallest, KEY_BITS)
+    low = tl.min(tl.where(valid, keys, largest), axis=1)[:, None]          # G(low) > top_p
+    high = tl.max(keys, axis=1)[:, None] + 1                                # G(high) = 0
     low_fits = tl.sum(tl.where(keys >= low, p, 0.0), axis=1)[:, None] <= top_p
     high = tl.where(low_fits, low, high)                      # top_p ≥ the whole mass: keep all
-    while tl.max(high - low) > 1:  # at most KEY_BITS halvings; about 25 for similarities
-        middle = (low >> 1) + (high >> 1) + (low & high & 1)  # ⌊(low + high) / 2⌋, no overflow
-        middle = tl.where(high - low > 1, middle, high)
+    middle = _midpoint(low, high)
+    # middle > low exactly while high − low > 1 (a difference that 32-bit keys could overflow);
+    # at most KEY_BITS halvings, about 25 for similarities
+    while tl.max((middle > low).to(tl.int32)) > 0:
         fits = tl.sum(tl.where(keys >= middle, p, 0.0), axis=1)[:, None] <= top_p
-        high = tl.where(fits, middle, high)
+        high = tl.where(fits, middle, high)         # a finished row: middle = low, kept as is
         low = tl.where(fits, low, middle)
+        middle = _midpoint(low, high)
     above = keys >= high                                      # kept whole
     mass_above = tl.sum(tl.where(above, p, 0.0), axis=1)[:, None]
     next_key = tl.max(tl.where(above, smallest, keys), axis=1)[:, None]
@@ -63,4 +123,5 @@ def prune_and_sharpen_rows(rows_ptr, out_ptr, hyper_ptr, num_rows, size, FROM_KL
     sharpened = tl.where(keep, x * tl.exp(lamda * x), -float('inf'))
     weights = tl.exp(sharpened - tl.max(sharpened, axis=1)[:, None])
     new_rows = weights / tl.sum(weights, axis=1)[:, None]
-    tl.store(out_ptr + rows * size + offsets, new_rows.to(out_ptr.dtype.element_ty), mask=valid)
+    tl.store(out_ptr + rows * out_stride + offsets, new_rows.to(out_ptr.dtype.element_ty),
+             mask=valid)

@@ -26,9 +26,11 @@ block×N ones and it is never held whole. A CPU and a CUDA path do that, by the 
   products run in the dtype of the values (tensor cores in fp16/bf16), the KL, similarities and
   pruning in at least fp32. The pruning, one of:
 
-  - 'fused' (CUDA with Triton, N ≤ 4096; the default there): one Triton kernel a block turns the
-    KL rows into rows of A_new (:mod:`.fsa_kernel`): no sort, every row read and written once;
-    the official selection, up to the summation order of the softmax and cumulative mass;
+  - 'fused' (CUDA with Triton, N ≤ 4096; the default there): one Triton kernel makes the KL's
+    terms from the branches' similarities, and per block one more turns the rows of
+    q_i·log q_j (one matrix product) into rows of A_new (:mod:`.fsa_kernel`): no sort, every
+    row read and written once; the official selection, up to the summation order of the
+    softmax and cumulative mass;
   - 'device' (``fused_pruning=False``, or no Triton): every row sorted with ``torch.sort``
     (indices included, which the GPU sort makes anyway) and its kept entries scattered back, as
     the official code does: its selection bit for bit on the same device, in a dozen kernels.
@@ -49,7 +51,12 @@ from mmseg.registry import MODELS
 from torch import Tensor
 
 from .base import AttentionPlugin, LogitsFn, attend, merge_heads, split_heads
-from .fsa_kernel import fused_prune_and_sharpen, fused_pruning_available
+from .fsa_kernel import (
+    MAX_FUSED_QUERIES,
+    fused_kl_terms,
+    fused_prune_and_sharpen,
+    fused_pruning_available,
+)
 
 BLOCK_ELEMENTS = 2 ** 19  # CPU path: rows of A_new made at once, about this many entries (2 MB)
 DEVICE_BLOCK_ELEMENTS = 2 ** 22  # device path: at most this many entries at once (16 MB in fp32)
@@ -127,9 +134,10 @@ class FSA(AttentionPlugin):
         both = both.unflatten(-1, (2, heads, head_dim))
         new_attended = both[:, :, 0].transpose(1, 2)                         # (B, H, N, d)
         mixed = both[:, :, 1].transpose(1, 2)                                # A_new·(A·V + V)
-        if attn.shape[1] == 1:
-            out = torch.baddbmm(merge_heads(mixed), attn[:, 0], merge_heads(new_attended))
-            return split_heads(out.div_(3), heads)
+        if attn.shape[1] == 1:  # the division by 3 in the product's epilogue
+            out = torch.baddbmm(merge_heads(mixed), attn[:, 0], merge_heads(new_attended),
+                                beta=1 / 3, alpha=1 / 3)
+            return split_heads(out, heads)
         return (attn @ new_attended).add_(mixed).div_(3)
 
     def feedback_attention(self, attended: Tensor, values: Tensor, logits_fn: LogitsFn) -> Tensor:
@@ -139,16 +147,22 @@ class FSA(AttentionPlugin):
         return new_attn.to(values.dtype).unsqueeze(1)
 
     def _isolated_logits(self, attended: Tensor, values: Tensor, logits_fn: LogitsFn) -> Tensor:
-        """P − P_u (B, N, Q), in at least fp32. Both branches in one call of ``logits_fn``, the
-        uniform branch's mean token after the patches: on a GPU, where a call of a few small
-        kernels costs more host time than device time, that halves the calls."""
+        """P − P_u (B, N, Q), in at least fp32."""
+        return self._isolation(self._branch_similarities(attended, values, logits_fn))
+
+    def _isolation(self, both: Tensor) -> Tensor:
+        """s_a·P − s_u·P_u from the branches' similarities (B, N + 1, Q), in at least fp32."""
         scale_attn, scale_uniform = self.logit_scales
-        tokens = torch.cat([attended, values.mean(dim=2, keepdim=True)], dim=2)  # (B, H, N+1, d)
-        both = logits_fn(tokens)                                                # (B, N+1, Q)
         logits, uniform = scale_attn * both[:, :-1], scale_uniform * both[:, -1:]
         # fp16's smallest normal number is above the 1e-10 of the logarithm: work in ≥ fp32.
-        work_dtype = torch.promote_types(values.dtype, torch.float32)
-        return (logits - uniform).to(work_dtype)
+        return (logits - uniform).to(torch.promote_types(both.dtype, torch.float32))
+
+    @staticmethod
+    def _branch_similarities(attended: Tensor, values: Tensor, logits_fn: LogitsFn) -> Tensor:
+        """Cosine similarities (B, N + 1, Q) of the attention branch's tokens and, last, of the
+        uniform branch's mean token: both in one call of ``logits_fn``, which on a GPU, where a
+        call of a few small kernels costs more host time than device time, halves the calls."""
+        return logits_fn(torch.cat([attended, values.mean(dim=2, keepdim=True)], dim=2))
 
     def _feedback_product(self, attended: Tensor, values: Tensor, logits_fn: LogitsFn,
                           operand: Tensor, path: str) -> Tensor:
@@ -157,8 +171,12 @@ class FSA(AttentionPlugin):
         Without autograd, A_new is made and applied a block of rows at a time (every step of it
         works on rows independently): its N×N buffers become block×N ones and A_new is never held
         whole. The blocks depend on the shapes only."""
-        isolated = self._isolated_logits(attended, values, logits_fn)
-        if _records_grad(isolated) or _records_grad(operand):
+        both = self._branch_similarities(attended, values, logits_fn)
+        differentiable = _records_grad(both) or _records_grad(operand)
+        if path == 'fused' and both.shape[-1] <= MAX_FUSED_QUERIES and not differentiable:
+            return self._fused_feedback_product(both, operand, values.dtype)
+        isolated = self._isolation(both)
+        if differentiable:
             sim = self.patch_similarity(isolated)
             return self._prune_and_sharpen(sim, True, path).to(values.dtype) @ operand
         q, log_q, self_term = self._kl_terms(isolated)
@@ -168,11 +186,27 @@ class FSA(AttentionPlugin):
         for rows in _row_blocks(batch, num_tokens, path):
             kl = torch.baddbmm(self_term[:, rows], q[:, rows], log_q_t, alpha=-1)  # (B, b, N)
             if path == 'fused':  # the similarity is made in the kernel
-                new_rows = fused_prune_and_sharpen(kl, self.lamda, self.top_p, True,
+                new_rows = fused_prune_and_sharpen(kl, self.lamda, self.top_p, 'kl',
                                                    values.dtype)
             else:
                 sim = kl.clamp_min_(0).add_(1).reciprocal_()
                 new_rows = self._prune_and_sharpen(sim, True, path).to(values.dtype)
+            torch.matmul(new_rows, operand, out=out[:, rows])
+        return out
+
+    def _fused_feedback_product(self, both: Tensor, operand: Tensor,
+                                dtype: torch.dtype) -> Tensor:
+        """:meth:`_feedback_product` on the fused path from the branches' similarities: the KL
+        terms in one kernel, then per block of rows the dot products q_i·log q_j, which the
+        pruning kernel subtracts from the self terms."""
+        q, log_q, self_term = fused_kl_terms(both, self.logit_scales, self.eps)
+        log_q_t = log_q.transpose(-1, -2)
+        batch, num_tokens = q.shape[:2]
+        out = operand.new_empty(operand.shape)
+        for rows in _row_blocks(batch, num_tokens, 'fused'):
+            dots = torch.bmm(q[:, rows], log_q_t)                                   # (B, b, N)
+            new_rows = fused_prune_and_sharpen(dots, self.lamda, self.top_p, 'dots', dtype,
+                                               self_terms=self_term[:, rows])
             torch.matmul(new_rows, operand, out=out[:, rows])
         return out
 
@@ -205,7 +239,7 @@ class FSA(AttentionPlugin):
             sharpened = sim * torch.exp(self.lamda * sim)
             return sharpened.masked_fill(~keep, float('-inf')).softmax(dim=-1)
         if path == 'fused':
-            return fused_prune_and_sharpen(sim, self.lamda, self.top_p, False, sim.dtype)
+            return fused_prune_and_sharpen(sim, self.lamda, self.top_p, 'similarity', sim.dtype)
         if path == 'device':
             return self._prune_in_sort_order(sim, reuse_input)
         return self._prune_by_threshold(sim, reuse_input)

@@ -1,4 +1,4 @@
-"""FSA's pruning and sharpening as one fused Triton kernel per block of rows (CUDA).
+"""FSA's KL terms and its pruning and sharpening as fused Triton kernels (CUDA).
 
 The torch device path makes a block of A_new in about a dozen kernels over block×N buffers (the
 similarity, a segmented sort with indices, softmax, cumulative sum, a scatter of the kept sorted
@@ -13,6 +13,13 @@ writes its row of A_new once, in the dtype of the values:
         of lowest index (the order of the stable sort CUDA's ``torch.sort`` uses for such rows)
     A_new = softmax over the kept entries of sim·exp(λ·sim)
 
+Before it, one kernel turns the two branches' similarities into the terms of the KL,
+q = softmax(s_a·P − s_u·P_u), log(q + ε) and Σ q·log(q + ε), in place of about ten small
+torch kernels; the KL rows then come from one matrix product q·log(q + ε)ᵀ, subtracted from the
+self terms in the pruning kernel. A_new's rows are written with a row stride of a multiple of 16
+bytes, as are q's and log q's, so that the matrix products that read them get the GEMM kernels
+for aligned operands (N = 1764 tokens of fp16 are 3528 bytes, Q = 171 of fp32 684).
+
 This is the official selection, as a definition: the kernel finds the cut by a bisection over
 the bit patterns of the similarities, without sorting (:mod:`._fsa_triton`). Only the summation
 order of the softmax and the cumulative mass differs from torch's kernels (a top-p cut moves only
@@ -21,17 +28,20 @@ with a shape-only fake implementation, so the host-synchronisation checks on fak
 see through it. On CPU the same kernel runs in Triton's interpreter (TRITON_INTERPRET=1): slow,
 for the tests only.
 """
-import contextlib
 import functools
 import importlib.util
-from typing import Optional
+import struct
+from typing import Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 from torch import Tensor
 
 MAX_FUSED_TOKENS = 4096  # one row lives in one program's registers: N ≤ 4096 (SAM's 64×64 grid)
+MAX_FUSED_QUERIES = 4096  # and one token's Q similarities in the KL terms' kernel
 MAX_BLOCK_ENTRIES = 2 ** 20  # Triton's largest block (TRITON_MAX_TENSOR_NUMEL)
+ROW_ALIGNMENT = 16  # bytes: the row stride that GEMM kernels for aligned operands need
+SOURCES = ('similarity', 'kl', 'dots')  # what the pruning kernel's rows hold
 _FLOAT_TYPES = (torch.float32, torch.float64)
 
 
@@ -51,64 +61,134 @@ def _kernel_runs_on(index: Optional[int]) -> bool:
     return torch.cuda.get_device_capability(index) >= (8, 0)
 
 
-def fused_prune_and_sharpen(rows: Tensor, lamda: float, top_p: float, from_kl: bool,
-                            out_dtype: torch.dtype) -> Tensor:
-    """A_new for each row of ``rows`` (..., N), fp32 or fp64: the KL divergences when
-    ``from_kl`` (the similarity 1 / (1 + max(KL, 0)) is made in the kernel), else the similarities.
-    Returns a new tensor of the same shape in ``out_dtype``."""
+def padded_rows(shape: Sequence[int], dtype: torch.dtype, device: torch.device) -> Tensor:
+    """An uninitialised tensor of ``shape`` whose rows (last dimension) start every multiple of
+    ``ROW_ALIGNMENT`` bytes: a view of a wider buffer."""
+    *leading, size = shape
+    per_row = max(1, ROW_ALIGNMENT // torch.empty((), dtype=dtype).element_size())
+    stride = -(-max(size, 1) // per_row) * per_row
+    return torch.empty((*leading, stride), dtype=dtype, device=device)[..., :size]
+
+
+def fused_kl_terms(branches: Tensor, logit_scales: Tuple[float, float],
+                   eps: float) -> Tuple[Tensor, Tensor, Tensor]:
+    """From ``branches`` (B, N + 1, Q), the attention branch's cosine similarities P and, last,
+    the uniform branch's P_u: q = softmax_Q(s_a·P − s_u·P_u) (B, N, Q), log(q + ε) (B, N, Q) and
+    Σ_c q·log(q + ε) (B, N), in at least fp32, q and log q with aligned rows."""
+    if branches.shape[-1] > MAX_FUSED_QUERIES:
+        raise ValueError(f'the fused FSA KL terms take at most {MAX_FUSED_QUERIES} queries, got '
+                         f'{branches.shape[-1]}')
+    return torch.ops.fsa_seg.kl_terms(branches, list(logit_scales), eps)
+
+
+def _kl_terms_outputs(branches: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+    batch, tokens, queries = branches.shape[0], branches.shape[1] - 1, branches.shape[2]
+    dtype = torch.promote_types(branches.dtype, torch.float32)
+    q, log_q = (padded_rows((batch, tokens, queries), dtype, branches.device) for _ in range(2))
+    return q, log_q, branches.new_empty((batch, tokens), dtype=dtype)
+
+
+@torch.library.custom_op('fsa_seg::kl_terms', mutates_args=())
+def _kl_terms_op(branches: Tensor, logit_scales: Sequence[float],
+                 eps: float) -> Tuple[Tensor, Tensor, Tensor]:
+    branches = branches.contiguous()
+    q, log_q, self_terms = _kl_terms_outputs(branches)
+    batch, tokens = self_terms.shape
+    if q.numel() == 0:
+        return q, log_q, self_terms
+    from ._fsa_triton import kl_terms_rows
+    block = max(16, 1 << (branches.shape[-1] - 1).bit_length())
+    rows = max(1, min(1 << (tokens - 1).bit_length(), _entries_per_program(q) // block))
+    grid = (-(-tokens // rows), batch)
+    with _launching_on(q.device):
+        _kernel(kl_terms_rows, q.device)[grid](
+            branches, q, log_q, self_terms, tokens, branches.shape[-1], q.stride(1),
+            *map(_bits, (*logit_scales, eps)), ROWS=rows, BLOCK=block, num_warps=4)
+    return q, log_q, self_terms
+
+
+@_kl_terms_op.register_fake
+def _(branches, logit_scales, eps):
+    return _kl_terms_outputs(branches)
+
+
+def fused_prune_and_sharpen(rows: Tensor, lamda: float, top_p: float, source: str,
+                            out_dtype: torch.dtype,
+                            self_terms: Optional[Tensor] = None) -> Tensor:
+    """A_new for each row of ``rows`` (..., N), fp32 or fp64, holding (``source``) the
+    similarities, the KL divergences (the similarity 1 / (1 + max(KL, 0)) is made in the
+    kernel), or the dot products q_i·log(q_j + ε), the KL being ``self_terms`` (...,) minus them.
+    Returns a new tensor of the same shape in ``out_dtype``, with aligned rows."""
     if rows.dtype not in _FLOAT_TYPES:
         raise TypeError(f'the fused FSA pruning works in float32 or float64, got {rows.dtype}')
     if rows.shape[-1] > MAX_FUSED_TOKENS:
         raise ValueError(f'the fused FSA pruning takes rows of at most {MAX_FUSED_TOKENS} '
                          f'tokens, got {rows.shape[-1]}')
-    return torch.ops.fsa_seg.prune_and_sharpen(rows, lamda, top_p, from_kl, out_dtype)
+    if source not in SOURCES or (source == 'dots') != (self_terms is not None):
+        raise ValueError(f'source must be one of {SOURCES}, with self_terms exactly for '
+                         f"'dots'; got {source!r}")
+    return torch.ops.fsa_seg.prune_and_sharpen(rows, self_terms, lamda, top_p, source,
+                                               out_dtype)
 
 
 @torch.library.custom_op('fsa_seg::prune_and_sharpen', mutates_args=())
-def _prune_and_sharpen_op(rows: Tensor, lamda: float, top_p: float, from_kl: bool,
-                          out_dtype: torch.dtype) -> Tensor:
+def _prune_and_sharpen_op(rows: Tensor, self_terms: Optional[Tensor], lamda: float,
+                          top_p: float, source: str, out_dtype: torch.dtype) -> Tensor:
     rows = rows.contiguous()
-    out = torch.empty(rows.shape, dtype=out_dtype, device=rows.device)
+    out = padded_rows(rows.shape, out_dtype, rows.device)
     if rows.numel() == 0:
         return out
-    run_kernel(rows, out, hyperparameters(rows, lamda, top_p), from_kl)
+    run_kernel(rows, out, lamda, top_p, source,
+               None if self_terms is None else self_terms.to(rows.dtype).contiguous())
     return out
 
 
-def run_kernel(rows: Tensor, out: Tensor, hyper: Tensor, from_kl: bool,
-               rows_per_program: Optional[int] = None, num_warps: Optional[int] = None) -> None:
-    """Launch the kernel on contiguous ``rows`` (..., N), writing ``out`` (the same shape). By
-    default the GPU runs a row a program with :func:`_num_warps` warps, and the interpreter, whose
-    cost is per program, as many rows in one as Triton's largest block (2^20 entries) holds;
-    ``rows_per_program`` and ``num_warps`` set others (:mod:`fsa_seg.analysis.kernel_benchmark`
-    times them)."""
+@_prune_and_sharpen_op.register_fake
+def _(rows, self_terms, lamda, top_p, source, out_dtype):
+    return padded_rows(rows.shape, out_dtype, rows.device)
+
+
+def run_kernel(rows: Tensor, out: Tensor, lamda: float, top_p: float, source: str = 'kl',
+               self_terms: Optional[Tensor] = None, rows_per_program: Optional[int] = None,
+               num_warps: Optional[int] = None) -> None:
+    """Launch the pruning kernel on contiguous ``rows`` (..., N), writing ``out`` (the same
+    shape, rows of any stride). By default the GPU runs a row a program with :func:`_num_warps`
+    warps, and the interpreter, whose cost is per program, as many rows in one as Triton's
+    largest block (2^20 entries) holds; ``rows_per_program`` and ``num_warps`` set others
+    (:mod:`fsa_seg.analysis.kernel_benchmark` times them)."""
+    from ._fsa_triton import prune_and_sharpen_rows
     size = rows.shape[-1]
     num_rows = rows.numel() // size
     block = max(16, 1 << (size - 1).bit_length())
     if rows_per_program is None:
         rows_per_program = 1 if rows.is_cuda else min(1 << (num_rows - 1).bit_length(),
-                                                      max(1, MAX_BLOCK_ENTRIES // block))
-    launch = _kernel(rows.device)[(-(-num_rows // rows_per_program),)]
-    # Triton launches on the current device; the interpreter's padding rows (beyond num_rows,
-    # never stored) divide 0 by 0 in numpy.
-    on_device = torch.cuda.device(rows.device) if rows.is_cuda else contextlib.nullcontext()
-    with on_device, np.errstate(invalid='ignore', divide='ignore'):
-        launch(rows, out, hyper, num_rows, size, FROM_KL=from_kl, KEY_BITS=8 * rows.element_size(),
-               ROWS=rows_per_program, BLOCK=block, num_warps=num_warps or _num_warps(block))
+                                                      _entries_per_program(rows) // block)
+    launch = _kernel(prune_and_sharpen_rows, rows.device)[(-(-num_rows // rows_per_program),)]
+    with _launching_on(rows.device):
+        launch(rows, rows if self_terms is None else self_terms, out, num_rows, size,
+               out.stride(-2) if out.dim() > 1 else size, _bits(lamda), _bits(top_p),
+               SOURCE=SOURCES.index(source), KEY_BITS=8 * rows.element_size(),
+               ROWS=max(1, rows_per_program), BLOCK=block,
+               num_warps=num_warps or _num_warps(block))
 
 
-def hyperparameters(rows: Tensor, lamda: float, top_p: float) -> Tensor:
-    """[λ, top_p] on the rows' device in their dtype, as torch's scalar arithmetic on such rows
-    uses them (a Triton float argument is fp32). Filled by kernels: ``hyper[0] = lamda`` would
-    copy a CPU scalar to the device, a host synchronisation that a CUDA graph cannot capture."""
-    hyper = rows.new_full((2,), top_p)
-    hyper[:1].fill_(lamda)
-    return hyper
+def _bits(value: float) -> int:
+    """The bit pattern of the double ``value`` as a signed integer (see :mod:`._fsa_triton`)."""
+    return struct.unpack('<q', struct.pack('<d', float(value)))[0]
 
 
-@_prune_and_sharpen_op.register_fake
-def _(rows, lamda, top_p, from_kl, out_dtype):
-    return rows.new_empty(rows.shape, dtype=out_dtype)
+def _entries_per_program(like: Tensor) -> int:
+    """A program's block entries: Triton's largest block in the interpreter, whose cost is per
+    program; on the GPU the callers choose."""
+    return MAX_BLOCK_ENTRIES if not like.is_cuda else 4096
+
+
+def _launching_on(device: torch.device):
+    """Triton launches on the current device; the interpreter's padding rows (never stored)
+    divide 0 by 0 in numpy."""
+    if device.type == 'cuda':
+        return torch.cuda.device(device)
+    return np.errstate(invalid='ignore', divide='ignore', over='ignore')
 
 
 def _num_warps(block: int) -> int:
@@ -116,13 +196,12 @@ def _num_warps(block: int) -> int:
     return min(16, max(4, block // 256))
 
 
-def _kernel(device: torch.device):
-    """The Triton kernel: compiled for CUDA; for CPU tensors only when Triton runs its interpreter
+def _kernel(kernel, device: torch.device):
+    """``kernel`` compiled for CUDA; for CPU tensors only when Triton runs its interpreter
     (TRITON_INTERPRET=1 before Triton is imported, as the tests do without a GPU)."""
-    from ._fsa_triton import prune_and_sharpen_rows  # imports Triton: only when first used
     if device.type == 'cpu':
         from triton.runtime.interpreter import InterpretedFunction
-        if not isinstance(prune_and_sharpen_rows, InterpretedFunction):
-            raise RuntimeError('the fused FSA pruning runs on CUDA; on CPU only in Triton\'s '
+        if not isinstance(kernel, InterpretedFunction):
+            raise RuntimeError('the fused FSA kernels run on CUDA; on CPU only in Triton\'s '
                                'interpreter (TRITON_INTERPRET=1 set before Triton is imported)')
-    return prune_and_sharpen_rows
+    return kernel

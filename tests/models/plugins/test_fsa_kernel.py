@@ -3,6 +3,7 @@ interpreter on CPU: the official selection with CUDA's tie order on rows of any 
 ties, the similarity made from KL rows, its dtypes and limits; and, without a GPU, that the
 kernel compiles for an H100 (sm_90) without spilling registers."""
 import importlib.util
+import math
 import os
 import re
 import subprocess
@@ -11,7 +12,6 @@ import textwrap
 
 import pytest
 import torch
-from cuda_checks import HostDeviceCopies
 from torch._subclasses.fake_tensor import FakeTensorMode
 
 import fsa_seg.models.plugins.fsa_kernel as fsa_kernel
@@ -42,7 +42,7 @@ def rows_of(kind, generator, dtype=torch.float64):
                                           (3.0, 5.0)])
 def test_rows_equal_the_official_selection_in_cuda_tie_order(kind, lamda, top_p):
     sim = rows_of(kind, torch.Generator().manual_seed(1))
-    out = fused_prune_and_sharpen(sim, lamda, top_p, False, torch.float64)
+    out = fused_prune_and_sharpen(sim, lamda, top_p, 'similarity', torch.float64)
     official = official_prune_and_sharpen(sim, lamda, top_p, stable=True)
     assert torch.equal(out > 0, official > 0)
     assert (out - official).abs().max() < 1e-15
@@ -53,7 +53,7 @@ def test_rows_equal_the_official_selection_in_cuda_tie_order(kind, lamda, top_p)
 def test_kl_rows_become_similarities_in_the_kernel_and_any_leading_shape_is_kept():
     generator = torch.Generator().manual_seed(2)
     kl = torch.rand(2, 3, 17, 50, generator=generator, dtype=torch.float64) * 3 - 0.5
-    out = fused_prune_and_sharpen(kl, 3.0, 0.45, True, torch.float64)
+    out = fused_prune_and_sharpen(kl, 3.0, 0.45, 'kl', torch.float64)
     official = official_prune_and_sharpen(1 / (1 + kl.clamp(min=0)), 3.0, 0.45, stable=True)
     assert out.shape == kl.shape and torch.equal(out > 0, official > 0)
     assert (out - official).abs().max() < 1e-15
@@ -63,14 +63,14 @@ def test_more_rows_than_one_interpreted_block_holds():
     """The interpreter runs at most Triton's largest block (2^20 entries) a program: 600 rows
     of 1100 (padded to 1024 × 2048) take two programs."""
     sim = torch.rand(600, 1100, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
-    out = fused_prune_and_sharpen(sim, 3.0, 0.45, False, torch.float64)
+    out = fused_prune_and_sharpen(sim, 3.0, 0.45, 'similarity', torch.float64)
     official = official_prune_and_sharpen(sim, 3.0, 0.45, stable=True)
     assert torch.equal(out > 0, official > 0) and (out - official).abs().max() < 1e-15
 
 
 def test_fp32_rows_written_in_half_precision():
     sim = rows_of('positive', torch.Generator().manual_seed(3), torch.float32)
-    out = fused_prune_and_sharpen(sim, 3.0, 0.45, False, torch.float16)
+    out = fused_prune_and_sharpen(sim, 3.0, 0.45, 'similarity', torch.float16)
     official = official_prune_and_sharpen(sim, 3.0, 0.45, stable=True)
     assert out.dtype == torch.float16 and torch.equal(out > 0, official > 0)
     assert (out.float() - official).abs().max() < 1e-3   # fp16 rounding of values ≤ 1
@@ -78,10 +78,11 @@ def test_fp32_rows_written_in_half_precision():
 
 def test_dtypes_and_sizes_it_cannot_take_are_refused_and_empty_rows_pass():
     with pytest.raises(TypeError, match='float32 or float64, got torch.float16'):
-        fused_prune_and_sharpen(torch.rand(2, 8).half(), 3.0, 0.45, False, torch.float16)
+        fused_prune_and_sharpen(torch.rand(2, 8).half(), 3.0, 0.45, 'similarity',
+                                torch.float16)
     with pytest.raises(ValueError, match=f'at most {MAX_FUSED_TOKENS} tokens, got 4097'):
-        fused_prune_and_sharpen(torch.rand(1, 4097), 3.0, 0.45, False, torch.float32)
-    assert fused_prune_and_sharpen(torch.rand(0, 8), 3.0, 0.45, False, torch.float32).shape \
+        fused_prune_and_sharpen(torch.rand(1, 4097), 3.0, 0.45, 'kl', torch.float32)
+    assert fused_prune_and_sharpen(torch.rand(0, 8), 3.0, 0.45, 'kl', torch.float32).shape \
         == (0, 8)
 
 
@@ -90,47 +91,109 @@ COMPILE_FOR_H100 = textwrap.dedent('''
     import triton
     from triton.backends.compiler import GPUTarget
     from fsa_seg.models.plugins import fsa_kernel
-    from fsa_seg.models.plugins._fsa_triton import prune_and_sharpen_rows
+    from fsa_seg.models.plugins._fsa_triton import kl_terms_rows, prune_and_sharpen_rows
     ptxas = glob.glob(os.path.join(os.path.dirname(triton.__file__),
                                    'backends', 'nvidia', 'bin', 'ptxas'))
-    for rows, out, bits, block, from_kl in (('fp32', 'fp16', 32, 2048, True),
-                                            ('fp32', 'bf16', 32, 4096, True),
-                                            ('fp64', 'fp64', 64, 64, False)):
-        signature = dict(rows_ptr='*' + rows, out_ptr='*' + out, hyper_ptr='*' + rows,
-                         num_rows='i32', size='i32', FROM_KL='constexpr', KEY_BITS='constexpr',
-                         ROWS='constexpr', BLOCK='constexpr')
+    PRUNE = ('rows_ptr', 'self_ptr', 'out_ptr', 'num_rows', 'size', 'out_stride', 'lamda_bits',
+             'top_p_bits', 'SOURCE', 'KEY_BITS', 'ROWS', 'BLOCK')
+    KL_TERMS = ('both_ptr', 'q_ptr', 'log_q_ptr', 'self_ptr', 'num_tokens', 'num_queries',
+                'q_stride', 'scale_attn_bits', 'scale_uniform_bits', 'eps_bits', 'ROWS', 'BLOCK')
+    def compiled(fn, names, types, constexprs, num_warps):
+        signature = dict(zip(names, types + ('constexpr',) * len(constexprs)))
         try:
-            source = triton.compiler.ASTSource(
-                fn=prune_and_sharpen_rows, signature=signature,
-                constexprs=dict(FROM_KL=from_kl, KEY_BITS=bits, ROWS=1, BLOCK=block))
+            source = triton.compiler.ASTSource(fn=fn, signature=signature, constexprs=constexprs)
         except TypeError as error:  # another Triton's ahead-of-time API
             sys.exit(f'API: {error}')
-        kernel = triton.compile(source, target=GPUTarget('cuda', 90, 32),
-                                options=dict(num_warps=fsa_kernel._num_warps(block)))
+        return triton.compile(source, target=GPUTarget('cuda', 90, 32),
+                              options=dict(num_warps=num_warps))
+    kernels = []
+    for rows, out, bits, block, source in (('fp32', 'fp16', 32, 2048, 2),
+                                           ('fp32', 'bf16', 32, 4096, 1),
+                                           ('fp64', 'fp64', 64, 64, 0)):
+        types = ('*' + rows, '*' + rows, '*' + out, 'i32', 'i32', 'i32', 'i64', 'i64')
+        kernels.append(compiled(prune_and_sharpen_rows, PRUNE, types,
+                                dict(SOURCE=source, KEY_BITS=bits, ROWS=1, BLOCK=block),
+                                fsa_kernel._num_warps(block)))
+    for both, work in (('fp16', 'fp32'), ('fp64', 'fp64')):
+        types = ('*' + both, '*' + work, '*' + work, '*' + work, 'i32', 'i32', 'i32', 'i64',
+                 'i64', 'i64')
+        kernels.append(compiled(kl_terms_rows, KL_TERMS, types, dict(ROWS=16, BLOCK=256), 4))
+    for kernel in kernels:
         if ptxas:
             with tempfile.NamedTemporaryFile('w', suffix='.ptx', delete=False) as ptx:
                 ptx.write(kernel.asm['ptx'])
             info = subprocess.run([ptxas[0], '-v', '--gpu-name', 'sm_90a', ptx.name, '-o',
                                    os.devnull], capture_output=True, text=True, check=True)
-            print(block, info.stderr.replace(chr(10), ' '))
+            print(kernel.name, info.stderr.replace(chr(10), ' '))
         else:
             print('no ptxas')
 ''')
 
 
-def test_the_hyperparameters_reach_the_device_without_a_host_copy():
-    """λ and top_p are filled on the device in the rows' dtype: no CPU scalar copied into a CUDA
-    tensor (a host synchronisation, and a CUDA graph capture fails on it), as the check sees
-    ``hyper[0] = lamda`` do."""
-    with FakeTensorMode(), HostDeviceCopies() as copies:
-        rows = torch.empty(4, 1764, device='cuda', dtype=torch.float64)
-        hyper = fsa_kernel.hyperparameters(rows, 3.0, 0.45)
-        assert copies.found == []
-        hyper[0] = 3.0
-    assert hyper.device.type == 'cuda' and hyper.dtype == torch.float64 and hyper.shape == (2,)
-    assert copies.found == ['aten.copy_.default']
-    rows = torch.empty(2, 8, dtype=torch.float64)
-    assert fsa_kernel.hyperparameters(rows, 3.0, 0.45).tolist() == [3.0, 0.45]
+def kl_terms_reference(branches, scales, eps):
+    """q, log(q + ε), Σ q·log(q + ε) from their definitions, in float64."""
+    branches = branches.double()
+    isolated = scales[0] * branches[:, :-1] - scales[1] * branches[:, -1:]
+    q = isolated.softmax(dim=-1)
+    log_q = torch.log(q + eps)
+    return q, log_q, (q * log_q).sum(dim=-1)
+
+
+def test_kl_terms_equal_their_definition_in_float64_and_keep_its_epsilon():
+    """Similarities of cosine scale and some far below the rest, so that q + ε is ε for some
+    entries: ε reaches the kernel as the double 1e-10 (as fp32 it would move those logarithms by
+    about 1e-8)."""
+    generator = torch.Generator().manual_seed(6)
+    branches = torch.rand(2, 14, 37, generator=generator, dtype=torch.float64) * 2 - 1
+    branches[:, :-1, :5] -= 3.0                    # q ≈ e^-100 there
+    q, log_q, self_terms = fsa_kernel.fused_kl_terms(branches, (20.0, 35.0), 1e-10)
+    expected = kl_terms_reference(branches, (20.0, 35.0), 1e-10)
+    assert q.min() < 1e-30 and (log_q - math.log(1e-10)).abs().min() < 1e-12
+    for ours, reference in zip((q, log_q, self_terms), expected):
+        assert ours.dtype == torch.float64 and ours.shape == reference.shape
+        torch.testing.assert_close(ours, reference, rtol=0, atol=1e-13)
+    assert q.stride(1) % 2 == 0 and log_q.stride(1) % 2 == 0     # rows of 16-byte multiples
+
+
+def test_kl_terms_of_half_precision_similarities_are_made_in_float32():
+    generator = torch.Generator().manual_seed(7)
+    branches = (torch.rand(1, 30, 171, generator=generator) * 2 - 1).half()
+    q, log_q, self_terms = fsa_kernel.fused_kl_terms(branches, (20.0, 35.0), 1e-10)
+    expected = kl_terms_reference(branches, (20.0, 35.0), 1e-10)   # of the same fp16 values
+    assert q.dtype == log_q.dtype == self_terms.dtype == torch.float32
+    assert q.stride(1) == 172                                  # 684 bytes a row → 688
+    torch.testing.assert_close(q.double(), expected[0], rtol=1e-5, atol=1e-9)
+    torch.testing.assert_close(log_q.double(), expected[1], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(self_terms.double(), expected[2], rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match='at most 4096 queries, got 4097'):
+        fsa_kernel.fused_kl_terms(torch.rand(1, 3, 4097), (20.0, 35.0), 1e-10)
+
+
+def test_rows_of_dot_products_are_pruned_as_the_kl_they_give():
+    """KL_ij = self_i − q_i·log q_j, the subtraction made in the kernel."""
+    generator = torch.Generator().manual_seed(8)
+    branches = torch.rand(2, 41, 9, generator=generator, dtype=torch.float64) * 2 - 1
+    q, log_q, self_terms = kl_terms_reference(branches, (20.0, 35.0), 1e-10)
+    dots = q @ log_q.transpose(-1, -2)
+    out = fused_prune_and_sharpen(dots, 3.0, 0.45, 'dots', torch.float64, self_terms=self_terms)
+    kl = self_terms[..., None] - dots
+    official = official_prune_and_sharpen(1 / (1 + kl.clamp(min=0)), 3.0, 0.45, stable=True)
+    assert torch.equal(out > 0, official > 0) and (out - official).abs().max() < 1e-15
+    with pytest.raises(ValueError, match="self_terms exactly for 'dots'"):
+        fused_prune_and_sharpen(dots, 3.0, 0.45, 'kl', torch.float64, self_terms=self_terms)
+    with pytest.raises(ValueError, match="self_terms exactly for 'dots'"):
+        fused_prune_and_sharpen(dots, 3.0, 0.45, 'dots', torch.float64)
+
+
+@pytest.mark.parametrize('dtype, stride', [(torch.float16, 1768), (torch.float32, 1764),
+                                           (torch.bfloat16, 1768), (torch.float64, 1764)])
+def test_rows_of_a_new_start_at_multiples_of_16_bytes(dtype, stride):
+    """So that the product A_new·V gets GEMM kernels for aligned operands: N = 1764 fp16
+    entries are 3528 bytes, not a multiple of 16."""
+    with FakeTensorMode():
+        rows = torch.empty(2, 7, 1764, device='cuda')
+        out = fused_prune_and_sharpen(rows, 3.0, 0.45, 'kl', dtype)
+    assert out.shape == (2, 7, 1764) and out.stride() == (7 * stride, stride, 1)
 
 
 @pytest.mark.skipif(sys.platform != 'linux', reason="Triton's CUDA compiler ships for Linux")
@@ -144,7 +207,7 @@ def test_the_kernel_compiles_for_an_h100_without_register_spills():
         pytest.skip(f"this Triton's ahead-of-time compile API differs ({result.stderr.strip()})")
     assert result.returncode == 0, result.stderr[-3000:]
     lines = result.stdout.splitlines()
-    assert len(lines) == 3
+    assert len(lines) == 5
     for line in lines:
         if line == 'no ptxas':
             continue

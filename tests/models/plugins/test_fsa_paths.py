@@ -87,6 +87,20 @@ def test_cuda_paths_in_uneven_row_blocks_equal_the_reference(monkeypatch, path, 
     assert (run(path, *problem) - reference(*problem)).abs().max() < 1e-12
 
 
+@fused_runs_here
+@pytest.mark.parametrize('attention', ['per-head', 'shared', 'identity'])
+def test_fused_path_beyond_the_queries_of_its_kl_kernel_equals_the_reference(monkeypatch,
+                                                                           attention):
+    """More queries than the KL terms' kernel takes: the KL terms made by torch, their KL rows
+    pruned by the fused kernel."""
+    def refused(*args):
+        raise AssertionError('the KL terms kernel ran')
+    monkeypatch.setattr(fsa_module, 'MAX_FUSED_QUERIES', 11)
+    monkeypatch.setattr(fsa_module, 'fused_kl_terms', refused)
+    problem = random_fsa_problem(2, 3, 50, 4, 12, attention, seed=4)
+    assert (run('fused', *problem) - reference(*problem, stable=True)).abs().max() < 1e-12
+
+
 def test_device_row_blocks_follow_the_shapes_only():
     """2^22 entries at most: N = 1764 (DINO-B/8 at 336) whole; N = 4096 (SAM) in 4 × 1024 rows;
     a batch of 2 at N = 1764 in 2 × 882 rows. The CPU path keeps its 2^19-entry blocks."""

@@ -162,7 +162,17 @@ class FSA(AttentionPlugin):
         """Cosine similarities (B, N + 1, Q) of the attention branch's tokens and, last, of the
         uniform branch's mean token: both in one call of ``logits_fn``, which on a GPU, where a
         call of a few small kernels costs more host time than device time, halves the calls."""
-        return logits_fn(torch.cat([attended, values.mean(dim=2, keepdim=True)], dim=2))
+        batch, heads, num_tokens, head_dim = values.shape
+        # tokens laid out with the heads side by side, so that ``logits_fn``'s merge of the heads
+        # (before out_proj) is a view, not a copy
+        tokens = values.new_empty((batch, num_tokens + 1, heads * head_dim))
+        tokens[:, :num_tokens] = merge_heads(attended)
+        tokens = split_heads(tokens, heads)                              # (B, H, N + 1, d)
+        if _records_grad(values):  # autograd takes no out= argument
+            tokens[:, :, num_tokens:] = values.mean(dim=2, keepdim=True)
+        else:
+            torch.mean(values, dim=2, keepdim=True, out=tokens[:, :, num_tokens:])
+        return logits_fn(tokens)
 
     def _feedback_product(self, attended: Tensor, values: Tensor, logits_fn: LogitsFn,
                           operand: Tensor, path: str) -> Tensor:

@@ -63,11 +63,14 @@ def _kernel_runs_on(index: Optional[int]) -> bool:
 
 def padded_rows(shape: Sequence[int], dtype: torch.dtype, device: torch.device) -> Tensor:
     """An uninitialised tensor of ``shape`` whose rows (last dimension) start every multiple of
-    ``ROW_ALIGNMENT`` bytes: a view of a wider buffer."""
+    ``ROW_ALIGNMENT`` bytes, the leading dimensions laid out as in a contiguous tensor."""
     *leading, size = shape
-    per_row = max(1, ROW_ALIGNMENT // torch.empty((), dtype=dtype).element_size())
-    stride = -(-max(size, 1) // per_row) * per_row
-    return torch.empty((*leading, stride), dtype=dtype, device=device)[..., :size]
+    per_row = max(1, ROW_ALIGNMENT // dtype.itemsize)
+    strides, step = [1], -(-max(size, 1) // per_row) * per_row
+    for length in reversed(leading):
+        strides.insert(0, step)
+        step *= length
+    return torch.empty_strided(tuple(shape), strides, dtype=dtype, device=device)
 
 
 def fused_kl_terms(branches: Tensor, logit_scales: Tuple[float, float],

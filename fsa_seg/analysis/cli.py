@@ -15,7 +15,7 @@ r"""Benchmarks that measure variants side by side in one run and print measureme
     python -m fsa_seg.analysis proxyclip [--precision fp16] [--repeat 7] [--device cpu] ...
 
     # FSA's fused pruning kernel alone: FSA's launch and other launch settings (GPU tuning)
-    python -m fsa_seg.analysis kernel [--n 1764 4096] [--q 171] [--launch 1x4 1x8 2x8 ...] \
+    python -m fsa_seg.analysis kernel [--n 1764 4096] [--q 171] [--launch 1x4 1x8x4 ...] \
         [--out-dtype fp16] [--repeat 20] [--device cuda] [--json out.json]
 
     # first use of a vocabulary: text embeddings at the full context (before) vs cut per batch
@@ -110,14 +110,17 @@ def parse_args(argv=None, prog=None):
     text.set_defaults(repeat=1)
 
     kernel = sub.add_parser('kernel', help="FSA's fused pruning kernel under other launch "
-                                           'settings (rows and warps per program)')
+                                           'settings (rows and warps per program, parts a '
+                                           'step of the top-p search)')
     kernel.add_argument('--n', type=COUNT, nargs='+', default=[1764, 4096],
                         help='tokens per row (N)')
     kernel.add_argument('--q', type=COUNT, default=171, help='queries (Q) of the KL terms')
     kernel.add_argument('--launch', type=kernel_benchmark.parse_launch, nargs='+',
-                        default=list(kernel_benchmark.LAUNCHES), metavar='ROWSxWARPS',
-                        help='launch settings tried beside FSA\'s (default: '
-                             + ' '.join(f'{r}x{w}' for r, w in kernel_benchmark.LAUNCHES) + ')')
+                        default=list(kernel_benchmark.LAUNCHES), metavar='ROWSxWARPS[xPARTS]',
+                        help='launch settings tried beside FSA\'s: rows and warps per program, '
+                             'parts the top-p cut\'s interval is cut into a step (default: '
+                             + ' '.join(f'{r}x{w}x{2 ** b}' for r, w, b in
+                                        kernel_benchmark.LAUNCHES) + ')')
     kernel.add_argument('--out-dtype', choices=sorted(benchmark.DTYPES), default='fp16',
                         help="A_new's dtype (the model's)")
     common(kernel, device='cuda')

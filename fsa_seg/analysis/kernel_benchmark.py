@@ -1,5 +1,6 @@
 """FSA's fused pruning kernel alone, launched as FSA launches it and with other launch settings
-(rows per program, warps per program): time per call of each, side by side in one run, and how
+(rows per program, warps per program, parts the top-p cut's interval is cut into a step):
+time per call of each, side by side in one run, and how
 far each one's rows of A_new are from FSA's launch. For tuning on a GPU; measurements, no verdicts.
 
 The rows are those FSA's fused path gives the kernel at ProxyCLIP's sizes: the dot products
@@ -26,9 +27,11 @@ from .benchmark import (
     short_ratio,
 )
 
-# (rows per program, warps per program) tried beside FSA's launch (a row a program, and
-# _num_warps: 8 warps for N ≤ 2048, 16 for N ≤ 4096)
-LAUNCHES = ((1, 2), (1, 4), (1, 8), (1, 16), (2, 4), (2, 8), (4, 8))
+# (rows per program, warps per program, split bits: the top-p cut's interval cut into
+# 2^bits parts a step) tried beside FSA's launch (a row a program, _num_warps: 8 warps for
+# N ≤ 2048, 16 for N ≤ 4096, and halving)
+LAUNCHES = ((1, 2, 1), (1, 4, 1), (1, 8, 1), (1, 16, 1), (2, 4, 1), (2, 8, 1), (4, 8, 1),
+            (1, 4, 2), (1, 8, 2), (1, 16, 2), (1, 8, 3), (1, 16, 3))
 
 
 def isolated_logits(n: int, q: int, seed: int = 0) -> torch.Tensor:
@@ -67,7 +70,7 @@ def _median_seconds(function, repeat: int, device: torch.device) -> float:
 
 
 def run_kernel_benchmark(n_values: Sequence[int] = (1764, 4096), q: int = 171,
-                         launches: Sequence[Tuple[int, int]] = LAUNCHES, device: str = 'cuda',
+                         launches: Sequence[Tuple[int, int, int]] = LAUNCHES, device: str = 'cuda',
                          out_dtype: str = 'fp16', repeat: int = 20,
                          settings: Optional[dict] = None) -> dict:
     """FSA's launch and each of ``launches`` on the rows of each N: median seconds per call, and
@@ -85,13 +88,14 @@ def run_kernel_benchmark(n_values: Sequence[int] = (1764, 4096), q: int = 171,
         reference = fsa_launch()
         fsa_s = _median_seconds(fsa_launch, repeat, device)
         results = []
-        for rows_per_program, warps in launches:
+        for rows_per_program, warps, split_bits in launches:
             out = padded_rows(reference.shape, dtype, device)
             seconds = _median_seconds(
                 lambda: run_kernel(rows, out, fsa.lamda, fsa.top_p, 'dots', self_terms,
-                                   rows_per_program, warps), repeat, device)
+                                   rows_per_program, warps, split_bits), repeat, device)
             difference = (out.double() - reference.double()).abs()
             results.append(dict(rows_per_program=rows_per_program, warps=warps,
+                                split_bits=split_bits,
                                 median_s=seconds, max_abs_diff=difference.max().item(),
                                 rows_differing=int((difference.amax(dim=-1) > 0).sum())))
         runs.append(dict(n=n, fsa_launch_s=fsa_s, launches=results))
@@ -110,29 +114,32 @@ def kernel_report(result: dict) -> str:
              f"device: {env['device']} ({env.get('device_name', 'cpu')}), torch {env['torch']}"]
     for run in result['runs']:
         lines += ['', f"N={run['n']}: FSA's launch {run['fsa_launch_s'] * 1e3:.4f} ms",
-                  f"{'rows/program':>13}{'warps':>7}{'ms':>10}{'FSA / this':>12}"
+                  f"{'rows/program':>13}{'warps':>7}{'split':>7}{'ms':>10}{'FSA / this':>12}"
                   f"{'max|diff|':>11}{'rows differing':>16}"]
         lines += [_launch_row(run['fsa_launch_s'], launch) for launch in run['launches']]
     return '\n'.join(lines)
 
 
 def _launch_row(fsa_s: float, launch: dict) -> str:
-    return (f"{launch['rows_per_program']:>13}{launch['warps']:>7}"
+    return (f"{launch['rows_per_program']:>13}{launch['warps']:>7}{2 ** launch['split_bits']:>7}"
             f"{launch['median_s'] * 1e3:>10.4f}{short_ratio(ratio(fsa_s, launch['median_s'])):>12}"
             f"{launch['max_abs_diff']:>11.1e}{launch['rows_differing']:>16}")
 
 
-def parse_launch(text: str) -> Tuple[int, int]:
-    """``ROWSxWARPS`` (e.g. ``1x4``) → (rows per program, warps), both powers of two (a Triton
-    block's sizes are)."""
+def parse_launch(text: str) -> Tuple[int, int, int]:
+    """``ROWSxWARPS`` or ``ROWSxWARPSxPARTS`` (e.g. ``1x4``, ``1x8x4``) → (rows per program,
+    warps, split bits), all powers of two (a Triton block's sizes are; PARTS = 2^split bits
+    ≥ 2, the top-p cut's interval cut into PARTS a step; halving by default)."""
     try:
-        rows, warps = (int(part) for part in text.lower().split('x'))
+        rows, warps, *parts = (int(part) for part in text.lower().split('x'))
     except ValueError:
         rows = warps = 0
-    if not (_power_of_two(rows) and _power_of_two(warps)):
-        raise argparse.ArgumentTypeError(f'expected ROWSxWARPS like 1x4, both powers of two, got '
-                                         f'{text!r}')
-    return rows, warps
+        parts = []
+    parts = parts or [2]
+    if not (len(parts) == 1 and all(map(_power_of_two, (rows, warps, *parts))) and parts[0] > 1):
+        raise argparse.ArgumentTypeError(f'expected ROWSxWARPS[xPARTS] like 1x4 or 1x8x4, all '
+                                         f'powers of two (PARTS ≥ 2), got {text!r}')
+    return rows, warps, parts[0].bit_length() - 1
 
 
 def _power_of_two(value: int) -> bool:

@@ -34,24 +34,26 @@ def test_the_rows_give_the_kl_divergences_of_the_query_distributions():
 def test_every_launch_writes_fsas_rows_and_the_report_gives_the_ratios():
     settings = fsa_settings()
     result = kernel_benchmark.run_kernel_benchmark(
-        n_values=(16,), q=5, launches=((4, 2), (8, 4)), device='cpu', out_dtype='fp32',
+        n_values=(16,), q=5, launches=((4, 2, 1), (8, 4, 2)), device='cpu', out_dtype='fp32',
         repeat=1, settings=settings)
     assert (result['lamda'], result['top_p']) == (settings['plugin']['lamda'],
                                                   settings['plugin']['top_p'])
     run, = result['runs']
-    assert [(launch['rows_per_program'], launch['warps']) for launch in run['launches']] == [
-        (4, 2), (8, 4)]
+    assert [(launch['rows_per_program'], launch['warps'], launch['split_bits'])
+            for launch in run['launches']] == [(4, 2, 1), (8, 4, 2)]
     for launch in run['launches']:  # the interpreter sums each row alike, whatever the launch
         assert launch['max_abs_diff'] == 0.0 and launch['rows_differing'] == 0
     run['fsa_launch_s'] = 0.003
     run['launches'][0]['median_s'] = 0.002
     lines = kernel_benchmark.kernel_report(result).splitlines()
     assert "N=16: FSA's launch 3.0000 ms" in lines
-    assert re.search(r'^\s+4\s+2\s+2\.0000\s+1\.50x\s+0\.0e\+00\s+0$', '\n'.join(lines), re.M)
+    assert re.search(r'^\s+4\s+2\s+2\s+2\.0000\s+1\.50x\s+0\.0e\+00\s+0$', '\n'.join(lines), re.M)
+    assert re.search(r'^\s+8\s+4\s+4\s+', '\n'.join(lines), re.M)          # cut in 4 parts
 
 
-@pytest.mark.parametrize('text', ['3x8', '1x6', 'x4', '0x4', 'fast'])
+@pytest.mark.parametrize('text', ['3x8', '1x6', 'x4', '0x4', 'fast', '1x8x3', '1x8x1', '1x8x4x2'])
 def test_launch_settings_are_powers_of_two(text):
-    with pytest.raises(argparse.ArgumentTypeError, match='both powers of two'):
+    with pytest.raises(argparse.ArgumentTypeError, match='all powers of two'):
         kernel_benchmark.parse_launch(text)
-    assert kernel_benchmark.parse_launch('2X8') == (2, 8)
+    assert kernel_benchmark.parse_launch('2X8') == (2, 8, 1)       # halving
+    assert kernel_benchmark.parse_launch('1x16x8') == (1, 16, 3)

@@ -7,7 +7,8 @@
 #                 4096, fp16 and fp32 (and in steps.log the 20 kernels with the most GPU time of
 #                 each variant)
 #      kernel     FSA's fused pruning kernel alone, FSA's launch beside other launch settings
-#                 (rows and warps per program), N = 1764 and 4096: for tuning its launch
+#                 (rows and warps per program, parts a step of its top-p search),
+#                 N = 1764 and 4096: for tuning its launch
 #   2. proxyclip  one ProxyCLIP B/16 + DINO-B/8 crop (336, Q = 171) +- FSA, fp32, then fp16
 #                 (fp16: also the 15 kernels that take the most GPU time in each variant);
 #                 proxyclip_graphs: batches of 2 such crops in fp16, replayed from CUDA graphs
@@ -130,7 +131,7 @@ EOF
     step plugin 120 plugin --device cpu --n 64 --q 5 --heads 2 --head-dim 8 --dtype fp16 fp32 \
         --repeat 1
     TRITON_INTERPRET=1 step kernel 120 kernel --device cpu --n 32 --q 5 --repeat 1 \
-        --launch 4x2 8x4
+        --launch 4x2 8x4x4
     step proxyclip_fp32 120 config "$TINY" --random-weights --crop 112 --q 21 --repeat 1
     step proxyclip_fp16 120 config "$TINY" --random-weights --crop 112 --q 21 --repeat 1 \
         --precision bf16 --profile 5

@@ -65,10 +65,43 @@ def _midpoint(low, high):
     return (low >> 1) + (high >> 1) + (low & high & 1)
 
 
+@triton.jit
+def _bisection(keys, p, low, high, top_p):
+    """Halve [low, high) until high = low + 1, keeping G(low) > top_p ≥ G(high) (per row)."""
+    middle = _midpoint(low, high)
+    # middle > low exactly while high − low > 1 (a difference that 32-bit keys could overflow);
+    # at most KEY_BITS halvings, about 25 for similarities
+    while tl.max((middle > low).to(tl.int32)) > 0:
+        fits = tl.sum(tl.where(keys >= middle, p, 0.0), axis=1)[:, None] <= top_p
+        high = tl.where(fits, middle, high)         # a finished row: middle = low, kept as is
+        low = tl.where(fits, low, middle)
+        middle = _midpoint(low, high)
+    return low, high
+
+
+@triton.jit
+def _split_search(keys, p, low, high, top_p, SPLIT_BITS: tl.constexpr):
+    """:func:`_bisection` for 32-bit keys, cutting [low, high) at the 2^SPLIT_BITS points
+    c_j = low + ⌊j·(high − low) / 2^SPLIT_BITS⌋ (in 64 bits) a step: with m the number of cuts
+    of G(c_j) > top_p (c_0 = low is one), [c_(m−1), c_m) is the next interval (c_(2^s) = high).
+    A finished row (high − low ≤ 1) stays as it is."""
+    parts = tl.arange(0, 1 << SPLIT_BITS)[None, :, None].to(tl.int64)
+    low = low.to(tl.int64)
+    high = high.to(tl.int64)
+    while tl.max(high - low) > 1:
+        width = high - low
+        cuts = low[:, :, None] + ((width[:, :, None] * parts) >> SPLIT_BITS)   # (ROWS, 2^s, 1)
+        masses = tl.sum(tl.where(keys[:, None, :] >= cuts, p[:, None, :], 0.0), axis=2)
+        beyond = tl.sum((masses > top_p).to(tl.int64), axis=1)[:, None]
+        high = low + ((width * beyond) >> SPLIT_BITS)
+        low = low + ((width * (beyond - 1)) >> SPLIT_BITS)
+    return low.to(tl.int32), high.to(tl.int32)
+
+
 @triton.jit(do_not_specialize=['lamda_bits', 'top_p_bits'])
 def prune_and_sharpen_rows(rows_ptr, self_ptr, out_ptr, num_rows, size, out_stride, lamda_bits,
                            top_p_bits, SOURCE: tl.constexpr, KEY_BITS: tl.constexpr,
-                           ROWS: tl.constexpr, BLOCK: tl.constexpr):
+                           ROWS: tl.constexpr, BLOCK: tl.constexpr, SPLIT_BITS: tl.constexpr):
     """ROWS rows of ``size`` entries a program (one on the GPU): A_new's rows, written with row
     stride ``out_stride``, from rows (contiguous) of similarities (SOURCE 0), of KL divergences
     (1), or of dot products q_i·log(q_j + ε), the KL being ``self`` minus them (2).
@@ -77,7 +110,9 @@ def prune_and_sharpen_rows(rows_ptr, self_ptr, out_ptr, num_rows, size, out_stri
     end of a group of equal values in the sorted row), a bisection over the keys finds the
     smallest b with G(b) ≤ top_p: the entries from b up are kept whole; of the next group of
     equal values, the ones of lowest index while the mass stays ≤ top_p; at least the row's
-    first maximum. This is the stable descending sort's selection, without sorting."""
+    first maximum. This is the stable descending sort's selection, without sorting. With
+    SPLIT_BITS > 1 (32-bit keys) each step cuts the interval in 2^SPLIT_BITS parts instead of
+    halving it: fewer steps, each with more (independent) sums."""
     dtype: tl.constexpr = rows_ptr.dtype.element_ty
     rows = tl.program_id(0).to(tl.int64) * ROWS + tl.arange(0, ROWS)[:, None]
     offsets = tl.arange(0, BLOCK)[None, :]
@@ -103,14 +138,10 @@ def prune_and_sharpen_rows(rows_ptr, self_ptr, out_ptr, num_rows, size, out_stri
     high = tl.max(keys, axis=1)[:, None] + 1                                # G(high) = 0
     low_fits = tl.sum(tl.where(keys >= low, p, 0.0), axis=1)[:, None] <= top_p
     high = tl.where(low_fits, low, high)                      # top_p ≥ the whole mass: keep all
-    middle = _midpoint(low, high)
-    # middle > low exactly while high − low > 1 (a difference that 32-bit keys could overflow);
-    # at most KEY_BITS halvings, about 25 for similarities
-    while tl.max((middle > low).to(tl.int32)) > 0:
-        fits = tl.sum(tl.where(keys >= middle, p, 0.0), axis=1)[:, None] <= top_p
-        high = tl.where(fits, middle, high)         # a finished row: middle = low, kept as is
-        low = tl.where(fits, low, middle)
-        middle = _midpoint(low, high)
+    if KEY_BITS == 32 and SPLIT_BITS > 1:
+        low, high = _split_search(keys, p, low, high, top_p, SPLIT_BITS)
+    else:
+        low, high = _bisection(keys, p, low, high, top_p)
     above = keys >= high                                      # kept whole
     mass_above = tl.sum(tl.where(above, p, 0.0), axis=1)[:, None]
     next_key = tl.max(tl.where(above, smallest, keys), axis=1)[:, None]

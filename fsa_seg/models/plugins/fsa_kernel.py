@@ -153,12 +153,14 @@ def _(rows, self_terms, lamda, top_p, source, out_dtype):
 
 def run_kernel(rows: Tensor, out: Tensor, lamda: float, top_p: float, source: str = 'kl',
                self_terms: Optional[Tensor] = None, rows_per_program: Optional[int] = None,
-               num_warps: Optional[int] = None) -> None:
+               num_warps: Optional[int] = None, split_bits: int = 1) -> None:
     """Launch the pruning kernel on contiguous ``rows`` (..., N), writing ``out`` (the same
     shape, rows of any stride). By default the GPU runs a row a program with :func:`_num_warps`
     warps, and the interpreter, whose cost is per program, as many rows in one as Triton's
-    largest block (2^20 entries) holds; ``rows_per_program`` and ``num_warps`` set others
-    (:mod:`fsa_seg.analysis.kernel_benchmark` times them)."""
+    largest block (2^20 entries) holds, both halving the interval of the top-p cut a step;
+    ``rows_per_program``, ``num_warps`` and ``split_bits`` (the cut's interval cut into
+    2^split_bits parts a step, for fp32 rows) set others (:mod:`fsa_seg.analysis.kernel_benchmark`
+    times them)."""
     from ._fsa_triton import prune_and_sharpen_rows
     size = rows.shape[-1]
     num_rows = rows.numel() // size
@@ -171,7 +173,7 @@ def run_kernel(rows: Tensor, out: Tensor, lamda: float, top_p: float, source: st
         launch(rows, rows if self_terms is None else self_terms, out, num_rows, size,
                out.stride(-2) if out.dim() > 1 else size, _bits(lamda), _bits(top_p),
                SOURCE=SOURCES.index(source), KEY_BITS=8 * rows.element_size(),
-               ROWS=max(1, rows_per_program), BLOCK=block,
+               ROWS=max(1, rows_per_program), BLOCK=block, SPLIT_BITS=split_bits,
                num_warps=num_warps or _num_warps(block))
 
 

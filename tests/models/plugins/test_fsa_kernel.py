@@ -50,6 +50,28 @@ def test_rows_equal_the_official_selection_in_cuda_tie_order(kind, lamda, top_p)
         assert torch.equal((out > 0).sum(-1), torch.ones(3, 40, dtype=torch.long))
 
 
+@pytest.mark.parametrize('kind', ['positive', 'signed', 'ties', 'wide'])
+@pytest.mark.parametrize('top_p', [0.45, 0.0, 0.8, 5.0])
+def test_every_split_of_the_top_p_search_finds_the_halvings_cut(kind, top_p):
+    """Cutting the search interval in 4, 8 or 16 parts a step (fp32 rows: 32-bit keys) finds the
+    same cut as halving it, the one smallest key whose mass fits: rows equal bit for bit.
+    'wide': magnitudes from 1e-30 to 10 of both signs, keys far apart (intervals of about 2^32
+    keys, beyond 32-bit differences)."""
+    generator = torch.Generator().manual_seed(9)
+    if kind == 'wide':
+        sim = torch.rand(3, 40, 40, generator=generator, dtype=torch.float64)
+        sim = (torch.sign(sim - 0.5) * 10 ** (31 * sim - 30)).float()
+    else:
+        sim = rows_of(kind, generator, torch.float32)
+    halving = torch.empty_like(sim)
+    fsa_kernel.run_kernel(sim, halving, 3.0, top_p, 'similarity')
+    assert halving.isfinite().all()
+    for split_bits in (2, 3, 4):
+        out = torch.empty_like(sim)
+        fsa_kernel.run_kernel(sim, out, 3.0, top_p, 'similarity', split_bits=split_bits)
+        assert torch.equal(out, halving), split_bits
+
+
 def test_kl_rows_become_similarities_in_the_kernel_and_any_leading_shape_is_kept():
     generator = torch.Generator().manual_seed(2)
     kl = torch.rand(2, 3, 17, 50, generator=generator, dtype=torch.float64) * 3 - 0.5
@@ -95,7 +117,7 @@ COMPILE_FOR_H100 = textwrap.dedent('''
     ptxas = glob.glob(os.path.join(os.path.dirname(triton.__file__),
                                    'backends', 'nvidia', 'bin', 'ptxas'))
     PRUNE = ('rows_ptr', 'self_ptr', 'out_ptr', 'num_rows', 'size', 'out_stride', 'lamda_bits',
-             'top_p_bits', 'SOURCE', 'KEY_BITS', 'ROWS', 'BLOCK')
+             'top_p_bits', 'SOURCE', 'KEY_BITS', 'ROWS', 'BLOCK', 'SPLIT_BITS')
     KL_TERMS = ('both_ptr', 'q_ptr', 'log_q_ptr', 'self_ptr', 'num_tokens', 'num_queries',
                 'q_stride', 'scale_attn_bits', 'scale_uniform_bits', 'eps_bits', 'ROWS', 'BLOCK')
     def compiled(fn, names, types, constexprs, num_warps):
@@ -107,13 +129,14 @@ COMPILE_FOR_H100 = textwrap.dedent('''
         return triton.compile(source, target=GPUTarget('cuda', 90, 32),
                               options=dict(num_warps=num_warps))
     kernels = []
-    for rows, out, bits, block, source in (('fp32', 'fp16', 32, 2048, 2),
-                                           ('fp32', 'bf16', 32, 4096, 1),
-                                           ('fp64', 'fp64', 64, 64, 0)):
+    for rows, out, bits, block, source, split in (('fp32', 'fp16', 32, 2048, 2, 1),
+                                                  ('fp32', 'fp16', 32, 2048, 2, 3),
+                                                  ('fp32', 'bf16', 32, 4096, 1, 2),
+                                                  ('fp64', 'fp64', 64, 64, 0, 1)):
         types = ('*' + rows, '*' + rows, '*' + out, 'i32', 'i32', 'i32', 'i64', 'i64')
         kernels.append(compiled(prune_and_sharpen_rows, PRUNE, types,
-                                dict(SOURCE=source, KEY_BITS=bits, ROWS=1, BLOCK=block),
-                                fsa_kernel._num_warps(block)))
+                                dict(SOURCE=source, KEY_BITS=bits, ROWS=1, BLOCK=block,
+                                     SPLIT_BITS=split), fsa_kernel._num_warps(block)))
     for both, work in (('fp16', 'fp32'), ('fp64', 'fp64')):
         types = ('*' + both, '*' + work, '*' + work, '*' + work, 'i32', 'i32', 'i32', 'i64',
                  'i64', 'i64')
@@ -207,7 +230,7 @@ def test_the_kernel_compiles_for_an_h100_without_register_spills():
         pytest.skip(f"this Triton's ahead-of-time compile API differs ({result.stderr.strip()})")
     assert result.returncode == 0, result.stderr[-3000:]
     lines = result.stdout.splitlines()
-    assert len(lines) == 5
+    assert len(lines) == 6
     for line in lines:
         if line == 'no ptxas':
             continue

@@ -16,8 +16,9 @@ from typing import Optional, Sequence, Tuple
 
 import torch
 
+from ..models.layout import padded_rows
 from ..models.plugins.fsa import FSA
-from ..models.plugins.fsa_kernel import fused_prune_and_sharpen, padded_rows, run_kernel
+from ..models.plugins.fsa_kernel import fused_prune_and_sharpen, run_kernel
 from .benchmark import (
     DTYPES,
     environment,

@@ -37,10 +37,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..layout import padded_rows
+
 MAX_FUSED_TOKENS = 4096  # one row lives in one program's registers: N ≤ 4096 (SAM's 64×64 grid)
 MAX_FUSED_QUERIES = 4096  # and one token's Q similarities in the KL terms' kernel
 MAX_BLOCK_ENTRIES = 2 ** 20  # Triton's largest block (TRITON_MAX_TENSOR_NUMEL)
-ROW_ALIGNMENT = 16  # bytes: the row stride that GEMM kernels for aligned operands need
 SOURCES = ('similarity', 'kl', 'dots')  # what the pruning kernel's rows hold
 _FLOAT_TYPES = (torch.float32, torch.float64)
 
@@ -59,18 +60,6 @@ def _kernel_runs_on(index: Optional[int]) -> bool:
     if importlib.util.find_spec('triton') is None:
         return False
     return torch.cuda.get_device_capability(index) >= (8, 0)
-
-
-def padded_rows(shape: Sequence[int], dtype: torch.dtype, device: torch.device) -> Tensor:
-    """An uninitialised tensor of ``shape`` whose rows (last dimension) start every multiple of
-    ``ROW_ALIGNMENT`` bytes, the leading dimensions laid out as in a contiguous tensor."""
-    *leading, size = shape
-    per_row = max(1, ROW_ALIGNMENT // dtype.itemsize)
-    strides, step = [1], -(-max(size, 1) // per_row) * per_row
-    for length in reversed(leading):
-        strides.insert(0, step)
-        step *= length
-    return torch.empty_strided(tuple(shape), strides, dtype=dtype, device=device)
 
 
 def fused_kl_terms(branches: Tensor, logit_scales: Tuple[float, float],

@@ -1,22 +1,38 @@
 """ProxyCLIP (Lan et al., ECCV 2024): CLIP values under a vision foundation model's attention."""
+from typing import Optional
+
+import torch
 import torch.nn.functional as F
 from mmseg.registry import MODELS
 from torch import Tensor
 
+from ..layout import aligned_row_length
 from ..plugins.base import attend
 from .base import TrainingFreeSegmentor, upsample_bilinear
 
 
-def proxy_attention(vfm_features: Tensor, beta: float, gamma: float) -> Tensor:
+def proxy_attention(vfm_features: Tensor, beta: float, gamma: float,
+                    aligned_rows: Optional[bool] = None) -> Tensor:
     """A = row-softmax(γ·(S − β·mean(S))) with negative entries masked, S the cosine similarity
     of the VFM features (B, C, h, w); returns (B, 1, N, N), shared by the heads.
 
     The official code takes mean(S) over the whole batch; it is taken per image here (identical
-    at batch size 1, and a batch never changes an image's result)."""
+    at batch size 1, and a batch never changes an image's result). With ``aligned_rows`` (by
+    default on CUDA) A's rows start at multiples of 16 bytes (:mod:`fsa_seg.models.layout`), so
+    that the products reading it (A·V, FSA's ensemble) get the GEMM kernels for aligned operands:
+    the logits are made in rows padded with −inf, which the softmax turns into 0."""
     features = F.normalize(vfm_features.flatten(2).transpose(1, 2), dim=-1)
-    similarity = features @ features.transpose(1, 2)
-    logits = gamma * (similarity - beta * similarity.mean(dim=(1, 2), keepdim=True))
-    return logits.masked_fill(logits < 0, float('-inf')).softmax(dim=-1).unsqueeze(1)
+    batch, num_tokens = features.shape[:2]
+    if aligned_rows is None:
+        aligned_rows = features.is_cuda
+    width = aligned_row_length(num_tokens, features.dtype) if aligned_rows else num_tokens
+    logits = features.new_empty((batch, num_tokens, width))
+    similarity = torch.matmul(features, features.transpose(1, 2), out=logits[..., :num_tokens])
+    mean = similarity.mean(dim=(1, 2), keepdim=True)
+    logits = logits.sub_(beta * mean).mul_(gamma)     # γ·(S − β·mean(S)), on whole rows (faster)
+    logits[..., num_tokens:] = float('-inf')         # the padding (left out of the mean)
+    attn = logits.masked_fill_(logits < 0, float('-inf')).softmax(dim=-1)
+    return attn[..., :num_tokens].unsqueeze(1)
 
 
 @MODELS.register_module()

@@ -5,6 +5,7 @@ import torch
 from cuda_checks import host_syncs_raise, needs_cuda
 from mmseg.registry import MODELS
 from torch import nn
+from torch._subclasses.fake_tensor import FakeTensorMode
 
 from fsa_seg.models.segmentors import base, proxy_attention
 
@@ -80,6 +81,26 @@ def test_mean_similarity_is_taken_per_image():
         assert torch.allclose(both[i:i + 1], proxy_attention(features[i:i + 1], 1.2, 3.0))
 
 
+@pytest.mark.parametrize('grid', [(3, 3), (42, 42), (5, 7)])
+def test_aligned_rows_give_the_same_attention(grid):
+    """Rows padded to 16 bytes (the default on CUDA; 9 → 10, 1764 → 1764, 35 → 36 fp64
+    entries): the same attention, only the row stride differs; fp16 rows of 1764 → 1768."""
+    features = torch.randn(2, 8, *grid, dtype=torch.float64)
+    plain = proxy_attention(features, 1.2, 3.0)
+    aligned = proxy_attention(features, 1.2, 3.0, aligned_rows=True)
+    n = grid[0] * grid[1]
+    assert plain.is_contiguous() and aligned.shape == plain.shape == (2, 1, n, n)
+    assert aligned.stride(-2) == n + n % 2
+    torch.testing.assert_close(aligned, plain, rtol=0, atol=1e-15)
+    assert torch.equal(aligned > 0, plain > 0)
+    half = proxy_attention(features.float(), 1.2, 3.0, aligned_rows=True)
+    assert half.stride(-2) == -(-n // 4) * 4                             # fp32: 4 a row
+    with FakeTensorMode():
+        on_cuda = proxy_attention(torch.empty(1, 64, 42, 42, dtype=torch.float16,
+                                              device='cuda'), 1.2, 3.0)
+    assert on_cuda.shape == (1, 1, 1764, 1764) and on_cuda.stride(-2) == 1768
+
+
 def equally_similar_features(cosine: float) -> torch.Tensor:
     """(1, 5, 2, 2): four unit vectors √c·e0 + √(1−c)·e_i, every pair at cosine ``c``."""
     vectors = torch.eye(5, dtype=torch.float64)[1:] * math.sqrt(1 - cosine)
@@ -93,6 +114,8 @@ def test_proxy_attention_is_undefined_exactly_when_mean_similarity_exceeds_one_o
     """mean(S) = (4 + 12c) / 16: 0.8125 for c = 0.75, 0.85 for c = 0.8; 1/β = 0.833. Above it
     even the diagonal (S_ii = 1) is masked, in every row; below it no row is empty."""
     attn = proxy_attention(equally_similar_features(cosine), beta=1.2, gamma=3.0)
+    aligned = proxy_attention(equally_similar_features(cosine), 1.2, 3.0, aligned_rows=True)
+    assert torch.equal(aligned.isnan(), attn.isnan())      # the −inf padding changes no row
     if undefined:
         assert attn.isnan().all()
     else:

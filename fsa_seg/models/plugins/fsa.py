@@ -43,7 +43,7 @@ stable for rows longer than 32 (merge and radix sorts), i.e. the equal entries o
 are kept, which is what the fused kernel keeps; on CPU its order among equal values is the
 (deterministic, unspecified) order of ``std::sort``.
 """
-from typing import List, Optional, Sequence, Tuple
+from typing import Callable, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -191,18 +191,14 @@ class FSA(AttentionPlugin):
             return self._prune_and_sharpen(sim, True, path).to(values.dtype) @ operand
         q, log_q, self_term = self._kl_terms(isolated)
         log_q_t = log_q.transpose(-1, -2)
-        batch, num_tokens = q.shape[:2]
-        out = operand.new_empty(operand.shape)
-        for rows in _row_blocks(batch, num_tokens, path):
+
+        def new_rows(rows: slice) -> Tensor:
             kl = torch.baddbmm(self_term[:, rows], q[:, rows], log_q_t, alpha=-1)  # (B, b, N)
             if path == 'fused':  # the similarity is made in the kernel
-                new_rows = fused_prune_and_sharpen(kl, self.lamda, self.top_p, 'kl',
-                                                   values.dtype)
-            else:
-                sim = kl.clamp_min_(0).add_(1).reciprocal_()
-                new_rows = self._prune_and_sharpen(sim, True, path).to(values.dtype)
-            torch.matmul(new_rows, operand, out=out[:, rows])
-        return out
+                return fused_prune_and_sharpen(kl, self.lamda, self.top_p, 'kl', values.dtype)
+            sim = kl.clamp_min_(0).add_(1).reciprocal_()
+            return self._prune_and_sharpen(sim, True, path).to(values.dtype)
+        return _blockwise_product(new_rows, operand, path)
 
     def _fused_feedback_product(self, both: Tensor, operand: Tensor,
                                 dtype: torch.dtype) -> Tensor:
@@ -211,14 +207,12 @@ class FSA(AttentionPlugin):
         pruning kernel subtracts from the self terms."""
         q, log_q, self_term = fused_kl_terms(both, self.logit_scales, self.eps)
         log_q_t = log_q.transpose(-1, -2)
-        batch, num_tokens = q.shape[:2]
-        out = operand.new_empty(operand.shape)
-        for rows in _row_blocks(batch, num_tokens, 'fused'):
+
+        def new_rows(rows: slice) -> Tensor:
             dots = torch.bmm(q[:, rows], log_q_t)                                   # (B, b, N)
-            new_rows = fused_prune_and_sharpen(dots, self.lamda, self.top_p, 'dots', dtype,
-                                               self_terms=self_term[:, rows])
-            torch.matmul(new_rows, operand, out=out[:, rows])
-        return out
+            return fused_prune_and_sharpen(dots, self.lamda, self.top_p, 'dots', dtype,
+                                           self_terms=self_term[:, rows])
+        return _blockwise_product(new_rows, operand, 'fused')
 
     def _kl_terms(self, isolated_logits: Tensor):
         """q, log(q + eps) and Σ_c q·log(q + eps) per token: KL_ij = self_i − q_i·log q_jᵀ."""
@@ -318,6 +312,15 @@ class FSA(AttentionPlugin):
 
 def _records_grad(x: Tensor) -> bool:
     return torch.is_grad_enabled() and x.requires_grad
+
+
+def _blockwise_product(new_rows: Callable[[slice], Tensor], operand: Tensor,
+                       path: str) -> Tensor:
+    """A_new · operand (B, N, C), A_new made a block of rows at a time by ``new_rows``."""
+    out = operand.new_empty(operand.shape)
+    for rows in _row_blocks(operand.shape[0], operand.shape[1], path):
+        torch.matmul(new_rows(rows), operand, out=out[:, rows])
+    return out
 
 
 def _row_blocks(batch: int, num_tokens: int, path: str) -> List[slice]:

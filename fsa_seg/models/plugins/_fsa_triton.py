@@ -148,9 +148,9 @@ def prune_and_sharpen_rows(rows_ptr, self_ptr, out_ptr, num_rows, size, out_stri
     tied = valid & (keys == next_key) & ~above
     mass = mass_above + tl.cumsum(tl.where(tied, p, 0.0), axis=1)
     keep = above | (tied & (mass <= top_p))
-    first_max = (keys == tl.max(keys, axis=1)[:, None]) & valid
-    first_max = first_max & (tl.cumsum(first_max.to(tl.int32), axis=1) == 1)
-    keep = keep | (first_max & (tl.sum(keep.to(tl.int32), axis=1)[:, None] == 0))
+    first_max = tl.min(tl.where((keys == tl.max(keys, axis=1)[:, None]) & valid, offsets, BLOCK),
+                       axis=1)[:, None]                   # the index of the row's first maximum
+    keep = keep | ((offsets == first_max) & (tl.sum(keep.to(tl.int32), axis=1)[:, None] == 0))
     sharpened = tl.where(keep, x * tl.exp(lamda * x), -float('inf'))
     weights = tl.exp(sharpened - tl.max(sharpened, axis=1)[:, None])
     new_rows = weights / tl.sum(weights, axis=1)[:, None]

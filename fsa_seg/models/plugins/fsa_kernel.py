@@ -42,6 +42,7 @@ from ..layout import padded_rows
 MAX_FUSED_TOKENS = 4096  # one row lives in one program's registers: N ≤ 4096 (SAM's 64×64 grid)
 MAX_FUSED_QUERIES = 4096  # and one token's Q similarities in the KL terms' kernel
 MAX_BLOCK_ENTRIES = 2 ** 20  # Triton's largest block (TRITON_MAX_TENSOR_NUMEL)
+KL_TERMS_ENTRIES = 4096  # a KL terms program's entries on the GPU: 16 tokens of Q ≤ 256
 SOURCES = ('similarity', 'kl', 'dots')  # what the pruning kernel's rows hold
 _FLOAT_TYPES = (torch.float32, torch.float64)
 
@@ -90,12 +91,15 @@ def _kl_terms_op(branches: Tensor, logit_scales: Sequence[float],
         return q, log_q, self_terms
     from ._fsa_triton import kl_terms_rows
     block = max(16, 1 << (branches.shape[-1] - 1).bit_length())
-    rows = max(1, min(1 << (tokens - 1).bit_length(), _entries_per_program(q) // block))
+    # the interpreter's cost is per program: there as many tokens a program as a block holds
+    entries = KL_TERMS_ENTRIES if q.is_cuda else MAX_BLOCK_ENTRIES
+    rows = max(1, min(1 << (tokens - 1).bit_length(), entries // block))
     grid = (-(-tokens // rows), batch)
     with _launching_on(q.device):
         _kernel(kl_terms_rows, q.device)[grid](
             branches, q, log_q, self_terms, tokens, branches.shape[-1], q.stride(1),
-            *map(_bits, (*logit_scales, eps)), ROWS=rows, BLOCK=block, num_warps=4)
+            *map(_bits, (*logit_scales, eps)), ROWS=rows, BLOCK=block,
+            num_warps=_num_warps(block))
     return q, log_q, self_terms
 
 
@@ -156,7 +160,7 @@ def run_kernel(rows: Tensor, out: Tensor, lamda: float, top_p: float, source: st
     block = max(16, 1 << (size - 1).bit_length())
     if rows_per_program is None:
         rows_per_program = 1 if rows.is_cuda else min(1 << (num_rows - 1).bit_length(),
-                                                      _entries_per_program(rows) // block)
+                                                      MAX_BLOCK_ENTRIES // block)
     launch = _kernel(prune_and_sharpen_rows, rows.device)[(-(-num_rows // rows_per_program),)]
     with _launching_on(rows.device):
         launch(rows, rows if self_terms is None else self_terms, out, num_rows, size,
@@ -169,12 +173,6 @@ def run_kernel(rows: Tensor, out: Tensor, lamda: float, top_p: float, source: st
 def _bits(value: float) -> int:
     """The bit pattern of the double ``value`` as a signed integer (see :mod:`._fsa_triton`)."""
     return struct.unpack('<q', struct.pack('<d', float(value)))[0]
-
-
-def _entries_per_program(like: Tensor) -> int:
-    """A program's block entries: Triton's largest block in the interpreter, whose cost is per
-    program; on the GPU the callers choose."""
-    return MAX_BLOCK_ENTRIES if not like.is_cuda else 4096
 
 
 def _launching_on(device: torch.device):

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from cuda_checks import HostDeviceCopies, host_syncs_raise, needs_cuda
 from torch._subclasses.fake_tensor import FakeTensorMode
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import fsa_seg.models.plugins.fsa as fsa_module
 from fsa_seg.models.plugins import FSA
@@ -258,6 +259,43 @@ def test_forward_on_cuda_makes_no_host_synchronisation(fused_kernel_support, att
     assert out.device.type == 'cuda' and out.dtype == torch.float16
     assert out.shape == values.shape and new_attn.shape == (1, 1, 1764, 1764)
     assert copies.found == []
+
+
+class Kernels(TorchDispatchMode):
+    """The operators that launch kernels (views, allocations and queries left out)."""
+    NOT_KERNELS = ('view', 'transpose', 'expand', 'alias', 'slice', 'select', 'unflatten',
+                   '_unsafe_view', 't', 'new_empty', 'empty', 'empty_strided', 'detach',
+                   'promote_types', 'device')
+
+    def __init__(self):
+        super().__init__()
+        self.names = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        name = func.__name__.split('.')[0]
+        if name not in self.NOT_KERNELS:
+            self.names.append(f'{func.namespace}.{name}' if func.namespace != 'aten' else name)
+        return func(*args, **(kwargs or {}))
+
+
+def test_the_fused_path_launches_only_what_its_formula_needs(fused_kernel_support):
+    """On CUDA (fake tensors, N = 1764, Q = 171, fp16, ProxyCLIP's shared attention, A·V given):
+    A·V + V and the stack of [V, A·V + V] (the operand of one product), the tokens of both
+    branches (A·V copied, V's mean written in place: the head merge of ``logits_fn`` is a view),
+    ``logits_fn``'s own three kernels of its normalise and two products, the KL terms in one
+    kernel, q·log qᵀ, the pruning, A_new·operand and the ensemble product with its division by
+    3: nothing else (no copy, no broadcast input of the KL product, no division)."""
+    fsa = FSA(**HYPER)
+    with FakeTensorMode():
+        attn, values, logits_fn = cuda_problem()
+        attended = (attn[:, 0] @ values.transpose(1, 2).flatten(2)).unflatten(-1, (12, 64))
+        attended = attended.transpose(1, 2)
+        with torch.no_grad(), Kernels() as kernels:
+            fsa(attn, values, logits_fn, attended=attended)
+    assert kernels.names == [
+        'add', 'stack', 'copy_', 'mean',                           # operand, both branches' tokens
+        'mm', 'linalg_vector_norm', 'clamp_min', 'div', 'mm',      # logits_fn
+        'fsa_seg.kl_terms', 'bmm', 'fsa_seg.prune_and_sharpen', 'bmm', 'baddbmm']
 
 
 def test_the_host_sync_check_catches_the_cpu_path():

@@ -63,7 +63,7 @@ from mmengine.registry import init_default_scope
 from mmseg.registry import MODELS
 
 from ..apis.configs import read_config, resolve_config, use_random_weights
-from ..models.cuda_graphs import CropGraphs
+from ..models.cuda_graphs import CropGraphs, graph_capture_failures
 from ..models.plugins.fsa import FSA
 from ..models.plugins.fsa_reference import official_fsa
 from ..models.segmentors.proxyclip import proxy_attention
@@ -377,8 +377,7 @@ class SegmentorWorkload:
     @property
     def graph_failures(self) -> List[str]:
         """Why crops ran eagerly although ``cuda_graphs`` is on (their capture failed)."""
-        graphs = self.segmentor.crop_graphs
-        return graphs.failures if graphs is not None else []
+        return graph_capture_failures(self.segmentor) or []
 
     def _capturing(self) -> bool:
         """Whether a CUDA graph of the crop is being captured, which a synchronisation would

@@ -43,6 +43,7 @@ from PIL import Image
 
 from ..apis.configs import apply_overrides, read_config
 from ..apis.testing import attach_journal, load_test_config, prepare_journal
+from ..models.cuda_graphs import graph_capture_failures
 from ..models.text import load_vocabulary
 from ..visualization import make_palette
 from .benchmark import (
@@ -331,14 +332,13 @@ class Variant:
         loops = [p['loop_s'] for p in self.passes]
         median_loop = statistics.median(loops)
         images = self.passes[0]['images']
-        graphs = getattr(self.runner.model, 'crop_graphs', None)
         return dict(
             precision=self.precision, plugin=self.plugin is not None, passes=self.passes,
             images=images, median_loop_s=median_loop, images_per_s=images / median_loop,
             median_data_wait_s=statistics.median(p['data_wait_s'] for p in self.passes),
             median_test_s=statistics.median(p['test_s'] for p in self.passes),
             crops_per_batch=self.crops, stage_runs=self.stages,
-            graph_failures=graphs.failures if graphs is not None else [],
+            graph_failures=graph_capture_failures(self.runner.model) or [],
             stages_s={stage: statistics.median(run[stage] for run in self.stages)
                       for stage in ('model', *STAGES)})
 

@@ -25,6 +25,7 @@ from ..datasets import (
 )
 from ..evaluation.journal import Journal, journal_files, journal_header, load_journal
 from ..evaluation.metrics import BAD_ANNOTATION_POLICIES
+from ..models.cuda_graphs import graph_capture_failures
 from .configs import (
     ConfigError,
     explained_config_errors,
@@ -404,9 +405,9 @@ def write_results(path: str, cfg: Config, metrics: dict, evaluators: Sequence,
                                count=len(evaluator.undefined_predictions),
                                files=evaluator.undefined_predictions))
     results['settings'] = run_settings(cfg, seed, model)
-    graphs = getattr(getattr(model, 'module', model), 'crop_graphs', None)
-    if graphs is not None:  # replays asked for: the crops this process could not capture
-        results['cuda_graph_failures'] = graphs.failures
+    failures = graph_capture_failures(model)
+    if failures is not None:  # replays asked for: the crops this process could not capture
+        results['cuda_graph_failures'] = failures
     os.makedirs(osp.dirname(osp.abspath(path)), exist_ok=True)
     with open(path, 'w', encoding='utf-8') as handle:
         json.dump(results, handle, indent=2, default=str)

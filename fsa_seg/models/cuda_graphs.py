@@ -53,6 +53,14 @@ def _holding():
         _capturing.held = outer
 
 
+def graph_capture_failures(model) -> Optional[List[str]]:
+    """Why crops of ``model`` (or of the model a wrapper holds as ``module``) ran eagerly although
+    they are replayed from CUDA graphs (``crop_graphs``): one line per failed capture; None when
+    the model replays no graphs."""
+    graphs = getattr(getattr(model, 'module', model), 'crop_graphs', None)
+    return None if graphs is None else graphs.failures
+
+
 class CropGraphs:
     """``graphs(forward, crops, state)`` is ``forward(crops)``, replayed from a CUDA graph
     captured once per (crops' shape, dtype, device, ``state``); ``forward`` (crops → logits) must

@@ -119,7 +119,7 @@ def parse_args(argv=None, prog=None):
                         default=list(kernel_benchmark.LAUNCHES), metavar='ROWSxWARPS[xPARTS]',
                         help='launch settings tried beside FSA\'s: rows and warps per program, '
                              'parts the top-p cut\'s interval is cut into a step (default: '
-                             + ' '.join(f'{r}x{w}x{2 ** b}' for r, w, b in
+                             + ' '.join(f'{r}x{w}x{p}' for r, w, p in
                                         kernel_benchmark.LAUNCHES) + ')')
     kernel.add_argument('--out-dtype', choices=sorted(benchmark.DTYPES), default='fp16',
                         help="A_new's dtype (the model's)")

@@ -10,6 +10,7 @@ logits, Q queries), λ and top-p from the ProxyCLIP config, A_new written in fp1
 this code, not a measurement.
 """
 import argparse
+import json
 import statistics
 import time
 from typing import Optional, Sequence, Tuple
@@ -18,7 +19,7 @@ import torch
 
 from ..models.layout import padded_rows
 from ..models.plugins.fsa import FSA
-from ..models.plugins.fsa_kernel import fused_prune_and_sharpen, run_kernel
+from ..models.plugins.fsa_kernel import PruningLaunch, fused_prune_and_sharpen, run_kernel
 from .benchmark import (
     DTYPES,
     environment,
@@ -28,11 +29,11 @@ from .benchmark import (
     short_ratio,
 )
 
-# (rows per program, warps per program, split bits: the top-p cut's interval cut into
-# 2^bits parts a step) tried beside FSA's launch (a row a program, _num_warps: 8 warps for
-# N ≤ 2048, 16 for N ≤ 4096, and halving)
-LAUNCHES = ((1, 4, 1), (1, 8, 1), (1, 16, 1), (2, 8, 1),
-            (1, 8, 2), (1, 16, 2), (1, 8, 3), (1, 16, 3))
+# (rows per program, warps per program, parts the top-p cut's interval is cut into a step)
+# tried beside FSA's launch (a row a program, _num_warps: 8 warps for N ≤ 2048, 16 for
+# N ≤ 4096, and halving)
+LAUNCHES = tuple(PruningLaunch(*launch) for launch in (
+    (1, 4, 2), (1, 8, 2), (1, 16, 2), (2, 8, 2), (1, 8, 4), (1, 16, 4), (1, 8, 8), (1, 16, 8)))
 
 
 def isolated_logits(n: int, q: int, seed: int = 0) -> torch.Tensor:
@@ -71,7 +72,7 @@ def _median_seconds(function, repeat: int, device: torch.device) -> float:
 
 
 def run_kernel_benchmark(n_values: Sequence[int] = (1764, 4096), q: int = 171,
-                         launches: Sequence[Tuple[int, int, int]] = LAUNCHES, device: str = 'cuda',
+                         launches: Sequence[PruningLaunch] = LAUNCHES, device: str = 'cuda',
                          out_dtype: str = 'fp16', repeat: int = 20,
                          settings: Optional[dict] = None) -> dict:
     """FSA's launch and each of ``launches`` on the rows of each N: median seconds per call, and
@@ -89,16 +90,17 @@ def run_kernel_benchmark(n_values: Sequence[int] = (1764, 4096), q: int = 171,
         reference = fsa_launch()
         fsa_s = _median_seconds(fsa_launch, repeat, device)
         results = []
-        for rows_per_program, warps, split_bits in launches:
+        for launch in launches:
             out = padded_rows(reference.shape, dtype, device)
             seconds = _median_seconds(
                 lambda: run_kernel(rows, out, fsa.lamda, fsa.top_p, 'dots', self_terms,
-                                   rows_per_program, warps, split_bits), repeat, device)
+                                   launch), repeat, device)
             difference = (out.double() - reference.double()).abs()
-            results.append(dict(rows_per_program=rows_per_program, warps=warps,
-                                split_bits=split_bits,
+            results.append(dict(**launch._asdict(),
                                 median_s=seconds, max_abs_diff=difference.max().item(),
-                                rows_differing=int((difference.amax(dim=-1) > 0).sum())))
+                                rows_differing=int((difference.amax(dim=-1) > 0).sum()),
+                                rows_selecting_differently=int(
+                                    ((out == 0) != (reference == 0)).any(dim=-1).sum())))
         runs.append(dict(n=n, fsa_launch_s=fsa_s, launches=results))
     return dict(q=q, out_dtype=out_dtype, repeat=repeat, lamda=fsa.lamda, top_p=fsa.top_p,
                 env=environment(device), runs=runs)
@@ -115,34 +117,54 @@ def kernel_report(result: dict) -> str:
              f"device: {env['device']} ({env.get('device_name', 'cpu')}), torch {env['torch']}"]
     for run in result['runs']:
         lines += ['', f"N={run['n']}: FSA's launch {run['fsa_launch_s'] * 1e3:.4f} ms",
-                  f"{'rows/program':>13}{'warps':>7}{'split':>7}{'ms':>10}{'FSA / this':>12}"
-                  f"{'max|diff|':>11}{'rows differing':>16}"]
+                  f"{'rows/program':>13}{'warps':>7}{'parts':>7}{'ms':>10}{'FSA / this':>12}"
+                  f"{'max|diff|':>11}{'rows differing':>16}{'rows keeping others':>21}"]
         lines += [_launch_row(run['fsa_launch_s'], launch) for launch in run['launches']]
     return '\n'.join(lines)
 
 
 def _launch_row(fsa_s: float, launch: dict) -> str:
-    return (f"{launch['rows_per_program']:>13}{launch['warps']:>7}{2 ** launch['split_bits']:>7}"
+    return (f"{launch['rows']:>13}{launch['warps']:>7}{launch['parts']:>7}"
             f"{launch['median_s'] * 1e3:>10.4f}{short_ratio(ratio(fsa_s, launch['median_s'])):>12}"
-            f"{launch['max_abs_diff']:>11.1e}{launch['rows_differing']:>16}")
+            f"{launch['max_abs_diff']:>11.1e}{launch['rows_differing']:>16}"
+            f"{launch['rows_selecting_differently']:>21}")
 
 
-def parse_launch(text: str) -> Tuple[int, int, int]:
-    """``ROWSxWARPS`` or ``ROWSxWARPSxPARTS`` (e.g. ``1x4``, ``1x8x4``) → (rows per program,
-    warps, split bits), all powers of two (a Triton block's sizes are; PARTS = 2^split bits
-    ≥ 2, the top-p cut's interval cut into PARTS a step; halving by default)."""
+def parse_launch(text: str) -> PruningLaunch:
+    """``ROWSxWARPS`` or ``ROWSxWARPSxPARTS`` (e.g. ``1x4``, ``1x8x4``): rows and warps per
+    program and the parts the top-p cut's interval is cut into a step (halving by default),
+    all powers of two (a Triton block's sizes are)."""
     try:
         rows, warps, *parts = (int(part) for part in text.lower().split('x'))
+        if len(parts) > 1 or 0 in (rows, warps):
+            raise ValueError(text)
+        return PruningLaunch.checked(rows, warps, *parts)
     except ValueError:
-        rows = warps = 0
-        parts = []
-    parts = parts or [2]
-    if not (len(parts) == 1 and all(map(_power_of_two, (rows, warps, *parts))) and parts[0] > 1):
         raise argparse.ArgumentTypeError(f'expected ROWSxWARPS[xPARTS] like 1x4 or 1x8x4, all '
-                                         f'powers of two (PARTS ≥ 2), got {text!r}')
-    return rows, warps, parts[0].bit_length() - 1
+                                         f'powers of two (PARTS ≥ 2), got {text!r}') from None
 
 
-def _power_of_two(value: int) -> bool:
-    return value >= 1 and value & (value - 1) == 0
+def fastest_launch(result: dict, n: int) -> Optional[PruningLaunch]:
+    """Of ``result``'s launches at N = ``n`` that keep the same entries of every row as FSA's
+    launch (the same zeros of A_new), the fastest, if it is faster than FSA's launch; else
+    None."""
+    run = next((run for run in result['runs'] if run['n'] == n), None)
+    if run is None:
+        return None
+    same = [launch for launch in run['launches'] if launch['rows_selecting_differently'] == 0]
+    best = min(same, key=lambda launch: launch['median_s'], default=None)
+    if best is None or best['median_s'] >= run['fsa_launch_s']:
+        return None
+    return PruningLaunch(*(best[field] for field in PruningLaunch._fields))
+
+
+def fastest_launch_options(path: str, n: int) -> str:
+    """The ``--cfg-options`` that launch FSA's pruning kernel as :func:`fastest_launch` of the
+    results in the JSON file ``path`` at N = ``n``; '' if there is none."""
+    with open(path, encoding='utf-8') as handle:
+        launch = fastest_launch(json.load(handle), n)
+    if launch is None:
+        return ''
+    return ' '.join(f'model.plugin.pruning_launch.{key}={value}'
+                    for key, value in launch._asdict().items())
 

@@ -2,6 +2,7 @@
 FSA makes them, other launch settings computing FSA's rows, the report's ratios, bad settings."""
 import argparse
 import importlib.util
+import json
 import os
 import re
 
@@ -11,6 +12,7 @@ import torch
 from fsa_seg.analysis import kernel_benchmark
 from fsa_seg.analysis.benchmark import fsa_settings
 from fsa_seg.models.plugins import FSA
+from fsa_seg.models.plugins.fsa_kernel import PruningLaunch
 
 interpreted = pytest.mark.skipif(
     os.environ.get('TRITON_INTERPRET') != '1' or importlib.util.find_spec('triton') is None,
@@ -34,26 +36,56 @@ def test_the_rows_give_the_kl_divergences_of_the_query_distributions():
 def test_every_launch_writes_fsas_rows_and_the_report_gives_the_ratios():
     settings = fsa_settings()
     result = kernel_benchmark.run_kernel_benchmark(
-        n_values=(16,), q=5, launches=((4, 2, 1), (8, 4, 2)), device='cpu', out_dtype='fp32',
+        n_values=(16,), q=5, launches=(PruningLaunch(4, 2, 2), PruningLaunch(8, 4, 4)),
+        device='cpu', out_dtype='fp32',
         repeat=1, settings=settings)
     assert (result['lamda'], result['top_p']) == (settings['plugin']['lamda'],
                                                   settings['plugin']['top_p'])
     run, = result['runs']
-    assert [(launch['rows_per_program'], launch['warps'], launch['split_bits'])
-            for launch in run['launches']] == [(4, 2, 1), (8, 4, 2)]
+    assert [(launch['rows'], launch['warps'], launch['parts'])
+            for launch in run['launches']] == [(4, 2, 2), (8, 4, 4)]
     for launch in run['launches']:  # the interpreter sums each row alike, whatever the launch
         assert launch['max_abs_diff'] == 0.0 and launch['rows_differing'] == 0
+        assert launch['rows_selecting_differently'] == 0
     run['fsa_launch_s'] = 0.003
     run['launches'][0]['median_s'] = 0.002
     lines = kernel_benchmark.kernel_report(result).splitlines()
     assert "N=16: FSA's launch 3.0000 ms" in lines
-    assert re.search(r'^\s+4\s+2\s+2\s+2\.0000\s+1\.50x\s+0\.0e\+00\s+0$', '\n'.join(lines), re.M)
+    assert re.search(r'^\s+4\s+2\s+2\s+2\.0000\s+1\.50x\s+0\.0e\+00\s+0\s+0$', '\n'.join(lines),
+                     re.M)
     assert re.search(r'^\s+8\s+4\s+4\s+', '\n'.join(lines), re.M)          # cut in 4 parts
 
 
-@pytest.mark.parametrize('text', ['3x8', '1x6', 'x4', '0x4', 'fast', '1x8x3', '1x8x1', '1x8x4x2'])
+@pytest.mark.parametrize('text', ['3x8', '1x6', 'x4', '0x4', 'fast', '1x8x3', '1x8x1', '1x8x4x2',
+                                  '1x64'])
 def test_launch_settings_are_powers_of_two(text):
     with pytest.raises(argparse.ArgumentTypeError, match='all powers of two'):
         kernel_benchmark.parse_launch(text)
-    assert kernel_benchmark.parse_launch('2X8') == (2, 8, 1)       # halving
-    assert kernel_benchmark.parse_launch('1x16x8') == (1, 16, 3)
+    assert kernel_benchmark.parse_launch('2X8') == (2, 8, 2)       # halving
+    assert kernel_benchmark.parse_launch('1x16x8') == (1, 16, 8)
+    assert kernel_benchmark.parse_launch('1x16x8').split_bits == 3
+
+
+def _launch(rows, warps, parts, seconds, selecting_differently=0):
+    return dict(rows=rows, warps=warps, parts=parts, median_s=seconds,
+                rows_selecting_differently=selecting_differently)
+
+
+def test_the_fastest_launch_is_one_that_keeps_fsas_entries_and_beats_fsas_launch():
+    result = dict(runs=[dict(n=1764, fsa_launch_s=0.05, launches=[
+        _launch(1, 8, 2, 0.06), _launch(1, 8, 8, 0.02, selecting_differently=1),
+        _launch(1, 16, 4, 0.03), _launch(2, 8, 2, 0.04)])])
+    assert kernel_benchmark.fastest_launch(result, 1764) == PruningLaunch(1, 16, 4)
+    assert kernel_benchmark.fastest_launch(result, 4096) is None            # not measured
+    result['runs'][0]['fsa_launch_s'] = 0.025                               # FSA's is fastest
+    assert kernel_benchmark.fastest_launch(result, 1764) is None
+
+
+def test_the_fastest_launch_becomes_the_cfg_options_of_fsas_launch(tmp_path):
+    result = dict(runs=[dict(n=1764, fsa_launch_s=0.05, launches=[_launch(1, 16, 8, 0.01)])])
+    path = tmp_path / 'kernel.json'
+    path.write_text(json.dumps(result))
+    assert kernel_benchmark.fastest_launch_options(str(path), 1764) == (
+        'model.plugin.pruning_launch.rows=1 model.plugin.pruning_launch.warps=16 '
+        'model.plugin.pruning_launch.parts=8')
+    assert kernel_benchmark.fastest_launch_options(str(path), 4096) == ''

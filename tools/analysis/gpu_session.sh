@@ -8,7 +8,9 @@
 #                 each variant)
 #      kernel     FSA's fused pruning kernel alone, FSA's launch beside other launch settings
 #                 (rows and warps per program, parts a step of its top-p search),
-#                 N = 1764 and 4096: for tuning its launch
+#                 N = 1764 and 4096: for tuning its launch. The steps after it launch FSA's
+#                 kernel as the fastest one at a crop's N (1764) that keeps FSA's entries
+#                 (model.plugin.pruning_launch), if one beats FSA's own launch
 #   2. proxyclip  one ProxyCLIP B/16 + DINO-B/8 crop (336, Q = 171) +- FSA, fp32, then fp16
 #                 (fp16: also the 15 kernels that take the most GPU time in each variant);
 #                 proxyclip_graphs: batches of 2 such crops in fp16, replayed from CUDA graphs
@@ -99,6 +101,16 @@ step() {  # name, time limit in seconds, benchmark.py arguments ...
     echo "   ${STATUS[-1]}"
 }
 
+TUNED=()  # the crops' --cfg-options of FSA's pruning launch: the kernel step's fastest
+tune_launch() {  # N: from the kernel step's results, the fastest launch at N, if any
+    [ -f "$RESULTS/kernel.json" ] || return 0
+    read -r -a TUNED <<<"$(python3 -c 'import sys
+from fsa_seg.analysis.kernel_benchmark import fastest_launch_options
+print(fastest_launch_options(sys.argv[1], int(sys.argv[2])))' "$RESULTS/kernel.json" "$1")"
+    STATUS+=("crops after the kernel step: ${TUNED[*]:-the default pruning launch}")
+    echo "   ${STATUS[-1]}"
+}
+
 cuda_tests() {  # time limit in seconds: every test whose name says cuda (skipped without CUDA)
     wanted tests "$1" || return 0
     local start=$SECONDS
@@ -132,29 +144,38 @@ EOF
         --repeat 1
     TRITON_INTERPRET=1 step kernel 120 kernel --device cpu --n 32 --q 5 --repeat 1 \
         --launch 4x2 8x4x4
-    step proxyclip_fp32 120 config "$TINY" --random-weights --crop 112 --q 21 --repeat 1
+    tune_launch 32
+    step proxyclip_fp32 120 config "$TINY" --random-weights --crop 112 --q 21 --repeat 1 \
+        --cfg-options model.cuda_graphs=False "${TUNED[@]}"
     step proxyclip_fp16 120 config "$TINY" --random-weights --crop 112 --q 21 --repeat 1 \
-        --precision bf16 --profile 5
+        --precision bf16 --profile 5 --cfg-options model.cuda_graphs=False "${TUNED[@]}"
     step proxyclip_graphs 120 config "$TINY" --random-weights --crop 112 --q 21 --repeat 1 \
-        --batch 2 --cfg-options model.cuda_graphs=True
+        --batch 2 --cfg-options model.cuda_graphs=True "${TUNED[@]}"
     step e2e 240 e2e --device cpu --config "$TINY" --random-weights --images 2 \
-        --precision fp32 bf16 --repeat 1 --stage-repeat 2
+        --precision fp32 bf16 --repeat 1 --stage-repeat 2 \
+        --cfg-options model.cuda_graphs=False "${TUNED[@]}"
     step e2e_graphs 240 e2e --device cpu --config "$TINY" --random-weights --images 2 \
-        --precision fp32 --repeat 1 --stage-repeat 2 --cfg-options model.cuda_graphs=True
+        --precision fp32 --repeat 1 --stage-repeat 2 \
+        --cfg-options model.cuda_graphs=True "${TUNED[@]}"
 else
     # the targets first (plug-in ratios, the graphed crop, where an eager crop spends its GPU
     # time), then the rest: a second call (STEPS=...) runs what the budget left out
     cuda_tests 100
     step plugin 150 plugin --device cuda --n 1764 4096 --dtype fp16 fp32 --repeat 5 --profile 20
     step kernel 80 kernel --device cuda --repeat 20   # each launch setting compiled anew
+    tune_launch 1764
     step proxyclip_graphs 90 proxyclip --device cuda --precision fp16 --batch 2 --repeat 7 \
-        --cfg-options model.cuda_graphs=True
-    step proxyclip_fp16 80 proxyclip --device cuda --precision fp16 --repeat 7 --profile 15
-    step proxyclip_fp32 70 proxyclip --device cuda --precision fp32 --repeat 7
+        --cfg-options model.cuda_graphs=True "${TUNED[@]}"
+    step proxyclip_fp16 80 proxyclip --device cuda --precision fp16 --repeat 7 --profile 15 \
+        --cfg-options model.cuda_graphs=False "${TUNED[@]}"
+    step proxyclip_fp32 70 proxyclip --device cuda --precision fp32 --repeat 7 \
+        --cfg-options model.cuda_graphs=False "${TUNED[@]}"
     step e2e_graphs 100 e2e --device cuda --random-weights --images 20 --size 375 500 \
-        --precision fp32 fp16 --repeat 2 --stage-repeat 3 --cfg-options model.cuda_graphs=True
+        --precision fp32 fp16 --repeat 2 --stage-repeat 3 \
+        --cfg-options model.cuda_graphs=True "${TUNED[@]}"
     step e2e 120 e2e --device cuda --random-weights --images 20 --size 375 500 \
-        --precision fp32 fp16 bf16 --repeat 2 --stage-repeat 5
+        --precision fp32 fp16 bf16 --repeat 2 --stage-repeat 5 \
+        --cfg-options model.cuda_graphs=False "${TUNED[@]}"
 fi
 
 python3 - "$RESULTS" 2>&1 <<'EOF' | tee "$RESULTS/summary.txt"

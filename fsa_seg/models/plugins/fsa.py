@@ -53,6 +53,7 @@ from torch import Tensor
 from .base import AttentionPlugin, LogitsFn, attend, merge_heads, split_heads
 from .fsa_kernel import (
     MAX_FUSED_QUERIES,
+    PruningLaunch,
     fused_kl_terms,
     fused_prune_and_sharpen,
     fused_pruning_available,
@@ -77,13 +78,17 @@ class FSA(AttentionPlugin):
         fused_pruning: on CUDA, prune and sharpen in one Triton kernel when Triton is there and
             N ≤ 4096 (see the module's docstring); False keeps ``torch.sort``'s chain, which
             reproduces the official code's selection bit for bit on the same device.
+        pruning_launch: how the fused path launches its pruning kernel, for tuning on a GPU
+            (``tools/analysis/benchmark.py kernel`` times launches): ``dict(rows=, warps=,
+            parts=)``, rows and warps a program and the parts the top-p cut's interval is cut
+            into a step (see :class:`.fsa_kernel.PruningLaunch`); None: the defaults.
     """
 
     tokens = 'patches'
 
     def __init__(self, lamda: float = 3.0, top_p: float = 0.45,
                  logit_scales: Sequence[float] = (20.0, 35.0), eps: float = 1e-10,
-                 fused_pruning: bool = True):
+                 fused_pruning: bool = True, pruning_launch: Optional[dict] = None):
         super().__init__()
         if len(logit_scales) != 2:
             raise ValueError('logit_scales needs two values (attention, uniform), '
@@ -93,10 +98,17 @@ class FSA(AttentionPlugin):
         self.logit_scales = tuple(float(s) for s in logit_scales)
         self.eps = eps
         self.fused_pruning = bool(fused_pruning)
+        unknown = set(pruning_launch or {}) - set(PruningLaunch._fields)
+        if unknown:
+            raise ValueError(f'pruning_launch takes {", ".join(PruningLaunch._fields)}; got '
+                             f'{", ".join(sorted(unknown))}')
+        self.pruning_launch = PruningLaunch.checked(**(pruning_launch or {}))
 
     def extra_repr(self) -> str:
+        launch = ('' if self.pruning_launch == PruningLaunch()
+                  else f', pruning_launch={self.pruning_launch._asdict()}')
         return (f'lamda={self.lamda}, top_p={self.top_p}, logit_scales={self.logit_scales}, '
-                f'eps={self.eps}, fused_pruning={self.fused_pruning}')
+                f'eps={self.eps}, fused_pruning={self.fused_pruning}{launch}')
 
     def forward(self, attn: Optional[Tensor], values: Tensor, logits_fn: LogitsFn,
                 attended: Optional[Tensor] = None, grid: Optional[Tuple[int, int]] = None,
@@ -195,7 +207,8 @@ class FSA(AttentionPlugin):
         def new_rows(rows: slice) -> Tensor:
             kl = torch.baddbmm(self_term[:, rows], q[:, rows], log_q_t, alpha=-1)  # (B, b, N)
             if path == 'fused':  # the similarity is made in the kernel
-                return fused_prune_and_sharpen(kl, self.lamda, self.top_p, 'kl', values.dtype)
+                return fused_prune_and_sharpen(kl, self.lamda, self.top_p, 'kl', values.dtype,
+                                               launch=self.pruning_launch)
             sim = kl.clamp_min_(0).add_(1).reciprocal_()
             return self._prune_and_sharpen(sim, True, path).to(values.dtype)
         return _blockwise_product(new_rows, operand, path)
@@ -211,7 +224,8 @@ class FSA(AttentionPlugin):
         def new_rows(rows: slice) -> Tensor:
             dots = torch.bmm(q[:, rows], log_q_t)                                   # (B, b, N)
             return fused_prune_and_sharpen(dots, self.lamda, self.top_p, 'dots', dtype,
-                                           self_terms=self_term[:, rows])
+                                           self_terms=self_term[:, rows],
+                                           launch=self.pruning_launch)
         return _blockwise_product(new_rows, operand, 'fused')
 
     def _kl_terms(self, isolated_logits: Tensor):
@@ -243,7 +257,8 @@ class FSA(AttentionPlugin):
             sharpened = sim * torch.exp(self.lamda * sim)
             return sharpened.masked_fill(~keep, float('-inf')).softmax(dim=-1)
         if path == 'fused':
-            return fused_prune_and_sharpen(sim, self.lamda, self.top_p, 'similarity', sim.dtype)
+            return fused_prune_and_sharpen(sim, self.lamda, self.top_p, 'similarity', sim.dtype,
+                                           launch=self.pruning_launch)
         if path == 'device':
             return self._prune_in_sort_order(sim, reuse_input)
         return self._prune_by_threshold(sim, reuse_input)

@@ -31,7 +31,7 @@ for the tests only.
 import functools
 import importlib.util
 import struct
-from typing import Optional, Sequence, Tuple
+from typing import NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -45,6 +45,33 @@ MAX_BLOCK_ENTRIES = 2 ** 20  # Triton's largest block (TRITON_MAX_TENSOR_NUMEL)
 KL_TERMS_ENTRIES = 4096  # a KL terms program's entries on the GPU: 16 tokens of Q ≤ 256
 SOURCES = ('similarity', 'kl', 'dots')  # what the pruning kernel's rows hold
 _FLOAT_TYPES = (torch.float32, torch.float64)
+MAX_WARPS = 32  # a CUDA block's 1024 threads
+
+
+class PruningLaunch(NamedTuple):
+    """How the pruning kernel is launched: ``rows`` rows a program and ``warps`` warps a program
+    (0: :func:`run_kernel`'s defaults), and the ``parts`` the interval of the top-p cut is cut
+    into a step (2: halving; more, for fp32 rows only: fewer steps, each with more sums). Every
+    launch selects the same entries; the sums of its softmax may round differently."""
+    rows: int = 0
+    warps: int = 0
+    parts: int = 2
+
+    @classmethod
+    def checked(cls, rows: int = 0, warps: int = 0, parts: int = 2) -> 'PruningLaunch':
+        """The launch, or a ValueError naming what is wrong: each a power of two (a Triton
+        block's sizes are), rows and warps 0 for the default, at most 32 warps, parts ≥ 2."""
+        launch = cls(rows, warps, parts)
+        if not (all(isinstance(value, int) and (value == 0 or _power_of_two(value))
+                    for value in launch) and launch.warps <= MAX_WARPS and launch.parts >= 2):
+            raise ValueError('the pruning launch takes rows and warps a program (0: the default) '
+                             f'and parts ≥ 2, all powers of two, at most {MAX_WARPS} warps; got '
+                             f'{launch._asdict()}')
+        return launch
+
+    @property
+    def split_bits(self) -> int:
+        return self.parts.bit_length() - 1
 
 
 def fused_pruning_available(device: torch.device, num_tokens: int) -> bool:
@@ -109,12 +136,13 @@ def _(branches, logit_scales, eps):
 
 
 def fused_prune_and_sharpen(rows: Tensor, lamda: float, top_p: float, source: str,
-                            out_dtype: torch.dtype,
-                            self_terms: Optional[Tensor] = None) -> Tensor:
+                            out_dtype: torch.dtype, self_terms: Optional[Tensor] = None,
+                            launch: PruningLaunch = PruningLaunch()) -> Tensor:
     """A_new for each row of ``rows`` (..., N), fp32 or fp64, holding (``source``) the
     similarities, the KL divergences (the similarity 1 / (1 + max(KL, 0)) is made in the
     kernel), or the dot products q_i·log(q_j + ε), the KL being ``self_terms`` (...,) minus them.
-    Returns a new tensor of the same shape in ``out_dtype``, with aligned rows."""
+    Returns a new tensor of the same shape in ``out_dtype``, with aligned rows, the kernel
+    launched as ``launch`` says."""
     if rows.dtype not in _FLOAT_TYPES:
         raise TypeError(f'the fused FSA pruning works in float32 or float64, got {rows.dtype}')
     if rows.shape[-1] > MAX_FUSED_TOKENS:
@@ -124,50 +152,53 @@ def fused_prune_and_sharpen(rows: Tensor, lamda: float, top_p: float, source: st
         raise ValueError(f'source must be one of {SOURCES}, with self_terms exactly for '
                          f"'dots'; got {source!r}")
     return torch.ops.fsa_seg.prune_and_sharpen(rows, self_terms, lamda, top_p, source,
-                                               out_dtype)
+                                               out_dtype, list(launch))
 
 
 @torch.library.custom_op('fsa_seg::prune_and_sharpen', mutates_args=())
 def _prune_and_sharpen_op(rows: Tensor, self_terms: Optional[Tensor], lamda: float,
-                          top_p: float, source: str, out_dtype: torch.dtype) -> Tensor:
+                          top_p: float, source: str, out_dtype: torch.dtype,
+                          launch: Sequence[int]) -> Tensor:
     rows = rows.contiguous()
     out = padded_rows(rows.shape, out_dtype, rows.device)
     if rows.numel() == 0:
         return out
     run_kernel(rows, out, lamda, top_p, source,
-               None if self_terms is None else self_terms.to(rows.dtype).contiguous())
+               None if self_terms is None else self_terms.to(rows.dtype).contiguous(),
+               PruningLaunch(*launch))
     return out
 
 
 @_prune_and_sharpen_op.register_fake
-def _(rows, self_terms, lamda, top_p, source, out_dtype):
+def _(rows, self_terms, lamda, top_p, source, out_dtype, launch):
     return padded_rows(rows.shape, out_dtype, rows.device)
 
 
 def run_kernel(rows: Tensor, out: Tensor, lamda: float, top_p: float, source: str = 'kl',
-               self_terms: Optional[Tensor] = None, rows_per_program: Optional[int] = None,
-               num_warps: Optional[int] = None, split_bits: int = 1) -> None:
+               self_terms: Optional[Tensor] = None,
+               launch: PruningLaunch = PruningLaunch()) -> None:
     """Launch the pruning kernel on contiguous ``rows`` (..., N), writing ``out`` (the same
     shape, rows of any stride). By default the GPU runs a row a program with :func:`_num_warps`
     warps, and the interpreter, whose cost is per program, as many rows in one as Triton's
     largest block (2^20 entries) holds, both halving the interval of the top-p cut a step;
-    ``rows_per_program``, ``num_warps`` and ``split_bits`` (the cut's interval cut into
-    2^split_bits parts a step, for fp32 rows) set others (:mod:`fsa_seg.analysis.kernel_benchmark`
-    times them)."""
+    ``launch`` sets others (:mod:`fsa_seg.analysis.kernel_benchmark` times them)."""
     from ._fsa_triton import prune_and_sharpen_rows
     size = rows.shape[-1]
     num_rows = rows.numel() // size
     block = max(16, 1 << (size - 1).bit_length())
-    if rows_per_program is None:
-        rows_per_program = 1 if rows.is_cuda else min(1 << (num_rows - 1).bit_length(),
-                                                      MAX_BLOCK_ENTRIES // block)
-    launch = _kernel(prune_and_sharpen_rows, rows.device)[(-(-num_rows // rows_per_program),)]
+    rows_per_program = launch.rows or (1 if rows.is_cuda else min(
+        1 << (num_rows - 1).bit_length(), MAX_BLOCK_ENTRIES // block))
+    kernel = _kernel(prune_and_sharpen_rows, rows.device)[(-(-num_rows // rows_per_program),)]
     with _launching_on(rows.device):
-        launch(rows, rows if self_terms is None else self_terms, out, num_rows, size,
+        kernel(rows, rows if self_terms is None else self_terms, out, num_rows, size,
                out.stride(-2) if out.dim() > 1 else size, _bits(lamda), _bits(top_p),
                SOURCE=SOURCES.index(source), KEY_BITS=8 * rows.element_size(),
-               ROWS=max(1, rows_per_program), BLOCK=block, SPLIT_BITS=split_bits,
-               num_warps=num_warps or _num_warps(block))
+               ROWS=rows_per_program, BLOCK=block, SPLIT_BITS=launch.split_bits,
+               num_warps=launch.warps or _num_warps(block))
+
+
+def _power_of_two(value: int) -> bool:
+    return value >= 1 and value & (value - 1) == 0
 
 
 def _bits(value: float) -> int:

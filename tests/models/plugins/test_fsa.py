@@ -125,3 +125,18 @@ def test_half_precision_inputs_give_finite_outputs_close_to_fp32(dtype):
 def test_bad_logit_scales_are_rejected():
     with pytest.raises(ValueError, match='two values'):
         build(logit_scales=(20.0, ))
+
+
+@pytest.mark.parametrize('launch, message', [
+    (dict(rows=3), 'powers of two'), (dict(warps=64), 'at most 32 warps'),
+    (dict(parts=1), 'parts ≥ 2'), (dict(rows=1.5), 'powers of two'),
+    (dict(threads=4), 'pruning_launch takes rows, warps, parts; got threads')])
+def test_bad_pruning_launches_are_rejected(launch, message):
+    with pytest.raises(ValueError, match=message):
+        build(pruning_launch=launch)
+
+
+def test_a_pruning_launch_is_shown_only_when_it_is_not_the_default():
+    assert 'pruning_launch' not in repr(build())
+    assert "pruning_launch={'rows': 1, 'warps': 16, 'parts': 8}" in repr(
+        build(pruning_launch=dict(warps=16, parts=8, rows=1)))

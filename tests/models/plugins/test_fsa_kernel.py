@@ -68,7 +68,8 @@ def test_every_split_of_the_top_p_search_finds_the_halvings_cut(kind, top_p):
     assert halving.isfinite().all()
     for split_bits in (2, 3, 4):
         out = torch.empty_like(sim)
-        fsa_kernel.run_kernel(sim, out, 3.0, top_p, 'similarity', split_bits=split_bits)
+        fsa_kernel.run_kernel(sim, out, 3.0, top_p, 'similarity',
+                              launch=fsa_kernel.PruningLaunch(parts=2 ** split_bits))
         assert torch.equal(out, halving), split_bits
 
 

@@ -102,6 +102,41 @@ def test_fused_path_beyond_the_queries_of_its_kl_kernel_equals_the_reference(mon
     assert (run('fused', *problem) - reference(*problem, stable=True)).abs().max() < 1e-12
 
 
+@fused_runs_here
+def test_a_configured_pruning_launch_reaches_the_kernel_and_keeps_the_result(monkeypatch):
+    """``pruning_launch`` (2 rows and 4 warps a program, the cut's interval cut in 8 parts a
+    step) is how the pruning kernel is launched; in fp32 the rows equal the default launch's
+    (the interpreter sums each row alike) and the reference's."""
+    import fsa_seg.models.plugins.fsa_kernel as fsa_kernel
+    launches = []
+    kernel_for = fsa_kernel._kernel
+
+    def recording(kernel, device):
+        launcher = kernel_for(kernel, device)
+        if kernel.__name__ != 'prune_and_sharpen_rows':
+            return launcher
+
+        class Recording:
+            def __getitem__(self, grid):
+                def launch(*args, **kwargs):
+                    launches.append((grid, kwargs['ROWS'], kwargs['num_warps'],
+                                     kwargs['SPLIT_BITS']))
+                    return launcher[grid](*args, **kwargs)
+                return launch
+        return Recording()
+    monkeypatch.setattr(fsa_kernel, '_kernel', recording)
+    attn, values, logits_fn = random_fsa_problem(1, 3, 50, 4, 12, 'shared', seed=5)
+    attn, values = attn.float(), values.float()
+    with torch.no_grad():
+        configured = FSA(**HYPER, pruning_launch=dict(rows=2, warps=4, parts=8))._forward(
+            attn, values, logits_fn, path='fused')
+        assert launches == [((25,), 2, 4, 3)]                  # 50 rows, 2 a program
+        default = FSA(**HYPER)._forward(attn, values, logits_fn, path='fused')
+    assert torch.equal(configured, default)
+    expected = reference(attn.double(), values.double(), logits_fn, stable=True)
+    assert (configured.double() - expected).abs().max() < 1e-5
+
+
 def test_device_row_blocks_follow_the_shapes_only():
     """2^22 entries at most: N = 1764 (DINO-B/8 at 336) whole; N = 4096 (SAM) in 4 × 1024 rows;
     a batch of 2 at N = 1764 in 2 × 882 rows. The CPU path keeps its 2^19-entry blocks."""

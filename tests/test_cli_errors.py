@@ -142,6 +142,12 @@ def check_fp16_on_cpu_warned(result, case_dir):
     assert summary(case_dir)['precision'] == 'fp16'
 
 
+def check_fp16_on_cpu_warned_in_test(result, case_dir):
+    assert 'fsa-seg test: warning: fp16 on the CPU is slow' in result.stderr
+    results = json.loads((case_dir / 'results.json').read_text())
+    assert 'float16' in json.dumps(results['settings'])
+
+
 def check_bundled_vocabulary_kept(result, case_dir):
     vocabulary = summary(case_dir)['vocabulary']
     assert len(vocabulary) == 81 and vocabulary[0]['name'] == 'background'
@@ -375,8 +381,11 @@ CASES = [
     Case('predict: a second run with --overwrite', 'fsa-seg', PREDICT + ['--overwrite'],
          prepare=earlier_run, check=check_second_run_overwrites),
     Case('predict: --out-dir is a file', 'fsa-seg', PREDICT,
-         r'cannot write to the output folder .*out',
+         r'the output folder .*out is a file; choose another --out-dir',
          prepare=lambda case, data: (case / 'out').write_text('a file')),
+    Case('predict: a summary.json that is a folder', 'fsa-seg', PREDICT + ['--overwrite'],
+         r'out/summary.json is not a file, so no summary can be written there',
+         prepare=lambda case, data: (case / 'out' / 'summary.json').mkdir(parents=True)),
     Case('predict: fp16 on the CPU is slow: warned', 'fsa-seg',
          PREDICT + ['--precision', 'fp16', '--device', 'cpu'], check=check_fp16_on_cpu_warned),
     Case('predict: CUDA asked for where there is none', 'fsa-seg',
@@ -389,6 +398,12 @@ CASES = [
          r'Did you mean: proxyclip_fsa_vit-b16_dino-b8_voc21'),
     Case('predict: crop of zero', 'fsa-seg', PREDICT + ['--crop', '0'],
          r'expected a positive size', exit_code=2),
+    Case('predict: crop smaller than a patch', 'fsa-seg', PREDICT + ['--crop', '8'],
+         r"the crop \(8, 8\) is smaller than CLIP's patches \(16, 16\): a window would hold "
+         'no patch'),
+    Case('test: crop smaller than a patch', 'tools/test.py',
+         TEST + ['model.test_cfg.crop_size=(8,8)', 'model.test_cfg.stride=(8,8)'] + PARTIAL,
+         r"tiny_voc21.py: the crop \(8, 8\) is smaller than CLIP's patches"),
     Case('predict: stride larger than the crop', 'fsa-seg',
          PREDICT + ['--crop', '224', '--stride', '300'], r'stride .* is larger than the crop'),
     Case('predict: threshold outside [0, 1]', 'fsa-seg', PREDICT + ['--prob-thd', '2'],
@@ -431,6 +446,10 @@ CASES = [
          names_file='classes.txt'),
     Case('predict: a bundled list keeps its repeats, class 0 shown as background', 'fsa-seg',
          PREDICT + ['--vocab', 'coco_object'], check=check_bundled_vocabulary_kept),
+    Case('test: fp16 on the CPU is slow: warned', 'fsa-seg',
+         ['test'] + TEST + PARTIAL + ['--precision', 'fp16', '--out', '{case}/results.json'],
+         check=check_fp16_on_cpu_warned_in_test,
+         marks=[pytest.mark.skipif(torch.cuda.is_available(), reason='CUDA is available')]),
     Case('test: --random-weights is loud, seeded and recorded', 'fsa-seg',
          ['test'] + TEST + PARTIAL + ['--random-weights', '--out', '{case}/results.json'],
          check=check_random_weights_loud_and_recorded),

@@ -140,23 +140,30 @@ def _to_rgb(image: Image.Image) -> np.ndarray:
     return np.asarray(image.convert('RGB'), dtype=np.uint8).copy()
 
 
+def _array_to_rgb(array: np.ndarray) -> np.ndarray:
+    if array.dtype != np.uint8:
+        raise ValueError(f'image arrays must be uint8, got {array.dtype}')
+    if array.ndim == 3 and array.shape[2] in (1, 3, 4) or array.ndim == 2:
+        if 0 in array.shape[:2]:
+            raise ValueError(f'the image array is empty: {array.shape}')
+        if array.ndim == 2 or array.shape[2] == 1:
+            return np.repeat(array.reshape(*array.shape[:2], 1), 3, axis=2)
+        return np.ascontiguousarray(array[..., :3])
+    raise ValueError(f'image arrays must be (H, W), (H, W, 3) or (H, W, 4), got {array.shape}')
+
+
 def load_image(source: ImageInput) -> np.ndarray:
     """An image file, PIL image or array → (H, W, 3) uint8 RGB.
 
     Arrays are taken as RGB (not mmcv's BGR): (H, W) grayscale, (H, W, 3) RGB or (H, W, 4) RGBA,
     uint8. Grayscale and RGBA files are converted the same way (alpha is dropped)."""
     if isinstance(source, np.ndarray):
-        if source.dtype != np.uint8:
-            raise ValueError(f'image arrays must be uint8, got {source.dtype}')
-        if source.ndim == 2:
-            return np.repeat(source[..., None], 3, axis=2)
-        if source.ndim == 3 and source.shape[2] in (3, 4):
-            return np.ascontiguousarray(source[..., :3])
-        if source.ndim == 3 and source.shape[2] == 1:
-            return np.repeat(source, 3, axis=2)
-        raise ValueError(f'image arrays must be (H, W), (H, W, 3) or (H, W, 4), got {source.shape}')
+        return _array_to_rgb(source)
     if isinstance(source, Image.Image):
         return _to_rgb(source)
+    if not isinstance(source, (str, os.PathLike)):
+        raise TypeError('an image is a file path, a PIL image or a uint8 numpy array (H, W[, 3 '
+                        f'or 4]); got a {type(source).__module__}.{type(source).__qualname__}')
     path = Path(source)
     if not path.is_file():
         raise ImageReadError(path, 'no such file')

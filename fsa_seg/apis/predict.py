@@ -62,6 +62,11 @@ def check_output_dir(out_dir, overwrite: bool = False, resume: bool = False) -> 
     """Create ``out_dir`` if needed and prove it writable (a file is created and removed);
     refuse a folder that holds an earlier run's summary unless ``overwrite`` or ``resume``."""
     path = Path(out_dir).expanduser()
+    if path.exists() and not path.is_dir():
+        raise OutputDirError(f'the output folder {path} is a file; choose another --out-dir')
+    if (path / SUMMARY_NAME).exists() and not (path / SUMMARY_NAME).is_file():
+        raise OutputDirError(f'{path / SUMMARY_NAME} is not a file, so no summary can be written '
+                             'there; remove it or choose another --out-dir')
     if (path / SUMMARY_NAME).exists() and not (overwrite or resume):
         raise OutputDirError(f'{path} already holds the results of an earlier run ('
                              f'{path / SUMMARY_NAME}); choose another --out-dir, pass --resume '
@@ -299,6 +304,9 @@ def predict_files(model, paths: Sequence[Path], out_dir, batch_size: int = 1,
         raise
     except OutputWriteError as error:
         run.status = f'failed: {error}'
+        raise
+    except Exception as error:  # a bug or a broken model: the summary still says how it ended
+        run.status = f'failed: {type(error).__name__}: {error}'
         raise
     finally:
         bar.close()

@@ -311,10 +311,13 @@ def skip_scored_images(cfg: Config, scored: dict) -> None:
     dataset.full_init()
     positions = _subset(dataset_cfg.get('indices'), len(dataset))
     remaining = [i for i in positions if dataset.get_data_info(i).get('img_path') not in scored]
+    done = len(positions) - len(remaining)
     if _first_process():
-        print_log(f'resuming: {len(positions) - len(remaining)} of the {len(positions)} images '
-                  f'are scored in {osp.abspath(cfg.work_dir)}; scoring the other '
-                  f'{len(remaining)}', logger='current')
+        # all scored: the last image again, as mmengine's test loop needs one to run
+        rest = (f'scoring the other {len(remaining)}' if remaining else
+                'scoring the last one again to run the evaluation')
+        print_log(f'resuming: {done} of the {len(positions)} images are scored in '
+                  f'{osp.abspath(cfg.work_dir)}; {rest}', logger='current')
     dataset_cfg.indices = remaining or positions[-1:]
 
 

@@ -8,11 +8,17 @@ import sys
 from typing import Callable
 
 INTERRUPTED = 130  # the shell's status for a process ended by SIGINT
+FP16_ON_CPU = ('fp16 on the CPU is slow (most CPU kernels have no half-precision version); fp32 '
+               'or bf16 run faster there')
 
 
 def fail(prog: str, message: str) -> int:
     print(f'{prog}: error: {message}', file=sys.stderr)
     return 1
+
+
+def warn(prog: str, message: str) -> None:
+    print(f'{prog}: warning: {message}', file=sys.stderr)
 
 
 def user_errors() -> tuple:

@@ -11,7 +11,7 @@ import sys
 from typing import List, Optional, Sequence, Tuple, Union
 
 from .arguments import add_cfg_options, add_debug, positive_int
-from .errors import INTERRUPTED, fail
+from .errors import FP16_ON_CPU, INTERRUPTED, fail, warn
 
 DEFAULT_OUT_DIR = 'fsa_seg_predictions'
 
@@ -258,8 +258,7 @@ def run_predict(args: argparse.Namespace, prog: str = 'fsa-seg predict') -> int:
     cfg = model.cfg
     precision = {dtype: name for name, dtype in PRECISIONS.items()}[model.clip.dtype]
     if torch_device.type == 'cpu' and precision == 'fp16':
-        print(f'{prog}: warning: fp16 on the CPU is slow (most CPU kernels have no half-precision '
-              'version); fp32 or bf16 run faster there', file=sys.stderr)
+        warn(prog, FP16_ON_CPU)
     info = dict(
         config=cfg.filename, model=cfg.model.type,
         weights={key: _weights_description(cfg.model[key]) for key, _ in components(cfg.model)},

@@ -9,7 +9,7 @@ import argparse
 import os
 
 from .arguments import add_cfg_options, add_debug, positive_int
-from .errors import fail
+from .errors import FP16_ON_CPU, fail, warn
 
 TEST_DESCRIPTION = """\
 Evaluate a training-free segmentor on a benchmark with sliding-window inference: the per-class
@@ -83,6 +83,8 @@ def add_parsers(commands) -> None:
 
 
 def run_test(args: argparse.Namespace, prog: str = 'fsa-seg test') -> int:
+    import torch
+
     from ..apis import evaluate, load_test_config
     os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
     cfg = load_test_config(args.config, args.cfg_options, args.work_dir, args.launcher,
@@ -91,6 +93,8 @@ def run_test(args: argparse.Namespace, prog: str = 'fsa-seg test') -> int:
                            random_weights=args.random_weights,
                            trust_checkpoint=args.trust_checkpoint, precision=args.precision,
                            cuda_graphs=args.cuda_graphs)
+    if args.precision == 'fp16' and not torch.cuda.is_available():  # mmengine's device
+        warn(prog, FP16_ON_CPU)
     evaluate(cfg, out=args.out, allow_partial=args.allow_partial_split, resume=args.resume)
     return 0
 

@@ -69,6 +69,10 @@ def test_load_image_converts_every_mode_to_rgb(tmp_path):
         load_image(tmp_path / 'bad.jpg')
     with pytest.raises(ValueError, match='uint8'):
         load_image(gray.astype(np.float32))
+    with pytest.raises(ValueError, match=r'empty: \(0, 5, 3\)'):
+        load_image(np.zeros((0, 5, 3), np.uint8))
+    with pytest.raises(TypeError, match='a uint8 numpy array .* got a torch.Tensor'):
+        load_image(torch.zeros(3, 4, 3, dtype=torch.uint8))
 
 
 # ------------------------------------------------------------------ segmenting

@@ -113,7 +113,7 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def test_two_processes_give_the_same_metrics_as_one_and_draw_every_image(tmp_path,
+def test_two_processes_give_the_same_metrics_as_one_and_draw_every_image(tmp_path, capfd,
                                                                          processed_images):
     data_root = make_benchmark('voc21', tmp_path / 'data', sizes=((40, 56), (30, 30), (36, 28)))
     weights = tmp_path / 'tiny_clip.pt'  # every process loads the same weights
@@ -141,8 +141,12 @@ def test_two_processes_give_the_same_metrics_as_one_and_draw_every_image(tmp_pat
                      'test_2007_000002.jpg_0.png'], drawn
     # one process resumes from both processes' journals: all scored, the last image again
     resumed = tmp_path / 'resumed.json'
+    capfd.readouterr()
     run_test_script(config, '--work-dir', tmp_path / 'w2', '--out', resumed,
                     '--allow-partial-split', '--resume')
+    log = ''.join(capfd.readouterr())
+    assert re.search(r'resuming: 3 of the 3 images are scored in .*; scoring the last one again '
+                     'to run the evaluation', log), log[-3000:]
     assert processed_images['images'][-1:] == ['2007_000002.jpg']
     assert len(processed_images['images']) == 4   # 3 in the single run, 1 resumed
     again = json.loads(resumed.read_text())

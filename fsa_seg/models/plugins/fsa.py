@@ -164,10 +164,11 @@ class FSA(AttentionPlugin):
 
     def _isolation(self, both: Tensor) -> Tensor:
         """s_a·P − s_u·P_u from the branches' similarities (B, N + 1, Q), in at least fp32."""
+        # in ≥ fp32 from here (as the fused kernel): fp16 would round the scaled similarities
+        # by up to 0.03, and its smallest normal number is above the 1e-10 of the logarithm
+        both = both.to(torch.promote_types(both.dtype, torch.float32))
         scale_attn, scale_uniform = self.logit_scales
-        logits, uniform = scale_attn * both[:, :-1], scale_uniform * both[:, -1:]
-        # fp16's smallest normal number is above the 1e-10 of the logarithm: work in ≥ fp32.
-        return (logits - uniform).to(torch.promote_types(both.dtype, torch.float32))
+        return scale_attn * both[:, :-1] - scale_uniform * both[:, -1:]
 
     @staticmethod
     def _branch_similarities(attended: Tensor, values: Tensor, logits_fn: LogitsFn) -> Tensor:
@@ -180,7 +181,7 @@ class FSA(AttentionPlugin):
         tokens = values.new_empty((batch, num_tokens + 1, heads * head_dim))
         tokens[:, :num_tokens] = merge_heads(attended)
         tokens = split_heads(tokens, heads)                              # (B, H, N + 1, d)
-        if _records_grad(values):  # autograd takes no out= argument
+        if _records_grad(values) or _records_grad(tokens):  # autograd takes no out= argument
             tokens[:, :, num_tokens:] = values.mean(dim=2, keepdim=True)
         else:
             torch.mean(values, dim=2, keepdim=True, out=tokens[:, :, num_tokens:])

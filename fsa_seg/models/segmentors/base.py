@@ -97,6 +97,10 @@ class TrainingFreeSegmentor(BaseSegmentor):
         if self.test_cfg.mode not in ('slide', 'whole'):
             raise ValueError("test_cfg.mode must be 'slide' or 'whole', "
                              f'got {self.test_cfg.mode!r}')
+        if self.test_cfg.mode == 'slide' and any(
+                crop < patch for crop, patch in zip(self.test_cfg.crop_size, self.clip.patch_size)):
+            raise ValueError(f'the crop {tuple(self.test_cfg.crop_size)} is smaller than CLIP\'s '
+                             f'patches {tuple(self.clip.patch_size)}: a window would hold no patch')
         self.crop_batch_size = crop_batch_size
         self.text_cache_dir = text_cache_dir
         if cuda_graphs and not self.supports_cuda_graphs:

@@ -15,7 +15,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
 CLASS_NAMES_DIR = Path(__file__).resolve().parents[2] / 'class_names'
 VocabularySpec = Union[str, os.PathLike, Sequence[Union[str, Sequence[str]]], 'Vocabulary']
@@ -77,7 +77,7 @@ def read_class_names(path: Union[str, os.PathLike]) -> Vocabulary:
     if not path.is_file():
         raise VocabularyError(f'class-name file not found: {path}')
     try:
-        lines = path.read_text(encoding='utf-8').splitlines()
+        lines = path.read_text(encoding='utf-8-sig').splitlines()  # a BOM is no name's part
     except UnicodeDecodeError as error:
         raise VocabularyError(f'{path}: not UTF-8 text ({error})') from error
     separator = ';' if any(';' in line for line in lines) else ','
@@ -133,13 +133,19 @@ def load_vocabulary(spec: VocabularySpec) -> Vocabulary:
             return check_user_vocabulary(read_class_names(spec), str(spec))
         raise VocabularyError(f'vocabulary {str(spec)!r} is neither a bundled vocabulary '
                               f'{bundled_vocabularies()} nor an existing class-name file')
+    if not isinstance(spec, Iterable) or isinstance(spec, (bytes, Mapping)):
+        raise VocabularyError('a vocabulary is a bundled name, a class-name file or a list of '
+                              f'class names; got {type(spec).__name__}')
     classes = []
     for index, entry in enumerate(spec):
         where = f'vocabulary entry {index}'
-        if isinstance(entry, str):
-            classes.append(parse_class(entry, where))
-        else:
-            classes.append(parse_class(';'.join(entry), where))
+        if isinstance(entry, Sequence) and not isinstance(entry, str) \
+                and all(isinstance(name, str) for name in entry):
+            entry = ';'.join(entry)
+        if not isinstance(entry, str):
+            raise VocabularyError(f'{where}: a class is a string (synonyms separated by ";") or '
+                                  f'a list of synonyms; got {entry!r}')
+        classes.append(parse_class(entry, where))
     if not classes:
         raise VocabularyError('the vocabulary is empty')
     return check_user_vocabulary(Vocabulary(tuple(classes)), 'vocabulary')

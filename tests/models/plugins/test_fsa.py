@@ -140,3 +140,15 @@ def test_a_pruning_launch_is_shown_only_when_it_is_not_the_default():
     assert 'pruning_launch' not in repr(build())
     assert "pruning_launch={'rows': 1, 'warps': 16, 'parts': 8}" in repr(
         build(pruning_launch=dict(warps=16, parts=8, rows=1)))
+
+
+@pytest.mark.parametrize('dtype', [torch.float16, torch.bfloat16], ids=['fp16', 'bf16'])
+def test_half_precision_similarities_are_isolated_in_fp32(dtype):
+    """s_a·P − s_u·P_u from fp16/bf16 similarities, to fp32's rounding (in fp16 the scaled
+    similarities would be off by up to 0.03), as the fused kernel computes it."""
+    generator = torch.Generator().manual_seed(2)
+    both = (torch.rand(1, 131, 5, generator=generator) * 2 - 1).to(dtype)
+    isolated = build()._isolation(both)
+    exact = 20 * both[:, :-1].double() - 35 * both[:, -1:].double()
+    assert isolated.dtype == torch.float32
+    assert (isolated.double() - exact).abs().max() < 1e-5

@@ -137,6 +137,28 @@ def test_a_configured_pruning_launch_reaches_the_kernel_and_keeps_the_result(mon
     assert (configured.double() - expected).abs().max() < 1e-5
 
 
+@pytest.mark.parametrize('attention', ['per-head', 'shared'])
+@pytest.mark.parametrize('needs_grad', ['values', 'attn', 'both'])
+def test_gradients_equal_the_references(attention, needs_grad):
+    """Autograd through FSA (its differentiable chain, whatever the device) gives the official
+    formulation's gradients, for the values, the baseline's attention, or both."""
+    attn, values, logits_fn = random_fsa_problem(1, 3, 20, 4, 6, attention, seed=6)
+    weights = torch.randn(values.shape, generator=torch.Generator().manual_seed(7),
+                          dtype=values.dtype)
+
+    def gradients(function):
+        inputs = [x.detach().clone().requires_grad_(needs_grad in (name, 'both'))
+                  for name, x in (('attn', attn), ('values', values))]
+        (function(*inputs, logits_fn) * weights).sum().backward()
+        return [x.grad for x in inputs]
+    ours = gradients(FSA(**HYPER))
+    official = gradients(lambda a, v, f: official_fsa(a, v, f, **HYPER))
+    for mine, expected in zip(ours, official):
+        assert (mine is None) == (expected is None)
+        if expected is not None:
+            assert (mine - expected).abs().max() < 1e-10
+
+
 def test_device_row_blocks_follow_the_shapes_only():
     """2^22 entries at most: N = 1764 (DINO-B/8 at 336) whole; N = 4096 (SAM) in 4 × 1024 rows;
     a batch of 2 at N = 1764 in 2 × 882 rows. The CPU path keeps its 2^19-entry blocks."""

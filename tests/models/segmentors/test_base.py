@@ -182,6 +182,15 @@ def test_training_is_refused(tiny_clip):
         build(tiny_clip).loss(None, None)
 
 
+def test_a_crop_smaller_than_a_patch_is_refused(tiny_clip):
+    patch = build(tiny_clip).clip.patch_size
+    crop = (patch[0], patch[1] - 1)
+    with pytest.raises(ValueError, match=rf'the crop \({crop[0]}, {crop[1]}\) is smaller than '
+                                         r"CLIP's patches"):
+        build(tiny_clip, test_cfg=dict(mode='slide', crop_size=crop, stride=crop))
+    build(tiny_clip, test_cfg=dict(mode='slide', crop_size=patch, stride=patch))  # one patch
+
+
 def test_mmseg_checkpoint_arguments_are_accepted_only_when_empty(tiny_clip):
     build(tiny_clip, pretrained=None, train_cfg=None)  # what mmseg.apis.init_model passes
     with pytest.raises(ValueError, match='clip.pretrained'):

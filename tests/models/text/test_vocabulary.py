@@ -23,6 +23,22 @@ def test_file_with_synonyms_blank_lines_and_trailing_whitespace(tmp_path):
     assert vocab.query_to_class == [0, 0, 1, 1, 1, 2]
 
 
+def test_a_byte_order_mark_is_not_part_of_the_first_name(tmp_path):
+    """Windows editors save UTF-8 with a BOM (EF BB BF) in front of the first line."""
+    path = tmp_path / 'names.txt'
+    path.write_bytes(b'\xef\xbb\xbfsky\ntree; bush\n')
+    assert read_class_names(path).classes == (('sky',), ('tree', 'bush'))
+
+
+@pytest.mark.parametrize('spec, message', [
+    (None, 'a list of class names; got NoneType'), ({'sky': 1}, 'got dict'),
+    (['sky', 3], 'entry 1: a class is a string .* got 3'),
+    (['sky', ['tree', None]], r"entry 1: .* got \['tree', None\]")])
+def test_what_is_not_a_list_of_names_is_refused_in_words(spec, message):
+    with pytest.raises(VocabularyError, match=message):
+        load_vocabulary(spec)
+
+
 def test_empty_file_is_an_error_naming_the_file(tmp_path):
     path = tmp_path / 'empty.txt'
     path.write_text('\n  \n')

@@ -158,12 +158,20 @@ def composition_variables() -> Set[str]:
     return names
 
 
+def _dataset_copies(cfg: Config) -> Set[str]:
+    """mmseg's dataset variables (``data_root``, ``dataset_type``) where they are copies of the
+    test dataset's values: editing them in an export would change nothing."""
+    dataset = cfg.get('test_dataloader', {}).get('dataset', {})
+    return {name for name, key in (('data_root', 'data_root'), ('dataset_type', 'type'))
+            if name in cfg and key in dataset and cfg[name] == dataset[key]}
+
+
 def export_config(config: ConfigSource, cfg_options: Optional[dict] = None) -> str:
     """A config with every base merged in, as Python text: self-contained, to edit or to use as
     a ``_base_`` from anywhere (no checkout needed)."""
     from ..version import __version__
     cfg = read_config(config, cfg_options)
-    unused = composition_variables()
+    unused = composition_variables() | _dataset_copies(cfg)
     merged = Config({k: v for k, v in cfg.to_dict().items() if k not in unused})
     name = Path(cfg.filename).stem if cfg.filename else 'config'
     return (f'# {name}: exported by fsa-seg {__version__} (`fsa-seg config {name}`), every base '

@@ -177,8 +177,15 @@ def load_image(source: ImageInput) -> np.ndarray:
 
 
 def _pipeline_config(cfg: Config) -> list:
-    pipeline = cfg.get('test_pipeline') or cfg.get('test_dataloader', {}).get(
-        'dataset', {}).get('pipeline')
+    """The steps that prepare an image: those of the evaluation (``test_dataloader``'s dataset),
+    else ``test_pipeline`` (mmseg's ``inference_model`` reads only the latter: a config that
+    edits one of them alone is warned about)."""
+    evaluated = cfg.get('test_dataloader', {}).get('dataset', {}).get('pipeline')
+    pipeline = evaluated or cfg.get('test_pipeline')
+    if evaluated and cfg.get('test_pipeline') and list(cfg.test_pipeline) != list(evaluated):
+        print_log(f'{cfg.filename}: test_pipeline differs from test_dataloader.dataset.pipeline; '
+                  'images are prepared with the latter, as the evaluation prepares them',
+                  logger='current', level=logging.WARNING)
     if not pipeline:
         raise ValueError(f'{cfg.filename}: no test_pipeline to prepare images with')
     steps = []

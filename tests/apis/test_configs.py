@@ -86,7 +86,8 @@ def test_an_exported_config_is_self_contained_and_equal(tmp_path):
                 'custom_imports', 'split_size'):
         assert copy[key] == original[key], key
     # variables that only composed the leaf would change nothing if edited: left out
-    assert not {'clip', 'vfm', 'fsa', 'protocol'} & set(copy)
+    assert not {'clip', 'vfm', 'fsa', 'protocol', 'data_root', 'dataset_type'} & set(copy)
+    assert original.data_root == copy.test_dataloader.dataset.data_root
     assert 'clip' in original and '_base_ =' not in exported.read_text().replace(
         "_base_ = ['./this_file.py']", '')  # the header's usage hint
 

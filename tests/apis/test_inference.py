@@ -8,6 +8,7 @@ import torch
 from mmengine import Config
 from PIL import Image
 
+from fsa_seg.apis import inference
 from fsa_seg.apis.inference import (
     ImageReadError,
     SegmentationResult,
@@ -18,6 +19,8 @@ from fsa_seg.apis.inference import (
     segment,
 )
 from fsa_seg.models.backbones import tiny_clip_arch
+
+from doubles import record_logs
 
 REPO = Path(__file__).resolve().parents[2]
 DEFAULT = REPO / 'configs' / 'proxyclip' / 'proxyclip_fsa_vit-b16_dino-b8_voc21.py'
@@ -92,6 +95,21 @@ def test_segment_uses_the_config_resize_and_returns_the_original_size(model, tmp
     assert result.source == str(tmp_path / 'img.png') and result.meta['undefined_pixels'] == 0
     from_array = segment(model, image)
     assert (from_array.labels == result.labels).all()
+
+
+def test_images_are_prepared_as_the_evaluation_prepares_them(cache_dir, monkeypatch):
+    """Where a config has made ``test_pipeline`` and the test dataloader's pipeline differ (an
+    inheriting config that edits one of them), images are prepared with the evaluation's, and
+    a warning says so."""
+    cfg = tiny_config(cache_dir)
+    evaluated = cfg.test_dataloader.dataset.pipeline
+    resize = next(step for step in evaluated if step['type'] == 'Resize')
+    resize['scale'] = (2048, 448)
+    logs = record_logs(monkeypatch, inference)
+    prepared = build_test_pipeline(cfg)(dict(img=blocks(60, 90)))
+    assert tuple(prepared['inputs'].shape) == (3, 448, 672)            # short side 448
+    assert len(logs) == 1 and 'test_pipeline differs from test_dataloader.dataset.pipeline' \
+        in logs[0]
 
 
 def test_batch_size_and_mixed_sizes_never_change_results(model):

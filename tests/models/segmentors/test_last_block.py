@@ -57,6 +57,6 @@ def test_fused_attention_equals_the_weights_applied_to_the_values(attention, num
 
 
 def test_a_fused_form_needs_its_attention():
-    from fsa_seg.models.segmentors.last_block import register_fused_attention
+    from fsa_seg.models.segmentors import register_fused_attention  # where the README says
     with pytest.raises(KeyError, match='before its fused form'):
         register_fused_attention('test-unknown')(lambda q, k, v, **_: v)

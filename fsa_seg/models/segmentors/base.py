@@ -88,6 +88,7 @@ class TrainingFreeSegmentor(BaseSegmentor):
         super().__init__(data_preprocessor=data_preprocessor or CLIP_PREPROCESSOR,
                          init_cfg=init_cfg)
         self._graph_tensors = None  # parameters and buffers, listed once for the graphs' state
+        self._warned_of_padding = False  # a crop beyond the image on both sides, said once
         self.clip = self.build_component('clip', clip)
         self.plugin = build_plugin(plugin)
         self.post_refine = MODELS.build(post_refine) if post_refine else None
@@ -236,7 +237,21 @@ class TrainingFreeSegmentor(BaseSegmentor):
                  for x in window_starts(width, crop_w, stride_w)]
         if not self.pad_crops:
             crop_h, crop_w = min(crop_h, height), min(crop_w, width)
+        elif crop_h > height and crop_w > width:
+            self._warn_of_padding((height, width), (crop_h, crop_w))
         return boxes, (crop_h, crop_w)
+
+    def _warn_of_padding(self, image: Tuple[int, int], crop: Tuple[int, int]) -> None:
+        """A crop larger than the image on both sides is padded whole (as the official codes
+        pad it): with a crop far beyond the image, mostly padding, time and memory explode."""
+        if getattr(self, '_warned_of_padding', False):
+            return
+        self._warned_of_padding = True
+        ratio = crop[0] * crop[1] / (image[0] * image[1])
+        print_log(f'WARNING: the crop {crop} is larger than the image {image} (as the test '
+                  f'pipeline prepares it) on both sides: its window is padded to the crop, '
+                  f'{ratio:.1f}x the image\'s pixels; a crop no larger than the images is faster '
+                  '(said once)', logger='current', level=logging.WARNING)
 
     def inference_logits(self, image: Tensor) -> Tensor:
         """(3, H, W) image → (Q, H, W) cosine logits averaged over the windows covering it."""

@@ -54,13 +54,19 @@ def test_slide_averages_overlapping_windows(tiny_clip):
     assert torch.allclose(logits, expected / count, atol=1e-12)
 
 
-def test_small_image_is_padded_to_the_crop(tiny_clip):
+def test_small_image_is_padded_to_the_crop_and_said_once(tiny_clip, monkeypatch):
     model = build(tiny_clip, test_cfg=dict(mode='slide', crop_size=(64, 64), stride=(32, 32)))
+    logs = record_logs(monkeypatch, base)
     image = torch.randn(3, 20, 30, dtype=torch.float64)
     padded = torch.zeros(1, 3, 64, 64, dtype=torch.float64)
     padded[0, :, :20, :30] = image
     expected = model.crop_logits(padded)[0, :, :20, :30]
     assert torch.allclose(model.inference_logits(image), expected, atol=1e-12)
+    model.inference_logits(torch.randn(3, 30, 20, dtype=torch.float64))
+    model.inference_logits(torch.randn(3, 70, 20, dtype=torch.float64))  # one side fits
+    assert logs == ['WARNING: the crop (64, 64) is larger than the image (20, 30) (as the test '
+                    'pipeline prepares it) on both sides: its window is padded to the crop, 6.8x '
+                    "the image's pixels; a crop no larger than the images is faster (said once)"]
 
 
 @pytest.mark.parametrize('crop_batch_size', [16, 3])   # 3: batches span both images

@@ -141,6 +141,7 @@ def _to_rgb(image: Image.Image) -> np.ndarray:
 
 
 def _array_to_rgb(array: np.ndarray) -> np.ndarray:
+    """A uint8 array (H, W), (H, W, 1), (H, W, 3) or (H, W, 4) → (H, W, 3) RGB."""
     if array.dtype != np.uint8:
         raise ValueError(f'image arrays must be uint8, got {array.dtype}')
     if array.ndim == 3 and array.shape[2] in (1, 3, 4) or array.ndim == 2:

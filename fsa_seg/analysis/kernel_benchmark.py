@@ -138,7 +138,7 @@ def parse_launch(text: str) -> PruningLaunch:
         rows, warps, *parts = (int(part) for part in text.lower().split('x'))
         if len(parts) > 1 or 0 in (rows, warps):
             raise ValueError(text)
-        return PruningLaunch.checked(rows, warps, *parts)
+        return PruningLaunch.checked(**dict(zip(PruningLaunch._fields, (rows, warps, *parts))))
     except ValueError:
         raise argparse.ArgumentTypeError(f'expected ROWSxWARPS[xPARTS] like 1x4 or 1x8x4, all '
                                          f'powers of two (PARTS ≥ 2), got {text!r}') from None

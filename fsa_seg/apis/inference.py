@@ -103,6 +103,7 @@ def init_segmentor(config: ConfigSource = DEFAULT_CONFIG,
                     vfm_weights=vfm_weights, random_weights=random_weights,
                     precision=precision, prob_thd=prob_thd, crop=crop, stride=stride,
                     text_cache_dir=text_cache_dir, trust_checkpoint=trust_checkpoint)
+    _warn_if_pipelines_differ(cfg)
     model = build_segmentor(cfg, seed=seed, check_network=check_network)
     model.to(device or default_device())
     model.eval()
@@ -177,16 +178,24 @@ def load_image(source: ImageInput) -> np.ndarray:
                                    f'{error})') from error
 
 
-def _pipeline_config(cfg: Config) -> list:
-    """The steps that prepare an image: those of the evaluation (``test_dataloader``'s dataset),
-    else ``test_pipeline`` (mmseg's ``inference_model`` reads only the latter: a config that
-    edits one of them alone is warned about)."""
-    evaluated = cfg.get('test_dataloader', {}).get('dataset', {}).get('pipeline')
-    pipeline = evaluated or cfg.get('test_pipeline')
+def _evaluated_pipeline(cfg: Config) -> Optional[list]:
+    return cfg.get('test_dataloader', {}).get('dataset', {}).get('pipeline')
+
+
+def _warn_if_pipelines_differ(cfg: Config) -> None:
+    """mmseg's ``inference_model`` reads only ``test_pipeline``; a config that edits it or the
+    test dataloader's pipeline alone is said once, when its model is built."""
+    evaluated = _evaluated_pipeline(cfg)
     if evaluated and cfg.get('test_pipeline') and list(cfg.test_pipeline) != list(evaluated):
         print_log(f'{cfg.filename}: test_pipeline differs from test_dataloader.dataset.pipeline; '
                   'images are prepared with the latter, as the evaluation prepares them',
                   logger='current', level=logging.WARNING)
+
+
+def _pipeline_config(cfg: Config) -> list:
+    """The steps that prepare an image: those of the evaluation (``test_dataloader``'s dataset),
+    else ``test_pipeline``."""
+    pipeline = _evaluated_pipeline(cfg) or cfg.get('test_pipeline')
     if not pipeline:
         raise ValueError(f'{cfg.filename}: no test_pipeline to prepare images with')
     steps = []

@@ -100,16 +100,19 @@ def test_segment_uses_the_config_resize_and_returns_the_original_size(model, tmp
 def test_images_are_prepared_as_the_evaluation_prepares_them(cache_dir, monkeypatch):
     """Where a config has made ``test_pipeline`` and the test dataloader's pipeline differ (an
     inheriting config that edits one of them), images are prepared with the evaluation's, and
-    a warning says so."""
+    a warning says so once, when the model is built (not at every image)."""
     cfg = tiny_config(cache_dir)
     evaluated = cfg.test_dataloader.dataset.pipeline
     resize = next(step for step in evaluated if step['type'] == 'Resize')
     resize['scale'] = (2048, 448)
     logs = record_logs(monkeypatch, inference)
-    prepared = build_test_pipeline(cfg)(dict(img=blocks(60, 90)))
+    model = init_segmentor(cfg, device='cpu', vocabulary=VOCAB)
+    prepared = build_test_pipeline(model.cfg)(dict(img=blocks(60, 90)))
     assert tuple(prepared['inputs'].shape) == (3, 448, 672)            # short side 448
-    assert len(logs) == 1 and 'test_pipeline differs from test_dataloader.dataset.pipeline' \
-        in logs[0]
+    assert segment(model, blocks(60, 90)).meta['img_shape'] == (448, 672)
+    differing = [message for message in logs if 'test_pipeline differs from '
+                 'test_dataloader.dataset.pipeline' in message]
+    assert len(differing) == 1       # the other message: the random weights' warning
 
 
 def test_batch_size_and_mixed_sizes_never_change_results(model):

@@ -98,10 +98,6 @@ class FSA(AttentionPlugin):
         self.logit_scales = tuple(float(s) for s in logit_scales)
         self.eps = eps
         self.fused_pruning = bool(fused_pruning)
-        unknown = set(pruning_launch or {}) - set(PruningLaunch._fields)
-        if unknown:
-            raise ValueError(f'pruning_launch takes {", ".join(PruningLaunch._fields)}; got '
-                             f'{", ".join(sorted(unknown))}')
         self.pruning_launch = PruningLaunch.checked(**(pruning_launch or {}))
 
     def extra_repr(self) -> str:

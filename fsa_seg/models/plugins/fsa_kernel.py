@@ -58,10 +58,15 @@ class PruningLaunch(NamedTuple):
     parts: int = 2
 
     @classmethod
-    def checked(cls, rows: int = 0, warps: int = 0, parts: int = 2) -> 'PruningLaunch':
-        """The launch, or a ValueError naming what is wrong: each a power of two (a Triton
-        block's sizes are), rows and warps 0 for the default, at most 32 warps, parts ≥ 2."""
-        launch = cls(rows, warps, parts)
+    def checked(cls, **fields: int) -> 'PruningLaunch':
+        """The launch of ``fields`` (rows, warps, parts), or a ValueError naming what is wrong:
+        an unknown field; a value not a power of two (a Triton block's sizes are), rows and
+        warps 0 for the default, at most 32 warps, parts ≥ 2."""
+        unknown = set(fields) - set(cls._fields)
+        if unknown:
+            raise ValueError(f'pruning_launch takes {", ".join(cls._fields)}; got '
+                             f'{", ".join(sorted(unknown))}')
+        launch = cls(**fields)
         if not (all(isinstance(value, int) and (value == 0 or _power_of_two(value))
                     for value in launch) and launch.warps <= MAX_WARPS and launch.parts >= 2):
             raise ValueError('the pruning launch takes rows and warps a program (0: the default) '

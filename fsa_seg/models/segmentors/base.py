@@ -244,7 +244,7 @@ class TrainingFreeSegmentor(BaseSegmentor):
     def _warn_of_padding(self, image: Tuple[int, int], crop: Tuple[int, int]) -> None:
         """A crop larger than the image on both sides is padded whole (as the official codes
         pad it): with a crop far beyond the image, mostly padding, time and memory explode."""
-        if getattr(self, '_warned_of_padding', False):
+        if self._warned_of_padding:
             return
         self._warned_of_padding = True
         ratio = crop[0] * crop[1] / (image[0] * image[1])

@@ -30,8 +30,9 @@ from .benchmark import (
 )
 
 # (rows per program, warps per program, parts the top-p cut's interval is cut into a step)
-# tried beside FSA's launch (a row a program, _num_warps: 8 warps for N ≤ 2048, 16 for
+# tried beside FSA's launch (a row a program, _num_warps: 4 warps for N ≤ 2048, 8 for
 # N ≤ 4096, and halving)
+GRAPH_CALLS = 10  # calls of a kernel in the CUDA graph that times it
 LAUNCHES = tuple(PruningLaunch(*launch) for launch in (
     (1, 4, 2), (1, 8, 2), (1, 16, 2), (2, 8, 2), (1, 8, 4), (1, 16, 4), (1, 8, 8), (1, 16, 8)))
 
@@ -52,7 +53,10 @@ def kernel_rows(isolated: torch.Tensor, fsa: FSA) -> Tuple[torch.Tensor, torch.T
 
 
 def _median_seconds(function, repeat: int, device: torch.device) -> float:
-    """Median of ``repeat`` timed calls after one warm-up (CUDA events on a GPU)."""
+    """Median of ``repeat`` timed calls after one warm-up. On a GPU the device time of a call:
+    ``GRAPH_CALLS`` calls replayed from a CUDA graph between two events, ``repeat`` times (a
+    call issued from Python costs more host time than this kernel takes, which would time the
+    launch instead)."""
     function()
     if device.type != 'cuda':
         times = []
@@ -61,14 +65,20 @@ def _median_seconds(function, repeat: int, device: torch.device) -> float:
             function()
             times.append(time.perf_counter() - start)
         return statistics.median(times)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for _ in range(GRAPH_CALLS):
+            function()
+    graph.replay()
     events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
               for _ in range(repeat)]
     for start, end in events:
         start.record()
-        function()
+        graph.replay()
         end.record()
     torch.cuda.synchronize(device)
-    return statistics.median(start.elapsed_time(end) / 1e3 for start, end in events)
+    return statistics.median(start.elapsed_time(end) / 1e3 / GRAPH_CALLS
+                             for start, end in events)
 
 
 def run_kernel_benchmark(n_values: Sequence[int] = (1764, 4096), q: int = 171,
@@ -112,8 +122,10 @@ def kernel_report(result: dict) -> str:
              'launch settings',
              f"N x N dot products and self terms (Q={result['q']}), A_new in "
              f"{result['out_dtype']}, "
-             f"lamda={result['lamda']}, top_p={result['top_p']}; median of {result['repeat']} "
-             'calls after a warm-up',
+             f"lamda={result['lamda']}, top_p={result['top_p']}; " + (
+                 f"device time a call: median of {result['repeat']} replays of {GRAPH_CALLS} "
+                 'calls from a CUDA graph' if env['device'].startswith('cuda') else
+                 f"median of {result['repeat']} calls") + ' after a warm-up',
              f"device: {env['device']} ({env.get('device_name', 'cpu')}), torch {env['torch']}"]
     for run in result['runs']:
         lines += ['', f"N={run['n']}: FSA's launch {run['fsa_launch_s'] * 1e3:.4f} ms",

@@ -99,12 +99,13 @@ def _split_search(keys, p, low, high, top_p, SPLIT_BITS: tl.constexpr):
 
 
 @triton.jit(do_not_specialize=['lamda_bits', 'top_p_bits'])
-def prune_and_sharpen_rows(rows_ptr, self_ptr, out_ptr, num_rows, size, out_stride, lamda_bits,
-                           top_p_bits, SOURCE: tl.constexpr, KEY_BITS: tl.constexpr,
+def prune_and_sharpen_rows(rows_ptr, self_ptr, out_ptr, num_rows, size, out_stride, out_size,
+                           lamda_bits, top_p_bits, SOURCE: tl.constexpr, KEY_BITS: tl.constexpr,
                            ROWS: tl.constexpr, BLOCK: tl.constexpr, SPLIT_BITS: tl.constexpr):
     """ROWS rows of ``size`` entries a program (one on the GPU): A_new's rows, written with row
-    stride ``out_stride``, from rows (contiguous) of similarities (SOURCE 0), of KL divergences
-    (1), or of dot products q_i·log(q_j + ε), the KL being ``self`` minus them (2).
+    stride ``out_stride`` and zeros from ``size`` to ``out_size`` (≤ BLOCK), from rows
+    (contiguous) of similarities (SOURCE 0), of KL divergences (1), or of dot products
+    q_i·log(q_j + ε), the KL being ``self`` minus them (2).
 
     With p = softmax(row) and G(b) = Σ p over the entries of key ≥ b (the cumulative mass at the
     end of a group of equal values in the sorted row), a bisection over the keys finds the
@@ -154,5 +155,6 @@ def prune_and_sharpen_rows(rows_ptr, self_ptr, out_ptr, num_rows, size, out_stri
     sharpened = tl.where(keep, x * tl.exp(lamda * x), -float('inf'))
     weights = tl.exp(sharpened - tl.max(sharpened, axis=1)[:, None])
     new_rows = weights / tl.sum(weights, axis=1)[:, None]
+    # beyond ``size`` nothing is kept: the entries there are exp(−inf) / sum = 0
     tl.store(out_ptr + rows * out_stride + offsets, new_rows.to(out_ptr.dtype.element_ty),
-             mask=valid)
+             mask=(offsets < out_size) & (rows < num_rows))

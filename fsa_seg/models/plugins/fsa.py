@@ -50,6 +50,7 @@ import torch
 from mmseg.registry import MODELS
 from torch import Tensor
 
+from ..layout import aligned_row_length, with_padding
 from .base import AttentionPlugin, LogitsFn, attend, merge_heads, split_heads
 from .fsa_kernel import (
     MAX_FUSED_QUERIES,
@@ -137,8 +138,8 @@ class FSA(AttentionPlugin):
                                                       merge_heads(values), path), heads)
         # (A_new·A + A·A_new + A_new)·V = A_new·(A·V + V) + A·(A_new·V), without any N×N·N×N
         # product; A_new·V and A_new·(A·V + V) as one product over both, all heads at once.
-        both = torch.stack([values.transpose(1, 2), (attended + values).transpose(1, 2)], dim=2)
-        both = self._feedback_product(attended, values, logits_fn, both.flatten(2), path)
+        operand = self._operand(attended, values, path)
+        both = self._feedback_product(attended, values, logits_fn, operand, path)
         both = both.unflatten(-1, (2, heads, head_dim))
         new_attended = both[:, :, 0].transpose(1, 2)                         # (B, H, N, d)
         mixed = both[:, :, 1].transpose(1, 2)                                # A_new·(A·V + V)
@@ -147,6 +148,23 @@ class FSA(AttentionPlugin):
                                 beta=1 / 3, alpha=1 / 3)
             return split_heads(out, heads)
         return (attn @ new_attended).add_(mixed).div_(3)
+
+    @staticmethod
+    def _operand(attended: Tensor, values: Tensor, path: str) -> Tensor:
+        """[V, A·V + V] of all heads (B, N', 2·H·d). On the fused path N' is the row stride of
+        A_new, whose padding the kernel fills with zeros, the rows beyond N zeros too: the product
+        over N' entries is the one over N, and on a GPU its aligned length takes faster kernels."""
+        if path != 'fused' or _records_grad(values) or _records_grad(attended):
+            return torch.stack([values.transpose(1, 2), (attended + values).transpose(1, 2)],
+                               dim=2).flatten(2)
+        batch, heads, num_tokens, head_dim = values.shape
+        operand = values.new_empty((batch, aligned_row_length(num_tokens, values.dtype), 2,
+                                    heads, head_dim))
+        operand[:, num_tokens:].zero_()
+        operand[:, :num_tokens, 0] = values.transpose(1, 2)
+        torch.add(attended.transpose(1, 2), values.transpose(1, 2),
+                  out=operand[:, :num_tokens, 1])
+        return operand.flatten(2)
 
     def feedback_attention(self, attended: Tensor, values: Tensor, logits_fn: LogitsFn) -> Tensor:
         """A_new (B, 1, N, N), shared by the heads, in the dtype of ``values``."""
@@ -185,7 +203,8 @@ class FSA(AttentionPlugin):
 
     def _feedback_product(self, attended: Tensor, values: Tensor, logits_fn: LogitsFn,
                           operand: Tensor, path: str) -> Tensor:
-        """A_new[:, 0] · operand (B, N, C) for operand (B, N, C) in the dtype of ``values``.
+        """A_new[:, 0] · operand (B, N, C) for operand (B, N', C) in the dtype of ``values``,
+        N' > N on the fused path only (:meth:`_operand`).
 
         Without autograd, A_new is made and applied a block of rows at a time (every step of it
         works on rows independently): its N×N buffers become block×N ones and A_new is never held
@@ -197,7 +216,8 @@ class FSA(AttentionPlugin):
         isolated = self._isolation(both)
         if differentiable:
             sim = self.patch_similarity(isolated)
-            return self._prune_and_sharpen(sim, True, path).to(values.dtype) @ operand
+            new_attn = self._prune_and_sharpen(sim, True, path).to(values.dtype)
+            return new_attn @ operand[:, :new_attn.shape[-1]]
         q, log_q, self_term = self._kl_terms(isolated)
         log_q_t = log_q.transpose(-1, -2)
 
@@ -208,7 +228,7 @@ class FSA(AttentionPlugin):
                                                launch=self.pruning_launch)
             sim = kl.clamp_min_(0).add_(1).reciprocal_()
             return self._prune_and_sharpen(sim, True, path).to(values.dtype)
-        return _blockwise_product(new_rows, operand, path)
+        return _blockwise_product(new_rows, operand, q.shape[1], path)
 
     def _fused_feedback_product(self, both: Tensor, operand: Tensor,
                                 dtype: torch.dtype) -> Tensor:
@@ -223,7 +243,7 @@ class FSA(AttentionPlugin):
             return fused_prune_and_sharpen(dots, self.lamda, self.top_p, 'dots', dtype,
                                            self_terms=self_term[:, rows],
                                            launch=self.pruning_launch)
-        return _blockwise_product(new_rows, operand, 'fused')
+        return _blockwise_product(new_rows, operand, q.shape[1], 'fused')
 
     def _kl_terms(self, isolated_logits: Tensor):
         """q, log(q + eps) and Σ_c q·log(q + eps) per token: KL_ij = self_i − q_i·log q_jᵀ."""
@@ -326,12 +346,16 @@ def _records_grad(x: Tensor) -> bool:
     return torch.is_grad_enabled() and x.requires_grad
 
 
-def _blockwise_product(new_rows: Callable[[slice], Tensor], operand: Tensor,
+def _blockwise_product(new_rows: Callable[[slice], Tensor], operand: Tensor, num_tokens: int,
                        path: str) -> Tensor:
-    """A_new · operand (B, N, C), A_new made a block of rows at a time by ``new_rows``."""
-    out = operand.new_empty(operand.shape)
-    for rows in _row_blocks(operand.shape[0], operand.shape[1], path):
-        torch.matmul(new_rows(rows), operand, out=out[:, rows])
+    """A_new · operand (B, N, C), A_new made a block of rows at a time by ``new_rows``; an
+    operand of more rows than N (zeros) meets A_new's padding (zeros, the fused path's)."""
+    batch, padded, channels = operand.shape
+    out = operand.new_empty((batch, num_tokens, channels))
+    for rows in _row_blocks(batch, num_tokens, path):
+        block = new_rows(rows)
+        torch.matmul(block if padded == num_tokens else with_padding(block), operand,
+                     out=out[:, rows])
     return out
 
 

@@ -146,8 +146,9 @@ def fused_prune_and_sharpen(rows: Tensor, lamda: float, top_p: float, source: st
     """A_new for each row of ``rows`` (..., N), fp32 or fp64, holding (``source``) the
     similarities, the KL divergences (the similarity 1 / (1 + max(KL, 0)) is made in the
     kernel), or the dot products q_i·log(q_j + ε), the KL being ``self_terms`` (...,) minus them.
-    Returns a new tensor of the same shape in ``out_dtype``, with aligned rows, the kernel
-    launched as ``launch`` says."""
+    Returns a new tensor of the same shape in ``out_dtype``, with aligned rows whose padding
+    holds zeros (:func:`~fsa_seg.models.layout.with_padding`), the kernel launched as ``launch``
+    says."""
     if rows.dtype not in _FLOAT_TYPES:
         raise TypeError(f'the fused FSA pruning works in float32 or float64, got {rows.dtype}')
     if rows.shape[-1] > MAX_FUSED_TOKENS:
@@ -170,7 +171,7 @@ def _prune_and_sharpen_op(rows: Tensor, self_terms: Optional[Tensor], lamda: flo
         return out
     run_kernel(rows, out, lamda, top_p, source,
                None if self_terms is None else self_terms.to(rows.dtype).contiguous(),
-               PruningLaunch(*launch))
+               PruningLaunch(*launch), zero_padding=True)
     return out
 
 
@@ -180,23 +181,27 @@ def _(rows, self_terms, lamda, top_p, source, out_dtype, launch):
 
 
 def run_kernel(rows: Tensor, out: Tensor, lamda: float, top_p: float, source: str = 'kl',
-               self_terms: Optional[Tensor] = None,
-               launch: PruningLaunch = PruningLaunch()) -> None:
+               self_terms: Optional[Tensor] = None, launch: PruningLaunch = PruningLaunch(),
+               zero_padding: bool = False) -> None:
     """Launch the pruning kernel on contiguous ``rows`` (..., N), writing ``out`` (the same
-    shape, rows of any stride). By default the GPU runs a row a program with :func:`_num_warps`
-    warps, and the interpreter, whose cost is per program, as many rows in one as Triton's
-    largest block (2^20 entries) holds, both halving the interval of the top-p cut a step;
-    ``launch`` sets others (:mod:`fsa_seg.analysis.kernel_benchmark` times them)."""
+    shape, rows of any stride; with ``zero_padding`` zeros from N to its row stride). By
+    default the GPU runs a row a program with :func:`_num_warps` warps, and the interpreter,
+    whose cost is per program, as many rows in one as Triton's largest block (2^20 entries)
+    holds, both halving the interval of the top-p cut a step; ``launch`` sets others
+    (:mod:`fsa_seg.analysis.kernel_benchmark` times them)."""
     from ._fsa_triton import prune_and_sharpen_rows
     size = rows.shape[-1]
     num_rows = rows.numel() // size
     block = max(16, 1 << (size - 1).bit_length())
     rows_per_program = launch.rows or (1 if rows.is_cuda else min(
         1 << (num_rows - 1).bit_length(), MAX_BLOCK_ENTRIES // block))
+    out_stride = out.stride(-2) if out.dim() > 1 else size
+    if zero_padding and out_stride > block:
+        raise ValueError(f'a row stride of {out_stride} is beyond the kernel\'s block of {block}')
     kernel = _kernel(prune_and_sharpen_rows, rows.device)[(-(-num_rows // rows_per_program),)]
     with _launching_on(rows.device):
-        kernel(rows, rows if self_terms is None else self_terms, out, num_rows, size,
-               out.stride(-2) if out.dim() > 1 else size, _bits(lamda), _bits(top_p),
+        kernel(rows, rows if self_terms is None else self_terms, out, num_rows, size, out_stride,
+               out_stride if zero_padding else size, _bits(lamda), _bits(top_p),
                SOURCE=SOURCES.index(source), KEY_BITS=8 * rows.element_size(),
                ROWS=rows_per_program, BLOCK=block, SPLIT_BITS=launch.split_bits,
                num_warps=launch.warps or _num_warps(block))
@@ -220,8 +225,10 @@ def _launching_on(device: torch.device):
 
 
 def _num_warps(block: int) -> int:
-    """Enough threads that a row is a few registers per thread (4 to 16 warps)."""
-    return min(16, max(4, block // 256))
+    """4 warps up to blocks of 2048 entries, 8 for 4096 (a row is then 16 registers a thread):
+    fastest on an H100 (``benchmark.py kernel``, N = 1764: 4 and 8 warps alike, 16 slower;
+    N = 4096: 8 warps 1.15x faster than 16), and none spills (the AOT compile test)."""
+    return min(16, max(4, block // 512))
 
 
 def _kernel(kernel, device: torch.device):

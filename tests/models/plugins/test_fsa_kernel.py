@@ -15,6 +15,7 @@ import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
 
 import fsa_seg.models.plugins.fsa_kernel as fsa_kernel
+from fsa_seg.models.layout import padded_rows, with_padding
 from fsa_seg.models.plugins.fsa_kernel import MAX_FUSED_TOKENS, fused_prune_and_sharpen
 from fsa_seg.models.plugins.fsa_reference import official_prune_and_sharpen
 
@@ -117,8 +118,8 @@ COMPILE_FOR_H100 = textwrap.dedent('''
     from fsa_seg.models.plugins._fsa_triton import kl_terms_rows, prune_and_sharpen_rows
     ptxas = glob.glob(os.path.join(os.path.dirname(triton.__file__),
                                    'backends', 'nvidia', 'bin', 'ptxas'))
-    PRUNE = ('rows_ptr', 'self_ptr', 'out_ptr', 'num_rows', 'size', 'out_stride', 'lamda_bits',
-             'top_p_bits', 'SOURCE', 'KEY_BITS', 'ROWS', 'BLOCK', 'SPLIT_BITS')
+    PRUNE = ('rows_ptr', 'self_ptr', 'out_ptr', 'num_rows', 'size', 'out_stride', 'out_size',
+             'lamda_bits', 'top_p_bits', 'SOURCE', 'KEY_BITS', 'ROWS', 'BLOCK', 'SPLIT_BITS')
     KL_TERMS = ('both_ptr', 'q_ptr', 'log_q_ptr', 'self_ptr', 'num_tokens', 'num_queries',
                 'q_stride', 'scale_attn_bits', 'scale_uniform_bits', 'eps_bits', 'ROWS', 'BLOCK')
     def compiled(fn, names, types, constexprs, num_warps):
@@ -134,7 +135,7 @@ COMPILE_FOR_H100 = textwrap.dedent('''
                                                   ('fp32', 'fp16', 32, 2048, 2, 3),
                                                   ('fp32', 'bf16', 32, 4096, 1, 2),
                                                   ('fp64', 'fp64', 64, 64, 0, 1)):
-        types = ('*' + rows, '*' + rows, '*' + out, 'i32', 'i32', 'i32', 'i64', 'i64')
+        types = ('*' + rows, '*' + rows, '*' + out, 'i32', 'i32', 'i32', 'i32', 'i64', 'i64')
         kernels.append(compiled(prune_and_sharpen_rows, PRUNE, types,
                                 dict(SOURCE=source, KEY_BITS=bits, ROWS=1, BLOCK=block,
                                      SPLIT_BITS=split), fsa_kernel._num_warps(block)))
@@ -218,6 +219,32 @@ def test_rows_of_a_new_start_at_multiples_of_16_bytes(dtype, stride):
         rows = torch.empty(2, 7, 1764, device='cuda')
         out = fused_prune_and_sharpen(rows, 3.0, 0.45, 'kl', dtype)
     assert out.shape == (2, 7, 1764) and out.stride() == (7 * stride, stride, 1)
+
+
+@pytest.mark.parametrize('dtype, size, stride', [(torch.float16, 50, 56), (torch.float32, 50, 52),
+                                                 (torch.float64, 51, 52), (torch.float32, 48, 48)])
+def test_the_padding_of_a_new_rows_holds_zeros(dtype, size, stride):
+    """A_new's rows come with zeros from N to their row stride, which an aligned product over the
+    stride reads (FSA's A_new·operand): no other entry changes."""
+    generator = torch.Generator().manual_seed(6)
+    work = torch.float64 if dtype == torch.float64 else torch.float32
+    sim = torch.rand(2, 3, size, generator=generator, dtype=work)
+    out = fused_prune_and_sharpen(sim, 3.0, 0.45, 'similarity', dtype)
+    wide = with_padding(out)
+    assert wide.shape == (2, 3, stride) and torch.equal(wide[..., :size], out)
+    assert torch.equal(wide[..., size:], torch.zeros(2, 3, stride - size, dtype=dtype))
+    official = official_prune_and_sharpen(sim.double(), 3.0, 0.45, stable=True)
+    tolerance = {torch.float64: 1e-15, torch.float32: 1e-5, torch.float16: 1e-3}[dtype]
+    assert torch.equal(out > 0, official > 0) and (out.double() - official).abs().max() < tolerance
+
+
+def test_with_padding_takes_rows_of_padded_rows_only():
+    rows = padded_rows((2, 3, 5), torch.float16, torch.device('cpu'))
+    assert with_padding(rows).shape == (2, 3, 8) and with_padding(rows).stride() == (24, 8, 1)
+    with pytest.raises(ValueError, match='rows of padded_rows'):
+        with_padding(torch.zeros(4))
+    with pytest.raises(ValueError, match='rows of padded_rows'):
+        with_padding(torch.zeros(4, 3).t())
 
 
 @pytest.mark.skipif(sys.platform != 'linux', reason="Triton's CUDA compiler ships for Linux")

@@ -159,6 +159,57 @@ def test_gradients_equal_the_references(attention, needs_grad):
             assert (mine - expected).abs().max() < 1e-10
 
 
+@fused_runs_here
+@pytest.mark.parametrize('kl_kernel', [True, False], ids=['kl_kernel', 'torch_kl'])
+@pytest.mark.parametrize('dtype, padded', [(torch.float32, 52), (torch.float16, 56)])
+def test_the_fused_product_runs_over_the_aligned_length_and_equals_the_narrow_one(
+        monkeypatch, dtype, padded, kl_kernel):
+    """N = 50: the fused path's operand [V, A·V + V] has 52 rows in fp32 (56 in fp16), zeros
+    after the 50th, and A_new·operand is the product over that length with A_new's zero padding
+    (on a GPU the aligned kernels take it); the result equals the product of the N-wide A_new
+    with the N-row operand (fp32, fp16 to its rounding) and the reference. Also where torch
+    makes the KL terms (more queries than their kernel takes) and the kernel prunes KL rows."""
+    if not kl_kernel:
+        monkeypatch.setattr(fsa_module, 'MAX_FUSED_QUERIES', 11)
+    attn, values, logits_fn = random_fsa_problem(1, 3, 50, 4, 12, 'shared', seed=8,
+                                                 dtype=torch.float32)
+    attn, values = attn.to(dtype), values.to(dtype)
+    fsa = FSA(**HYPER)
+    with torch.no_grad():
+        operand = fsa._operand(attn @ values, values, 'fused')
+    assert operand.shape == (1, padded, 24)
+    assert torch.equal(operand[:, 50:], torch.zeros(1, padded - 50, 24, dtype=dtype))
+    assert torch.equal(operand[:, :50].unflatten(-1, (2, 3, 4)), torch.stack(
+        [values.transpose(1, 2), (attn @ values + values).transpose(1, 2)], dim=2))
+    products = []
+    real_matmul = torch.matmul
+    monkeypatch.setattr(fsa_module.torch, 'matmul', lambda a, b, **kw: (
+        products.append((a.shape, b.shape)), real_matmul(a, b, **kw))[1])
+    out = run('fused', attn, values, logits_fn)
+    assert products == [((1, 50, padded), (1, padded, 24))]
+    monkeypatch.setattr(fsa_module.torch, 'matmul', real_matmul)
+    narrow = run('device', attn, values, logits_fn)
+    expected = reference(attn.double(), values.double(), logits_fn)
+    tolerance = 1e-5 if dtype == torch.float32 else 2e-2
+    assert (out.double() - expected).abs().max() < tolerance
+    assert (out.double() - narrow.double()).abs().max() < tolerance
+
+
+@fused_runs_here
+def test_with_a_head_that_records_grad_the_fused_path_applies_a_new_to_the_n_rows():
+    """Values without grad (a padded operand) but a head with grad: the similarities record
+    grad, so A_new is made by autograd, N wide, and meets the operand's first N rows."""
+    attn, values, _ = random_fsa_problem(1, 2, 50, 4, 6, 'shared', seed=9)
+    generator = torch.Generator().manual_seed(9)
+    head = torch.randn(8, 8, generator=generator, dtype=torch.float64).requires_grad_(True)
+    text = F.normalize(torch.randn(6, 8, generator=generator, dtype=torch.float64), dim=-1)
+    out = FSA(**HYPER)._forward(attn, values, linear_logits_fn(head, text), path='fused')
+    out.sum().backward()
+    with torch.no_grad():
+        expected = reference(attn, values, linear_logits_fn(head, text))
+    assert (out - expected).abs().max() < 1e-12 and head.grad is not None
+
+
 def test_device_row_blocks_follow_the_shapes_only():
     """2^22 entries at most: N = 1764 (DINO-B/8 at 336) whole; N = 4096 (SAM) in 4 × 1024 rows;
     a batch of 2 at N = 1764 in 2 × 882 rows. The CPU path keeps its 2^19-entry blocks."""
@@ -322,7 +373,7 @@ class Kernels(TorchDispatchMode):
     """The operators that launch kernels (views, allocations and queries left out)."""
     NOT_KERNELS = ('view', 'transpose', 'expand', 'alias', 'slice', 'select', 'unflatten',
                    '_unsafe_view', 't', 'new_empty', 'empty', 'empty_strided', 'detach',
-                   'promote_types', 'device')
+                   'promote_types', 'device', 'as_strided')
 
     def __init__(self):
         super().__init__()
@@ -337,7 +388,8 @@ class Kernels(TorchDispatchMode):
 
 def test_the_fused_path_launches_only_what_its_formula_needs(fused_kernel_support):
     """On CUDA (fake tensors, N = 1764, Q = 171, fp16, ProxyCLIP's shared attention, A·V given):
-    A·V + V and the stack of [V, A·V + V] (the operand of one product), the tokens of both
+    [V, A·V + V] (the operand of one product: its 4 padding rows zeroed, V copied, the sum
+    written in place), the tokens of both
     branches (A·V copied, V's mean written in place: the head merge of ``logits_fn`` is a view),
     ``logits_fn``'s own three kernels of its normalise and two products, the KL terms in one
     kernel, q·log qᵀ, the pruning, A_new·operand and the ensemble product with its division by
@@ -350,7 +402,7 @@ def test_the_fused_path_launches_only_what_its_formula_needs(fused_kernel_suppor
         with torch.no_grad(), Kernels() as kernels:
             fsa(attn, values, logits_fn, attended=attended)
     assert kernels.names == [
-        'add', 'stack', 'copy_', 'mean',                           # operand, both branches' tokens
+        'zero_', 'copy_', 'add', 'copy_', 'mean',                  # operand, both branches' tokens
         'mm', 'linalg_vector_norm', 'clamp_min', 'div', 'mm',      # logits_fn
         'fsa_seg.kl_terms', 'bmm', 'fsa_seg.prune_and_sharpen', 'bmm', 'baddbmm']
 

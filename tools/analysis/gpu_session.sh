@@ -30,7 +30,7 @@
 # torchvision, tqdm, rich, huggingface_hub.
 # Run, on the GPU machine (device tool: carry ['.whl'], timeout_s 600), from the repository root:
 #     bash tools/analysis/gpu_session.sh
-# Each step has its own time limit (790 s in all, more than one device call allows); the steps run
+# Each step has its own time limit (740 s in all, more than one device call allows); the steps run
 # in order of priority while they fit in BUDGET seconds (540), the rest are named as skipped, and
 # the summary always prints: a second call with STEPS="..." runs those. The output of each step,
 # its JSON and the summary are written to $OUT (else a new /tmp folder), the JSON and logs packed
@@ -170,10 +170,10 @@ else
         --cfg-options model.cuda_graphs=False "${TUNED[@]}"
     step proxyclip_fp32 70 proxyclip --device cuda --precision fp32 --repeat 7 \
         --cfg-options model.cuda_graphs=False "${TUNED[@]}"
-    step e2e_graphs 100 e2e --device cuda --random-weights --images 20 --size 375 500 \
+    step e2e_graphs 80 e2e --device cuda --random-weights --images 20 --size 375 500 \
         --precision fp32 fp16 --repeat 2 --stage-repeat 3 \
         --cfg-options model.cuda_graphs=True "${TUNED[@]}"
-    step e2e 120 e2e --device cuda --random-weights --images 20 --size 375 500 \
+    step e2e 90 e2e --device cuda --random-weights --images 20 --size 375 500 \
         --precision fp32 fp16 bf16 --repeat 2 --stage-repeat 5 \
         --cfg-options model.cuda_graphs=False "${TUNED[@]}"
 fi

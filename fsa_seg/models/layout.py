@@ -1,11 +1,12 @@
 """Memory layouts that GPU kernels prefer, shared by the segmentors and the plug-ins.
 
-GEMM libraries pick their fastest kernels (on an H100 the sm90 ones) only for operands whose
-rows start at multiples of 16 bytes; an N×N attention over N = 1764 tokens (DINO-B/8 at 336) has
-rows of 3528 bytes in fp16. A tensor with padded rows keeps its shape and only its row stride
-grows. Its padding is read only where its producer wrote zeros there (FSA's A_new): a product
-A·B over N = 1764 then runs as one over 1768 entries, B given as many rows with zeros last,
-which the aligned kernels take too (the contracted length must be a multiple of 8 in fp16).
+A tensor with padded rows keeps its shape; only its row stride grows to a multiple of 16 bytes
+(an N×N attention over N = 1764 tokens, DINO-B/8 at 336, has rows of 3528 bytes in fp16). The
+stride alone gives a GEMM nothing (measured on an H100 in fp16: 1764×1764·1764×1536 takes
+66.6 µs with contiguous or with padded rows): its fast kernels want a contracted length that is
+a multiple of 8. The padding supplies one where its producer wrote zeros there (FSA's A_new):
+A·B over N = 1764 then runs as one over 1768 entries, B given as many rows with zeros last
+(16.5 µs). Padding is read nowhere else.
 """
 from typing import Sequence
 

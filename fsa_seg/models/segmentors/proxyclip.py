@@ -18,9 +18,10 @@ def proxy_attention(vfm_features: Tensor, beta: float, gamma: float,
 
     The official code takes mean(S) over the whole batch; it is taken per image here (identical
     at batch size 1, and a batch never changes an image's result). With ``aligned_rows`` (by
-    default on CUDA) A's rows start at multiples of 16 bytes (:mod:`fsa_seg.models.layout`), so
-    that the products reading it (A·V, FSA's ensemble) get the GEMM kernels for aligned operands:
-    the logits are made in rows padded with −inf, which the softmax turns into 0."""
+    default on CUDA) A's rows start at multiples of 16 bytes (:mod:`fsa_seg.models.layout`) and
+    their padding holds zeros (the logits are made in rows padded with −inf, which the softmax
+    turns into 0), so that a product could run over the aligned length; none does yet, and the
+    row stride alone does not speed up the products reading A."""
     features = F.normalize(vfm_features.flatten(2).transpose(1, 2), dim=-1)
     batch, num_tokens = features.shape[:2]
     if aligned_rows is None:

@@ -213,8 +213,8 @@ def test_rows_of_dot_products_are_pruned_as_the_kl_they_give():
 @pytest.mark.parametrize('dtype, stride', [(torch.float16, 1768), (torch.float32, 1764),
                                            (torch.bfloat16, 1768), (torch.float64, 1764)])
 def test_rows_of_a_new_start_at_multiples_of_16_bytes(dtype, stride):
-    """So that the product A_new·V gets GEMM kernels for aligned operands: N = 1764 fp16
-    entries are 3528 bytes, not a multiple of 16."""
+    """N = 1764 fp16 entries are 3528 bytes, not a multiple of 16: the padding (zeros) lets the
+    product A_new·V run over 1768 entries, which the fast fp16 GEMM kernels take."""
     with FakeTensorMode():
         rows = torch.empty(2, 7, 1764, device='cuda')
         out = fused_prune_and_sharpen(rows, 3.0, 0.45, 'kl', dtype)

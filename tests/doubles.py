@@ -30,7 +30,8 @@ class RecordingCapture:
     recomputes the output from the static input in place."""
 
     def __init__(self, fails_with=None):
-        self.shapes = []
+        self.shapes = []  # the examples'
+        self.output_shapes = []  # the static outputs' (what a graph keeps)
         self.fails_with = fails_with
 
     def __call__(self, forward, example, pool):
@@ -39,6 +40,7 @@ class RecordingCapture:
             raise self.fails_with
         static_input = example.clone()
         static_output = forward(static_input)
+        self.output_shapes.append(tuple(static_output.shape))
         return static_input, static_output, lambda: static_output.copy_(forward(static_input))
 
 

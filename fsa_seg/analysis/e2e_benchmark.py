@@ -273,7 +273,9 @@ def build_runner(config: str, precision: str, dataset: dict, work_dir: Path, nam
     The model is built with two names and one template, and its vocabulary embedded once it is
     on the device (the same embeddings): ``tools/test.py`` embeds it at build time, on the CPU,
     where half precision takes minutes; a one-time cost outside the loop either way."""
-    cfg = load_test_config(config, cfg_options, work_dir=str(work_dir / name))
+    # replays as --cfg-options says (eager without it), whatever tools/test.py's default
+    cfg = load_test_config(config, cfg_options, work_dir=str(work_dir / name),
+                           cuda_graphs=replays_graphs(cfg_options))
     apply_overrides(cfg, random_weights=random_weights)
     cfg.model.clip = dict(cfg.model.clip, precision=precision)
     vocabulary, templates = cfg.model.vocabulary, cfg.model.get('templates')

@@ -45,10 +45,11 @@ def add_test_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--precision', choices=('fp32', 'fp16', 'bf16'),
                         help="the model's precision (default: the config's, fp32); fp16/bf16 "
                              'are for GPUs')
-    parser.add_argument('--cuda-graphs', action='store_true',
+    parser.add_argument('--cuda-graphs', action=argparse.BooleanOptionalAction,
                         help='on CUDA, replay each crop batch from a CUDA graph (the same '
                              'outputs, far less time issuing kernels; one capture per batch '
-                             'shape)')
+                             'shape). Default: the config\'s model.cuda_graphs, else on where '
+                             'CUDA is available, the segmentor can and windows slide')
     parser.add_argument('--trust-checkpoint', action='store_true',
                         help='unpickle local checkpoint files fully: only for files you trust '
                              '(a pickle can run code). Without it they are read weights-only')
@@ -108,7 +109,7 @@ def run_dist_test(args: argparse.Namespace, prog: str = 'fsa-seg dist-test') -> 
         return fail(prog, '--launcher is set by dist-test (pytorch); leave it out')
     from ..apis import load_test_config
     load_test_config(test_args.config, test_args.cfg_options,  # config errors: once, here
-                     random_weights=test_args.random_weights)
+                     random_weights=test_args.random_weights, cuda_graphs=test_args.cuda_graphs)
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import get_args_parser, run
     torchrun = get_args_parser().parse_args([

@@ -5,7 +5,8 @@ import pytest
 import torch
 from mmengine.config import Config
 
-from fsa_seg.apis.testing import write_results
+from fsa_seg.apis import load_test_config
+from fsa_seg.apis.testing import journal_settings, write_results
 from fsa_seg.models.cuda_graphs import CropGraphs
 
 from doubles import RecordingCapture
@@ -31,3 +32,33 @@ def test_the_results_name_the_crops_whose_cuda_graph_capture_failed(tmp_path):
     model.crop_graphs = None
     write_results(str(path), cfg, {'mIoU': 50.0}, [], True, model=model)
     assert 'cuda_graph_failures' not in json.loads(path.read_text())
+
+
+PROXYCLIP = 'proxyclip_fsa_vit-b16_dino-b8_voc21'
+
+
+def test_crops_replay_from_cuda_graphs_by_default_where_cuda_is_there_and_windows_slide(
+        monkeypatch):
+    """Default (cuda_graphs=None): on with CUDA for a segmentor that can replay its sliding
+    windows; not for CASS (no error), whole-image inference, or without CUDA; the config's own
+    setting and the caller's win."""
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: True)
+    assert load_test_config(PROXYCLIP).model.cuda_graphs is True
+    assert 'cuda_graphs' not in load_test_config('cass_vit-b16_voc21').model
+    whole = load_test_config(PROXYCLIP, {'model.test_cfg': dict(mode='whole')})
+    assert 'cuda_graphs' not in whole.model
+    assert load_test_config(PROXYCLIP, {'model.cuda_graphs': False}).model.cuda_graphs is False
+    assert load_test_config(PROXYCLIP, cuda_graphs=False).model.cuda_graphs is False
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: False)
+    assert 'cuda_graphs' not in load_test_config(PROXYCLIP).model
+    assert load_test_config(PROXYCLIP, cuda_graphs=True).model.cuda_graphs is True
+
+
+def test_a_journal_holds_for_runs_with_and_without_cuda_graphs():
+    """Replays compute what eager runs compute: --resume takes either run's images; another
+    threshold does change the settings."""
+    graphed = load_test_config(PROXYCLIP, cuda_graphs=True)
+    assert journal_settings(graphed) == journal_settings(
+        load_test_config(PROXYCLIP, cuda_graphs=False))
+    assert journal_settings(graphed) != journal_settings(
+        load_test_config(PROXYCLIP, {'model.prob_thd': 0.3}, cuda_graphs=True))

@@ -167,6 +167,8 @@ def test_a_segmentor_with_graphs_predicts_what_it_predicts_without(tiny_clip):
     same_predictions()
     same_predictions()
     assert capture.shapes == [(4, 3, 112, 112), (3, 3, 112, 112)]
+    # a graph keeps the logits on DINO-B/8's 14 × 14 grid (3 queries), upsampled outside it
+    assert capture.output_shapes == [(4, 3, 14, 14), (3, 3, 14, 14)]
     for model in (eager, graphed):
         model.set_vocabulary(['x', 'y'])
     assert len(graphed.crop_graphs) == 0                 # the old embeddings' graphs are freed

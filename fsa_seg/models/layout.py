@@ -4,9 +4,10 @@ A tensor with padded rows keeps its shape; only its row stride grows to a multip
 (an N×N attention over N = 1764 tokens, DINO-B/8 at 336, has rows of 3528 bytes in fp16). The
 stride alone gives a GEMM nothing (measured on an H100 in fp16: 1764×1764·1764×1536 takes
 66.6 µs with contiguous or with padded rows): its fast kernels want a contracted length that is
-a multiple of 8. The padding supplies one where its producer wrote zeros there (FSA's A_new):
-A·B over N = 1764 then runs as one over 1768 entries, B given as many rows with zeros last
-(16.5 µs). Padding is read nowhere else.
+a multiple of 8. The padding supplies one where its producer wrote zeros there (FSA's A_new,
+ProxyCLIP's proxy attention): A·B over N = 1764 then runs as one over 1768 entries, B given as
+many rows with zeros last (16.5 µs). Only the producer of a padding reads it: nothing else can
+know that it holds zeros (FSA's ensemble product A·(A_new·V) therefore still runs over N).
 """
 from typing import Sequence
 

@@ -6,8 +6,10 @@ from cuda_checks import host_syncs_raise, needs_cuda
 from mmseg.registry import MODELS
 from torch import nn
 from torch._subclasses.fake_tensor import FakeTensorMode
+from torch.overrides import TorchFunctionMode
 
-from fsa_seg.models.segmentors import base, proxy_attention
+from fsa_seg.models.segmentors import base, proxy_attention, proxyclip
+from fsa_seg.models.segmentors.proxyclip import attend_over_padding
 
 from doubles import TINY_SAM, TINY_VFM, record_logs
 
@@ -99,6 +101,60 @@ def test_aligned_rows_give_the_same_attention(grid):
         on_cuda = proxy_attention(torch.empty(1, 64, 42, 42, dtype=torch.float16,
                                               device='cuda'), 1.2, 3.0)
     assert on_cuda.shape == (1, 1, 1764, 1764) and on_cuda.stride(-2) == 1768
+
+
+class RecordedProducts(TorchFunctionMode):
+    """The operand shapes of every matrix product called meanwhile."""
+
+    def __init__(self):
+        super().__init__()
+        self.shapes = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if func in (torch.matmul, torch.bmm, torch.Tensor.matmul, torch.Tensor.__matmul__):
+            self.shapes.append(tuple(tuple(arg.shape) for arg in args[:2]))
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize('grid, dtype, width', [((3, 3), torch.float64, 10),
+                                                ((5, 7), torch.float32, 36),
+                                                ((6, 7), torch.float64, 42)])
+def test_attention_over_the_padding_equals_attention_over_the_tokens(grid, dtype, width):
+    """A·V with A's padded rows (zeros) contracted over the padded length, the values given as
+    many rows with zeros last: the straightforward product, per head; unpadded rows (42 fp64
+    entries are 336 bytes) take the plain product."""
+    n = grid[0] * grid[1]
+    features = torch.randn(2, 8, *grid, dtype=dtype)
+    values = torch.randn(2, 3, 4, n, dtype=dtype).transpose(2, 3)   # as values_on_grid lays out
+    attn = proxy_attention(features, 1.2, 3.0, aligned_rows=True)
+    assert attn.stride(-2) == width
+    with RecordedProducts() as products:
+        out = attend_over_padding(attn, values)
+    assert products.shapes == [((2, n, width), (2, width, 12))]
+    expected = torch.einsum('bnm,bhmd->bhnd', attn[:, 0].double(), values.double())
+    tolerance = 1e-12 if dtype == torch.float64 else 1e-5
+    torch.testing.assert_close(out.double(), expected, rtol=0, atol=tolerance)
+
+
+@pytest.mark.parametrize('plugin', [None, 'FSA'])
+def test_proxyclip_on_padded_attention_rows_gives_the_tokens_of_unpadded_ones(
+        golden, monkeypatch, plugin):
+    """The attention laid out as on CUDA (padded rows) on a 5 × 7 VFM grid (35 fp64 entries →
+    36), hence both products over the padding, ProxyCLIP's A·V and FSA's: the tokens of the
+    unpadded attention (the path checked against the official outputs above)."""
+    plugin = plugin and dict(type='FSA', lamda=golden['lamda'], top_p=golden['top_p'],
+                             logit_scales=golden['logit_scales'])
+    model = build_golden(golden, plugin)
+    model.vfm.features = torch.randn(1, golden['vfm_features'].shape[1], 5, 7,
+                                     dtype=torch.float64)
+    expected, grid = model.output_tokens(golden['image'])
+    monkeypatch.setattr(proxyclip, 'proxy_attention',
+                        lambda *args: proxy_attention(*args, aligned_rows=True))
+    with RecordedProducts() as products:
+        tokens, _ = model.output_tokens(golden['image'])
+    width = golden['model_cfg']['width']
+    assert grid == (5, 7) and ((1, 35, 36), (1, 36, width)) in products.shapes
+    assert (tokens - expected).abs().max() < 1e-12
 
 
 def equally_similar_features(cosine: float) -> torch.Tensor:

@@ -38,6 +38,7 @@ from .configs import (
     apply_overrides,
     has_random_weights,
     load_config,
+    use_cuda_graphs,
 )
 from .downloads import downloadable_weights, explained_download_failures, must_work_offline
 
@@ -70,7 +71,8 @@ def init_segmentor(config: ConfigSource = DEFAULT_CONFIG,
                    precision: Optional[str] = None, prob_thd: Optional[float] = None,
                    crop: Optional[Size] = None, stride: Optional[Size] = None,
                    text_cache_dir: Union[str, bool, None] = None, seed: int = 0,
-                   check_network: bool = True, trust_checkpoint: bool = False):
+                   check_network: bool = True, trust_checkpoint: bool = False,
+                   cuda_graphs: Union[bool, str, None] = None):
     """Build a training-free segmentor, ready for :func:`segment`.
 
     Args:
@@ -93,6 +95,11 @@ def init_segmentor(config: ConfigSource = DEFAULT_CONFIG,
             :class:`~fsa_seg.apis.downloads.WeightsUnavailableError`.
         trust_checkpoint: unpickle local checkpoint files fully (they can run code); without
             it, files are read weights-only and anything else in them is refused.
+        cuda_graphs: on a GPU, replay each crop batch from a CUDA graph captured once per batch
+            shape (the same outputs, issued in one call: pays off over many images; forward
+            hooks inside a crop then run only while a graph is captured). None: as the config
+            says; ``'auto'``: so where the config says nothing and
+            :func:`~fsa_seg.apis.configs.graphs_pay_off` on ``device``.
 
     Returns:
         the segmentor (an mmseg ``BaseSegmentor``) in eval mode on ``device``, with ``cfg`` and
@@ -103,9 +110,11 @@ def init_segmentor(config: ConfigSource = DEFAULT_CONFIG,
                     vfm_weights=vfm_weights, random_weights=random_weights,
                     precision=precision, prob_thd=prob_thd, crop=crop, stride=stride,
                     text_cache_dir=text_cache_dir, trust_checkpoint=trust_checkpoint)
+    device = device or default_device()
+    use_cuda_graphs(cfg.model, cuda_graphs, device)
     _warn_if_pipelines_differ(cfg)
     model = build_segmentor(cfg, seed=seed, check_network=check_network)
-    model.to(device or default_device())
+    model.to(device)
     model.eval()
     return model
 

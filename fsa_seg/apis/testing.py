@@ -31,8 +31,8 @@ from .configs import (
     explained_config_errors,
     has_random_weights,
     read_config,
-    segmentor_class,
     trust_checkpoints,
+    use_cuda_graphs,
     use_precision,
     use_random_weights,
 )
@@ -57,7 +57,7 @@ def load_test_config(config: Union[str, os.PathLike], cfg_options: Optional[dict
                      show_dir: Optional[str] = None,
                      on_bad_annotation: str = 'error', random_weights: bool = False,
                      trust_checkpoint: bool = False, precision: Optional[str] = None,
-                     cuda_graphs: Optional[bool] = None) -> Config:
+                     cuda_graphs: Union[bool, str, None] = 'auto') -> Config:
     """The config (a file, or a config name as :func:`~fsa_seg.apis.resolve_config` finds it)
     set up for mmengine's test loop.
 
@@ -71,13 +71,15 @@ def load_test_config(config: Union[str, os.PathLike], cfg_options: Optional[dict
         precision: ``'fp32'``, ``'fp16'`` or ``'bf16'`` for the whole model (None: the
             config's, fp32 unless it says otherwise).
         cuda_graphs: replay crop batches from CUDA graphs (the segmentor's ``cuda_graphs``),
-            True or False; None: the config's ``model.cuda_graphs`` where it sets one, else
-            :func:`graphs_pay_off`.
+            True or False; None: as the config says; ``'auto'``: the config's
+            ``model.cuda_graphs`` where it sets one, else on where
+            :func:`~fsa_seg.apis.configs.graphs_pay_off` on this machine.
     """
     cfg = read_config(config, cfg_options)
     if precision is not None:
         use_precision(cfg.model, precision)
-    set_cuda_graphs(cfg, cuda_graphs)
+    if cfg.get('model'):
+        use_cuda_graphs(cfg.model, cuda_graphs, device=None)
     if trust_checkpoint:
         trust_checkpoints(cfg.model)
     if random_weights:
@@ -97,40 +99,6 @@ def load_test_config(config: Union[str, os.PathLike], cfg_options: Optional[dict
         enable_visualization(cfg, show_dir)
     set_bad_annotation_policy(cfg, on_bad_annotation)
     return cfg
-
-
-def set_cuda_graphs(cfg: Config, cuda_graphs: Optional[bool]) -> None:
-    """Crops replayed from CUDA graphs or not (None: the config's choice, or where they pay
-    off)."""
-    if cuda_graphs is None:
-        model = cfg.get('model')
-        if not model or 'cuda_graphs' in model or not graphs_pay_off(model):
-            return
-        cuda_graphs = True
-    if cuda_graphs:
-        use_cuda_graphs(cfg)
-    else:
-        cfg.model.cuda_graphs = False
-
-
-def graphs_pay_off(model: dict) -> bool:
-    """Whether a test run replays crops from CUDA graphs by default: where CUDA is available and
-    the segmentor can, sliding windows (one graph per crop-batch shape, a few per dataset; a
-    whole image of each size would need its own capture). On an H100, ProxyCLIP + FSA in fp16:
-    103 images/s against 39.6 eagerly, the same labels."""
-    segmentor = segmentor_class(model)
-    test_cfg = model.get('test_cfg') or {}
-    return (torch.cuda.is_available() and segmentor is not None and
-            segmentor.supports_cuda_graphs and test_cfg.get('mode', 'slide') == 'slide')
-
-
-def use_cuda_graphs(cfg: Config) -> None:
-    """Have the config's segmentor replay its crops from CUDA graphs, if it can."""
-    segmentor = segmentor_class(cfg.model)
-    if segmentor is not None and not segmentor.supports_cuda_graphs:
-        raise ConfigError(f'{cfg.filename}: {segmentor.__name__} runs host code per crop and '
-                          'cannot replay crops as CUDA graphs: leave out --cuda-graphs')
-    cfg.model.cuda_graphs = True
 
 
 def keep_test_parts(cfg: Config) -> None:

@@ -35,6 +35,16 @@ def add_cfg_options(parser: argparse.ArgumentParser, help: str) -> None:
                         help=help)
 
 
+def add_cuda_graphs(parser: argparse.ArgumentParser) -> None:
+    """``--cuda-graphs`` / ``--no-cuda-graphs``, 'auto' without either (the config's choice,
+    else graphs where they pay off: fsa_seg.apis.configs.graphs_pay_off)."""
+    parser.add_argument('--cuda-graphs', action=argparse.BooleanOptionalAction, default='auto',
+                        help='on CUDA, replay each crop batch from a CUDA graph (the same '
+                             'outputs, far less time issuing kernels; one capture per batch '
+                             'shape). Default: the config\'s model.cuda_graphs, else on where '
+                             'the model runs on CUDA, the segmentor can and windows slide')
+
+
 def add_debug(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--debug', action='store_true',
                         help='show the traceback of an error instead of one line')

@@ -10,7 +10,7 @@ import os
 import sys
 from typing import List, Optional, Sequence, Tuple, Union
 
-from .arguments import add_cfg_options, add_debug, positive_int
+from .arguments import add_cfg_options, add_cuda_graphs, add_debug, positive_int
 from .errors import FP16_ON_CPU, INTERRUPTED, fail, warn
 
 DEFAULT_OUT_DIR = 'fsa_seg_predictions'
@@ -140,6 +140,7 @@ def add_predict_arguments(parser: argparse.ArgumentParser) -> None:
                         help='cpu, cuda, cuda:1 ... (default: cuda if available, else cpu)')
     parser.add_argument('--precision', choices=['fp32', 'fp16', 'bf16'], default=None,
                         help="CLIP's and the VFM's precision (default: the config's, fp32)")
+    add_cuda_graphs(parser)
     parser.add_argument('--crop', type=_size, metavar='SIZE',
                         help='sliding-window crop, 336 or HxW (default: the config\'s)')
     parser.add_argument('--stride', type=_size, metavar='SIZE',
@@ -251,7 +252,8 @@ def run_predict(args: argparse.Namespace, prog: str = 'fsa-seg predict') -> int:
             cfg_options=args.cfg_options, clip_weights=args.clip_weights,
             vfm_weights=args.vfm_weights, random_weights=args.random_weights,
             precision=args.precision, prob_thd=args.prob_thd, crop=args.crop,
-            stride=args.stride, trust_checkpoint=args.trust_checkpoint)
+            stride=args.stride, trust_checkpoint=args.trust_checkpoint,
+            cuda_graphs=args.cuda_graphs)
     except ValueError as error:
         # a bad vocabulary or option combination (crop/stride, precision …)
         return fail(prog, str(error))

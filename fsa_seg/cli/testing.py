@@ -8,7 +8,7 @@
 import argparse
 import os
 
-from .arguments import add_cfg_options, add_debug, positive_int
+from .arguments import add_cfg_options, add_cuda_graphs, add_debug, positive_int
 from .errors import FP16_ON_CPU, fail, warn
 
 TEST_DESCRIPTION = """\
@@ -45,11 +45,7 @@ def add_test_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--precision', choices=('fp32', 'fp16', 'bf16'),
                         help="the model's precision (default: the config's, fp32); fp16/bf16 "
                              'are for GPUs')
-    parser.add_argument('--cuda-graphs', action=argparse.BooleanOptionalAction,
-                        help='on CUDA, replay each crop batch from a CUDA graph (the same '
-                             'outputs, far less time issuing kernels; one capture per batch '
-                             'shape). Default: the config\'s model.cuda_graphs, else on where '
-                             'CUDA is available, the segmentor can and windows slide')
+    add_cuda_graphs(parser)
     parser.add_argument('--trust-checkpoint', action='store_true',
                         help='unpickle local checkpoint files fully: only for files you trust '
                              '(a pickle can run code). Without it they are read weights-only')

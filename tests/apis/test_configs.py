@@ -6,7 +6,15 @@ import pytest
 from mmengine.config import Config
 
 from fsa_seg.apis import configs
-from fsa_seg.apis.configs import ConfigNotFoundError, apply_overrides, load_config, resolve_config
+from fsa_seg.apis.configs import (
+    ConfigError,
+    ConfigNotFoundError,
+    apply_overrides,
+    load_config,
+    read_config,
+    resolve_config,
+    use_cuda_graphs,
+)
 from fsa_seg.experiments import MATRIX
 from fsa_seg.models.backbones import tiny_clip_arch
 from fsa_seg.models.weights import WeightsError
@@ -161,3 +169,28 @@ def test_config_errors_name_the_file(tmp_path):
     missing_base.write_text("_base_ = ['./nowhere.py']\n")
     with pytest.raises(configs.ConfigError, match='nowhere.py'):
         load_config(missing_base)
+
+
+@pytest.mark.parametrize('device, expected', [('cuda', True), ('cuda:1', True), ('cpu', None)])
+def test_auto_cuda_graphs_where_they_pay_off(device, expected):
+    """'auto': graphs for a sliding-window segmentor that can replay its crops on a CUDA
+    device; never for CASS (no error), whole images, or on CPU; a config's own choice stays;
+    None leaves the config as it is; True for CASS is refused in one line."""
+    model = read_config('proxyclip_fsa_vit-b16_dino-b8_voc21').model
+    use_cuda_graphs(model, 'auto', device)
+    assert model.get('cuda_graphs') is expected
+    whole = dict(read_config('proxyclip_fsa_vit-b16_dino-b8_voc21').model,
+                 test_cfg=dict(mode='whole'))
+    cass = read_config('cass_vit-b16_voc21').model
+    for other in (whole, cass):
+        use_cuda_graphs(other, 'auto', device)
+        assert 'cuda_graphs' not in other
+    chosen = dict(model, cuda_graphs=False)
+    use_cuda_graphs(chosen, 'auto', device)
+    use_cuda_graphs(chosen, None, device)
+    assert chosen['cuda_graphs'] is False
+    with pytest.raises(ConfigError, match=r'^CASS runs host code per crop and cannot replay '
+                                          r'crops as CUDA graphs: leave out --cuda-graphs$'):
+        use_cuda_graphs(cass, True, device)
+    with pytest.raises(ValueError, match='cuda_graphs must be one of'):
+        use_cuda_graphs(model, 'on', device)

@@ -278,8 +278,8 @@ def use_cuda_graphs(model: dict, cuda_graphs: Union[bool, str, None],
         cuda_graphs = True
     segmentor = segmentor_class(model)
     if cuda_graphs and segmentor is not None and not segmentor.supports_cuda_graphs:
-        raise ConfigError(f'{segmentor.__name__} runs host code per crop and cannot replay '
-                          'crops as CUDA graphs: leave out --cuda-graphs')
+        raise ValueError(f'{segmentor.__name__} runs host code per crop and cannot replay '
+                         'crops as CUDA graphs: leave out --cuda-graphs')
     model['cuda_graphs'] = cuda_graphs
 
 

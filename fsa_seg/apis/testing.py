@@ -79,7 +79,8 @@ def load_test_config(config: Union[str, os.PathLike], cfg_options: Optional[dict
     if precision is not None:
         use_precision(cfg.model, precision)
     if cfg.get('model'):
-        use_cuda_graphs(cfg.model, cuda_graphs, device=None)
+        with explained_config_errors(cfg.filename):
+            use_cuda_graphs(cfg.model, cuda_graphs, device=None)
     if trust_checkpoint:
         trust_checkpoints(cfg.model)
     if random_weights:

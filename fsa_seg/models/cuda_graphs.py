@@ -74,7 +74,9 @@ class CropGraphs:
         capture: ``(forward, example, pool) → (static_input, static_output, replay)``.
     """
 
-    def __init__(self, capacity: int = 8, device_types: Sequence[str] = ('cuda',),
+    DEFAULT_CAPACITY = 8
+
+    def __init__(self, capacity: int = DEFAULT_CAPACITY, device_types: Sequence[str] = ('cuda',),
                  capture: Optional[Capture] = None):
         self.capacity = capacity
         self.device_types = tuple(device_types)

@@ -138,13 +138,21 @@ def test_model_state_follows_storage_and_in_place_changes():
 
 
 # ---------------------------------------------------------------------------- in a segmentor
-def tiny_proxyclip(tiny_clip, plugin=dict(type='FSA'), **kwargs):
+def tiny_proxyclip(tiny_clip, plugin=dict(type='FSA'), crop_batch_size=4, **kwargs):
     return MODELS.build(dict(
         type='ProxyCLIP', clip=tiny_clip, vocabulary=['a', 'b', 'c'], templates='plain',
         text_cache_dir=False, plugin=plugin,
         vfm=dict(type='TimmVFM', name='dino_vitb8', random_init=True, model_kwargs=TINY_VFM),
-        test_cfg=dict(mode='slide', crop_size=(112, 112), stride=(56, 56)), crop_batch_size=4,
-        **kwargs))
+        test_cfg=dict(mode='slide', crop_size=(112, 112), stride=(56, 56)),
+        crop_batch_size=crop_batch_size, **kwargs))
+
+
+def test_a_segmentor_keeps_a_graph_for_every_crop_batch_size(tiny_clip):
+    """Batches of several images end in crop batches of any size up to ``crop_batch_size``:
+    that many graphs are kept, at least 8."""
+    assert tiny_proxyclip(tiny_clip, crop_batch_size=12, cuda_graphs=True).crop_graphs.capacity \
+        == 12
+    assert tiny_proxyclip(tiny_clip, cuda_graphs=True).crop_graphs.capacity == 8
 
 
 @torch.no_grad()

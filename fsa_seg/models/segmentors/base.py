@@ -107,7 +107,10 @@ class TrainingFreeSegmentor(BaseSegmentor):
         if cuda_graphs and not self.supports_cuda_graphs:
             raise ValueError(f'{type(self).__name__} runs host code per crop and cannot replay '
                              'crops as CUDA graphs: leave cuda_graphs off')
-        self.crop_graphs = CropGraphs() if cuda_graphs else None
+        # a graph per crop-batch size (k, 3, crop) for k ≤ crop_batch_size: batches of several
+        # images end in batches of any size, and a graph keeps little (its grid logits)
+        self.crop_graphs = CropGraphs(capacity=max(CropGraphs.DEFAULT_CAPACITY, crop_batch_size)
+                                      ) if cuda_graphs else None
         self.set_vocabulary(vocabulary, templates)
 
     def build_component(self, key: str, cfg: dict) -> nn.Module:

@@ -22,7 +22,7 @@ sys.path.insert(0, str(TESTS))  # tests import helpers such as synthetic_data by
 import fsa_seg  # noqa: E402,F401  (registers modules, installs the mmcv.ops fallback)
 from fsa_seg.models.backbones import tiny_clip_arch  # noqa: E402
 
-from doubles import PassThrough, PassThroughAll  # noqa: E402
+from doubles import PassThrough, PassThroughAll, PassThroughPadded  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -63,8 +63,10 @@ def tiny_clip():
 @pytest.fixture
 def pass_through_plugins():
     """The pass-through plug-ins of tests/doubles.py, registered for one test as
-    'TestPassThrough' (patches) and 'TestPassThroughAll' (all tokens)."""
-    names = {f'Test{cls.__name__}': cls for cls in (PassThrough, PassThroughAll)}
+    'TestPassThrough' (patches), 'TestPassThroughAll' (all tokens) and 'TestPassThroughPadded'
+    (patches, reads padding)."""
+    names = {f'Test{cls.__name__}': cls
+             for cls in (PassThrough, PassThroughAll, PassThroughPadded)}
     for name, cls in names.items():
         MODELS.register_module(name, module=cls)
     yield

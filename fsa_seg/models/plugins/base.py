@@ -13,11 +13,18 @@ projection. What the plug-in receives:
 * ``grid`` — the (h, w) patch grid of the patch tokens;
 * ``num_prefix`` — how many leading tokens of N are not patches (CLIP's class token).
 
-and it returns the new attention output, (B, H, N, d). Which tokens it works on is the plug-in's
-declaration (:attr:`AttentionPlugin.tokens`): ``'patches'`` — the segmentor drops the prefix
-tokens before the last attention (``num_prefix`` is then 0); ``'all'`` — the segmentor keeps its
-prefix tokens (``num_prefix`` says how many). Segmentors without prefix tokens in their last
-attention (ProxyCLIP, CASS) pass patches in either case. A segmentor never looks inside a plug-in.
+and it returns the new attention output, (B, H, N, d). A plug-in that declares
+:attr:`AttentionPlugin.reads_padding` may get ``attn`` with its row padding, (…, N, N') for
+N' ≥ N: where the segmentor's attention has rows padded to an aligned length
+(:func:`~fsa_seg.models.layout.padded_rows`) that hold zeros beyond N (NaN only in a row that
+is NaN throughout), so that the plug-in's products contract over N', which GPU GEMMs run
+faster (:mod:`fsa_seg.models.layout`); every other plug-in gets (…, N, N).
+
+Which tokens a plug-in works on is its declaration (:attr:`AttentionPlugin.tokens`):
+``'patches'`` — the segmentor drops the prefix tokens before the last attention (``num_prefix``
+is then 0); ``'all'`` — the segmentor keeps its prefix tokens (``num_prefix`` says how many).
+Segmentors without prefix tokens in their last attention (ProxyCLIP, CASS) pass patches in
+either case. A segmentor never looks inside a plug-in.
 """
 from typing import Callable, Optional, Tuple
 
@@ -32,6 +39,8 @@ class AttentionPlugin(nn.Module):
 
     #: which tokens the plug-in acts on: 'patches' (prefix tokens dropped) or 'all'
     tokens: str = 'patches'
+    #: whether the plug-in takes a padded attention with its zero padding (…, N, N')
+    reads_padding: bool = False
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)

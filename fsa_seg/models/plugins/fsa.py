@@ -47,6 +47,7 @@ from typing import Callable, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from mmseg.registry import MODELS
 from torch import Tensor
 
@@ -86,6 +87,7 @@ class FSA(AttentionPlugin):
     """
 
     tokens = 'patches'
+    reads_padding = True  # the ensemble product contracts over a padded attention's length
 
     def __init__(self, lamda: float = 3.0, top_p: float = 0.45,
                  logit_scales: Sequence[float] = (20.0, 35.0), eps: float = 1e-10,
@@ -114,7 +116,8 @@ class FSA(AttentionPlugin):
 
         Args:
             attn: the baseline's attention, (B, H, N, N) per head or (B, 1, N, N) shared by the
-                heads; None for identity attention (the ensemble then reduces to A_new).
+                heads, or (…, N, N') with its row padding, zeros beyond N (``reads_padding``);
+                None for identity attention (the ensemble then reduces to A_new).
             values: per-head values of the patch tokens, (B, H, N, d).
             logits_fn: per-head attention outputs (B, H, n, d) → cosine similarities (B, n, Q).
             attended: attn · values if the caller already computed it (saves one product).
@@ -130,19 +133,22 @@ class FSA(AttentionPlugin):
         tests check the CUDA paths on CPU."""
         if path not in PATHS:
             raise ValueError(f'path must be one of {PATHS}, got {path!r}')
+        heads, num_tokens, head_dim = values.shape[1:]
         if attended is None:
-            attended = values if attn is None else attend(attn, values)
-        heads, head_dim = values.shape[1], values.shape[-1]
+            attended = values if attn is None else attend(attn[..., :num_tokens], values)
         if attn is None:
             return split_heads(self._feedback_product(attended, values, logits_fn,
                                                       merge_heads(values), path), heads)
         # (A_new·A + A·A_new + A_new)·V = A_new·(A·V + V) + A·(A_new·V), without any N×N·N×N
         # product; A_new·V and A_new·(A·V + V) as one product over both, all heads at once.
+        # With A's zero padding (N' ≥ N columns, ``reads_padding``) A_new·V gets N' rows, zeros
+        # beyond N, so that A·(A_new·V) contracts over N' as well.
         operand = self._operand(attended, values, path)
-        both = self._feedback_product(attended, values, logits_fn, operand, path)
+        both = self._feedback_product(attended, values, logits_fn, operand, path,
+                                      out_rows=attn.shape[-1])
         both = both.unflatten(-1, (2, heads, head_dim))
-        new_attended = both[:, :, 0].transpose(1, 2)                         # (B, H, N, d)
-        mixed = both[:, :, 1].transpose(1, 2)                                # A_new·(A·V + V)
+        new_attended = both[:, :, 0].transpose(1, 2)                         # (B, H, N', d)
+        mixed = both[:, :num_tokens, 1].transpose(1, 2)                      # A_new·(A·V + V)
         if attn.shape[1] == 1:  # the division by 3 in the product's epilogue
             out = torch.baddbmm(merge_heads(mixed), attn[:, 0], merge_heads(new_attended),
                                 beta=1 / 3, alpha=1 / 3)
@@ -202,22 +208,26 @@ class FSA(AttentionPlugin):
         return logits_fn(tokens)
 
     def _feedback_product(self, attended: Tensor, values: Tensor, logits_fn: LogitsFn,
-                          operand: Tensor, path: str) -> Tensor:
-        """A_new[:, 0] · operand (B, N, C) for operand (B, N', C) in the dtype of ``values``,
-        N' > N on the fused path only (:meth:`_operand`).
+                          operand: Tensor, path: str, out_rows: Optional[int] = None) -> Tensor:
+        """A_new[:, 0] · operand (B, out_rows, C), zeros beyond row N (N rows by default), for
+        operand (B, N', C) in the dtype of ``values``, N' > N on the fused path only
+        (:meth:`_operand`).
 
         Without autograd, A_new is made and applied a block of rows at a time (every step of it
         works on rows independently): its N×N buffers become block×N ones and A_new is never held
         whole. The blocks depend on the shapes only."""
+        num_tokens = values.shape[2]
+        out_rows = out_rows or num_tokens
         both = self._branch_similarities(attended, values, logits_fn)
         differentiable = _records_grad(both) or _records_grad(operand)
         if path == 'fused' and both.shape[-1] <= MAX_FUSED_QUERIES and not differentiable:
-            return self._fused_feedback_product(both, operand, values.dtype)
+            return self._fused_feedback_product(both, operand, values.dtype, out_rows)
         isolated = self._isolation(both)
         if differentiable:
             sim = self.patch_similarity(isolated)
             new_attn = self._prune_and_sharpen(sim, True, path).to(values.dtype)
-            return new_attn @ operand[:, :new_attn.shape[-1]]
+            product = new_attn @ operand[:, :num_tokens]
+            return F.pad(product, (0, 0, 0, out_rows - num_tokens))
         q, log_q, self_term = self._kl_terms(isolated)
         log_q_t = log_q.transpose(-1, -2)
 
@@ -228,10 +238,10 @@ class FSA(AttentionPlugin):
                                                launch=self.pruning_launch)
             sim = kl.clamp_min_(0).add_(1).reciprocal_()
             return self._prune_and_sharpen(sim, True, path).to(values.dtype)
-        return _blockwise_product(new_rows, operand, q.shape[1], path)
+        return _blockwise_product(new_rows, operand, num_tokens, path, out_rows)
 
-    def _fused_feedback_product(self, both: Tensor, operand: Tensor,
-                                dtype: torch.dtype) -> Tensor:
+    def _fused_feedback_product(self, both: Tensor, operand: Tensor, dtype: torch.dtype,
+                                out_rows: int) -> Tensor:
         """:meth:`_feedback_product` on the fused path from the branches' similarities: the KL
         terms in one kernel, then per block of rows the dot products q_i·log q_j, which the
         pruning kernel subtracts from the self terms."""
@@ -243,7 +253,7 @@ class FSA(AttentionPlugin):
             return fused_prune_and_sharpen(dots, self.lamda, self.top_p, 'dots', dtype,
                                            self_terms=self_term[:, rows],
                                            launch=self.pruning_launch)
-        return _blockwise_product(new_rows, operand, q.shape[1], 'fused')
+        return _blockwise_product(new_rows, operand, q.shape[1], 'fused', out_rows)
 
     def _kl_terms(self, isolated_logits: Tensor):
         """q, log(q + eps) and Σ_c q·log(q + eps) per token: KL_ij = self_i − q_i·log q_jᵀ."""
@@ -347,11 +357,14 @@ def _records_grad(x: Tensor) -> bool:
 
 
 def _blockwise_product(new_rows: Callable[[slice], Tensor], operand: Tensor, num_tokens: int,
-                       path: str) -> Tensor:
-    """A_new · operand (B, N, C), A_new made a block of rows at a time by ``new_rows``; an
-    operand of more rows than N (zeros) meets A_new's padding (zeros, the fused path's)."""
+                       path: str, out_rows: int) -> Tensor:
+    """A_new · operand (B, out_rows, C), zeros beyond row N, A_new made a block of rows at a
+    time by ``new_rows``; an operand of more rows than N (zeros) meets A_new's padding (zeros,
+    the fused path's)."""
     batch, padded, channels = operand.shape
-    out = operand.new_empty((batch, num_tokens, channels))
+    out = operand.new_empty((batch, out_rows, channels))
+    if out_rows > num_tokens:
+        out[:, num_tokens:].zero_()
     for rows in _row_blocks(batch, num_tokens, path):
         block = new_rows(rows)
         torch.matmul(block if padded == num_tokens else with_padding(block), operand,
@@ -368,7 +381,7 @@ def _row_blocks(batch: int, num_tokens: int, path: str) -> List[slice]:
     else:
         blocks = -(-batch * num_tokens * num_tokens // DEVICE_BLOCK_ELEMENTS)
         rows = -(-num_tokens // blocks)
-    return [slice(start, start + rows) for start in range(0, num_tokens, rows)]
+    return [slice(start, min(start + rows, num_tokens)) for start in range(0, num_tokens, rows)]
 
 
 def _sorted_descending(x: Tensor) -> Tensor:

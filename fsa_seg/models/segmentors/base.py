@@ -24,6 +24,7 @@ from torch import Tensor, nn
 
 from ...visualization import make_palette
 from ..cuda_graphs import CropGraphs, model_state
+from ..layout import with_padding
 from ..plugins import AttentionPlugin, LogitsFn
 from ..text import Vocabulary, cached_query_embeddings, load_vocabulary, resolve_templates
 
@@ -169,12 +170,17 @@ class TrainingFreeSegmentor(BaseSegmentor):
 
     def apply_plugin(self, attn: Optional[Tensor], values: Tensor, attended: Tensor,
                      grid: Tuple[int, int], num_prefix: int = 0,
-                     logits_fn: Optional[LogitsFn] = None) -> Tensor:
+                     logits_fn: Optional[LogitsFn] = None,
+                     padding_holds_zeros: bool = False) -> Tensor:
         """The attention output after the plug-in (``attended`` itself without one); see
         :mod:`fsa_seg.models.plugins.base` for the contract. ``logits_fn`` defaults to
-        :meth:`attention_logits`."""
+        :meth:`attention_logits`; ``padding_holds_zeros``: ``attn``'s rows are
+        :func:`~fsa_seg.models.layout.padded_rows` with zeros in the padding, which a plug-in
+        that reads padding then gets."""
         if self.plugin is None:
             return attended
+        if padding_holds_zeros and attn is not None and self.plugin.reads_padding:
+            attn = with_padding(attn)
         return self.plugin(attn, values, logits_fn or self.attention_logits, attended=attended,
                            grid=grid, num_prefix=num_prefix)
 

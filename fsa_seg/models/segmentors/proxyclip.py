@@ -88,7 +88,8 @@ class ProxyCLIP(TrainingFreeSegmentor):
         grid = tuple(vfm_features.shape[-2:])
         attn = proxy_attention(vfm_features.to(self.clip.dtype), self.beta, self.gamma)
         values = self.values_on_grid(crops, grid)
-        attended = self.apply_plugin(attn, values, attend_over_padding(attn, values), grid)
+        attended = self.apply_plugin(attn, values, attend_over_padding(attn, values), grid,
+                                     padding_holds_zeros=True)
         return self.clip.head(self.clip.out_proj(attended)), grid
 
     def values_on_grid(self, crops: Tensor, grid) -> Tensor:

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from cuda_checks import HostDeviceCopies, host_syncs_raise, needs_cuda
 from torch._subclasses.fake_tensor import FakeTensorMode
+from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import fsa_seg.models.plugins.fsa as fsa_module
@@ -193,6 +194,54 @@ def test_the_fused_product_runs_over_the_aligned_length_and_equals_the_narrow_on
     tolerance = 1e-5 if dtype == torch.float32 else 2e-2
     assert (out.double() - expected).abs().max() < tolerance
     assert (out.double() - narrow.double()).abs().max() < tolerance
+
+
+class RecordedProducts(TorchFunctionMode):
+    """The operand shapes of every matrix product called meanwhile."""
+
+    def __init__(self):
+        super().__init__()
+        self.shapes = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if func in (torch.baddbmm, torch.matmul, torch.bmm, torch.Tensor.__matmul__,
+                    torch.Tensor.matmul):
+            operands = args[1:3] if func is torch.baddbmm else args[:2]
+            self.shapes.append(tuple(tuple(operand.shape) for operand in operands))
+        return func(*args, **(kwargs or {}))
+
+
+def with_zero_padding(attn, width):
+    """``attn`` (…, N, N) seen with zero row padding to ``width`` columns, (…, N, width)."""
+    padded = attn.new_full((*attn.shape[:-1], width), float('nan'))
+    padded[..., :attn.shape[-1]] = attn
+    padded[..., attn.shape[-1]:] = 0
+    return padded
+
+
+@pytest.mark.parametrize('path', PATHS)
+@pytest.mark.parametrize('attention', ['per-head', 'shared'])
+@pytest.mark.parametrize('needs_grad', [False, True], ids=['no_grad', 'grad'])
+def test_an_attention_with_zero_padding_gives_the_reference_output(path, attention, needs_grad):
+    """A segmentor's padded attention (N = 50 tokens, rows of 56 with zeros beyond 50, what a
+    plug-in that ``reads_padding`` gets): the ensemble product contracts over 56 rows, A_new·V
+    given 56 rows, zeros beyond 50; the output and its gradient are the reference's on the
+    unpadded attention."""
+    attn, values, logits_fn = random_fsa_problem(2, 3, 50, 4, 12, attention, seed=11)
+    padded = with_zero_padding(attn, 56)
+    outputs = []
+    for given, with_products in ((padded, True), (attn, False)):
+        leaf = values.clone().requires_grad_(needs_grad)
+        with torch.set_grad_enabled(needs_grad), RecordedProducts() as products:
+            out = FSA(**HYPER)._forward(given, leaf, logits_fn, path=path)
+        if with_products:
+            assert (((2, 50, 56), (2, 56, 12)) if attention == 'shared' else
+                    ((2, 3, 50, 56), (2, 3, 56, 4))) in products.shapes
+        grad = torch.autograd.grad(out.square().sum(), leaf)[0] if needs_grad else None
+        outputs.append((out.detach(), grad))
+    assert (outputs[0][0] - reference(attn, values, logits_fn)).abs().max() < 1e-12
+    if needs_grad:
+        assert (outputs[0][1] - outputs[1][1]).abs().max() < 1e-12
 
 
 @fused_runs_here
@@ -386,25 +435,32 @@ class Kernels(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-def test_the_fused_path_launches_only_what_its_formula_needs(fused_kernel_support):
+@pytest.mark.parametrize('padded', [False, True], ids=['attention', 'padded_attention'])
+def test_the_fused_path_launches_only_what_its_formula_needs(fused_kernel_support, padded):
     """On CUDA (fake tensors, N = 1764, Q = 171, fp16, ProxyCLIP's shared attention, A·V given):
     [V, A·V + V] (the operand of one product: its 4 padding rows zeroed, V copied, the sum
     written in place), the tokens of both
     branches (A·V copied, V's mean written in place: the head merge of ``logits_fn`` is a view),
     ``logits_fn``'s own three kernels of its normalise and two products, the KL terms in one
     kernel, q·log qᵀ, the pruning, A_new·operand and the ensemble product with its division by
-    3: nothing else (no copy, no broadcast input of the KL product, no division)."""
+    3: nothing else (no copy, no broadcast input of the KL product, no division). With
+    ProxyCLIP's padded attention (1768 columns, zeros beyond 1764), one kernel more: the zeros
+    of A_new·V's 4 rows beyond N, over which the ensemble product then contracts."""
     fsa = FSA(**HYPER)
     with FakeTensorMode():
         attn, values, logits_fn = cuda_problem()
-        attended = (attn[:, 0] @ values.transpose(1, 2).flatten(2)).unflatten(-1, (12, 64))
+        if padded:
+            attn = torch.empty(1, 1, 1764, 1768, device='cuda', dtype=torch.float16)
+        attended = (attn[:, 0, :, :1764] @ values.transpose(1, 2).flatten(2)).unflatten(
+            -1, (12, 64))
         attended = attended.transpose(1, 2)
         with torch.no_grad(), Kernels() as kernels:
             fsa(attn, values, logits_fn, attended=attended)
     assert kernels.names == [
         'zero_', 'copy_', 'add', 'copy_', 'mean',                  # operand, both branches' tokens
         'mm', 'linalg_vector_norm', 'clamp_min', 'div', 'mm',      # logits_fn
-        'fsa_seg.kl_terms', 'bmm', 'fsa_seg.prune_and_sharpen', 'bmm', 'baddbmm']
+        'fsa_seg.kl_terms', *(['zero_'] if padded else []),
+        'bmm', 'fsa_seg.prune_and_sharpen', 'bmm', 'baddbmm']
 
 
 def test_the_host_sync_check_catches_the_cpu_path():

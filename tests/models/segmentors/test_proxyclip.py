@@ -111,8 +111,10 @@ class RecordedProducts(TorchFunctionMode):
         self.shapes = []
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
-        if func in (torch.matmul, torch.bmm, torch.Tensor.matmul, torch.Tensor.__matmul__):
-            self.shapes.append(tuple(tuple(arg.shape) for arg in args[:2]))
+        if func in (torch.matmul, torch.bmm, torch.baddbmm, torch.Tensor.matmul,
+                    torch.Tensor.__matmul__):
+            operands = args[1:3] if func is torch.baddbmm else args[:2]
+            self.shapes.append(tuple(tuple(operand.shape) for operand in operands))
         return func(*args, **(kwargs or {}))
 
 
@@ -140,8 +142,9 @@ def test_attention_over_the_padding_equals_attention_over_the_tokens(grid, dtype
 def test_proxyclip_on_padded_attention_rows_gives_the_tokens_of_unpadded_ones(
         golden, monkeypatch, plugin):
     """The attention laid out as on CUDA (padded rows) on a 5 × 7 VFM grid (35 fp64 entries →
-    36), hence both products over the padding, ProxyCLIP's A·V and FSA's: the tokens of the
-    unpadded attention (the path checked against the official outputs above)."""
+    36), hence the products over the padding, ProxyCLIP's A·V and FSA's ensemble product
+    A·(A_new·V): the tokens of the unpadded attention (the path checked against the official
+    outputs above)."""
     plugin = plugin and dict(type='FSA', lamda=golden['lamda'], top_p=golden['top_p'],
                              logit_scales=golden['logit_scales'])
     model = build_golden(golden, plugin)
@@ -153,8 +156,28 @@ def test_proxyclip_on_padded_attention_rows_gives_the_tokens_of_unpadded_ones(
     with RecordedProducts() as products:
         tokens, _ = model.output_tokens(golden['image'])
     width = golden['model_cfg']['width']
-    assert grid == (5, 7) and ((1, 35, 36), (1, 36, width)) in products.shapes
+    over_padding = [shapes for shapes in products.shapes if shapes == ((1, 35, 36), (1, 36, width))]
+    assert grid == (5, 7) and len(over_padding) == (2 if plugin else 1)
     assert (tokens - expected).abs().max() < 1e-12
+
+
+@pytest.mark.parametrize('aligned', [True, False])
+def test_only_a_plugin_that_reads_padding_gets_the_padded_attention(
+        golden, monkeypatch, pass_through_plugins, aligned):
+    """ProxyCLIP's proxy attention on a 5 × 7 grid with rows padded to 36 (its padding zeros):
+    a plug-in declaring ``reads_padding`` gets (1, 1, 35, 36), any other (1, 1, 35, 35); the
+    rows sum to 1 either way. Unpadded (CPU's default) both get 35 columns."""
+    monkeypatch.setattr(proxyclip, 'proxy_attention',
+                        lambda *args: proxy_attention(*args, aligned_rows=aligned))
+    widths = {}
+    for plugin in ('TestPassThrough', 'TestPassThroughPadded'):
+        model = build_golden(golden, dict(type=plugin))
+        model.vfm.features = torch.randn(1, golden['vfm_features'].shape[1], 5, 7,
+                                         dtype=torch.float64)
+        model.output_tokens(golden['image'])
+        widths[plugin] = model.plugin.seen['attn_width']
+        torch.testing.assert_close(model.plugin.row_sums, torch.ones(1, 1, 35, dtype=torch.float64))
+    assert widths == {'TestPassThrough': 35, 'TestPassThroughPadded': 36 if aligned else 35}
 
 
 def equally_similar_features(cosine: float) -> torch.Tensor:

@@ -64,6 +64,7 @@ from mmseg.registry import MODELS
 
 from ..apis.configs import read_config, resolve_config, use_random_weights
 from ..models.cuda_graphs import CropGraphs, graph_capture_failures
+from ..models.layout import with_padding
 from ..models.plugins.fsa import FSA
 from ..models.plugins.fsa_reference import official_fsa
 from ..models.segmentors.proxyclip import proxy_attention
@@ -217,8 +218,9 @@ def synchronize(device: torch.device) -> None:
 class PluginWorkload:
     """Our FSA and the official formulation on random inputs of ProxyCLIP's shapes: an attention
     shared by the heads (B, 1, N, N), made as ProxyCLIP makes it (``beta``, ``gamma``) from random
-    proxy features; values (B, H, N, d); a fixed random linear head to ``embed_dim``,
-    L2-normalised, against Q L2-normalised random text embeddings as ``logits_fn``. FSA is built
+    proxy features and given to FSA as ProxyCLIP gives it (on CUDA with its zero row padding);
+    values (B, H, N, d); a fixed random linear head to ``embed_dim``, L2-normalised, against Q
+    L2-normalised random text embeddings as ``logits_fn``. FSA is built
     from ``plugin`` (a config's), the official formulation gets the same settings. Variants:
     'ours' (the path FSA picks for the device), 'ours-device' (the torch.sort chain forced),
     on CUDA 'ours-graphed' ('ours' replayed from a CUDA graph, as ``model.cuda_graphs`` replays
@@ -273,14 +275,16 @@ class PluginWorkload:
 
     def run(self, variant: str, inputs):
         attn, values = inputs
+        if variant == 'official':
+            return official_fsa(attn, values, self.logits_fn, **self.hyper)
+        if self.fsa.reads_padding:  # as ProxyCLIP gives it: with its zero padding
+            attn = with_padding(attn)
         if variant == 'ours':
             return self.fsa(attn, values, self.logits_fn)
         if variant == 'ours-graphed':  # the values copied in, the output copied out, as for crops
             return self.graphs(partial(self.fsa, attn, logits_fn=self.logits_fn), values,
                                attn.data_ptr())
-        if variant.startswith('ours-'):
-            return self.fsa._forward(attn, values, self.logits_fn, path=variant[len('ours-'):])
-        return official_fsa(attn, values, self.logits_fn, **self.hyper)
+        return self.fsa._forward(attn, values, self.logits_fn, path=variant[len('ours-'):])
 
     @property
     def graph_failures(self) -> List[str]:

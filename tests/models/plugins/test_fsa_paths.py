@@ -84,7 +84,7 @@ def test_cuda_paths_in_uneven_row_blocks_equal_the_reference(monkeypatch, path, 
     of 1; the block boundaries change nothing."""
     monkeypatch.setattr(fsa_module, 'DEVICE_BLOCK_ELEMENTS', 2 * 7 * 50)
     assert [(b.start, b.stop) for b in fsa_module._row_blocks(2, 50, 'device')] == [
-        (0, 7), (7, 14), (14, 21), (21, 28), (28, 35), (35, 42), (42, 49), (49, 56)]
+        (0, 7), (7, 14), (14, 21), (21, 28), (28, 35), (35, 42), (42, 49), (49, 50)]
     problem = random_fsa_problem(2, 3, 50, 4, 12, attention, seed=3)
     assert (run(path, *problem) - reference(*problem)).abs().max() < 1e-12
 

@@ -175,7 +175,7 @@ def test_only_a_plugin_that_reads_padding_gets_the_padded_attention(
         model.vfm.features = torch.randn(1, golden['vfm_features'].shape[1], 5, 7,
                                          dtype=torch.float64)
         model.output_tokens(golden['image'])
-        widths[plugin] = model.plugin.seen['attn_width']
+        widths[plugin] = model.plugin.attn_width
         torch.testing.assert_close(model.plugin.row_sums, torch.ones(1, 1, 35, dtype=torch.float64))
     assert widths == {'TestPassThrough': 35, 'TestPassThroughPadded': 36 if aligned else 35}
 

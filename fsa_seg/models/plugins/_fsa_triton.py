@@ -14,16 +14,25 @@ def _from_bits(bits, dtype: tl.constexpr):
     return bits.to(tl.int64).to(tl.float64, bitcast=True).to(dtype)
 
 
+@triton.jit
+def _halves(x):
+    """``x`` as two fp16 numbers, high + low = x to about 22 bits (fp16 subnormals aside)."""
+    high = x.to(tl.float16)
+    return high, (x - high.to(x.dtype)).to(tl.float16)
+
+
 @triton.jit(do_not_specialize=['num_tokens', 'scale_attn_bits', 'scale_uniform_bits',
                                'eps_bits'])
 def kl_terms_rows(both_ptr, q_ptr, log_q_ptr, self_ptr, num_tokens, num_queries, q_stride,
-                  scale_attn_bits, scale_uniform_bits, eps_bits, ROWS: tl.constexpr,
-                  BLOCK: tl.constexpr):
+                  segment, scale_attn_bits, scale_uniform_bits, eps_bits, ROWS: tl.constexpr,
+                  BLOCK: tl.constexpr, SPLIT: tl.constexpr):
     """ROWS tokens of one image a program (grid: token blocks × images). ``both`` (B, N + 1, Q)
     holds the attention branch's cosine similarities and, last, the uniform branch's; writes
     q = softmax(s_a·P − s_u·P_u) and log(q + ε) (rows of ``q_stride``) and Σ q·log(q + ε)
-    (B, N), in the dtype of ``q``."""
-    dtype: tl.constexpr = q_ptr.dtype.element_ty
+    (B, N), in the dtype of ``self``. With SPLIT, in place of q and log q, their fp16 halves
+    [q_hi, q_hi, q_lo] and [l_hi, l_lo, l_hi], each ``segment`` entries wide with zeros beyond
+    Q: one product of the two with fp32 accumulation is q·log qᵀ but for q_lo·l_lo."""
+    dtype: tl.constexpr = self_ptr.dtype.element_ty
     image = tl.program_id(1).to(tl.int64)
     tokens = tl.program_id(0).to(tl.int64) * ROWS + tl.arange(0, ROWS)[:, None]
     queries = tl.arange(0, BLOCK)[None, :]
@@ -38,11 +47,29 @@ def kl_terms_rows(both_ptr, q_ptr, log_q_ptr, self_ptr, num_tokens, num_queries,
     weights = tl.exp(isolated - tl.max(isolated, axis=1)[:, None])
     q = weights / tl.sum(weights, axis=1)[:, None]
     log_q = tl.log(q + _from_bits(eps_bits, dtype))
+    self_ptr += image * num_tokens + tokens
     offsets = (image * num_tokens + tokens) * q_stride + queries
-    tl.store(q_ptr + offsets, q, mask=valid)
-    tl.store(log_q_ptr + offsets, log_q, mask=valid)
-    self_terms = tl.sum(tl.where(valid, q * log_q, 0.0), axis=1)[:, None]
-    tl.store(self_ptr + image * num_tokens + tokens, self_terms, mask=tokens < num_tokens)
+    if SPLIT:  # the self terms, one operand, then the other: fewer values live at once
+        _store_self_terms(self_ptr, q, log_q, valid, tokens < num_tokens)
+        stored = (tokens < num_tokens) & (queries < segment)      # zeros from Q to the segment
+        high, low = _halves(tl.where(in_row, q, 0.0))
+        tl.store(q_ptr + offsets, high, mask=stored)
+        tl.store(q_ptr + offsets + segment, high, mask=stored)
+        tl.store(q_ptr + offsets + 2 * segment, low, mask=stored)
+        high, low = _halves(tl.where(in_row, log_q, 0.0))
+        tl.store(log_q_ptr + offsets, high, mask=stored)
+        tl.store(log_q_ptr + offsets + segment, low, mask=stored)
+        tl.store(log_q_ptr + offsets + 2 * segment, high, mask=stored)
+    else:
+        tl.store(q_ptr + offsets, q, mask=valid)
+        tl.store(log_q_ptr + offsets, log_q, mask=valid)
+        _store_self_terms(self_ptr, q, log_q, valid, tokens < num_tokens)
+
+
+@triton.jit
+def _store_self_terms(self_ptr, q, log_q, valid, stored):
+    """Σ q·log(q + ε) of each row."""
+    tl.store(self_ptr, tl.sum(tl.where(valid, q * log_q, 0.0), axis=1)[:, None], mask=stored)
 
 
 @triton.jit

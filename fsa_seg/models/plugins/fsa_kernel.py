@@ -20,7 +20,12 @@ self terms in the pruning kernel. A_new's rows are written with a row stride of 
 bytes (N = 1764 tokens of fp16 are 3528 bytes) and zeros in the padding, so that A_new's product
 runs over the aligned length, which the fast fp16 GEMM kernels take (:mod:`..layout`). q's and
 log q's rows are padded too (Q = 171 of fp32 are 684 bytes), which their fp32 product does not
-need (on an H100: 35.6 µs over 171 entries, 35.4 µs over 176).
+need (on an H100: 35.6 µs over 171 entries, 35.4 µs over 176). For a half-precision model the
+kernel writes q and log q as fp16 halves instead (high and low parts, zeros from Q to an
+aligned 176), whose one product on tensor cores, with fp32 sums, is q·log qᵀ but for the
+low·low term: 1.0e-5 off at N = 1764 where fp32's product is 5.1e-6 off and fp16 inputs alone
+6.7e-4, against 7.9e-5 that the model's fp16 similarities put into the KL already (measured on
+CPU, in fp64). fp32 models keep the fp32 product.
 
 This is the official selection, as a definition: the kernel finds the cut by a bisection over
 the bit patterns of the similarities, without sorting (:mod:`._fsa_triton`). Only the summation
@@ -39,7 +44,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..layout import padded_rows
+from ..layout import aligned_row_length, padded_rows
 
 MAX_FUSED_TOKENS = 4096  # one row lives in one program's registers: N ≤ 4096 (SAM's 64×64 grid)
 MAX_FUSED_QUERIES = 4096  # and one token's Q similarities in the KL terms' kernel
@@ -97,49 +102,75 @@ def _kernel_runs_on(index: Optional[int]) -> bool:
     return torch.cuda.get_device_capability(index) >= (8, 0)
 
 
-def fused_kl_terms(branches: Tensor, logit_scales: Tuple[float, float],
-                   eps: float) -> Tuple[Tensor, Tensor, Tensor]:
+def fused_kl_terms(branches: Tensor, logit_scales: Tuple[float, float], eps: float,
+                   split: bool = False) -> Tuple[Tensor, Tensor, Tensor]:
     """From ``branches`` (B, N + 1, Q), the attention branch's cosine similarities P and, last,
     the uniform branch's P_u: q = softmax_Q(s_a·P − s_u·P_u) (B, N, Q), log(q + ε) (B, N, Q) and
-    Σ_c q·log(q + ε) (B, N), in at least fp32, q and log q with aligned rows."""
+    Σ_c q·log(q + ε) (B, N), in at least fp32, q and log q with aligned rows. With ``split``
+    (fp32 work only), q and log q as their fp16 halves (B, N, 3·K), K the aligned Q, whose
+    product :func:`kl_dot_products` is q·log qᵀ on tensor cores."""
     if branches.shape[-1] > MAX_FUSED_QUERIES:
         raise ValueError(f'the fused FSA KL terms take at most {MAX_FUSED_QUERIES} queries, got '
                          f'{branches.shape[-1]}')
-    return torch.ops.fsa_seg.kl_terms(branches, list(logit_scales), eps)
+    if split and branches.dtype == torch.float64:
+        raise ValueError('the fp16 halves of q and log q are for fp32 work, not float64')
+    return torch.ops.fsa_seg.kl_terms(branches, list(logit_scales), eps, split)
 
 
-def _kl_terms_outputs(branches: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+def kl_dot_products(q: Tensor, log_q_t: Tensor) -> Tensor:
+    """q·log(q + ε)ᵀ (B, n, N) in at least fp32 from :func:`fused_kl_terms`' q (B, n, ·) and
+    transposed log q. Of the fp16 halves (``split``): one fp16 product with fp32 accumulation
+    of [q_hi, q_hi, q_lo] and [l_hi, l_lo, l_hi], within 2× of fp32's own error (measured at
+    N = 1764, Q = 171: 1.0e-5 against fp32's 5.1e-6; fp16 inputs alone: 6.7e-4) and on tensor
+    cores, where an fp32 product runs on CUDA cores (35.6 µs on an H100 at N = 1764); on CPU
+    (the tests) the same products, exact in fp32, with fp32 sums."""
+    if q.dtype != torch.float16:
+        return torch.bmm(q, log_q_t)
+    if q.is_cuda:
+        return torch.bmm(q, log_q_t, out_dtype=torch.float32)
+    return torch.bmm(q.float(), log_q_t.float())
+
+
+def _kl_terms_outputs(branches: Tensor, split: bool) -> Tuple[Tensor, Tensor, Tensor]:
     batch, tokens, queries = branches.shape[0], branches.shape[1] - 1, branches.shape[2]
     dtype = torch.promote_types(branches.dtype, torch.float32)
-    q, log_q = (padded_rows((batch, tokens, queries), dtype, branches.device) for _ in range(2))
+    if split:
+        width = 3 * aligned_row_length(queries, torch.float16)
+        q, log_q = (branches.new_empty((batch, tokens, width), dtype=torch.float16)
+                    for _ in range(2))
+    else:
+        q, log_q = (padded_rows((batch, tokens, queries), dtype, branches.device)
+                    for _ in range(2))
     return q, log_q, branches.new_empty((batch, tokens), dtype=dtype)
 
 
 @torch.library.custom_op('fsa_seg::kl_terms', mutates_args=())
-def _kl_terms_op(branches: Tensor, logit_scales: Sequence[float],
-                 eps: float) -> Tuple[Tensor, Tensor, Tensor]:
+def _kl_terms_op(branches: Tensor, logit_scales: Sequence[float], eps: float,
+                 split: bool) -> Tuple[Tensor, Tensor, Tensor]:
     branches = branches.contiguous()
-    q, log_q, self_terms = _kl_terms_outputs(branches)
+    q, log_q, self_terms = _kl_terms_outputs(branches, split)
     batch, tokens = self_terms.shape
     if q.numel() == 0:
         return q, log_q, self_terms
     from ._fsa_triton import kl_terms_rows
-    block = max(16, 1 << (branches.shape[-1] - 1).bit_length())
+    queries = branches.shape[-1]
+    block = max(16, 1 << (queries - 1).bit_length())
     # the interpreter's cost is per program: there as many tokens a program as a block holds
     entries = KL_TERMS_ENTRIES if q.is_cuda else MAX_BLOCK_ENTRIES
     rows = max(1, min(1 << (tokens - 1).bit_length(), entries // block))
     grid = (-(-tokens // rows), batch)
     with _launching_on(q.device):
         _kernel(kl_terms_rows, q.device)[grid](
-            branches, q, log_q, self_terms, tokens, branches.shape[-1], q.stride(1),
-            *map(_bits, (*logit_scales, eps)), ROWS=rows, BLOCK=block,
+            branches, q, log_q, self_terms, tokens, queries, q.stride(1),
+            aligned_row_length(queries, torch.float16),
+            *map(_bits, (*logit_scales, eps)), ROWS=rows, BLOCK=block, SPLIT=split,
             num_warps=_num_warps(block))
     return q, log_q, self_terms
 
 
 @_kl_terms_op.register_fake
-def _(branches, logit_scales, eps):
-    return _kl_terms_outputs(branches)
+def _(branches, logit_scales, eps, split):
+    return _kl_terms_outputs(branches, split)
 
 
 def fused_prune_and_sharpen(rows: Tensor, lamda: float, top_p: float, source: str,

@@ -121,7 +121,8 @@ COMPILE_FOR_H100 = textwrap.dedent('''
     PRUNE = ('rows_ptr', 'self_ptr', 'out_ptr', 'num_rows', 'size', 'out_stride', 'out_size',
              'lamda_bits', 'top_p_bits', 'SOURCE', 'KEY_BITS', 'ROWS', 'BLOCK', 'SPLIT_BITS')
     KL_TERMS = ('both_ptr', 'q_ptr', 'log_q_ptr', 'self_ptr', 'num_tokens', 'num_queries',
-                'q_stride', 'scale_attn_bits', 'scale_uniform_bits', 'eps_bits', 'ROWS', 'BLOCK')
+                'q_stride', 'segment', 'scale_attn_bits', 'scale_uniform_bits', 'eps_bits',
+                'ROWS', 'BLOCK', 'SPLIT')
     def compiled(fn, names, types, constexprs, num_warps):
         signature = dict(zip(names, types + ('constexpr',) * len(constexprs)))
         try:
@@ -139,10 +140,13 @@ COMPILE_FOR_H100 = textwrap.dedent('''
         kernels.append(compiled(prune_and_sharpen_rows, PRUNE, types,
                                 dict(SOURCE=source, KEY_BITS=bits, ROWS=1, BLOCK=block,
                                      SPLIT_BITS=split), fsa_kernel._num_warps(block)))
-    for both, work in (('fp16', 'fp32'), ('fp64', 'fp64')):
-        types = ('*' + both, '*' + work, '*' + work, '*' + work, 'i32', 'i32', 'i32', 'i64',
-                 'i64', 'i64')
-        kernels.append(compiled(kl_terms_rows, KL_TERMS, types, dict(ROWS=16, BLOCK=256), 4))
+    for both, halves, work, split in (('fp16', 'fp32', 'fp32', False),
+                                      ('fp16', 'fp16', 'fp32', True),
+                                      ('fp64', 'fp64', 'fp64', False)):
+        types = ('*' + both, '*' + halves, '*' + halves, '*' + work, 'i32', 'i32', 'i32', 'i32',
+                 'i64', 'i64', 'i64')
+        kernels.append(compiled(kl_terms_rows, KL_TERMS, types,
+                                dict(ROWS=16, BLOCK=256, SPLIT=split), 4))
     for kernel in kernels:
         if ptxas:
             with tempfile.NamedTemporaryFile('w', suffix='.ptx', delete=False) as ptx:
@@ -192,6 +196,33 @@ def test_kl_terms_of_half_precision_similarities_are_made_in_float32():
     torch.testing.assert_close(self_terms.double(), expected[2], rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match='at most 4096 queries, got 4097'):
         fsa_kernel.fused_kl_terms(torch.rand(1, 3, 4097), (20.0, 35.0), 1e-10)
+
+
+def test_kl_terms_in_fp16_halves_give_the_dot_products_of_q_and_log_q():
+    """``split``: q and log q as fp16 halves, [q_hi, q_hi, q_lo] and [l_hi, l_lo, l_hi], each
+    176 entries wide for Q = 171 (zeros beyond 171); the halves add up to q and log q, and
+    their product with fp32 sums (``kl_dot_products``) is q·log qᵀ within 2e-5 (fp32's own
+    product: about 5e-6), the self terms those of fp32."""
+    generator = torch.Generator().manual_seed(9)
+    branches = (torch.rand(2, 31, 171, generator=generator) * 2 - 1).half()
+    lhs, rhs, self_terms = fsa_kernel.fused_kl_terms(branches, (20.0, 35.0), 1e-10, split=True)
+    q, log_q, expected_self = kl_terms_reference(branches, (20.0, 35.0), 1e-10)
+    assert lhs.dtype == rhs.dtype == torch.float16 and lhs.shape == rhs.shape == (2, 30, 528)
+    q_parts, log_parts = lhs.double().split(176, -1), rhs.double().split(176, -1)
+    for part in q_parts + log_parts:
+        assert torch.equal(part[..., 171:], torch.zeros(2, 30, 5, dtype=torch.float64))
+    assert torch.equal(q_parts[0], q_parts[1]) and torch.equal(log_parts[0], log_parts[2])
+    # fp32's q and log q (the other test's bounds), less fp16 subnormal spacing (6e-8)
+    torch.testing.assert_close(q_parts[0][..., :171] + q_parts[2][..., :171], q, rtol=1e-5,
+                               atol=1e-7)
+    torch.testing.assert_close(log_parts[0][..., :171] + log_parts[1][..., :171], log_q,
+                               rtol=1e-5, atol=1e-5)
+    dots = fsa_kernel.kl_dot_products(lhs, rhs.transpose(-1, -2))
+    assert dots.dtype == torch.float32
+    torch.testing.assert_close(dots.double(), q @ log_q.transpose(-1, -2), rtol=0, atol=2e-5)
+    torch.testing.assert_close(self_terms.double(), expected_self, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match='fp16 halves of q and log q are for fp32 work'):
+        fsa_kernel.fused_kl_terms(branches.double(), (20.0, 35.0), 1e-10, split=True)
 
 
 def test_rows_of_dot_products_are_pruned_as_the_kl_they_give():
@@ -258,7 +289,7 @@ def test_the_kernel_compiles_for_an_h100_without_register_spills():
         pytest.skip(f"this Triton's ahead-of-time compile API differs ({result.stderr.strip()})")
     assert result.returncode == 0, result.stderr[-3000:]
     lines = result.stdout.splitlines()
-    assert len(lines) == 6
+    assert len(lines) == 7
     for line in lines:
         if line == 'no ptxas':
             continue

@@ -245,6 +245,29 @@ def test_an_attention_with_zero_padding_gives_the_reference_output(path, attenti
 
 
 @fused_runs_here
+@pytest.mark.parametrize('dtype, operands', [(torch.float16, ((1, 50, 48), torch.float16)),
+                                             (torch.bfloat16, ((1, 50, 48), torch.float16)),
+                                             (torch.float32, ((1, 50, 12), torch.float32))])
+def test_half_precision_models_take_the_kl_product_from_fp16_halves(monkeypatch, dtype,
+                                                                    operands):
+    """The fused path of an fp16 or bf16 model multiplies the fp16 halves of q and log q
+    (3 × 16 entries for Q = 12); fp32 work keeps its fp32 product. Either equals the reference
+    on the same inputs within the model's precision."""
+    seen = []
+    real = fsa_module.kl_dot_products
+    monkeypatch.setattr(fsa_module, 'kl_dot_products', lambda q, log_q_t: (
+        seen.append((tuple(q.shape), q.dtype)), real(q, log_q_t))[1])
+    attn, values, logits_fn = random_fsa_problem(1, 3, 50, 4, 12, 'shared', seed=12,
+                                                 dtype=torch.float32)
+    attn, values = attn.to(dtype), values.to(dtype)
+    out = run('fused', attn, values, logits_fn)
+    assert seen == [operands]
+    expected = reference(attn.double(), values.double(), logits_fn)
+    tolerance = {torch.float32: 1e-5, torch.float16: 2e-2, torch.bfloat16: 1e-1}[dtype]
+    assert (out.double() - expected).abs().max() < tolerance
+
+
+@fused_runs_here
 def test_with_a_head_that_records_grad_the_fused_path_applies_a_new_to_the_n_rows():
     """Values without grad (a padded operand) but a head with grad: the similarities record
     grad, so A_new is made by autograd, N wide, and meets the operand's first N rows."""

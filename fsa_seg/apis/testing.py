@@ -240,7 +240,7 @@ def evaluate(cfg: Config, out: Optional[str] = None, allow_partial: bool = False
         if has_random_weights(cfg):  # in the run's log, next to its numbers
             from .inference import RANDOM_WEIGHTS_WARNING
             print_log(RANDOM_WEIGHTS_WARNING, logger='current', level=logging.WARNING)
-        if cfg.model.get('cuda_graphs'):
+        if cfg.model.get('cuda_graphs') and torch.cuda.is_available():
             print_log(GRAPHS_NOTE, logger='current')
         dataset.pipeline = ExplainedPipeline(dataset.pipeline)
         metrics = runner.test()

@@ -110,8 +110,8 @@ class TrainingFreeSegmentor(BaseSegmentor):
                              'crops as CUDA graphs: leave cuda_graphs off')
         # a graph per crop-batch size (k, 3, crop) for k ≤ crop_batch_size: batches of several
         # images end in batches of any size, and a graph keeps little (its grid logits)
-        self.crop_graphs = CropGraphs(capacity=max(CropGraphs.DEFAULT_CAPACITY, crop_batch_size)
-                                      ) if cuda_graphs else None
+        capacity = max(CropGraphs.DEFAULT_CAPACITY, crop_batch_size)
+        self.crop_graphs = CropGraphs(capacity) if cuda_graphs else None
         self.set_vocabulary(vocabulary, templates)
 
     def build_component(self, key: str, cfg: dict) -> nn.Module:

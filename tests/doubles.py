@@ -1,7 +1,10 @@
 """Test doubles shared by tests, imported by name (tests/conftest.py puts tests/ on sys.path and
 registers the plug-ins for a test through its ``pass_through_plugins`` fixture), the timm
-keyword arguments of the tiny random VFMs the tests build, a CUDA-graph capture for CPU, and a
-recorder of the messages a module logs."""
+keyword arguments of the tiny random VFMs the tests build, a CUDA-graph capture for CPU, a
+recorder of the messages a module logs and one of the matrix products called."""
+import torch
+from torch.overrides import TorchFunctionMode
+
 from fsa_seg.models.plugins import AttentionPlugin
 
 TINY_VFM = dict(embed_dim=32, depth=2, num_heads=2)
@@ -56,3 +59,20 @@ def record_logs(monkeypatch, module) -> list:
     messages = []
     monkeypatch.setattr(module, 'print_log', lambda message, **kwargs: messages.append(message))
     return messages
+
+
+class RecordedProducts(TorchFunctionMode):
+    """The operand shapes of every matrix product (``matmul``, ``@``, ``bmm``, ``baddbmm``)
+    called meanwhile, in order."""
+    PRODUCTS = (torch.matmul, torch.bmm, torch.baddbmm, torch.Tensor.matmul,
+                torch.Tensor.__matmul__)
+
+    def __init__(self):
+        super().__init__()
+        self.shapes = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if func in self.PRODUCTS:
+            operands = args[1:3] if func is torch.baddbmm else args[:2]
+            self.shapes.append(tuple(tuple(operand.shape) for operand in operands))
+        return func(*args, **(kwargs or {}))

@@ -11,13 +11,13 @@ import torch
 import torch.nn.functional as F
 from cuda_checks import HostDeviceCopies, host_syncs_raise, needs_cuda
 from torch._subclasses.fake_tensor import FakeTensorMode
-from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import fsa_seg.models.plugins.fsa as fsa_module
 from fsa_seg.models.plugins import FSA
 from fsa_seg.models.plugins.fsa_reference import official_fsa, official_prune_and_sharpen
 
+from doubles import RecordedProducts
 from references import linear_logits_fn, random_fsa_problem
 
 fused_runs_here = pytest.mark.skipif(
@@ -194,21 +194,6 @@ def test_the_fused_product_runs_over_the_aligned_length_and_equals_the_narrow_on
     tolerance = 1e-5 if dtype == torch.float32 else 2e-2
     assert (out.double() - expected).abs().max() < tolerance
     assert (out.double() - narrow.double()).abs().max() < tolerance
-
-
-class RecordedProducts(TorchFunctionMode):
-    """The operand shapes of every matrix product called meanwhile."""
-
-    def __init__(self):
-        super().__init__()
-        self.shapes = []
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        if func in (torch.baddbmm, torch.matmul, torch.bmm, torch.Tensor.__matmul__,
-                    torch.Tensor.matmul):
-            operands = args[1:3] if func is torch.baddbmm else args[:2]
-            self.shapes.append(tuple(tuple(operand.shape) for operand in operands))
-        return func(*args, **(kwargs or {}))
 
 
 def with_zero_padding(attn, width):

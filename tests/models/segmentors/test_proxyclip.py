@@ -6,12 +6,11 @@ from cuda_checks import host_syncs_raise, needs_cuda
 from mmseg.registry import MODELS
 from torch import nn
 from torch._subclasses.fake_tensor import FakeTensorMode
-from torch.overrides import TorchFunctionMode
 
 from fsa_seg.models.segmentors import base, proxy_attention, proxyclip
 from fsa_seg.models.segmentors.proxyclip import attend_over_padding
 
-from doubles import TINY_SAM, TINY_VFM, record_logs
+from doubles import TINY_SAM, TINY_VFM, RecordedProducts, record_logs
 
 
 class FixedVFM(nn.Module):
@@ -101,21 +100,6 @@ def test_aligned_rows_give_the_same_attention(grid):
         on_cuda = proxy_attention(torch.empty(1, 64, 42, 42, dtype=torch.float16,
                                               device='cuda'), 1.2, 3.0)
     assert on_cuda.shape == (1, 1, 1764, 1764) and on_cuda.stride(-2) == 1768
-
-
-class RecordedProducts(TorchFunctionMode):
-    """The operand shapes of every matrix product called meanwhile."""
-
-    def __init__(self):
-        super().__init__()
-        self.shapes = []
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        if func in (torch.matmul, torch.bmm, torch.baddbmm, torch.Tensor.matmul,
-                    torch.Tensor.__matmul__):
-            operands = args[1:3] if func is torch.baddbmm else args[:2]
-            self.shapes.append(tuple(tuple(operand.shape) for operand in operands))
-        return func(*args, **(kwargs or {}))
 
 
 @pytest.mark.parametrize('grid, dtype, width', [((3, 3), torch.float64, 10),

@@ -34,6 +34,16 @@ def padded_rows(shape: Sequence[int], dtype: torch.dtype, device: torch.device) 
     return wide[..., :size]
 
 
+def zero_padded(like: Tensor, shape: Sequence[int], size: int) -> Tensor:
+    """An uninitialised tensor like ``like`` of ``shape`` whose rows (dimension 1) from ``size``
+    on are zeros: an operand, or the output, of a product over the aligned length, whose rows
+    beyond N meet a padding of zeros."""
+    out = like.new_empty(shape)
+    if shape[1] > size:
+        out[:, size:].zero_()
+    return out
+
+
 def with_padding(rows: Tensor) -> Tensor:
     """``rows`` (…, n) made by :func:`padded_rows`, seen with their padding: (…, row stride)."""
     if rows.dim() < 2 or rows.stride(-1) != 1:

@@ -52,7 +52,7 @@ import torch.nn.functional as F
 from mmseg.registry import MODELS
 from torch import Tensor
 
-from ..layout import aligned_row_length, with_padding
+from ..layout import aligned_row_length, with_padding, zero_padded
 from .base import AttentionPlugin, LogitsFn, attend, merge_heads, split_heads
 from .fsa_kernel import (
     MAX_FUSED_QUERIES,
@@ -166,9 +166,8 @@ class FSA(AttentionPlugin):
             return torch.stack([values.transpose(1, 2), (attended + values).transpose(1, 2)],
                                dim=2).flatten(2)
         batch, heads, num_tokens, head_dim = values.shape
-        operand = values.new_empty((batch, aligned_row_length(num_tokens, values.dtype), 2,
-                                    heads, head_dim))
-        operand[:, num_tokens:].zero_()
+        operand = zero_padded(values, (batch, aligned_row_length(num_tokens, values.dtype), 2,
+                                       heads, head_dim), num_tokens)
         operand[:, :num_tokens, 0] = values.transpose(1, 2)
         torch.add(attended.transpose(1, 2), values.transpose(1, 2),
                   out=operand[:, :num_tokens, 1])
@@ -367,9 +366,7 @@ def _blockwise_product(new_rows: Callable[[slice], Tensor], operand: Tensor, num
     time by ``new_rows``; an operand of more rows than N (zeros) meets A_new's padding (zeros,
     the fused path's)."""
     batch, padded, channels = operand.shape
-    out = operand.new_empty((batch, out_rows, channels))
-    if out_rows > num_tokens:
-        out[:, num_tokens:].zero_()
+    out = zero_padded(operand, (batch, out_rows, channels), num_tokens)
     for rows in _row_blocks(batch, num_tokens, path):
         block = new_rows(rows)
         torch.matmul(block if padded == num_tokens else with_padding(block), operand,

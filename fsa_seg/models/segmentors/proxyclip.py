@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from mmseg.registry import MODELS
 from torch import Tensor
 
-from ..layout import aligned_row_length, with_padding
+from ..layout import aligned_row_length, with_padding, zero_padded
 from ..plugins.base import attend, merge_heads, split_heads
 from .base import TrainingFreeSegmentor, upsample_bilinear
 
@@ -46,8 +46,7 @@ def attend_over_padding(attn: Tensor, values: Tensor) -> Tensor:
     width = attn.stride(-2)
     if width == num_tokens or attn.shape[1] != 1:
         return attend(attn, values)
-    merged = values.new_empty((batch, width, heads * head_dim))
-    merged[:, num_tokens:].zero_()
+    merged = zero_padded(values, (batch, width, heads * head_dim), num_tokens)
     merged[:, :num_tokens] = merge_heads(values)
     return split_heads(torch.matmul(with_padding(attn[:, 0]), merged), heads)
 

@@ -1,11 +1,14 @@
 """FSA's fused pruning kernel alone, launched as FSA launches it and with other launch settings
 (rows per program, warps per program, parts the top-p cut's interval is cut into a step):
 time per call of each, side by side in one run, and how
-far each one's rows of A_new are from FSA's launch. For tuning on a GPU; measurements, no verdicts.
+far each one's rows of A_new are from FSA's launch. Beside it, the product q·log qᵀ that makes
+those rows, as an fp32 model makes it (fp32) and as a half-precision one does (one fp16 product
+of q's and log q's fp16 halves with fp32 sums), each timed and compared with the float64
+product of the same fp32 q and log q. For tuning on a GPU; measurements, no verdicts.
 
 The rows are those FSA's fused path gives the kernel at ProxyCLIP's sizes: the dot products
-q_i·log(q_j + ε) and the self terms Σ q_i·log(q_i + ε) (FSA's own KL terms of random isolated
-logits, Q queries), λ and top-p from the ProxyCLIP config, A_new written in fp16
+q_i·log(q_j + ε) and the self terms Σ q_i·log(q_i + ε) (FSA's own KL terms of random cosine
+similarities, Q queries), λ and top-p from the ProxyCLIP config, A_new written in fp16
 (the model's dtype in an fp16 run). On CPU the kernel runs in Triton's interpreter: a check of
 this code, not a measurement.
 """
@@ -19,7 +22,13 @@ import torch
 
 from ..models.layout import padded_rows
 from ..models.plugins.fsa import FSA
-from ..models.plugins.fsa_kernel import PruningLaunch, fused_prune_and_sharpen, run_kernel
+from ..models.plugins.fsa_kernel import (
+    PruningLaunch,
+    fused_kl_terms,
+    fused_prune_and_sharpen,
+    kl_dot_products,
+    run_kernel,
+)
 from .benchmark import (
     DTYPES,
     environment,
@@ -37,19 +46,38 @@ LAUNCHES = tuple(PruningLaunch(*launch) for launch in (
     (1, 4, 2), (1, 8, 2), (1, 16, 2), (2, 8, 2), (1, 8, 4), (1, 16, 4), (1, 8, 8), (1, 16, 8)))
 
 
-def isolated_logits(n: int, q: int, seed: int = 0) -> torch.Tensor:
-    """(1, n, q) fp32 isolated logits of cosine scale: 20 · U(-1, 1) − 35 · U(-1, 1)."""
+def branch_similarities(n: int, q: int, seed: int = 0) -> torch.Tensor:
+    """(1, n + 1, q) fp32 cosine similarities U(-1, 1) of n attention-branch tokens and, last,
+    of the uniform branch's token, as FSA's fused path hands them to its KL terms."""
     generator = torch.Generator().manual_seed(seed)
-    return (20 * (2 * torch.rand(1, n, q, generator=generator) - 1)
-            - 35 * (2 * torch.rand(1, 1, q, generator=generator) - 1))
+    return 2 * torch.rand(1, n + 1, q, generator=generator) - 1
 
 
-def kernel_rows(isolated: torch.Tensor, fsa: FSA) -> Tuple[torch.Tensor, torch.Tensor]:
-    """What the pruning kernel reads for the n patches of ``isolated`` (1, n, q): the dot
+def kernel_rows(branches: torch.Tensor, fsa: FSA) -> Tuple[torch.Tensor, torch.Tensor]:
+    """What the pruning kernel reads for the n patches of ``branches`` (1, n + 1, q): the dot
     products q_i·log(q_j + ε) (n, n) and the self terms (n,), the KL divergences being
     self_i − dots_ij (FSA's KL terms and one matrix product)."""
-    q_dist, log_q, self_term = fsa._kl_terms(isolated)
+    q_dist, log_q, self_term = fsa._kl_terms(fsa._isolation(branches))
     return (q_dist @ log_q.transpose(-1, -2))[0], self_term[0, :, 0]
+
+
+def kl_products(branches: torch.Tensor, fsa: FSA, repeat: int) -> dict:
+    """q·log(q + ε)ᵀ of ``branches`` (1, n + 1, q) from the fused KL terms, as an fp32 model
+    makes it and from the fp16 halves (a half-precision model): median seconds of the product
+    and its largest difference from the float64 product of the same fp32 q and log q (the
+    product's own error, which the halves at most double)."""
+    products = {}
+    for name, split in (('fp32', False), ('fp16_halves', True)):
+        q_dist, log_q, _ = fused_kl_terms(branches, fsa.logit_scales, fsa.eps, split)
+        log_q_t = log_q.transpose(-1, -2)
+        if not split:
+            exact = q_dist.double() @ log_q_t.double()
+        seconds = _median_seconds(lambda: kl_dot_products(q_dist, log_q_t), repeat,
+                                  branches.device)
+        error = (kl_dot_products(q_dist, log_q_t).double() - exact).abs().max().item()
+        products[name] = dict(median_s=seconds, max_abs_diff_fp64=error,
+                              contracted=q_dist.shape[-1])
+    return products
 
 
 def _median_seconds(function, repeat: int, device: torch.device) -> float:
@@ -86,13 +114,15 @@ def run_kernel_benchmark(n_values: Sequence[int] = (1764, 4096), q: int = 171,
                          out_dtype: str = 'fp16', repeat: int = 20,
                          settings: Optional[dict] = None) -> dict:
     """FSA's launch and each of ``launches`` on the rows of each N: median seconds per call, and
-    the largest difference of their rows from FSA's launch and how many rows differ."""
+    the largest difference of their rows from FSA's launch and how many rows differ; and the KL
+    product of those rows two ways (:func:`kl_products`)."""
     device = torch.device(device)
     fsa = fsa_from_config((settings or fsa_settings())['plugin'])
     dtype = DTYPES[out_dtype]
     runs = []
     for n in n_values:
-        rows, self_terms = kernel_rows(isolated_logits(n, q).to(device), fsa)
+        branches = branch_similarities(n, q).to(device)
+        rows, self_terms = kernel_rows(branches, fsa)
 
         def fsa_launch():
             return fused_prune_and_sharpen(rows, fsa.lamda, fsa.top_p, 'dots', dtype,
@@ -111,7 +141,8 @@ def run_kernel_benchmark(n_values: Sequence[int] = (1764, 4096), q: int = 171,
                                 rows_differing=int((difference.amax(dim=-1) > 0).sum()),
                                 rows_selecting_differently=int(
                                     ((out == 0) != (reference == 0)).any(dim=-1).sum())))
-        runs.append(dict(n=n, fsa_launch_s=fsa_s, launches=results))
+        runs.append(dict(n=n, fsa_launch_s=fsa_s, launches=results,
+                         kl_products=kl_products(branches, fsa, repeat)))
     return dict(q=q, out_dtype=out_dtype, repeat=repeat, lamda=fsa.lamda, top_p=fsa.top_p,
                 env=environment(device), runs=runs)
 
@@ -132,7 +163,19 @@ def kernel_report(result: dict) -> str:
                   f"{'rows/program':>13}{'warps':>7}{'parts':>7}{'ms':>10}{'FSA / this':>12}"
                   f"{'max|diff|':>11}{'rows differing':>16}{'rows keeping others':>21}"]
         lines += [_launch_row(run['fsa_launch_s'], launch) for launch in run['launches']]
+        if 'kl_products' in run:
+            lines.append(_kl_products_line(run['kl_products']))
     return '\n'.join(lines)
+
+
+def _kl_products_line(products: dict) -> str:
+    fp32, halves = products['fp32'], products['fp16_halves']
+    return (f"q·log qᵀ: fp32 (contracted over {fp32['contracted']}) "
+            f"{fp32['median_s'] * 1e3:.4f} ms, max|diff| from fp64 "
+            f"{fp32['max_abs_diff_fp64']:.1e}; fp16 halves (over {halves['contracted']}, "
+            f"a half-precision model's) {halves['median_s'] * 1e3:.4f} ms, "
+            f"{halves['max_abs_diff_fp64']:.1e}; fp32 / halves "
+            f"{short_ratio(ratio(fp32['median_s'], halves['median_s']))}")
 
 
 def _launch_row(fsa_s: float, launch: dict) -> str:

@@ -21,11 +21,13 @@ interpreted = pytest.mark.skipif(
 
 
 def test_the_rows_give_the_kl_divergences_of_the_query_distributions():
-    """KL(q_i ‖ q_j) = Σ_c q_ic (log(q_ic + ε) − log(q_jc + ε)), from the definition in float64."""
-    isolated = kernel_benchmark.isolated_logits(12, 5, seed=3).double()
-    dots, self_terms = kernel_benchmark.kernel_rows(isolated, FSA())
+    """KL(q_i ‖ q_j) = Σ_c q_ic (log(q_ic + ε) − log(q_jc + ε)), from the definition in float64,
+    q = softmax(20·P − 35·P_u) of the branches' similarities (P_u last)."""
+    branches = kernel_benchmark.branch_similarities(12, 5, seed=3).double()
+    assert branches.shape == (1, 13, 5) and branches.abs().max() <= 1
+    dots, self_terms = kernel_benchmark.kernel_rows(branches, FSA())
     rows = self_terms[:, None] - dots
-    q = isolated[0].softmax(dim=-1)
+    q = (20 * branches[0, :12] - 35 * branches[0, 12:]).softmax(dim=-1)
     log_q = torch.log(q + 1e-10)
     expected = (q[:, None, :] * (log_q[:, None, :] - log_q[None, :, :])).sum(-1)
     torch.testing.assert_close(rows, expected, rtol=0, atol=1e-12)
@@ -47,9 +49,18 @@ def test_every_launch_writes_fsas_rows_and_the_report_gives_the_ratios():
     for launch in run['launches']:  # the interpreter sums each row alike, whatever the launch
         assert launch['max_abs_diff'] == 0.0 and launch['rows_differing'] == 0
         assert launch['rows_selecting_differently'] == 0
+    # q·log qᵀ over Q = 5 (fp32) and over 3 fp16 segments of 8, near the fp64 product
+    products = run['kl_products']
+    assert (products['fp32']['contracted'], products['fp16_halves']['contracted']) == (5, 24)
+    assert products['fp32']['max_abs_diff_fp64'] < 5e-6
+    assert products['fp16_halves']['max_abs_diff_fp64'] < 2e-5
     run['fsa_launch_s'] = 0.003
     run['launches'][0]['median_s'] = 0.002
+    products['fp32']['median_s'], products['fp16_halves']['median_s'] = 4e-5, 1e-5
     lines = kernel_benchmark.kernel_report(result).splitlines()
+    assert re.search(r'^q·log qᵀ: fp32 \(contracted over 5\) 0\.0400 ms, .*; fp16 halves '
+                     r'\(over 24, .*\) 0\.0100 ms, .*; fp32 / halves 4\.00x$', '\n'.join(lines),
+                     re.M)
     assert "N=16: FSA's launch 3.0000 ms" in lines
     assert re.search(r'^\s+4\s+2\s+2\s+2\.0000\s+1\.50x\s+0\.0e\+00\s+0\s+0$', '\n'.join(lines),
                      re.M)

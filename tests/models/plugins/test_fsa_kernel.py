@@ -38,6 +38,20 @@ def rows_of(kind, generator, dtype=torch.float64):
     return x
 
 
+def assert_official_rows(out, official, sim, lamda):
+    """``out`` keeps the entries ``official`` keeps, each within the rounding of two softmaxes
+    whose exps differ: the interpreter takes numpy's exp, the official code torch's, and they
+    part by a few ulps where numpy's exp is the AVX-512 one (rows 1.1e-13 apart, relatively,
+    on an AMD EPYC; equal to 1e-15 on the earlier AVX2 machines). An exp k ulps off moves
+    s = sim·exp(λ·sim) by k·ε·|s|, and a softmax moves each output by at most twice its inputs'
+    largest move, relatively: 8·ε·max|s| (k = 4), plus ε-sized roundings of its own."""
+    assert torch.equal(out > 0, official > 0)
+    float64 = torch.finfo(torch.float64)
+    largest = (sim * torch.exp(lamda * sim)).abs().amax(dim=-1, keepdim=True)
+    bound = 8 * float64.eps * (largest + 1) * official.abs() + float64.tiny   # tiny: subnormals
+    assert ((out.double() - official).abs() <= bound).all()
+
+
 @pytest.mark.parametrize('kind', ['positive', 'signed', 'ties'])
 @pytest.mark.parametrize('lamda, top_p', [(3.0, 0.45), (2.3, 0.3), (4.5, 0.8), (3.0, 0.0),
                                           (3.0, 5.0)])
@@ -45,8 +59,7 @@ def test_rows_equal_the_official_selection_in_cuda_tie_order(kind, lamda, top_p)
     sim = rows_of(kind, torch.Generator().manual_seed(1))
     out = fused_prune_and_sharpen(sim, lamda, top_p, 'similarity', torch.float64)
     official = official_prune_and_sharpen(sim, lamda, top_p, stable=True)
-    assert torch.equal(out > 0, official > 0)
-    assert (out - official).abs().max() < 1e-15
+    assert_official_rows(out, official, sim, lamda)
     if top_p == 0.0:
         assert torch.equal((out > 0).sum(-1), torch.ones(3, 40, dtype=torch.long))
 
@@ -78,9 +91,10 @@ def test_kl_rows_become_similarities_in_the_kernel_and_any_leading_shape_is_kept
     generator = torch.Generator().manual_seed(2)
     kl = torch.rand(2, 3, 17, 50, generator=generator, dtype=torch.float64) * 3 - 0.5
     out = fused_prune_and_sharpen(kl, 3.0, 0.45, 'kl', torch.float64)
-    official = official_prune_and_sharpen(1 / (1 + kl.clamp(min=0)), 3.0, 0.45, stable=True)
-    assert out.shape == kl.shape and torch.equal(out > 0, official > 0)
-    assert (out - official).abs().max() < 1e-15
+    sim = 1 / (1 + kl.clamp(min=0))
+    official = official_prune_and_sharpen(sim, 3.0, 0.45, stable=True)
+    assert out.shape == kl.shape
+    assert_official_rows(out, official, sim, 3.0)
 
 
 def test_more_rows_than_one_interpreted_block_holds():
@@ -89,7 +103,7 @@ def test_more_rows_than_one_interpreted_block_holds():
     sim = torch.rand(600, 1100, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
     out = fused_prune_and_sharpen(sim, 3.0, 0.45, 'similarity', torch.float64)
     official = official_prune_and_sharpen(sim, 3.0, 0.45, stable=True)
-    assert torch.equal(out > 0, official > 0) and (out - official).abs().max() < 1e-15
+    assert_official_rows(out, official, sim, 3.0)
 
 
 def test_fp32_rows_written_in_half_precision():
@@ -233,8 +247,9 @@ def test_rows_of_dot_products_are_pruned_as_the_kl_they_give():
     dots = q @ log_q.transpose(-1, -2)
     out = fused_prune_and_sharpen(dots, 3.0, 0.45, 'dots', torch.float64, self_terms=self_terms)
     kl = self_terms[..., None] - dots
-    official = official_prune_and_sharpen(1 / (1 + kl.clamp(min=0)), 3.0, 0.45, stable=True)
-    assert torch.equal(out > 0, official > 0) and (out - official).abs().max() < 1e-15
+    sim = 1 / (1 + kl.clamp(min=0))
+    official = official_prune_and_sharpen(sim, 3.0, 0.45, stable=True)
+    assert_official_rows(out, official, sim, 3.0)
     with pytest.raises(ValueError, match="self_terms exactly for 'dots'"):
         fused_prune_and_sharpen(dots, 3.0, 0.45, 'kl', torch.float64, self_terms=self_terms)
     with pytest.raises(ValueError, match="self_terms exactly for 'dots'"):
@@ -265,8 +280,12 @@ def test_the_padding_of_a_new_rows_holds_zeros(dtype, size, stride):
     assert wide.shape == (2, 3, stride) and torch.equal(wide[..., :size], out)
     assert torch.equal(wide[..., size:], torch.zeros(2, 3, stride - size, dtype=dtype))
     official = official_prune_and_sharpen(sim.double(), 3.0, 0.45, stable=True)
-    tolerance = {torch.float64: 1e-15, torch.float32: 1e-5, torch.float16: 1e-3}[dtype]
-    assert torch.equal(out > 0, official > 0) and (out.double() - official).abs().max() < tolerance
+    if dtype == torch.float64:
+        assert_official_rows(out, official, sim, 3.0)
+    else:
+        tolerance = {torch.float32: 1e-5, torch.float16: 1e-3}[dtype]
+        assert torch.equal(out > 0, official > 0)
+        assert (out.double() - official).abs().max() < tolerance
 
 
 def test_with_padding_takes_rows_of_padded_rows_only():

@@ -116,7 +116,10 @@ def test_contract_whole_image_inference(fx):
     out = predict(model, x)
     s = whole['subsample']
     expected = expected_probabilities(whole['seg_logits_sub'], fx)
-    assert (out.seg_logits.data[:, ::s, ::s] - expected).abs().max() < 1e-10
+    # 2.0e-10 on an AMD EPYC (AVX-512), whatever ATen's, MKL's, OpenBLAS's or numpy's
+    # instruction set is pinned to, against a fixture made on an AVX2 machine, where it was
+    # within 1e-10: the float64 roundings of another CPU, amplified on the way
+    assert (out.seg_logits.data[:, ::s, ::s] - expected).abs().max() < 1e-9
     assert torch.equal(out.pred_sem_seg.data[0].to(torch.uint8), whole['pred'])
 
 

@@ -69,15 +69,19 @@ def test_inference_reproduces_the_official_runs(fx, settings, prefix):
     s = fx['subsample']
     with torch.no_grad():
         logits = model.inference_logits(model_input(fx)[0])
+    # the whole image on an AMD EPYC (AVX-512): logits 3.1e-12 and probabilities 1.9e-11 from
+    # the official run's, made on an AVX2 machine, where both were within 1e-12: the float64
+    # roundings of another CPU, amplified on the way (the slide run stays within 1e-12)
+    logits_tolerance, probs_tolerance = (1e-12, 1e-12) if prefix == 'slide' else (1e-11, 1e-10)
     if prefix == 'slide':
-        assert (logits[:, ::s, ::s] - fx['slide_logits_sub']).abs().max() < 1e-12
+        assert (logits[:, ::s, ::s] - fx['slide_logits_sub']).abs().max() < logits_tolerance
     else:   # the whole 72×100 image: a 9×12 grid (4 pixels past the last patch), upsampled
         expected = F.interpolate(fx['whole']['logits'][None], size=logits.shape[-2:],
                                  mode='bilinear', align_corners=False)[0]
-        assert (logits - expected).abs().max() < 1e-12
+        assert (logits - expected).abs().max() < logits_tolerance
     out = predict(model, fx)
     expected = expected_probabilities(fx[f'{prefix}.final_logits_sub'], fx)
-    assert (out.seg_logits.data[:, ::2 * s, ::2 * s] - expected).abs().max() < 1e-12
+    assert (out.seg_logits.data[:, ::2 * s, ::2 * s] - expected).abs().max() < probs_tolerance
     assert torch.equal(out.pred_sem_seg.data[0].to(torch.uint8), fx[f'{prefix}.pred'])
 
 
@@ -153,7 +157,10 @@ def test_a_crop_alone_equals_it_in_the_batch(fx, crops):
     with torch.no_grad():
         for index in (0, 7):   # crop 0 holds the fixture's tied patch mode (labels 0, 3)
             alone = model.cosine_logits(model.encode_crops(crop_of(fx, index)))
-            assert torch.equal(alone[0], crops['logits'][index])
+            # equal on an AVX2 machine; 9e-16 apart on an AMD EPYC (AVX-512), whose float64
+            # kernels round a batch of one crop otherwise than one of eight (the crops' logits
+            # differ from each other by 0.04 and more)
+            assert (alone[0] - crops['logits'][index]).abs().max() < 1e-14
 
 
 # ------------------------------------------------------------------ SFR pieces by hand

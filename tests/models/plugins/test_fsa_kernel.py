@@ -13,6 +13,7 @@ import textwrap
 import pytest
 import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import fsa_seg.models.plugins.fsa_kernel as fsa_kernel
 from fsa_seg.models.layout import padded_rows, with_padding, zero_padded
@@ -254,6 +255,52 @@ def test_rows_of_dot_products_are_pruned_as_the_kl_they_give():
         fused_prune_and_sharpen(dots, 3.0, 0.45, 'kl', torch.float64, self_terms=self_terms)
     with pytest.raises(ValueError, match="self_terms exactly for 'dots'"):
         fused_prune_and_sharpen(dots, 3.0, 0.45, 'dots', torch.float64)
+
+
+class OpNames(TorchDispatchMode):
+    """The names of the operators dispatched while it is active."""
+
+    def __init__(self):
+        super().__init__()
+        self.names = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.names.append(str(func.overloadpacket))
+        return func(*args, **(kwargs or {}))
+
+
+def test_a_plain_eager_call_runs_the_kernels_without_the_dispatcher(monkeypatch):
+    """Plain tensors outside autograd, compilation and dispatch modes call the implementations
+    directly; fake tensors (any dispatch mode), autograd and compilation call the custom ops,
+    which give the same rows."""
+    direct = []
+    for name in ('_kl_terms', '_prune_and_sharpen'):
+        implementation = getattr(fsa_kernel, name)
+        monkeypatch.setattr(fsa_kernel, name, lambda *args, _name=name, _f=implementation:
+                            direct.append(_name) or _f(*args))
+
+    def fsa_rows(branches):
+        q, log_q, self_terms = fsa_kernel.fused_kl_terms(branches, (20.0, 35.0), 1e-10)
+        dots = fsa_kernel.kl_dot_products(q, log_q.transpose(-1, -2))
+        return fused_prune_and_sharpen(dots, 3.0, 0.45, 'dots', torch.float32,
+                                       self_terms=self_terms)
+
+    branches = torch.rand(1, 21, 7, generator=torch.Generator().manual_seed(4)) * 2 - 1
+    plain = fsa_rows(branches)
+    assert direct == ['_kl_terms', '_prune_and_sharpen']
+    with OpNames() as ops:
+        assert torch.equal(fsa_rows(branches), plain)
+    assert direct == ['_kl_terms', '_prune_and_sharpen']                   # no more
+    assert [name for name in ops.names if name.startswith('fsa_seg.')] == [
+        'fsa_seg.kl_terms', 'fsa_seg.prune_and_sharpen']
+    with torch.enable_grad():
+        fsa_rows(branches.requires_grad_())
+        assert len(direct) == 2
+        with torch.no_grad():
+            fsa_rows(branches)
+        assert len(direct) == 4
+    monkeypatch.setattr(torch.compiler, 'is_compiling', lambda: True)
+    assert torch.equal(fsa_rows(branches.detach()), plain) and len(direct) == 4
 
 
 @pytest.mark.parametrize('dtype, stride', [(torch.float16, 1768), (torch.float32, 1764),

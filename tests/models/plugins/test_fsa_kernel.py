@@ -43,7 +43,7 @@ def assert_official_rows(out, official, sim, lamda):
     """``out`` keeps the entries ``official`` keeps, each within the rounding of two softmaxes
     whose exps differ: the interpreter takes numpy's exp, the official code torch's, and they
     part by a few ulps where numpy's exp is the AVX-512 one (rows 1.1e-13 apart, relatively,
-    on an AMD EPYC; equal to 1e-15 on the earlier AVX2 machines). An exp k ulps off moves
+    on an AMD EPYC; within 1e-15 on the earlier AVX2 machines). An exp k ulps off moves
     s = sim·exp(λ·sim) by k·ε·|s|, and a softmax moves each output by at most twice its inputs'
     largest move, relatively: 8·ε·max|s| (k = 4), plus ε-sized roundings of its own."""
     assert torch.equal(out > 0, official > 0)

@@ -69,10 +69,10 @@ def test_inference_reproduces_the_official_runs(fx, settings, prefix):
     s = fx['subsample']
     with torch.no_grad():
         logits = model.inference_logits(model_input(fx)[0])
-    # the whole image's float32 steps (Ω, the SFR pass) are rounded by this CPU's kernels:
-    # logits 3.1e-12 and probabilities 1.9e-11 from the official run's on an AMD EPYC with
-    # AVX-512, 1.2e-10 and 5.3e-10 with ATen's scalar kernels (ATEN_CPU_CAPABILITY=default),
-    # within 1e-12 on the AVX2 machine that made the fixture; the slide run stays within 1e-14
+    # the whole image's run moves with the CPU's roundings: logits 3.1e-12 and probabilities
+    # 1.9e-11 from the official run's on an AMD EPYC with AVX-512, 1.2e-10 and 5.3e-10 with
+    # ATen's scalar kernels (ATEN_CPU_CAPABILITY=default), within 1e-12 on the AVX2 machine
+    # that made the fixture; the slide run stays within 1e-14
     logits_tolerance, probs_tolerance = (1e-12, 1e-12) if prefix == 'slide' else (1e-9, 5e-9)
     if prefix == 'slide':
         assert (logits[:, ::s, ::s] - fx['slide_logits_sub']).abs().max() < logits_tolerance

@@ -1,9 +1,11 @@
 """Test doubles shared by tests, imported by name (tests/conftest.py puts tests/ on sys.path and
 registers the plug-ins for a test through its ``pass_through_plugins`` fixture), the timm
 keyword arguments of the tiny random VFMs the tests build, a CUDA-graph capture for CPU, a
-recorder of the messages a module logs and one of the matrix products called."""
+recorder of the messages a module logs, one of the matrix products called and one of the
+operators dispatched."""
 import torch
 from torch.overrides import TorchFunctionMode
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from fsa_seg.models.plugins import AttentionPlugin
 
@@ -75,4 +77,21 @@ class RecordedProducts(TorchFunctionMode):
         if func in self.PRODUCTS:
             operands = args[1:3] if func is torch.baddbmm else args[:2]
             self.shapes.append(tuple(tuple(operand.shape) for operand in operands))
+        return func(*args, **(kwargs or {}))
+
+
+class Kernels(TorchDispatchMode):
+    """The operators that launch kernels (views, allocations and queries left out)."""
+    NOT_KERNELS = ('view', 'transpose', 'expand', 'alias', 'slice', 'select', 'unflatten',
+                   '_unsafe_view', 't', 'new_empty', 'empty', 'empty_strided', 'detach',
+                   'promote_types', 'device', 'as_strided')
+
+    def __init__(self):
+        super().__init__()
+        self.names = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        name = func.__name__.split('.')[0]
+        if name not in self.NOT_KERNELS:
+            self.names.append(f'{func.namespace}.{name}' if func.namespace != 'aten' else name)
         return func(*args, **(kwargs or {}))

@@ -66,12 +66,13 @@ def kl_products(branches: torch.Tensor, fsa: FSA, repeat: int) -> dict:
     makes it and from the fp16 halves (a half-precision model): median seconds of the product
     and its largest difference from the float64 product of the same fp32 q and log q (the
     product's own error, which the halves at most double)."""
+    operands = {name: fused_kl_terms(branches, fsa.logit_scales, fsa.eps, split)[:2]
+                for name, split in (('fp32', False), ('fp16_halves', True))}
+    q_dist, log_q = operands['fp32']
+    exact = q_dist.double() @ log_q.double().transpose(-1, -2)
     products = {}
-    for name, split in (('fp32', False), ('fp16_halves', True)):
-        q_dist, log_q, _ = fused_kl_terms(branches, fsa.logit_scales, fsa.eps, split)
+    for name, (q_dist, log_q) in operands.items():
         log_q_t = log_q.transpose(-1, -2)
-        if not split:
-            exact = q_dist.double() @ log_q_t.double()
         seconds = _median_seconds(lambda: kl_dot_products(q_dist, log_q_t), repeat,
                                   branches.device)
         error = (kl_dot_products(q_dist, log_q_t).double() - exact).abs().max().item()

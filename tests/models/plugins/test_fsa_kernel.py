@@ -13,12 +13,13 @@ import textwrap
 import pytest
 import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
-from torch.utils._python_dispatch import TorchDispatchMode
 
 import fsa_seg.models.plugins.fsa_kernel as fsa_kernel
 from fsa_seg.models.layout import padded_rows, with_padding, zero_padded
 from fsa_seg.models.plugins.fsa_kernel import MAX_FUSED_TOKENS, fused_prune_and_sharpen
 from fsa_seg.models.plugins.fsa_reference import official_prune_and_sharpen
+
+from doubles import Kernels
 
 pytestmark = pytest.mark.skipif(
     os.environ.get('TRITON_INTERPRET') != '1' or importlib.util.find_spec('triton') is None,
@@ -257,18 +258,6 @@ def test_rows_of_dot_products_are_pruned_as_the_kl_they_give():
         fused_prune_and_sharpen(dots, 3.0, 0.45, 'dots', torch.float64)
 
 
-class OpNames(TorchDispatchMode):
-    """The names of the operators dispatched while it is active."""
-
-    def __init__(self):
-        super().__init__()
-        self.names = []
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.names.append(str(func.overloadpacket))
-        return func(*args, **(kwargs or {}))
-
-
 def test_a_plain_eager_call_runs_the_kernels_without_the_dispatcher(monkeypatch):
     """Plain tensors outside autograd, compilation and dispatch modes call the implementations
     directly; fake tensors (any dispatch mode), autograd and compilation call the custom ops,
@@ -288,7 +277,7 @@ def test_a_plain_eager_call_runs_the_kernels_without_the_dispatcher(monkeypatch)
     branches = torch.rand(1, 21, 7, generator=torch.Generator().manual_seed(4)) * 2 - 1
     plain = fsa_rows(branches)
     assert direct == ['_kl_terms', '_prune_and_sharpen']
-    with OpNames() as ops:
+    with Kernels() as ops:
         assert torch.equal(fsa_rows(branches), plain)
     assert direct == ['_kl_terms', '_prune_and_sharpen']                   # no more
     assert [name for name in ops.names if name.startswith('fsa_seg.')] == [

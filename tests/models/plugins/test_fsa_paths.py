@@ -11,13 +11,12 @@ import torch
 import torch.nn.functional as F
 from cuda_checks import HostDeviceCopies, host_syncs_raise, needs_cuda
 from torch._subclasses.fake_tensor import FakeTensorMode
-from torch.utils._python_dispatch import TorchDispatchMode
 
 import fsa_seg.models.plugins.fsa as fsa_module
 from fsa_seg.models.plugins import FSA
 from fsa_seg.models.plugins.fsa_reference import official_fsa, official_prune_and_sharpen
 
-from doubles import RecordedProducts
+from doubles import Kernels, RecordedProducts
 from references import linear_logits_fn, random_fsa_problem
 
 fused_runs_here = pytest.mark.skipif(
@@ -424,23 +423,6 @@ def test_forward_on_cuda_makes_no_host_synchronisation(fused_kernel_support, att
     assert out.device.type == 'cuda' and out.dtype == torch.float16
     assert out.shape == values.shape and new_attn.shape == (1, 1, 1764, 1764)
     assert copies.found == []
-
-
-class Kernels(TorchDispatchMode):
-    """The operators that launch kernels (views, allocations and queries left out)."""
-    NOT_KERNELS = ('view', 'transpose', 'expand', 'alias', 'slice', 'select', 'unflatten',
-                   '_unsafe_view', 't', 'new_empty', 'empty', 'empty_strided', 'detach',
-                   'promote_types', 'device', 'as_strided')
-
-    def __init__(self):
-        super().__init__()
-        self.names = []
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        name = func.__name__.split('.')[0]
-        if name not in self.NOT_KERNELS:
-            self.names.append(f'{func.namespace}.{name}' if func.namespace != 'aten' else name)
-        return func(*args, **(kwargs or {}))
 
 
 @pytest.mark.parametrize('padded', [False, True], ids=['attention', 'padded_attention'])

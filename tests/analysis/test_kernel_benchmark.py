@@ -54,13 +54,24 @@ def test_every_launch_writes_fsas_rows_and_the_report_gives_the_ratios():
     assert (products['fp32']['contracted'], products['fp16_halves']['contracted']) == (5, 24)
     assert products['fp32']['max_abs_diff_fp64'] < 5e-6
     assert products['fp16_halves']['max_abs_diff_fp64'] < 2e-5
+    # the same product with 16 rows of q and log q rounded up to 16 (no change) and 8 to 8
+    rounded = products['fp16_halves_rounded']
+    assert (rounded['size'], rounded['contracted']) == (16, 24)
+    assert rounded['max_abs_diff_fp64'] == products['fp16_halves']['max_abs_diff_fp64']
+    odd = kernel_benchmark.kl_products(kernel_benchmark.branch_similarities(13, 5), FSA(), 1)
+    assert (odd['fp16_halves']['size'], odd['fp16_halves_rounded']['size']) == (13, 16)
+    assert odd['fp16_halves_rounded']['max_abs_diff_fp64'] == \
+        odd['fp16_halves']['max_abs_diff_fp64']        # zero rows change no other entry
     run['fsa_launch_s'] = 0.003
     run['launches'][0]['median_s'] = 0.002
     products['fp32']['median_s'], products['fp16_halves']['median_s'] = 4e-5, 1e-5
+    rounded['median_s'] = 5e-6
     lines = kernel_benchmark.kernel_report(result).splitlines()
     assert re.search(r'^q·log qᵀ: fp32 \(contracted over 5\) 0\.0400 ms, .*; fp16 halves '
                      r'\(over 24, .*\) 0\.0100 ms, .*; fp32 / halves 4\.00x$', '\n'.join(lines),
                      re.M)
+    assert re.search(r"^  the halves' product at 16 x 16 \(zero rows up to a multiple of 8\) "
+                     r'0\.0050 ms, .*; halves / rounded 2\.00x$', '\n'.join(lines), re.M)
     assert "N=16: FSA's launch 3.0000 ms" in lines
     assert re.search(r'^\s+4\s+2\s+2\s+2\.0000\s+1\.50x\s+0\.0e\+00\s+0\s+0$', '\n'.join(lines),
                      re.M)

@@ -12,7 +12,8 @@
 #                 kernel as the fastest one at a crop's N (1764) that keeps FSA's entries
 #                 (model.plugin.pruning_launch), if one beats FSA's own launch; and the
 #                 KL product q·log qᵀ as fp32 models make it and from fp16 halves (fp16/bf16
-#                 models), timed side by side, with each one's difference from fp64
+#                 models), timed side by side, with each one's difference from fp64, and
+#                 the latter at sizes rounded up to a multiple of 8 (aligned GEMM kernels?)
 #   2. proxyclip  one ProxyCLIP B/16 + DINO-B/8 crop (336, Q = 171) +- FSA, fp32, then fp16
 #                 (fp16: also the 15 kernels that take the most GPU time in each variant);
 #                 proxyclip_graphs: batches of 2 such crops in fp16, replayed from CUDA graphs

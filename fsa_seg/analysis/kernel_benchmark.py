@@ -190,8 +190,8 @@ def _kl_products_line(products: dict) -> str:
             f"a half-precision model's) {halves['median_s'] * 1e3:.4f} ms, "
             f"{halves['max_abs_diff_fp64']:.1e}; fp32 / halves "
             f"{short_ratio(ratio(fp32['median_s'], halves['median_s']))}")
-    rounded = products.get('fp16_halves_rounded')
-    if rounded and 'size' in rounded:
+    rounded = products.get('fp16_halves_rounded')  # absent from results written before it
+    if rounded:
         line += (f"\n  the halves' product at {rounded['size']} x {rounded['size']} (zero rows "
                  f"up to a multiple of 8) {rounded['median_s'] * 1e3:.4f} ms, "
                  f"{rounded['max_abs_diff_fp64']:.1e}; halves / rounded "

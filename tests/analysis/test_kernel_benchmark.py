@@ -54,14 +54,15 @@ def test_every_launch_writes_fsas_rows_and_the_report_gives_the_ratios():
     assert (products['fp32']['contracted'], products['fp16_halves']['contracted']) == (5, 24)
     assert products['fp32']['max_abs_diff_fp64'] < 5e-6
     assert products['fp16_halves']['max_abs_diff_fp64'] < 2e-5
-    # the same product with 16 rows of q and log q rounded up to 16 (no change) and 8 to 8
+    # the halves' product at sizes rounded up to a multiple of 8: 16 rows stay 16, 13 become
+    # 16 (zero rows, which change no other entry)
     rounded = products['fp16_halves_rounded']
     assert (rounded['size'], rounded['contracted']) == (16, 24)
     assert rounded['max_abs_diff_fp64'] == products['fp16_halves']['max_abs_diff_fp64']
     odd = kernel_benchmark.kl_products(kernel_benchmark.branch_similarities(13, 5), FSA(), 1)
     assert (odd['fp16_halves']['size'], odd['fp16_halves_rounded']['size']) == (13, 16)
     assert odd['fp16_halves_rounded']['max_abs_diff_fp64'] == \
-        odd['fp16_halves']['max_abs_diff_fp64']        # zero rows change no other entry
+        odd['fp16_halves']['max_abs_diff_fp64']
     run['fsa_launch_s'] = 0.003
     run['launches'][0]['median_s'] = 0.002
     products['fp32']['median_s'], products['fp16_halves']['median_s'] = 4e-5, 1e-5

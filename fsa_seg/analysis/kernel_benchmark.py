@@ -22,7 +22,7 @@ from typing import Optional, Sequence, Tuple
 
 import torch
 
-from ..models.layout import padded_rows
+from ..models.layout import aligned_row_length, padded_rows
 from ..models.plugins.fsa import FSA
 from ..models.plugins.fsa_kernel import (
     PruningLaunch,
@@ -90,8 +90,10 @@ def kl_products(branches: torch.Tensor, fsa: FSA, repeat: int) -> dict:
 
 
 def _rows_to_multiple_of_8(x: torch.Tensor) -> torch.Tensor:
-    """``x`` (B, n, K) with zero rows appended up to a multiple of 8 rows."""
-    return torch.nn.functional.pad(x, (0, 0, 0, -x.shape[1] % 8))
+    """``x`` (B, n, K) of fp16 halves with zero rows appended up to the aligned length of n
+    (:func:`~fsa_seg.models.layout.aligned_row_length`: a multiple of 8 for fp16)."""
+    size = x.shape[1]
+    return torch.nn.functional.pad(x, (0, 0, 0, aligned_row_length(size, x.dtype) - size))
 
 
 def _median_seconds(function, repeat: int, device: torch.device) -> float:

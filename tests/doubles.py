@@ -16,12 +16,13 @@ TINY_SAM = dict(TINY_VFM, img_size=64, window_size=2, global_attn_indexes=(1,))
 class PassThrough(AttentionPlugin):
     """An attention plug-in that returns the host's attention output unchanged, on the patches.
     It keeps what the host gave it: ``seen`` (grid, number of prefix tokens, number of tokens),
-    ``attn_width`` (the attention's last dimension) and ``row_sums``, the attention's row sums
-    (both None without an attention)."""
+    ``values_strides``, ``attn_width`` (the attention's last dimension) and ``row_sums``, the
+    attention's row sums (both None without an attention)."""
     tokens = 'patches'
 
     def forward(self, attn, values, logits_fn, attended=None, grid=None, num_prefix=0):
         self.seen = dict(grid=grid, num_prefix=num_prefix, tokens=values.shape[2])
+        self.values_strides = values.stride()
         self.attn_width = None if attn is None else attn.shape[-1]
         self.row_sums = None if attn is None else attn.sum(-1)
         return attended

@@ -64,7 +64,7 @@ from mmseg.registry import MODELS
 
 from ..apis.configs import read_config, resolve_config, use_random_weights
 from ..models.cuda_graphs import CropGraphs, graph_capture_failures
-from ..models.layout import with_padding
+from ..models.layout import with_aligned_row_count, with_padding
 from ..models.plugins.fsa import FSA
 from ..models.plugins.fsa_reference import official_fsa
 from ..models.segmentors.proxyclip import proxy_attention
@@ -247,8 +247,9 @@ class PluginWorkload:
         width = heads * head_dim
         self.weight = (torch.randn(width, embed_dim, generator=generator) / math.sqrt(width)).to(
             self.device, self.dtype)
-        self.text = F.normalize(torch.randn(q, embed_dim, generator=generator), dim=-1).to(
-            self.device, self.dtype)
+        text = F.normalize(torch.randn(q, embed_dim, generator=generator), dim=-1)
+        # zero rows up to a multiple of 8, as the segmentors' logits_fn has (aligned rows)
+        self.text = with_aligned_row_count(text).to(self.device, self.dtype)
         self.fsa = MODELS.build(plugin)
         if not isinstance(self.fsa, FSA):
             raise BenchmarkError(f'plugin {plugin} is not FSA')
@@ -259,7 +260,7 @@ class PluginWorkload:
 
     def logits_fn(self, heads):
         merged = heads.transpose(1, 2).flatten(2)                       # (B, n, H·d)
-        return F.normalize(merged @ self.weight, dim=-1) @ self.text.t()
+        return (F.normalize(merged @ self.weight, dim=-1) @ self.text.t())[..., :self.q]
 
     def make_inputs(self, n: int):
         # new inputs, new graphs: a graph reads its inputs at their addresses, and the memory

@@ -116,11 +116,13 @@ def parse_args(argv=None, prog=None):
                         help='tokens per row (N)')
     kernel.add_argument('--q', type=COUNT, default=171, help='queries (Q) of the KL terms')
     kernel.add_argument('--launch', type=kernel_benchmark.parse_launch, nargs='+',
-                        default=list(kernel_benchmark.LAUNCHES), metavar='ROWSxWARPS[xPARTS]',
+                        default=list(kernel_benchmark.LAUNCHES),
+                        metavar='ROWSxWARPS[xPARTS[xSNAP]]',
                         help='launch settings tried beside FSA\'s: rows and warps per program, '
-                             'parts the top-p cut\'s interval is cut into a step (default: '
-                             + ' '.join(f'{r}x{w}x{p}' for r, w, p in
-                                        kernel_benchmark.LAUNCHES) + ')')
+                             'parts the top-p cut\'s interval is cut into a step, halvings '
+                             'before it shrinks to its keys (0: never) (default: '
+                             + ' '.join('x'.join(map(str, launch))
+                                        for launch in kernel_benchmark.LAUNCHES) + ')')
     kernel.add_argument('--out-dtype', choices=sorted(benchmark.DTYPES), default='fp16',
                         help="A_new's dtype (the model's)")
     common(kernel, device='cuda')

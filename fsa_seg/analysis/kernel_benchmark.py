@@ -3,10 +3,11 @@
 time per call of each, side by side in one run, and how
 far each one's rows of A_new are from FSA's launch. Beside it, the product q·log qᵀ that makes
 those rows, as an fp32 model makes it (fp32) and as a half-precision one does (one fp16 product
-of q's and log q's fp16 halves with fp32 sums), each timed and compared with the float64
-product of the same fp32 q and log q, the latter also at sizes rounded up to a multiple of 8
-(zero rows appended: on an H100 the n × n product at n = 1764 takes a cutlass kernel for
-operands aligned to 2 entries). For tuning on a GPU; measurements, no verdicts.
+of q's and log q's fp16 halves with fp32 sums), n × n' products against log q's aligned rows
+(n' a multiple of 8, zeros beyond n) as FSA makes them, each timed and compared with the
+float64 product of the same fp32 q and log q; the latter also n × n, as FSA made it before (on
+an H100 at n = 1764 a cutlass kernel for operands aligned to 2 entries). For tuning on a GPU;
+measurements, no verdicts.
 
 The rows are those FSA's fused path gives the kernel at ProxyCLIP's sizes: the dot products
 q_i·log(q_j + ε) and the self terms Σ q_i·log(q_i + ε) (FSA's own KL terms of random cosine
@@ -22,7 +23,7 @@ from typing import Optional, Sequence, Tuple
 
 import torch
 
-from ..models.layout import aligned_row_length, padded_rows
+from ..models.layout import padded_rows
 from ..models.plugins.fsa import FSA
 from ..models.plugins.fsa_kernel import (
     PruningLaunch,
@@ -40,12 +41,14 @@ from .benchmark import (
     short_ratio,
 )
 
-# (rows per program, warps per program, parts the top-p cut's interval is cut into a step)
-# tried beside FSA's launch (a row a program, _num_warps: 4 warps for N ≤ 2048, 8 for
-# N ≤ 4096, and halving)
+# (rows per program, warps per program, parts the top-p cut's interval is cut into a step,
+# halvings before the interval first shrinks to its keys: 0 never) tried beside FSA's launch
+# (a row a program, _num_warps: 4 warps for N ≤ 2048, 8 for N ≤ 4096, halving, snap after 13).
+# Session 12's H100 sweep found more warps, more rows and more parts all slower at N = 1764.
 GRAPH_CALLS = 10  # calls of a kernel in the CUDA graph that times it
 LAUNCHES = tuple(PruningLaunch(*launch) for launch in (
-    (1, 4, 2), (1, 8, 2), (1, 16, 2), (2, 8, 2), (1, 8, 4), (1, 16, 4), (1, 8, 8), (1, 16, 8)))
+    (1, 4, 2, 0), (1, 4, 2, 11), (1, 4, 2, 12), (1, 4, 2, 14), (1, 4, 2, 16), (1, 8, 2, 0),
+    (1, 8, 2, 13), (1, 8, 4, 0)))
 
 
 def branch_similarities(n: int, q: int, seed: int = 0) -> torch.Tensor:
@@ -64,36 +67,30 @@ def kernel_rows(branches: torch.Tensor, fsa: FSA) -> Tuple[torch.Tensor, torch.T
 
 
 def kl_products(branches: torch.Tensor, fsa: FSA, repeat: int) -> dict:
-    """q·log(q + ε)ᵀ of ``branches`` (1, n + 1, q) from the fused KL terms, as an fp32 model
-    makes it and from the fp16 halves (a half-precision model), and the latter once more with
-    zero rows appended to q and log q up to a multiple of 8 (``fp16_halves_rounded``: whether
-    GEMM kernels for aligned sizes, picked for an n × n product of such sizes, pay for the
-    larger product): median seconds of each product and its largest difference (over the n × n
-    entries) from the float64 product of the same fp32 q and log q."""
+    """q·log(q + ε)ᵀ of ``branches`` (1, n + 1, q) as FSA's fused path makes it: q's n rows
+    against log q's n' (the aligned n, zeros beyond n), so that the product's rows are aligned;
+    in fp32 (an fp32 model's) and from the fp16 halves (a half-precision model's); and the
+    halves' product once more against log q's first n rows only (``fp16_halves_unpadded``,
+    n × n, as FSA made it before: on an H100 at n = 1764 an ``align2`` GEMM kernel). Median
+    seconds of each and its largest difference (over the n × n entries) from the float64
+    product of the same fp32 q and log q."""
+    size = branches.shape[1] - 1
     halves = fused_kl_terms(branches, fsa.logit_scales, fsa.eps, True)[:2]
     operands = {'fp32': fused_kl_terms(branches, fsa.logit_scales, fsa.eps, False)[:2],
                 'fp16_halves': halves,
-                'fp16_halves_rounded': tuple(map(_rows_to_multiple_of_8, halves))}
-    q_dist, log_q = operands['fp32']
-    size = q_dist.shape[1]
-    exact = q_dist.double() @ log_q.double().transpose(-1, -2)
+                'fp16_halves_unpadded': (halves[0], halves[1][:, :size])}
+    q_dist, log_q = (x[:, :size].double() for x in operands['fp32'])
+    exact = q_dist @ log_q.transpose(-1, -2)
     products = {}
     for name, (q_dist, log_q) in operands.items():
-        log_q_t = log_q.transpose(-1, -2)
+        q_dist, log_q_t = q_dist[:, :size], log_q.transpose(-1, -2)
         seconds = _median_seconds(lambda: kl_dot_products(q_dist, log_q_t), repeat,
                                   branches.device)
-        dots = kl_dot_products(q_dist, log_q_t)[:, :size, :size]
-        products[name] = dict(median_s=seconds, contracted=q_dist.shape[-1],
-                              size=q_dist.shape[1],
+        dots = kl_dot_products(q_dist, log_q_t)[..., :size]
+        products[name] = dict(median_s=seconds, contracted=q_dist.shape[-1], rows=size,
+                              columns=log_q.shape[1],
                               max_abs_diff_fp64=(dots.double() - exact).abs().max().item())
     return products
-
-
-def _rows_to_multiple_of_8(x: torch.Tensor) -> torch.Tensor:
-    """``x`` (B, n, K) of fp16 halves with zero rows appended up to the aligned length of n
-    (:func:`~fsa_seg.models.layout.aligned_row_length`: a multiple of 8 for fp16)."""
-    size = x.shape[1]
-    return torch.nn.functional.pad(x, (0, 0, 0, aligned_row_length(size, x.dtype) - size))
 
 
 def _median_seconds(function, repeat: int, device: torch.device) -> float:
@@ -176,7 +173,8 @@ def kernel_report(result: dict) -> str:
              f"device: {env['device']} ({env.get('device_name', 'cpu')}), torch {env['torch']}"]
     for run in result['runs']:
         lines += ['', f"N={run['n']}: FSA's launch {run['fsa_launch_s'] * 1e3:.4f} ms",
-                  f"{'rows/program':>13}{'warps':>7}{'parts':>7}{'ms':>10}{'FSA / this':>12}"
+                  f"{'rows/program':>13}{'warps':>7}{'parts':>7}{'snap':>6}{'ms':>10}"
+                  f"{'FSA / this':>12}"
                   f"{'max|diff|':>11}{'rows differing':>16}{'rows keeping others':>21}"]
         lines += [_launch_row(run['fsa_launch_s'], launch) for launch in run['launches']]
         if 'kl_products' in run:
@@ -186,40 +184,43 @@ def kernel_report(result: dict) -> str:
 
 def _kl_products_line(products: dict) -> str:
     fp32, halves = products['fp32'], products['fp16_halves']
-    line = (f"q·log qᵀ: fp32 (contracted over {fp32['contracted']}) "
-            f"{fp32['median_s'] * 1e3:.4f} ms, max|diff| from fp64 "
-            f"{fp32['max_abs_diff_fp64']:.1e}; fp16 halves (over {halves['contracted']}, "
-            f"a half-precision model's) {halves['median_s'] * 1e3:.4f} ms, "
-            f"{halves['max_abs_diff_fp64']:.1e}; fp32 / halves "
+    line = (f"q·log qᵀ ({halves.get('rows', '')} x {halves.get('columns', '')}): fp32 "
+            f"(contracted over {fp32['contracted']}) {fp32['median_s'] * 1e3:.4f} ms, max|diff| "
+            f"from fp64 {fp32['max_abs_diff_fp64']:.1e}; fp16 halves (over "
+            f"{halves['contracted']}, a half-precision model's) {halves['median_s'] * 1e3:.4f} "
+            f"ms, {halves['max_abs_diff_fp64']:.1e}; fp32 / halves "
             f"{short_ratio(ratio(fp32['median_s'], halves['median_s']))}")
-    rounded = products.get('fp16_halves_rounded')  # absent from results written before it
-    if rounded:
-        line += (f"\n  the halves' product at {rounded['size']} x {rounded['size']} (zero rows "
-                 f"up to a multiple of 8) {rounded['median_s'] * 1e3:.4f} ms, "
-                 f"{rounded['max_abs_diff_fp64']:.1e}; halves / rounded "
-                 f"{short_ratio(ratio(halves['median_s'], rounded['median_s']))}")
+    unpadded = products.get('fp16_halves_unpadded')  # absent from results written before it
+    if unpadded:
+        line += (f"\n  the halves' product against {unpadded['columns']} rows of log q (not "
+                 f"padded, as before) {unpadded['median_s'] * 1e3:.4f} ms, "
+                 f"{unpadded['max_abs_diff_fp64']:.1e}; unpadded / padded "
+                 f"{short_ratio(ratio(unpadded['median_s'], halves['median_s']))}")
     return line
 
 
 def _launch_row(fsa_s: float, launch: dict) -> str:
     return (f"{launch['rows']:>13}{launch['warps']:>7}{launch['parts']:>7}"
+            f"{launch.get('snap', ''):>6}"
             f"{launch['median_s'] * 1e3:>10.4f}{short_ratio(ratio(fsa_s, launch['median_s'])):>12}"
             f"{launch['max_abs_diff']:>11.1e}{launch['rows_differing']:>16}"
             f"{launch['rows_selecting_differently']:>21}")
 
 
 def parse_launch(text: str) -> PruningLaunch:
-    """``ROWSxWARPS`` or ``ROWSxWARPSxPARTS`` (e.g. ``1x4``, ``1x8x4``): rows and warps per
-    program and the parts the top-p cut's interval is cut into a step (halving by default),
-    all powers of two (a Triton block's sizes are)."""
+    """``ROWSxWARPS[xPARTS[xSNAP]]`` (e.g. ``1x4``, ``1x8x4``, ``1x4x2x0``): rows and warps per
+    program and the parts the top-p cut's interval is cut into a step (halving by default), all
+    powers of two (a Triton block's sizes are), and the halvings before the interval first
+    shrinks to its keys (FSA's by default; 0: never)."""
     try:
-        rows, warps, *parts = (int(part) for part in text.lower().split('x'))
-        if len(parts) > 1 or 0 in (rows, warps):
+        rows, warps, *rest = (int(part) for part in text.lower().split('x'))
+        if len(rest) > 2 or 0 in (rows, warps):
             raise ValueError(text)
-        return PruningLaunch.checked(**dict(zip(PruningLaunch._fields, (rows, warps, *parts))))
+        return PruningLaunch.checked(**dict(zip(PruningLaunch._fields, (rows, warps, *rest))))
     except ValueError:
-        raise argparse.ArgumentTypeError(f'expected ROWSxWARPS[xPARTS] like 1x4 or 1x8x4, all '
-                                         f'powers of two (PARTS ≥ 2), got {text!r}') from None
+        raise argparse.ArgumentTypeError(f'expected ROWSxWARPS[xPARTS[xSNAP]] like 1x4, 1x8x4 or '
+                                         f'1x4x2x0, all but SNAP powers of two (PARTS ≥ 2), got '
+                                         f'{text!r}') from None
 
 
 def fastest_launch(result: dict, n: int) -> Optional[PruningLaunch]:
@@ -233,7 +234,8 @@ def fastest_launch(result: dict, n: int) -> Optional[PruningLaunch]:
     best = min(same, key=lambda launch: launch['median_s'], default=None)
     if best is None or best['median_s'] >= run['fsa_launch_s']:
         return None
-    return PruningLaunch(*(best[field] for field in PruningLaunch._fields))
+    return PruningLaunch(*(best.get(field, default)
+                           for field, default in PruningLaunch._field_defaults.items()))
 
 
 def fastest_launch_options(path: str, n: int) -> str:

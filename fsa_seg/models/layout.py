@@ -44,6 +44,15 @@ def zero_padded(like: Tensor, shape: Sequence[int], size: int) -> Tensor:
     return out
 
 
+def with_aligned_row_count(x: Tensor) -> Tensor:
+    """``x`` (n, …) with zero rows appended up to the aligned n of fp16 (a multiple of 8): the
+    operand, such as the query embeddings, whose product with it (…, n) has aligned rows,
+    which its fast GEMM kernels want on a GPU; the product's first n columns are the same."""
+    size = x.shape[0]
+    return torch.nn.functional.pad(x, (0, 0) * (x.dim() - 1)
+                                   + (0, aligned_row_length(size, torch.float16) - size))
+
+
 def with_padding(rows: Tensor) -> Tensor:
     """``rows`` (…, n) made by :func:`padded_rows`, seen with their padding: (…, row stride)."""
     if rows.dim() < 2 or rows.stride(-1) != 1:

@@ -54,39 +54,43 @@ def test_every_launch_writes_fsas_rows_and_the_report_gives_the_ratios():
     assert (products['fp32']['contracted'], products['fp16_halves']['contracted']) == (5, 24)
     assert products['fp32']['max_abs_diff_fp64'] < 5e-6
     assert products['fp16_halves']['max_abs_diff_fp64'] < 2e-5
-    # the halves' product at sizes rounded up to a multiple of 8: 16 rows stay 16, 13 become
-    # 16 (zero rows, which change no other entry)
-    rounded = products['fp16_halves_rounded']
-    assert (rounded['size'], rounded['contracted']) == (16, 24)
-    assert rounded['max_abs_diff_fp64'] == products['fp16_halves']['max_abs_diff_fp64']
+    # as FSA makes it, against log q's rows padded to a multiple of 8 (16 stay 16, 13 become
+    # 16), and the halves once more against its unpadded n rows: the same n × n entries
+    unpadded = products['fp16_halves_unpadded']
+    assert (products['fp16_halves']['columns'], unpadded['columns']) == (16, 16)
+    assert unpadded['max_abs_diff_fp64'] == products['fp16_halves']['max_abs_diff_fp64']
     odd = kernel_benchmark.kl_products(kernel_benchmark.branch_similarities(13, 5), FSA(), 1)
-    assert (odd['fp16_halves']['size'], odd['fp16_halves_rounded']['size']) == (13, 16)
-    assert odd['fp16_halves_rounded']['max_abs_diff_fp64'] == \
+    assert {p['rows'] for p in odd.values()} == {13}
+    assert (odd['fp16_halves']['columns'], odd['fp16_halves_unpadded']['columns']) == (16, 13)
+    assert odd['fp16_halves_unpadded']['max_abs_diff_fp64'] == \
         odd['fp16_halves']['max_abs_diff_fp64']
     run['fsa_launch_s'] = 0.003
     run['launches'][0]['median_s'] = 0.002
     products['fp32']['median_s'], products['fp16_halves']['median_s'] = 4e-5, 1e-5
-    rounded['median_s'] = 5e-6
+    unpadded['median_s'] = 2e-5
     lines = kernel_benchmark.kernel_report(result).splitlines()
-    assert re.search(r'^q·log qᵀ: fp32 \(contracted over 5\) 0\.0400 ms, .*; fp16 halves '
-                     r'\(over 24, .*\) 0\.0100 ms, .*; fp32 / halves 4\.00x$', '\n'.join(lines),
+    assert re.search(r'^q·log qᵀ \(16 x 16\): fp32 \(contracted over 5\) 0\.0400 ms, .*; '
+                     r'fp16 halves \(over 24, .*\) 0\.0100 ms, .*; fp32 / halves 4\.00x$',
+                     '\n'.join(lines), re.M)
+    assert re.search(r"^  the halves' product against 16 rows of log q \(not padded, as "
+                     r'before\) 0\.0200 ms, .*; unpadded / padded 2\.00x$', '\n'.join(lines),
                      re.M)
-    assert re.search(r"^  the halves' product at 16 x 16 \(zero rows up to a multiple of 8\) "
-                     r'0\.0050 ms, .*; halves / rounded 2\.00x$', '\n'.join(lines), re.M)
     assert "N=16: FSA's launch 3.0000 ms" in lines
-    assert re.search(r'^\s+4\s+2\s+2\s+2\.0000\s+1\.50x\s+0\.0e\+00\s+0\s+0$', '\n'.join(lines),
-                     re.M)
-    assert re.search(r'^\s+8\s+4\s+4\s+', '\n'.join(lines), re.M)          # cut in 4 parts
+    assert re.search(r'^\s+4\s+2\s+2\s+13\s+2\.0000\s+1\.50x\s+0\.0e\+00\s+0\s+0$',
+                     '\n'.join(lines), re.M)
+    assert re.search(r'^\s+8\s+4\s+4\s+13\s+', '\n'.join(lines), re.M)   # cut in 4 parts
 
 
-@pytest.mark.parametrize('text', ['3x8', '1x6', 'x4', '0x4', 'fast', '1x8x3', '1x8x1', '1x8x4x2',
-                                  '1x64'])
+@pytest.mark.parametrize('text', ['3x8', '1x6', 'x4', '0x4', 'fast', '1x8x3', '1x8x1',
+                                  '1x8x4x-2', '1x8x4x2x1', '1x64'])
 def test_launch_settings_are_powers_of_two(text):
-    with pytest.raises(argparse.ArgumentTypeError, match='all powers of two'):
+    with pytest.raises(argparse.ArgumentTypeError, match='all but SNAP powers of two'):
         kernel_benchmark.parse_launch(text)
-    assert kernel_benchmark.parse_launch('2X8') == (2, 8, 2)       # halving
-    assert kernel_benchmark.parse_launch('1x16x8') == (1, 16, 8)
+    assert kernel_benchmark.parse_launch('2X8') == (2, 8, 2, 13)   # halving, FSA's snap
+    assert kernel_benchmark.parse_launch('1x16x8') == (1, 16, 8, 13)
     assert kernel_benchmark.parse_launch('1x16x8').split_bits == 3
+    assert kernel_benchmark.parse_launch('1x4x2x0') == (1, 4, 2, 0)     # never
+    assert kernel_benchmark.parse_launch('1x4x2x11') == (1, 4, 2, 11)
 
 
 def _launch(rows, warps, parts, seconds, selecting_differently=0):
@@ -99,6 +103,8 @@ def test_the_fastest_launch_is_one_that_keeps_fsas_entries_and_beats_fsas_launch
         _launch(1, 8, 2, 0.06), _launch(1, 8, 8, 0.02, selecting_differently=1),
         _launch(1, 16, 4, 0.03), _launch(2, 8, 2, 0.04)])])
     assert kernel_benchmark.fastest_launch(result, 1764) == PruningLaunch(1, 16, 4)
+    result['runs'][0]['launches'].append(dict(_launch(1, 4, 2, 0.028), snap=0))
+    assert kernel_benchmark.fastest_launch(result, 1764) == PruningLaunch(1, 4, 2, 0)
     assert kernel_benchmark.fastest_launch(result, 4096) is None            # not measured
     result['runs'][0]['fsa_launch_s'] = 0.025                               # FSA's is fastest
     assert kernel_benchmark.fastest_launch(result, 1764) is None
@@ -110,5 +116,5 @@ def test_the_fastest_launch_becomes_the_cfg_options_of_fsas_launch(tmp_path):
     path.write_text(json.dumps(result))
     assert kernel_benchmark.fastest_launch_options(str(path), 1764) == (
         'model.plugin.pruning_launch.rows=1 model.plugin.pruning_launch.warps=16 '
-        'model.plugin.pruning_launch.parts=8')
+        'model.plugin.pruning_launch.parts=8 model.plugin.pruning_launch.snap=13')
     assert kernel_benchmark.fastest_launch_options(str(path), 4096) == ''

@@ -12,10 +12,12 @@
 #                 kernel as the fastest one at a crop's N (1764) that keeps FSA's entries
 #                 (model.plugin.pruning_launch), if one beats FSA's own launch; and the
 #                 KL product q·log qᵀ as fp32 models make it and from fp16 halves (fp16/bf16
-#                 models), timed side by side, with each one's difference from fp64, and
-#                 the latter at sizes rounded up to a multiple of 8 (aligned GEMM kernels?)
+#                 models), timed side by side, with each one's difference from fp64, both
+#                 against log q's rows padded to a multiple of 8 (as FSA makes them), and
+#                 the latter once more unpadded (n x n, as before: an align2 GEMM kernel)
 #   2. proxyclip  one ProxyCLIP B/16 + DINO-B/8 crop (336, Q = 171) +- FSA, fp32, then fp16
-#                 (fp16: also the 15 kernels that take the most GPU time in each variant);
+#                 (fp16: a batch of 2, as the graphed crops, and the 45 kernels that take
+#                 the most GPU time in each variant: their difference is where FSA's time goes);
 #                 proxyclip_graphs: batches of 2 such crops in fp16, replayed from CUDA graphs
 #   3. e2e        tools/test.py's path on 20 generated 375x500 images, +- FSA, fp32 / fp16 / bf16:
 #                 images/s, where the model's time goes, agreement with fp32
@@ -169,7 +171,8 @@ else
     tune_launch 1764
     step proxyclip_graphs 90 proxyclip --device cuda --precision fp16 --batch 2 --repeat 7 \
         --cfg-options model.cuda_graphs=True "${TUNED[@]}"
-    step proxyclip_fp16 80 proxyclip --device cuda --precision fp16 --repeat 7 --profile 15 \
+    step proxyclip_fp16 100 proxyclip --device cuda --precision fp16 --batch 2 --repeat 7 \
+        --profile 45 \
         --cfg-options model.cuda_graphs=False "${TUNED[@]}"
     step proxyclip_fp32 70 proxyclip --device cuda --precision fp32 --repeat 7 \
         --cfg-options model.cuda_graphs=False "${TUNED[@]}"

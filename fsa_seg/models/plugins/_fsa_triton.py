@@ -21,26 +21,28 @@ def _halves(x):
     return high, (x - high.to(x.dtype)).to(tl.float16)
 
 
-@triton.jit(do_not_specialize=['num_tokens', 'scale_attn_bits', 'scale_uniform_bits',
-                               'eps_bits'])
-def kl_terms_rows(both_ptr, q_ptr, log_q_ptr, self_ptr, num_tokens, num_queries, q_stride,
-                  segment, scale_attn_bits, scale_uniform_bits, eps_bits, ROWS: tl.constexpr,
-                  BLOCK: tl.constexpr, SPLIT: tl.constexpr):
-    """ROWS tokens of one image a program (grid: token blocks × images). ``both`` (B, N + 1, Q)
-    holds the attention branch's cosine similarities and, last, the uniform branch's; writes
-    q = softmax(s_a·P − s_u·P_u) and log(q + ε) (rows of ``q_stride``) and Σ q·log(q + ε)
-    (B, N), in the dtype of ``self``. With SPLIT, in place of q and log q, their fp16 halves
-    [q_hi, q_hi, q_lo] and [l_hi, l_lo, l_hi], each ``segment`` entries wide with zeros beyond
-    Q: one product of the two with fp32 accumulation is q·log qᵀ but for q_lo·l_lo."""
+@triton.jit(do_not_specialize=['num_tokens', 'token_rows', 'scale_attn_bits',
+                               'scale_uniform_bits', 'eps_bits'])
+def kl_terms_rows(both_ptr, q_ptr, log_q_ptr, self_ptr, num_tokens, token_rows, num_queries,
+                  both_stride, q_stride, segment, scale_attn_bits, scale_uniform_bits, eps_bits,
+                  ROWS: tl.constexpr, BLOCK: tl.constexpr, SPLIT: tl.constexpr):
+    """ROWS tokens of one image a program (grid: token blocks × images). ``both`` (B, N + 1, Q),
+    rows of ``both_stride``, holds the attention branch's cosine similarities and, last, the
+    uniform branch's; writes q = softmax(s_a·P − s_u·P_u) and log(q + ε), ``token_rows`` ≥ N
+    rows an image (zeros beyond N) of ``q_stride``, and Σ q·log(q + ε) (B, N), in the dtype of
+    ``self``. With SPLIT, in place of q and log q, their fp16 halves [q_hi, q_hi, q_lo] and
+    [l_hi, l_lo, l_hi], each ``segment`` entries wide with zeros beyond Q: one product of the
+    two with fp32 accumulation is q·log qᵀ but for q_lo·l_lo."""
     dtype: tl.constexpr = self_ptr.dtype.element_ty
     image = tl.program_id(1).to(tl.int64)
     tokens = tl.program_id(0).to(tl.int64) * ROWS + tl.arange(0, ROWS)[:, None]
     queries = tl.arange(0, BLOCK)[None, :]
     in_row = queries < num_queries
-    valid = (tokens < num_tokens) & in_row
-    rows_ptr = both_ptr + image * (num_tokens + 1) * num_queries
-    attention = tl.load(rows_ptr + tokens * num_queries + queries, mask=valid, other=0.0)
-    uniform = tl.load(rows_ptr + num_tokens * num_queries + queries, mask=in_row, other=0.0)
+    real = tokens < num_tokens
+    valid = real & in_row
+    rows_ptr = both_ptr + image * (num_tokens + 1) * both_stride
+    attention = tl.load(rows_ptr + tokens * both_stride + queries, mask=valid, other=0.0)
+    uniform = tl.load(rows_ptr + num_tokens * both_stride + queries, mask=in_row, other=0.0)
     isolated = (_from_bits(scale_attn_bits, dtype) * attention.to(dtype)
                 - _from_bits(scale_uniform_bits, dtype) * uniform.to(dtype))
     isolated = tl.where(valid, isolated, -float('inf'))
@@ -48,22 +50,24 @@ def kl_terms_rows(both_ptr, q_ptr, log_q_ptr, self_ptr, num_tokens, num_queries,
     q = weights / tl.sum(weights, axis=1)[:, None]
     log_q = tl.log(q + _from_bits(eps_bits, dtype))
     self_ptr += image * num_tokens + tokens
-    offsets = (image * num_tokens + tokens) * q_stride + queries
+    offsets = (image * token_rows + tokens) * q_stride + queries
+    stored = tokens < token_rows                                  # zeros from N to token_rows
     if SPLIT:  # the self terms, one operand, then the other: fewer values live at once
-        _store_self_terms(self_ptr, q, log_q, valid, tokens < num_tokens)
-        stored = (tokens < num_tokens) & (queries < segment)      # zeros from Q to the segment
-        high, low = _halves(tl.where(in_row, q, 0.0))
+        _store_self_terms(self_ptr, q, log_q, valid, real)
+        stored = stored & (queries < segment)                     # zeros from Q to the segment
+        high, low = _halves(tl.where(valid, q, 0.0))
         tl.store(q_ptr + offsets, high, mask=stored)
         tl.store(q_ptr + offsets + segment, high, mask=stored)
         tl.store(q_ptr + offsets + 2 * segment, low, mask=stored)
-        high, low = _halves(tl.where(in_row, log_q, 0.0))
+        high, low = _halves(tl.where(valid, log_q, 0.0))
         tl.store(log_q_ptr + offsets, high, mask=stored)
         tl.store(log_q_ptr + offsets + segment, low, mask=stored)
         tl.store(log_q_ptr + offsets + 2 * segment, high, mask=stored)
-    else:
-        tl.store(q_ptr + offsets, q, mask=valid)
-        tl.store(log_q_ptr + offsets, log_q, mask=valid)
-        _store_self_terms(self_ptr, q, log_q, valid, tokens < num_tokens)
+    else:  # the self terms first: fewer values live at once (float64 spills otherwise)
+        _store_self_terms(self_ptr, q, log_q, valid, real)
+        stored = stored & in_row
+        tl.store(q_ptr + offsets, tl.where(real, q, 0.0), mask=stored)
+        tl.store(log_q_ptr + offsets, tl.where(real, log_q, 0.0), mask=stored)
 
 
 @triton.jit
@@ -93,15 +97,35 @@ def _midpoint(low, high):
 
 
 @triton.jit
-def _bisection(keys, p, low, high, top_p):
-    """Halve [low, high) until high = low + 1, keeping G(low) > top_p ≥ G(high) (per row)."""
+def _bisection(keys, p, low, high, top_p, smallest, largest, SNAP_AFTER: tl.constexpr,
+               SNAP_EVERY: tl.constexpr):
+    """Halve [low, high) until high = low + 1, keeping G(low) > top_p ≥ G(high) (per row).
+
+    After SNAP_AFTER halvings, and every SNAP_EVERY after that, [low, high) shrinks to the keys
+    it holds instead, [its smallest, its largest + 1) (no key leaves it: G is the same at both
+    ends): the halvings cut the interval down to about one key of the row (a similarity key
+    has ~25 bits, N = 1764 keys ~11), and the rest of them would halve the empty gap to its
+    neighbours; the snap ends there, at a cost of two reductions, with the same cut."""
     middle = _midpoint(low, high)
+    halvings = 0
+    due = SNAP_AFTER
     # middle > low exactly while high − low > 1 (a difference that 32-bit keys could overflow);
     # at most KEY_BITS halvings, about 25 for similarities
     while tl.max((middle > low).to(tl.int32)) > 0:
-        fits = tl.sum(tl.where(keys >= middle, p, 0.0), axis=1)[:, None] <= top_p
-        high = tl.where(fits, middle, high)         # a finished row: middle = low, kept as is
-        low = tl.where(fits, low, middle)
+        if halvings == due:  # rows of more than one entry (finished ones, kept as they are)
+            inside = (keys >= low) & (keys < high)
+            open_row = middle > low
+            low = tl.where(open_row, tl.min(tl.where(inside, keys, largest), axis=1)[:, None],
+                           low)
+            high = tl.where(open_row,
+                            tl.max(tl.where(inside, keys, smallest), axis=1)[:, None] + 1, high)
+            halvings = 0
+            due = SNAP_EVERY
+        else:
+            fits = tl.sum(tl.where(keys >= middle, p, 0.0), axis=1)[:, None] <= top_p
+            high = tl.where(fits, middle, high)     # a finished row: middle = low, kept as is
+            low = tl.where(fits, low, middle)
+            halvings += 1
         middle = _midpoint(low, high)
     return low, high
 
@@ -126,12 +150,13 @@ def _split_search(keys, p, low, high, top_p, SPLIT_BITS: tl.constexpr):
 
 
 @triton.jit(do_not_specialize=['lamda_bits', 'top_p_bits'])
-def prune_and_sharpen_rows(rows_ptr, self_ptr, out_ptr, num_rows, size, out_stride, out_size,
-                           lamda_bits, top_p_bits, SOURCE: tl.constexpr, KEY_BITS: tl.constexpr,
-                           ROWS: tl.constexpr, BLOCK: tl.constexpr, SPLIT_BITS: tl.constexpr):
+def prune_and_sharpen_rows(rows_ptr, self_ptr, out_ptr, num_rows, size, in_stride, out_stride,
+                           out_size, lamda_bits, top_p_bits, SOURCE: tl.constexpr,
+                           KEY_BITS: tl.constexpr, ROWS: tl.constexpr, BLOCK: tl.constexpr,
+                           SPLIT_BITS: tl.constexpr, SNAP_AFTER: tl.constexpr):
     """ROWS rows of ``size`` entries a program (one on the GPU): A_new's rows, written with row
-    stride ``out_stride`` and zeros from ``size`` to ``out_size`` (≤ BLOCK), from rows
-    (contiguous) of similarities (SOURCE 0), of KL divergences (1), or of dot products
+    stride ``out_stride`` and zeros from ``size`` to ``out_size`` (≤ BLOCK), from rows (of
+    stride ``in_stride``) of similarities (SOURCE 0), of KL divergences (1), or of dot products
     q_i·log(q_j + ε), the KL being ``self`` minus them (2).
 
     With p = softmax(row) and G(b) = Σ p over the entries of key ≥ b (the cumulative mass at the
@@ -140,12 +165,13 @@ def prune_and_sharpen_rows(rows_ptr, self_ptr, out_ptr, num_rows, size, out_stri
     equal values, the ones of lowest index while the mass stays ≤ top_p; at least the row's
     first maximum. This is the stable descending sort's selection, without sorting. With
     SPLIT_BITS > 1 (32-bit keys) each step cuts the interval in 2^SPLIT_BITS parts instead of
-    halving it: fewer steps, each with more (independent) sums."""
+    halving it: fewer steps, each with more (independent) sums. Halving, after SNAP_AFTER steps
+    the interval shrinks to the keys it holds (:func:`_bisection`)."""
     dtype: tl.constexpr = rows_ptr.dtype.element_ty
     rows = tl.program_id(0).to(tl.int64) * ROWS + tl.arange(0, ROWS)[:, None]
     offsets = tl.arange(0, BLOCK)[None, :]
     valid = (offsets < size) & (rows < num_rows)
-    x = tl.load(rows_ptr + rows * size + offsets, mask=valid, other=0.0)
+    x = tl.load(rows_ptr + rows * in_stride + offsets, mask=valid, other=0.0)
     lamda = _from_bits(lamda_bits, dtype)
     top_p = _from_bits(top_p_bits, dtype)
     if SOURCE == 2:
@@ -163,22 +189,32 @@ def prune_and_sharpen_rows(rows_ptr, self_ptr, out_ptr, num_rows, size, out_stri
         largest = 0x7FFFFFFFFFFFFFFF
     keys = _order_keys(x, valid, smallest, KEY_BITS)
     low = tl.min(tl.where(valid, keys, largest), axis=1)[:, None]          # G(low) > top_p
-    high = tl.max(keys, axis=1)[:, None] + 1                                # G(high) = 0
+    top_key = _order_keys(top, rows < num_rows, smallest, KEY_BITS)       # the row's largest
+    high = top_key + 1                                                      # G(high) = 0
     low_fits = tl.sum(tl.where(keys >= low, p, 0.0), axis=1)[:, None] <= top_p
     high = tl.where(low_fits, low, high)                      # top_p ≥ the whole mass: keep all
     if KEY_BITS == 32 and SPLIT_BITS > 1:
         low, high = _split_search(keys, p, low, high, top_p, SPLIT_BITS)
     else:
-        low, high = _bisection(keys, p, low, high, top_p)
+        low, high = _bisection(keys, p, low, high, top_p, smallest, largest, SNAP_AFTER,
+                               SNAP_EVERY=2)
     above = keys >= high                                      # kept whole
     mass_above = tl.sum(tl.where(above, p, 0.0), axis=1)[:, None]
     next_key = tl.max(tl.where(above, smallest, keys), axis=1)[:, None]
     tied = valid & (keys == next_key) & ~above
-    mass = mass_above + tl.cumsum(tl.where(tied, p, 0.0), axis=1)
-    keep = above | (tied & (mass <= top_p))
-    first_max = tl.min(tl.where((keys == tl.max(keys, axis=1)[:, None]) & valid, offsets, BLOCK),
-                       axis=1)[:, None]                   # the index of the row's first maximum
-    keep = keep | ((offsets == first_max) & (tl.sum(keep.to(tl.int32), axis=1)[:, None] == 0))
+    tied_p = tl.where(tied, p, 0.0)
+    # of equal values at the cut, those of lowest index while the mass fits; for fp32 rows the
+    # scan only where a row has several (rare): for one entry it adds zeros to its p, which
+    # changes no bit (fp64 rows, the tests' on CUDA, always scan: ptxas spills the branch)
+    if KEY_BITS == 64 or tl.max(tl.sum(tied.to(tl.int32), axis=1)) > 1:
+        mass = mass_above + tl.cumsum(tied_p, axis=1)
+        first_tied = offsets == tl.min(tl.where(tied, offsets, BLOCK), axis=1)[:, None]
+    else:
+        mass = mass_above + tied_p
+        first_tied = tied
+    # nothing above the cut: the cut's group is the row's maxima, and the first of them is kept
+    # even where its mass exceeds top_p
+    keep = above | (tied & ((mass <= top_p) | (first_tied & (high > top_key))))
     sharpened = tl.where(keep, x * tl.exp(lamda * x), -float('inf'))
     weights = tl.exp(sharpened - tl.max(sharpened, axis=1)[:, None])
     new_rows = weights / tl.sum(weights, axis=1)[:, None]

@@ -20,14 +20,17 @@ self terms in the pruning kernel. A_new's rows are written with a row stride of 
 bytes (N = 1764 tokens of fp16 are 3528 bytes) and zeros in the padding, so that A_new's product
 runs over the aligned length, which the fast fp16 GEMM kernels take (:mod:`..layout`). q's and
 log q's rows are padded too (Q = 171 of fp32 are 684 bytes), which their fp32 product does not
-need (on an H100: 35.6 µs over 171 entries, 35.4 µs over 176). For a half-precision model the
-kernel writes q and log q as fp16 halves instead (high and low parts, zeros from Q to an
-aligned 176), whose one product on tensor cores, with fp32 sums, is q·log qᵀ but for the
-low·low term. Against the fp64 product of the same q and log q, at N = 1764: on an H100 the
-halves 5.3e-5 off (0.025 ms) where fp32's product is 1.1e-5 off (0.035 ms; at N = 4096 0.045
-against 0.154 ms); emulated exactly on CPU 1.0e-5 against 5.1e-6 (tensor cores' fp32 sums round
-less closely); fp16 inputs alone 6.7e-4. The model's own fp16 similarities already put 7.9e-5
-into the KL (CPU, fp64). fp32 models keep the fp32 product.
+need (on an H100: 35.6 µs over 171 entries, 35.4 µs over 176), and so are their token rows:
+N' rows, the aligned N, zeros beyond N, so that q·log qᵀ (N × N') has aligned rows too (on an
+H100 the fp16 halves' product at N = 1764 takes 10.1 µs against log q's 1768 rows, 25.0 µs in
+an ``align2`` kernel against its 1764). For a half-precision model the kernel writes q and
+log q as fp16 halves instead (high and low parts, zeros from Q to an aligned 176), whose one
+product on tensor cores, with fp32 sums, is q·log qᵀ but for the low·low term. Against the
+fp64 product of the same q and log q, at N = 1764: on an H100 the halves 5.3e-5 off
+(0.010 ms) where fp32's product is 1.1e-5 off (0.035 ms; at N = 4096 0.045 against 0.154 ms);
+emulated exactly on CPU 1.0e-5 against 5.1e-6 (tensor cores' fp32 sums round less closely);
+fp16 inputs alone 6.7e-4. The model's own fp16 similarities already put 7.9e-5 into the KL
+(CPU, fp64). fp32 models keep the fp32 product.
 
 This is the official selection, as a definition: the kernel finds the cut by a bisection over
 the bit patterns of the similarities, without sorting (:mod:`._fsa_triton`). Only the summation
@@ -57,32 +60,38 @@ KL_TERMS_ENTRIES = 4096  # a KL terms program's entries on the GPU: 16 tokens of
 SOURCES = ('similarity', 'kl', 'dots')  # what the pruning kernel's rows hold
 _FLOAT_TYPES = (torch.float32, torch.float64)
 MAX_WARPS = 32  # a CUDA block's 1024 threads
+NEVER = 1 << 30  # halvings before a snap that never comes (float64 rows: ~40 bits more to halve)
 
 
 class PruningLaunch(NamedTuple):
     """How the pruning kernel is launched: ``rows`` rows a program and ``warps`` warps a program
-    (0: :func:`run_kernel`'s defaults), and the ``parts`` the interval of the top-p cut is cut
-    into a step (2: halving; more, for fp32 rows only: fewer steps, each with more sums). Every
-    launch selects the same entries; the sums of its softmax may round differently."""
+    (0: :func:`run_kernel`'s defaults), the ``parts`` the interval of the top-p cut is cut
+    into a step (2: halving; more, for fp32 rows only: fewer steps, each with more sums), and,
+    halving fp32 rows, the halvings after which the interval first shrinks to the keys it holds
+    (``snap``, then every 2 halvings; 0: never; see :mod:`._fsa_triton`). Every launch selects
+    the same entries; the sums of its softmax may round differently."""
     rows: int = 0
     warps: int = 0
     parts: int = 2
+    snap: int = 13
 
     @classmethod
     def checked(cls, **fields: int) -> 'PruningLaunch':
-        """The launch of ``fields`` (rows, warps, parts), or a ValueError naming what is wrong:
-        an unknown field; a value not a power of two (a Triton block's sizes are), rows and
-        warps 0 for the default, at most 32 warps, parts ≥ 2."""
+        """The launch of ``fields`` (rows, warps, parts, snap), or a ValueError naming what is
+        wrong: an unknown field; rows, warps or parts not a power of two (a Triton block's sizes
+        are), rows and warps 0 for the default, at most 32 warps, parts ≥ 2; snap not an integer
+        ≥ 0."""
         unknown = set(fields) - set(cls._fields)
         if unknown:
             raise ValueError(f'pruning_launch takes {", ".join(cls._fields)}; got '
                              f'{", ".join(sorted(unknown))}')
         launch = cls(**fields)
         if not (all(isinstance(value, int) and (value == 0 or _power_of_two(value))
-                    for value in launch) and launch.warps <= MAX_WARPS and launch.parts >= 2):
+                    for value in launch[:3]) and launch.warps <= MAX_WARPS and launch.parts >= 2
+                and isinstance(launch.snap, int) and launch.snap >= 0):
             raise ValueError('the pruning launch takes rows and warps a program (0: the default) '
-                             f'and parts ≥ 2, all powers of two, at most {MAX_WARPS} warps; got '
-                             f'{launch._asdict()}')
+                             f'and parts ≥ 2, all powers of two, at most {MAX_WARPS} warps, and '
+                             f'snap ≥ 0; got {launch._asdict()}')
         return launch
 
     @property
@@ -109,10 +118,13 @@ def _kernel_runs_on(index: Optional[int]) -> bool:
 def fused_kl_terms(branches: Tensor, logit_scales: Tuple[float, float], eps: float,
                    split: bool = False) -> Tuple[Tensor, Tensor, Tensor]:
     """From ``branches`` (B, N + 1, Q), the attention branch's cosine similarities P and, last,
-    the uniform branch's P_u: q = softmax_Q(s_a·P − s_u·P_u) (B, N, Q), log(q + ε) (B, N, Q) and
-    Σ_c q·log(q + ε) (B, N), in at least fp32, q and log q with aligned rows. With ``split``
-    (fp32 work only), q and log q as their fp16 halves (B, N, 3·K), K the aligned Q, whose
-    product :func:`kl_dot_products` is q·log qᵀ on tensor cores."""
+    the uniform branch's P_u: q = softmax_Q(s_a·P − s_u·P_u) (B, N', Q), log(q + ε) (B, N', Q)
+    and Σ_c q·log(q + ε) (B, N), in at least fp32, q and log q with aligned rows, and N' ≥ N
+    rows, zeros beyond N, N' the aligned N (:func:`~fsa_seg.models.layout.aligned_row_length`):
+    their product q·log qᵀ then has aligned rows too. With ``split`` (fp32 work only), q and
+    log q as their fp16 halves (B, N', 3·K), K the aligned Q, whose product
+    :func:`kl_dot_products` is q·log qᵀ on tensor cores. ``branches`` may have padded rows (a
+    view of wider ones)."""
     if branches.shape[-1] > MAX_FUSED_QUERIES:
         raise ValueError(f'the fused FSA KL terms take at most {MAX_FUSED_QUERIES} queries, got '
                          f'{branches.shape[-1]}')
@@ -126,7 +138,7 @@ def kl_dot_products(q: Tensor, log_q_t: Tensor) -> Tensor:
     """q·log(q + ε)ᵀ (B, n, N) in at least fp32 from :func:`fused_kl_terms`' q (B, n, ·) and
     transposed log q. Of the fp16 halves (``split``): one fp16 product with fp32 accumulation
     of [q_hi, q_hi, q_lo] and [l_hi, l_lo, l_hi], on tensor cores, where an fp32 product runs
-    on CUDA cores (on an H100 at N = 1764, Q = 171: 25 µs and 5.3e-5 off against 35 µs and
+    on CUDA cores (on an H100 at N = 1764, Q = 171: 10 µs and 5.3e-5 off against 35 µs and
     1.1e-5 off; fp16 inputs alone: 6.7e-4); on CPU (the tests) the same products, exact in
     fp32, with fp32 sums."""
     if q.dtype != torch.float16:
@@ -141,10 +153,12 @@ def _kl_terms_outputs(branches: Tensor, split: bool) -> Tuple[Tensor, Tensor, Te
     dtype = torch.promote_types(branches.dtype, torch.float32)
     if split:
         width = 3 * aligned_row_length(queries, torch.float16)
-        q, log_q = (branches.new_empty((batch, tokens, width), dtype=torch.float16)
+        rows = aligned_row_length(tokens, torch.float16)
+        q, log_q = (branches.new_empty((batch, rows, width), dtype=torch.float16)
                     for _ in range(2))
     else:
-        q, log_q = (padded_rows((batch, tokens, queries), dtype, branches.device)
+        rows = aligned_row_length(tokens, dtype)
+        q, log_q = (padded_rows((batch, rows, queries), dtype, branches.device)
                     for _ in range(2))
     return q, log_q, branches.new_empty((batch, tokens), dtype=dtype)
 
@@ -162,9 +176,10 @@ def _through_dispatcher(*tensors: Optional[Tensor]) -> bool:
 
 def _kl_terms(branches: Tensor, logit_scales: Sequence[float], eps: float,
               split: bool) -> Tuple[Tensor, Tensor, Tensor]:
-    branches = branches.contiguous()
+    branches = strided_rows(branches)
     q, log_q, self_terms = _kl_terms_outputs(branches, split)
     batch, tokens = self_terms.shape
+    token_rows = q.shape[1]
     if q.numel() == 0:
         return q, log_q, self_terms
     from ._fsa_triton import kl_terms_rows
@@ -172,12 +187,12 @@ def _kl_terms(branches: Tensor, logit_scales: Sequence[float], eps: float,
     block = max(16, 1 << (queries - 1).bit_length())
     # the interpreter's cost is per program: there as many tokens a program as a block holds
     entries = KL_TERMS_ENTRIES if q.is_cuda else MAX_BLOCK_ENTRIES
-    rows = max(1, min(1 << (tokens - 1).bit_length(), entries // block))
-    grid = (-(-tokens // rows), batch)
+    rows = max(1, min(1 << (token_rows - 1).bit_length(), entries // block))
+    grid = (-(-token_rows // rows), batch)
     with _launching_on(q.device):
         _kernel(kl_terms_rows, q.device)[grid](
-            branches, q, log_q, self_terms, tokens, queries, q.stride(1),
-            aligned_row_length(queries, torch.float16),
+            branches, q, log_q, self_terms, tokens, token_rows, queries, branches.stride(1),
+            q.stride(1), aligned_row_length(queries, torch.float16),
             *map(_bits, (*logit_scales, eps)), ROWS=rows, BLOCK=block, SPLIT=split,
             num_warps=_num_warps(block))
     return q, log_q, self_terms
@@ -215,7 +230,7 @@ def fused_prune_and_sharpen(rows: Tensor, lamda: float, top_p: float, source: st
 
 def _prune_and_sharpen(rows: Tensor, self_terms: Optional[Tensor], lamda: float, top_p: float,
                        source: str, out_dtype: torch.dtype, launch: Sequence[int]) -> Tensor:
-    rows = rows.contiguous()
+    rows = strided_rows(rows)
     out = padded_rows(rows.shape, out_dtype, rows.device)
     if rows.numel() == 0:
         return out
@@ -234,11 +249,21 @@ def _(rows, self_terms, lamda, top_p, source, out_dtype, launch):
     return padded_rows(rows.shape, out_dtype, rows.device)
 
 
+def strided_rows(rows: Tensor) -> Tensor:
+    """``rows`` (…, n) as they are where the kernels read them in place, rows of n contiguous
+    entries a stride apart (a contiguous tensor, or a view of wider rows as ``x[..., :n]``),
+    else a contiguous copy."""
+    sizes, strides = rows.shape, rows.stride()
+    in_place = rows.dim() >= 2 and strides[-1] == 1 and strides[-2] >= sizes[-1] and all(
+        strides[d] == strides[d + 1] * sizes[d + 1] for d in range(rows.dim() - 2))
+    return rows if in_place else rows.contiguous()
+
+
 def run_kernel(rows: Tensor, out: Tensor, lamda: float, top_p: float, source: str = 'kl',
                self_terms: Optional[Tensor] = None, launch: PruningLaunch = PruningLaunch(),
                zero_padding: bool = False) -> None:
-    """Launch the pruning kernel on contiguous ``rows`` (..., N), writing ``out`` (the same
-    shape, rows of any stride; with ``zero_padding`` zeros from N to its row stride). By
+    """Launch the pruning kernel on ``rows`` (..., N) of :func:`strided_rows`, writing ``out``
+    (the same shape, rows of any stride; with ``zero_padding`` zeros from N to its row stride). By
     default the GPU runs a row a program with :func:`_num_warps` warps, and the interpreter,
     whose cost is per program, as many rows in one as Triton's largest block (2^20 entries)
     holds, both halving the interval of the top-p cut a step; ``launch`` sets others
@@ -249,15 +274,17 @@ def run_kernel(rows: Tensor, out: Tensor, lamda: float, top_p: float, source: st
     block = max(16, 1 << (size - 1).bit_length())
     rows_per_program = launch.rows or (1 if rows.is_cuda else min(
         1 << (num_rows - 1).bit_length(), MAX_BLOCK_ENTRIES // block))
+    in_stride = rows.stride(-2) if rows.dim() > 1 else size
     out_stride = out.stride(-2) if out.dim() > 1 else size
     if zero_padding and out_stride > block:
         raise ValueError(f'a row stride of {out_stride} is beyond the kernel\'s block of {block}')
     kernel = _kernel(prune_and_sharpen_rows, rows.device)[(-(-num_rows // rows_per_program),)]
     with _launching_on(rows.device):
-        kernel(rows, rows if self_terms is None else self_terms, out, num_rows, size, out_stride,
-               out_stride if zero_padding else size, _bits(lamda), _bits(top_p),
+        kernel(rows, rows if self_terms is None else self_terms, out, num_rows, size, in_stride,
+               out_stride, out_stride if zero_padding else size, _bits(lamda), _bits(top_p),
                SOURCE=SOURCES.index(source), KEY_BITS=8 * rows.element_size(),
                ROWS=rows_per_program, BLOCK=block, SPLIT_BITS=launch.split_bits,
+               SNAP_AFTER=launch.snap if launch.snap and rows.element_size() == 4 else NEVER,
                num_warps=launch.warps or _num_warps(block))
 
 

@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from ...visualization import make_palette
 from ..cuda_graphs import CropGraphs, model_state
-from ..layout import with_padding
+from ..layout import with_aligned_row_count, with_padding
 from ..plugins import AttentionPlugin, LogitsFn
 from ..text import Vocabulary, cached_query_embeddings, load_vocabulary, resolve_templates
 
@@ -149,13 +149,20 @@ class TrainingFreeSegmentor(BaseSegmentor):
             raise ValueError(f'{embeddings.shape[0]} embeddings for '
                              f'{len(self.vocabulary.queries)} queries')
         device = self.clip.visual.proj.device
-        # Buffers (not saved in checkpoints) so that model.to(device) moves them too.
-        self.register_buffer('query_embeddings', embeddings.to(device), persistent=False)
+        # Buffers (not saved in checkpoints) so that model.to(device) moves them too; the
+        # embeddings with zero rows up to a multiple of 8 (:attr:`query_embeddings` is a view)
+        self.register_buffer('aligned_query_embeddings',
+                             with_aligned_row_count(embeddings).to(device), persistent=False)
         self.register_buffer('query_to_class', torch.tensor(self.vocabulary.query_to_class,
                                                             device=device), persistent=False)
         self._graph_tensors = None
         if getattr(self, 'crop_graphs', None) is not None:
             self.crop_graphs.clear()  # graphs of the old embeddings: free their memory now
+
+    @property
+    def query_embeddings(self) -> Tensor:
+        """The (Q, D) L2-normalised query embeddings, a row per vocabulary query."""
+        return self.aligned_query_embeddings[:len(self.vocabulary.queries)]
 
     @property
     def num_classes(self) -> int:
@@ -189,7 +196,11 @@ class TrainingFreeSegmentor(BaseSegmentor):
         (B, n, Q) of the attention output alone (out_proj, ln_post, proj): the plug-ins'
         ``logits_fn``."""
         features = F.normalize(self.clip.head(self.clip.out_proj(heads)), dim=-1)
-        return features @ self.query_embeddings.to(features.dtype).t()
+        # against the queries' zero-padded rows: the product's rows then start at multiples of
+        # 16 bytes, which its fast GEMM kernels want on a GPU (Q = 171 of fp16: 342 bytes);
+        # its first Q columns are the similarities (a view of padded rows)
+        text = self.aligned_query_embeddings.to(features.dtype)
+        return (features @ text.t())[..., :len(self.vocabulary.queries)]
 
     # ------------------------------------------------------------------ features
     @abstractmethod

@@ -7,7 +7,7 @@ from mmseg.registry import MODELS
 from torch import Tensor
 
 from ..layout import aligned_row_length, with_padding, zero_padded
-from ..plugins.base import attend, merge_heads, split_heads
+from ..plugins.base import split_heads
 from .base import TrainingFreeSegmentor, upsample_bilinear
 
 
@@ -35,20 +35,14 @@ def proxy_attention(vfm_features: Tensor, beta: float, gamma: float,
     return attn[..., :num_tokens].unsqueeze(1)
 
 
-def attend_over_padding(attn: Tensor, values: Tensor) -> Tensor:
-    """``attend(attn, values)`` for a shared attention (B, 1, N, N) of :func:`proxy_attention`:
-    with padded rows, whose padding holds zeros, contracted over the padded length, the values
-    merged into as many rows with zeros last (the copy that merging the heads makes anyway,
-    and a fill of the few rows beyond N). On an H100 in fp16 at N = 1764, 1764 × 1764 · 1764 ×
-    768 takes 34.1 µs, over 1768 entries 9.9 µs: its fast GEMM kernels want a contracted length
-    of a multiple of 8."""
-    batch, heads, num_tokens, head_dim = values.shape
-    width = attn.stride(-2)
-    if width == num_tokens or attn.shape[1] != 1:
-        return attend(attn, values)
-    merged = zero_padded(values, (batch, width, heads * head_dim), num_tokens)
-    merged[:, :num_tokens] = merge_heads(values)
-    return split_heads(torch.matmul(with_padding(attn[:, 0]), merged), heads)
+def attend_over_padding(attn: Tensor, merged_values: Tensor, heads: int) -> Tensor:
+    """A·V (B, H, N, d) for a shared attention (B, 1, N, N) of :func:`proxy_attention`, from the
+    values' merged heads (B, N', H·d) of :meth:`ProxyCLIP.merged_values_on_grid`, N' the
+    attention's row stride: with padded rows, whose padding holds zeros, and as many rows of
+    values, zeros last, the product is contracted over the padded length. On an H100 in fp16 at
+    N = 1764, 1764 × 1764 · 1764 × 768 takes 34.1 µs, over 1768 entries 9.9 µs: its fast GEMM
+    kernels want a contracted length of a multiple of 8."""
+    return split_heads(torch.matmul(with_padding(attn[:, 0]), merged_values), heads)
 
 
 @MODELS.register_module()
@@ -86,16 +80,24 @@ class ProxyCLIP(TrainingFreeSegmentor):
         vfm_features = self.vfm(crops)
         grid = tuple(vfm_features.shape[-2:])
         attn = proxy_attention(vfm_features.to(self.clip.dtype), self.beta, self.gamma)
-        values = self.values_on_grid(crops, grid)
-        attended = self.apply_plugin(attn, values, attend_over_padding(attn, values), grid,
+        merged = self.merged_values_on_grid(crops, grid, rows=attn.stride(-2))
+        heads = self.clip.num_heads
+        values = split_heads(merged[:, :attn.shape[-1]], heads)
+        attended = self.apply_plugin(attn, values, attend_over_padding(attn, merged, heads), grid,
                                      padding_holds_zeros=True)
         return self.clip.head(self.clip.out_proj(attended)), grid
 
-    def values_on_grid(self, crops: Tensor, grid) -> Tensor:
-        """Per-head values of the patch tokens (B, H, h·w, d), bilinearly resized to ``grid``."""
+    def merged_values_on_grid(self, crops: Tensor, grid, rows: Optional[int] = None) -> Tensor:
+        """The values of the patch tokens bilinearly resized to ``grid``, heads merged
+        (B, rows, H·d), the rows beyond h·w zeros (h·w rows by default). Laid out token by token
+        (one copy of the resized channels): the per-head values, a view, are then read a token
+        at a time by the products, copies and means of a plug-in too."""
         tokens, clip_grid = self.clip.forward_to_last_block(crops)
         _, _, values = self.clip.qkv(tokens[:, 1:])
         batch, heads, _, head_dim = values.shape
         values = values.transpose(2, 3).reshape(batch, heads * head_dim, *clip_grid)
-        values = upsample_bilinear(values, grid)
-        return values.reshape(batch, heads, head_dim, -1).transpose(2, 3)
+        values = upsample_bilinear(values, grid).flatten(2)                   # (B, H·d, h·w)
+        num_tokens = values.shape[-1]
+        merged = zero_padded(values, (batch, rows or num_tokens, heads * head_dim), num_tokens)
+        merged[:, :num_tokens] = values.transpose(1, 2)
+        return merged

@@ -130,7 +130,8 @@ def test_bad_logit_scales_are_rejected():
 @pytest.mark.parametrize('launch, message', [
     (dict(rows=3), 'powers of two'), (dict(warps=64), 'at most 32 warps'),
     (dict(parts=1), 'parts ≥ 2'), (dict(rows=1.5), 'powers of two'),
-    (dict(threads=4), 'pruning_launch takes rows, warps, parts; got threads')])
+    (dict(snap=-1), 'snap ≥ 0'), (dict(snap=2.5), 'snap ≥ 0'),
+    (dict(threads=4), 'pruning_launch takes rows, warps, parts, snap; got threads')])
 def test_bad_pruning_launches_are_rejected(launch, message):
     with pytest.raises(ValueError, match=message):
         build(pruning_launch=launch)
@@ -138,8 +139,9 @@ def test_bad_pruning_launches_are_rejected(launch, message):
 
 def test_a_pruning_launch_is_shown_only_when_it_is_not_the_default():
     assert 'pruning_launch' not in repr(build())
-    assert "pruning_launch={'rows': 1, 'warps': 16, 'parts': 8}" in repr(
+    assert "pruning_launch={'rows': 1, 'warps': 16, 'parts': 8, 'snap': 13}" in repr(
         build(pruning_launch=dict(warps=16, parts=8, rows=1)))
+    assert "'snap': 0}" in repr(build(pruning_launch=dict(snap=0)))
 
 
 @pytest.mark.parametrize('dtype', [torch.float16, torch.bfloat16], ids=['fp16', 'bf16'])

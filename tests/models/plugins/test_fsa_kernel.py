@@ -68,11 +68,12 @@ def test_rows_equal_the_official_selection_in_cuda_tie_order(kind, lamda, top_p)
 
 @pytest.mark.parametrize('kind', ['positive', 'signed', 'ties', 'wide'])
 @pytest.mark.parametrize('top_p', [0.45, 0.0, 0.8, 5.0])
-def test_every_split_of_the_top_p_search_finds_the_halvings_cut(kind, top_p):
-    """Cutting the search interval in 4, 8 or 16 parts a step (fp32 rows: 32-bit keys) finds the
-    same cut as halving it, the one smallest key whose mass fits: rows equal bit for bit.
-    'wide': magnitudes from 1e-30 to 10 of both signs, keys far apart (intervals of about 2^32
-    keys, beyond 32-bit differences)."""
+def test_every_split_and_snap_of_the_top_p_search_finds_the_halvings_cut(kind, top_p):
+    """Cutting the search interval in 4, 8 or 16 parts a step (fp32 rows: 32-bit keys), or
+    shrinking it to the keys it holds after some halvings (FSA's 13, and 1, 5: early, often,
+    the interval still wide), finds the same cut as halving alone, the one smallest key whose
+    mass fits: rows equal bit for bit. 'wide': magnitudes from 1e-30 to 10 of both signs, keys
+    far apart (intervals of about 2^32 keys, beyond 32-bit differences)."""
     generator = torch.Generator().manual_seed(9)
     if kind == 'wide':
         sim = torch.rand(3, 40, 40, generator=generator, dtype=torch.float64)
@@ -80,13 +81,15 @@ def test_every_split_of_the_top_p_search_finds_the_halvings_cut(kind, top_p):
     else:
         sim = rows_of(kind, generator, torch.float32)
     halving = torch.empty_like(sim)
-    fsa_kernel.run_kernel(sim, halving, 3.0, top_p, 'similarity')
+    fsa_kernel.run_kernel(sim, halving, 3.0, top_p, 'similarity',
+                          launch=fsa_kernel.PruningLaunch(snap=0))
     assert halving.isfinite().all()
-    for split_bits in (2, 3, 4):
+    launches = [fsa_kernel.PruningLaunch(parts=2 ** split_bits) for split_bits in (2, 3, 4)]
+    launches += [fsa_kernel.PruningLaunch(snap=snap) for snap in (13, 1, 5)]
+    for launch in launches:
         out = torch.empty_like(sim)
-        fsa_kernel.run_kernel(sim, out, 3.0, top_p, 'similarity',
-                              launch=fsa_kernel.PruningLaunch(parts=2 ** split_bits))
-        assert torch.equal(out, halving), split_bits
+        fsa_kernel.run_kernel(sim, out, 3.0, top_p, 'similarity', launch=launch)
+        assert torch.equal(out, halving), launch
 
 
 def test_kl_rows_become_similarities_in_the_kernel_and_any_leading_shape_is_kept():
@@ -134,11 +137,12 @@ COMPILE_FOR_H100 = textwrap.dedent('''
     from fsa_seg.models.plugins._fsa_triton import kl_terms_rows, prune_and_sharpen_rows
     ptxas = glob.glob(os.path.join(os.path.dirname(triton.__file__),
                                    'backends', 'nvidia', 'bin', 'ptxas'))
-    PRUNE = ('rows_ptr', 'self_ptr', 'out_ptr', 'num_rows', 'size', 'out_stride', 'out_size',
-             'lamda_bits', 'top_p_bits', 'SOURCE', 'KEY_BITS', 'ROWS', 'BLOCK', 'SPLIT_BITS')
-    KL_TERMS = ('both_ptr', 'q_ptr', 'log_q_ptr', 'self_ptr', 'num_tokens', 'num_queries',
-                'q_stride', 'segment', 'scale_attn_bits', 'scale_uniform_bits', 'eps_bits',
-                'ROWS', 'BLOCK', 'SPLIT')
+    PRUNE = ('rows_ptr', 'self_ptr', 'out_ptr', 'num_rows', 'size', 'in_stride', 'out_stride',
+             'out_size', 'lamda_bits', 'top_p_bits', 'SOURCE', 'KEY_BITS', 'ROWS', 'BLOCK',
+             'SPLIT_BITS', 'SNAP_AFTER')
+    KL_TERMS = ('both_ptr', 'q_ptr', 'log_q_ptr', 'self_ptr', 'num_tokens', 'token_rows',
+                'num_queries', 'both_stride', 'q_stride', 'segment', 'scale_attn_bits',
+                'scale_uniform_bits', 'eps_bits', 'ROWS', 'BLOCK', 'SPLIT')
     def compiled(fn, names, types, constexprs, num_warps):
         signature = dict(zip(names, types + ('constexpr',) * len(constexprs)))
         try:
@@ -152,15 +156,17 @@ COMPILE_FOR_H100 = textwrap.dedent('''
                                                   ('fp32', 'fp16', 32, 2048, 2, 3),
                                                   ('fp32', 'bf16', 32, 4096, 1, 2),
                                                   ('fp64', 'fp64', 64, 64, 0, 1)):
-        types = ('*' + rows, '*' + rows, '*' + out, 'i32', 'i32', 'i32', 'i32', 'i64', 'i64')
+        types = ('*' + rows, '*' + rows, '*' + out, 'i32', 'i32', 'i32', 'i32', 'i32', 'i64',
+                 'i64')
         kernels.append(compiled(prune_and_sharpen_rows, PRUNE, types,
                                 dict(SOURCE=source, KEY_BITS=bits, ROWS=1, BLOCK=block,
-                                     SPLIT_BITS=split), fsa_kernel._num_warps(block)))
+                                     SPLIT_BITS=split, SNAP_AFTER=13 if bits == 32
+                                     else fsa_kernel.NEVER), fsa_kernel._num_warps(block)))
     for both, halves, work, split in (('fp16', 'fp32', 'fp32', False),
                                       ('fp16', 'fp16', 'fp32', True),
                                       ('fp64', 'fp64', 'fp64', False)):
         types = ('*' + both, '*' + halves, '*' + halves, '*' + work, 'i32', 'i32', 'i32', 'i32',
-                 'i64', 'i64', 'i64')
+                 'i32', 'i32', 'i64', 'i64', 'i64')
         kernels.append(compiled(kl_terms_rows, KL_TERMS, types,
                                 dict(ROWS=16, BLOCK=256, SPLIT=split), 4))
     for kernel in kernels:
@@ -193,11 +199,29 @@ def test_kl_terms_equal_their_definition_in_float64_and_keep_its_epsilon():
     branches[:, :-1, :5] -= 3.0                    # q ≈ e^-100 there
     q, log_q, self_terms = fsa_kernel.fused_kl_terms(branches, (20.0, 35.0), 1e-10)
     expected = kl_terms_reference(branches, (20.0, 35.0), 1e-10)
+    # 13 tokens: 14 rows of q and log q, the last zeros (an aligned product's rows), 16 bytes each
+    assert q.shape == log_q.shape == (2, 14, 37)
+    assert torch.equal(q[:, 13:], torch.zeros(2, 1, 37, dtype=torch.float64))
+    assert torch.equal(log_q[:, 13:], torch.zeros(2, 1, 37, dtype=torch.float64))
+    q, log_q = q[:, :13], log_q[:, :13]
     assert q.min() < 1e-30 and (log_q - math.log(1e-10)).abs().min() < 1e-12
     for ours, reference in zip((q, log_q, self_terms), expected):
         assert ours.dtype == torch.float64 and ours.shape == reference.shape
         torch.testing.assert_close(ours, reference, rtol=0, atol=1e-13)
     assert q.stride(1) % 2 == 0 and log_q.stride(1) % 2 == 0     # rows of 16-byte multiples
+
+
+def test_kl_terms_read_similarities_in_padded_rows_in_place():
+    """``logits_fn`` gives similarities against queries padded to an aligned count, as a view of
+    the first Q: the kernel reads them with their row stride, as it reads contiguous ones."""
+    generator = torch.Generator().manual_seed(5)
+    wide = torch.rand(2, 11, 40, generator=generator, dtype=torch.float64) * 2 - 1
+    branches = wide[..., :37]
+    assert fsa_kernel.strided_rows(branches).data_ptr() == wide.data_ptr()     # not copied
+    for ours, contiguous in zip(fsa_kernel.fused_kl_terms(branches, (20.0, 35.0), 1e-10),
+                                fsa_kernel.fused_kl_terms(branches.contiguous(), (20.0, 35.0),
+                                                          1e-10)):
+        assert torch.equal(ours, contiguous)
 
 
 def test_kl_terms_of_half_precision_similarities_are_made_in_float32():
@@ -207,6 +231,8 @@ def test_kl_terms_of_half_precision_similarities_are_made_in_float32():
     expected = kl_terms_reference(branches, (20.0, 35.0), 1e-10)   # of the same fp16 values
     assert q.dtype == log_q.dtype == self_terms.dtype == torch.float32
     assert q.stride(1) == 172                                  # 684 bytes a row → 688
+    assert q.shape == (1, 32, 171) and not q[:, 29:].any()     # 29 tokens → 32 rows, zeros
+    q, log_q = q[:, :29], log_q[:, :29]
     torch.testing.assert_close(q.double(), expected[0], rtol=1e-5, atol=1e-9)
     torch.testing.assert_close(log_q.double(), expected[1], rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(self_terms.double(), expected[2], rtol=1e-5, atol=1e-5)
@@ -223,7 +249,10 @@ def test_kl_terms_in_fp16_halves_give_the_dot_products_of_q_and_log_q():
     branches = (torch.rand(2, 31, 171, generator=generator) * 2 - 1).half()
     lhs, rhs, self_terms = fsa_kernel.fused_kl_terms(branches, (20.0, 35.0), 1e-10, split=True)
     q, log_q, expected_self = kl_terms_reference(branches, (20.0, 35.0), 1e-10)
-    assert lhs.dtype == rhs.dtype == torch.float16 and lhs.shape == rhs.shape == (2, 30, 528)
+    # 30 tokens: 32 rows (a multiple of 8 for fp16), the last two zeros
+    assert lhs.dtype == rhs.dtype == torch.float16 and lhs.shape == rhs.shape == (2, 32, 528)
+    assert not lhs[:, 30:].any() and not rhs[:, 30:].any()
+    lhs, rhs = lhs[:, :30], rhs[:, :30]
     q_parts, log_parts = lhs.double().split(176, -1), rhs.double().split(176, -1)
     for part in q_parts + log_parts:
         assert torch.equal(part[..., 171:], torch.zeros(2, 30, 5, dtype=torch.float64))
@@ -252,6 +281,10 @@ def test_rows_of_dot_products_are_pruned_as_the_kl_they_give():
     sim = 1 / (1 + kl.clamp(min=0))
     official = official_prune_and_sharpen(sim, 3.0, 0.45, stable=True)
     assert_official_rows(out, official, sim, 3.0)
+    # the rows of an aligned product, seen without their last columns, are read in place
+    wide = torch.cat([dots, torch.full_like(dots[..., :3], float('nan'))], dim=-1)
+    assert torch.equal(fused_prune_and_sharpen(wide[..., :40], 3.0, 0.45, 'dots',
+                                               torch.float64, self_terms=self_terms), out)
     with pytest.raises(ValueError, match="self_terms exactly for 'dots'"):
         fused_prune_and_sharpen(dots, 3.0, 0.45, 'kl', torch.float64, self_terms=self_terms)
     with pytest.raises(ValueError, match="self_terms exactly for 'dots'"):

@@ -67,6 +67,20 @@ def test_each_path_equals_the_reference(path, attention, batch, heads, n, dim, q
     assert (run(path, *problem) - reference(*problem)).abs().max() < 1e-12
 
 
+@pytest.mark.parametrize('path', PATHS)
+@pytest.mark.parametrize('attention', ['shared', 'per-head'])
+def test_values_laid_out_token_by_token_give_the_reference(path, attention):
+    """Values as ProxyCLIP lays them out (the heads of merged rows, wider than the tokens: a
+    view of its zero-padded buffer), whose uniform branch's mean FSA makes as a product."""
+    attn, values, logits_fn = random_fsa_problem(2, 3, 50, 4, 12, attention, seed=4)
+    merged = torch.zeros(2, 52, 3 * 4, dtype=values.dtype)
+    merged[:, :50] = values.transpose(1, 2).flatten(2)
+    token_major = merged[:, :50].unflatten(-1, (3, 4)).transpose(1, 2)
+    assert torch.equal(token_major, values) and token_major.stride(2) == 12
+    expected = reference(attn, values, logits_fn)
+    assert (run(path, attn, token_major, logits_fn) - expected).abs().max() < 1e-12
+
+
 @pytest.mark.parametrize('path', PATHS[1:])
 @pytest.mark.parametrize('lamda, top_p', [(2.3, 0.3), (4.5, 0.8), (3.0, 0.0), (3.0, 2.0)])
 def test_cuda_paths_equal_the_reference_for_other_hyper_parameters(path, lamda, top_p):
@@ -267,13 +281,15 @@ def test_with_a_head_that_records_grad_the_fused_path_applies_a_new_to_the_n_row
 
 
 def test_device_row_blocks_follow_the_shapes_only():
-    """2^22 entries at most: N = 1764 (DINO-B/8 at 336) whole; N = 4096 (SAM) in 4 × 1024 rows;
-    a batch of 2 at N = 1764 in 2 × 882 rows. The CPU path keeps its 2^19-entry blocks."""
+    """2^23 entries at most: N = 1764 (DINO-B/8 at 336) whole, in a batch of 2 too; N = 4096
+    (SAM) in 2 × 2048 rows; a batch of 4 at N = 1764 in 2 × 882 rows. The CPU path keeps its
+    2^19-entry blocks."""
     def spans(batch, n, path):
         return [(b.start, min(b.stop, n)) for b in fsa_module._row_blocks(batch, n, path)]
     assert spans(1, 1764, 'device') == [(0, 1764)]
-    assert spans(1, 4096, 'device') == [(0, 1024), (1024, 2048), (2048, 3072), (3072, 4096)]
-    assert spans(2, 1764, 'device') == [(0, 882), (882, 1764)]
+    assert spans(2, 1764, 'device') == [(0, 1764)]
+    assert spans(1, 4096, 'device') == [(0, 2048), (2048, 4096)]
+    assert spans(4, 1764, 'device') == [(0, 882), (882, 1764)]
     assert spans(1, 1764, 'cpu')[:2] == [(0, 297), (297, 594)] and len(spans(1, 1764, 'cpu')) == 6
 
 
@@ -426,7 +442,9 @@ def test_forward_on_cuda_makes_no_host_synchronisation(fused_kernel_support, att
 
 
 @pytest.mark.parametrize('padded', [False, True], ids=['attention', 'padded_attention'])
-def test_the_fused_path_launches_only_what_its_formula_needs(fused_kernel_support, padded):
+@pytest.mark.parametrize('token_major', [False, True], ids=['head_major', 'token_major'])
+def test_the_fused_path_launches_only_what_its_formula_needs(fused_kernel_support, padded,
+                                                             token_major):
     """On CUDA (fake tensors, N = 1764, Q = 171, fp16, ProxyCLIP's shared attention, A·V given):
     [V, A·V + V] (the operand of one product: its 4 padding rows zeroed, V copied, the sum
     written in place), the tokens of both
@@ -435,10 +453,15 @@ def test_the_fused_path_launches_only_what_its_formula_needs(fused_kernel_suppor
     kernel, q·log qᵀ, the pruning, A_new·operand and the ensemble product with its division by
     3: nothing else (no copy, no broadcast input of the KL product, no division). With
     ProxyCLIP's padded attention (1768 columns, zeros beyond 1764), one kernel more: the zeros
-    of A_new·V's 4 rows beyond N, over which the ensemble product then contracts."""
+    of A_new·V's 4 rows beyond N, over which the ensemble product then contracts. Values laid
+    out token by token (ProxyCLIP's: the heads side by side) have their mean made as a product
+    with a vector of ones (a fill, then a GEMV), where a reduction over the tokens runs on few
+    SMs."""
     fsa = FSA(**HYPER)
     with FakeTensorMode():
         attn, values, logits_fn = cuda_problem()
+        if token_major:
+            values = values.transpose(1, 2).contiguous().transpose(1, 2)
         if padded:
             attn = torch.empty(1, 1, 1764, 1768, device='cuda', dtype=torch.float16)
         attended = (attn[:, 0, :, :1764] @ values.transpose(1, 2).flatten(2)).unflatten(
@@ -446,8 +469,9 @@ def test_the_fused_path_launches_only_what_its_formula_needs(fused_kernel_suppor
         attended = attended.transpose(1, 2)
         with torch.no_grad(), Kernels() as kernels:
             fsa(attn, values, logits_fn, attended=attended)
+    mean = ['new_ones', 'baddbmm_'] if token_major else ['mean']
     assert kernels.names == [
-        'zero_', 'copy_', 'add', 'copy_', 'mean',                  # operand, both branches' tokens
+        'zero_', 'copy_', 'add', 'copy_', *mean,                   # operand, both branches' tokens
         'mm', 'linalg_vector_norm', 'clamp_min', 'div', 'mm',      # logits_fn
         'fsa_seg.kl_terms', *(['zero_'] if padded else []),
         'bmm', 'fsa_seg.prune_and_sharpen', 'bmm', 'baddbmm']
@@ -520,7 +544,11 @@ def test_on_cuda_the_kl_product_of_fp16_halves_is_near_fp32s():
     with torch.no_grad():
         q, log_q, _ = fused_kl_terms(branches, HYPER['logit_scales'], 1e-10)
         lhs, rhs, _ = fused_kl_terms(branches, HYPER['logit_scales'], 1e-10, split=True)
-        dots = kl_dot_products(lhs, rhs.transpose(-1, -2))
+        # as FSA makes it: q's 1764 rows against log q's 1768 (zeros beyond 1764)
+        dots = kl_dot_products(lhs[:, :1764], rhs.transpose(-1, -2))
+    assert lhs.shape == (1, 1768, 528) and dots.shape == (1, 1764, 1768)
+    assert not dots[..., 1764:].any()
+    dots = dots[..., :1764]
     expected = q.double() @ log_q.double().transpose(-1, -2)
     assert dots.dtype == torch.float32
     assert (dots.double() - expected).abs().max() < 1e-4

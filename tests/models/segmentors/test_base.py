@@ -183,6 +183,26 @@ def test_vocabulary_can_change_at_run_time(tiny_clip):
     assert int(out.pred_sem_seg.data.max()) < 4
 
 
+def test_attention_logits_are_cosines_with_the_queries_in_aligned_rows(tiny_clip):
+    """The plug-ins' logits_fn: cos(ln_post(out_proj(heads)) @ proj, text) for each query, a view
+    of rows padded to a multiple of 8 queries (5 → 8), whose product a GPU runs in its aligned
+    kernels; the query embeddings keep their 5 rows."""
+    model = build(tiny_clip, test_cfg=dict(mode='whole'))
+    model.set_vocabulary(['sky', 'road', 'tree; bush', 'car'])
+    attn = model.clip.last_block.attn
+    heads = torch.randn(2, attn.num_heads, 7, attn.out_proj.in_features // attn.num_heads,
+                        dtype=model.clip.dtype)
+    logits = model.attention_logits(heads)
+    merged = heads.transpose(1, 2).flatten(2)
+    features = model.clip.visual.ln_post(merged @ attn.out_proj.weight.t()
+                                         + attn.out_proj.bias) @ model.clip.visual.proj
+    expected = F.normalize(features, dim=-1) @ model.query_embeddings.double().t()
+    assert logits.shape == (2, 7, 5) and logits.stride(-2) == 8
+    torch.testing.assert_close(logits, expected, rtol=0, atol=1e-14)
+    assert model.query_embeddings.shape == (5, 32)
+    assert not model.aligned_query_embeddings[5:].any()
+
+
 def test_training_is_refused(tiny_clip):
     with pytest.raises(NotImplementedError, match='training-free'):
         build(tiny_clip).loss(None, None)

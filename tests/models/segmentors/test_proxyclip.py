@@ -58,8 +58,12 @@ def test_proxy_attention_and_values_match_the_official_code(golden):
     model = build_golden(golden)
     attn = proxy_attention(golden['vfm_features'], golden['beta'], golden['gamma'])
     assert (attn - golden['attn']).abs().max() < 1e-15
-    values = model.values_on_grid(golden['image'], (28, 28))
-    assert (values - golden['values']).abs().max() < 1e-12
+    merged = model.merged_values_on_grid(golden['image'], (28, 28))
+    values = golden['values']
+    assert merged.shape == (1, 28 * 28, values.shape[1] * values.shape[3])
+    assert (merged - values.transpose(1, 2).flatten(2)).abs().max() < 1e-12
+    padded = model.merged_values_on_grid(golden['image'], (28, 28), rows=28 * 28 + 3)
+    assert torch.equal(padded[:, :28 * 28], merged) and not padded[:, 28 * 28:].any()
 
 
 def test_proxyclip_tokens_reproduce_the_official_outputs(golden):
@@ -106,16 +110,18 @@ def test_aligned_rows_give_the_same_attention(grid):
                                                 ((5, 7), torch.float32, 36),
                                                 ((6, 7), torch.float64, 42)])
 def test_attention_over_the_padding_equals_attention_over_the_tokens(grid, dtype, width):
-    """A·V with A's padded rows (zeros) contracted over the padded length, the values given as
-    many rows with zeros last: the straightforward product, per head; unpadded rows (42 fp64
-    entries are 336 bytes) take the plain product."""
+    """A·V with A's padded rows (zeros) contracted over the padded length, the values' merged
+    heads given as many rows with zeros last: the straightforward product, per head; unpadded
+    rows (42 fp64 entries are 336 bytes) take the plain product."""
     n = grid[0] * grid[1]
     features = torch.randn(2, 8, *grid, dtype=dtype)
-    values = torch.randn(2, 3, 4, n, dtype=dtype).transpose(2, 3)   # as values_on_grid lays out
+    values = torch.randn(2, 3, n, 4, dtype=dtype)
+    merged = torch.cat([values.transpose(1, 2).flatten(2), torch.zeros(2, width - n, 12,
+                                                                       dtype=dtype)], dim=1)
     attn = proxy_attention(features, 1.2, 3.0, aligned_rows=True)
     assert attn.stride(-2) == width
     with RecordedProducts() as products:
-        out = attend_over_padding(attn, values)
+        out = attend_over_padding(attn, merged, 3)
     assert products.shapes == [((2, n, width), (2, width, 12))]
     expected = torch.einsum('bnm,bhmd->bhnd', attn[:, 0].double(), values.double())
     tolerance = 1e-12 if dtype == torch.float64 else 1e-5
@@ -162,6 +168,16 @@ def test_only_a_plugin_that_reads_padding_gets_the_padded_attention(
         widths[plugin] = model.plugin.attn_width
         torch.testing.assert_close(model.plugin.row_sums, torch.ones(1, 1, 35, dtype=torch.float64))
     assert widths == {'TestPassThrough': 35, 'TestPassThroughPadded': 36 if aligned else 35}
+
+
+def test_the_plugin_gets_values_laid_out_token_by_token(golden, pass_through_plugins):
+    """The values (B, H, N, d) a plug-in gets are the heads of merged rows (B, N, H·d): a
+    token's channels side by side, so that a plug-in's copies and means of them read whole rows
+    (FSA's operand, its uniform branch's mean as one product)."""
+    model = build_golden(golden, dict(type='TestPassThrough'))
+    model.output_tokens(golden['image'])
+    heads, width = model.clip.num_heads, golden['model_cfg']['width']
+    assert model.plugin.values_strides[1:] == (width // heads, width, 1)
 
 
 def equally_similar_features(cosine: float) -> torch.Tensor:

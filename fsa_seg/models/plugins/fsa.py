@@ -84,8 +84,9 @@ class FSA(AttentionPlugin):
             reproduces the official code's selection bit for bit on the same device.
         pruning_launch: how the fused path launches its pruning kernel, for tuning on a GPU
             (``tools/analysis/benchmark.py kernel`` times launches): ``dict(rows=, warps=,
-            parts=)``, rows and warps a program and the parts the top-p cut's interval is cut
-            into a step (see :class:`.fsa_kernel.PruningLaunch`); None: the defaults.
+            parts=, snap=)``, rows and warps a program, the parts the top-p cut's interval is
+            cut into a step, the halvings before the interval first shrinks to the keys it
+            holds (see :class:`.fsa_kernel.PruningLaunch`); None: the defaults.
     """
 
     tokens = 'patches'

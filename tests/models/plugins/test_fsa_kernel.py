@@ -15,7 +15,7 @@ import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
 
 import fsa_seg.models.plugins.fsa_kernel as fsa_kernel
-from fsa_seg.models.layout import padded_rows, with_padding, zero_padded
+from fsa_seg.models.layout import with_padding
 from fsa_seg.models.plugins.fsa_kernel import MAX_FUSED_TOKENS, fused_prune_and_sharpen
 from fsa_seg.models.plugins.fsa_reference import official_prune_and_sharpen
 
@@ -355,23 +355,6 @@ def test_the_padding_of_a_new_rows_holds_zeros(dtype, size, stride):
         tolerance = {torch.float32: 1e-5, torch.float16: 1e-3}[dtype]
         assert torch.equal(out > 0, official > 0)
         assert (out.double() - official).abs().max() < tolerance
-
-
-def test_with_padding_takes_rows_of_padded_rows_only():
-    rows = padded_rows((2, 3, 5), torch.float16, torch.device('cpu'))
-    assert with_padding(rows).shape == (2, 3, 8) and with_padding(rows).stride() == (24, 8, 1)
-    with pytest.raises(ValueError, match='rows of padded_rows'):
-        with_padding(torch.zeros(4))
-    with pytest.raises(ValueError, match='rows of padded_rows'):
-        with_padding(torch.zeros(4, 3).t())
-
-
-def test_zero_padded_holds_zeros_in_the_rows_beyond_the_size():
-    like = torch.ones(1, dtype=torch.float16)
-    padded = zero_padded(like, (2, 6, 3), 4)
-    assert padded.shape == (2, 6, 3) and padded.dtype == torch.float16
-    assert torch.equal(padded[:, 4:], torch.zeros(2, 2, 3, dtype=torch.float16))
-    assert zero_padded(like, (2, 4, 3), 4).shape == (2, 4, 3)
 
 
 @pytest.mark.skipif(sys.platform != 'linux', reason="Triton's CUDA compiler ships for Linux")

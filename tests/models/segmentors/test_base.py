@@ -191,7 +191,7 @@ def test_attention_logits_are_cosines_with_the_queries_in_aligned_rows(tiny_clip
     model.set_vocabulary(['sky', 'road', 'tree; bush', 'car'])
     attn = model.clip.last_block.attn
     heads = torch.randn(2, attn.num_heads, 7, attn.out_proj.in_features // attn.num_heads,
-                        dtype=model.clip.dtype)
+                        generator=torch.Generator().manual_seed(0), dtype=model.clip.dtype)
     logits = model.attention_logits(heads)
     merged = heads.transpose(1, 2).flatten(2)
     features = model.clip.visual.ln_post(merged @ attn.out_proj.weight.t()

@@ -6,6 +6,9 @@ Triton's float arguments are fp32, which would change ε in float64, and a tenso
 have to be filled on the device first."""
 import triton
 import triton.language as tl
+from triton.language.extra import libdevice
+
+LOG2E = tl.constexpr(1.4426950408889634)  # log2(e): exp(x) = 2^(x·log2 e)
 
 
 @triton.jit
@@ -19,6 +22,26 @@ def _halves(x):
     """``x`` as two fp16 numbers, high + low = x to about 22 bits (fp16 subnormals aside)."""
     high = x.to(tl.float16)
     return high, (x - high.to(x.dtype)).to(tl.float16)
+
+
+@triton.jit
+def _exp(x, scale, shift):
+    """exp(scale·x − shift) for a row's scalars ``scale`` and ``shift``. fp32 as
+    2^(x·(scale·log2 e) − shift·log2 e): one FFMA and the GPU's ex2 (which flushes results below
+    2^-126 to zero), where ``tl.exp`` adds a multiply and the rescaling of subnormal results;
+    float64 as it reads."""
+    if x.dtype == tl.float32:
+        return tl.math.exp2(x * (scale * LOG2E) - shift * LOG2E)
+    return tl.exp(scale * x - shift)
+
+
+@triton.jit
+def _similarity(kl, FAST: tl.constexpr):
+    """1 / (1 + max(KL, 0)); with FAST (fp32 on a GPU, not in the interpreter) the GPU's
+    approximate reciprocal, without a full division's range checks (of no use for 1 ≤ x)."""
+    if FAST:
+        return libdevice.fast_dividef(1.0, 1.0 + tl.maximum(kl, 0.0))
+    return 1.0 / (1.0 + tl.maximum(kl, 0.0))
 
 
 @triton.jit(do_not_specialize=['num_tokens', 'token_rows', 'scale_attn_bits',
@@ -77,9 +100,13 @@ def _store_self_terms(self_ptr, q, log_q, valid, stored):
 
 
 @triton.jit
-def _order_keys(x, valid, smallest, KEY_BITS: tl.constexpr):
+def _order_keys(x, valid, smallest, KEY_BITS: tl.constexpr, SIGNED: tl.constexpr):
     """Integers of KEY_BITS bits in the order of the floats ``x`` (sign-magnitude → two's
-    complement), -0.0 and 0.0 one key; entries outside ``valid`` get ``smallest``."""
+    complement), -0.0 and 0.0 one key, entries outside ``valid`` ``smallest``. Without SIGNED
+    (``x`` positive or −inf: similarities made from the KL, −inf where not ``valid``) the bit
+    patterns as they are, which are in that order already."""
+    if not SIGNED:
+        return x.to(tl.int32 if KEY_BITS == 32 else tl.int64, bitcast=True)
     x = tl.where(x == 0.0, 0.0, x)
     if KEY_BITS == 32:
         bits = x.to(tl.int32, bitcast=True)
@@ -97,9 +124,10 @@ def _midpoint(low, high):
 
 
 @triton.jit
-def _bisection(keys, p, low, high, top_p, smallest, largest, SNAP_AFTER: tl.constexpr,
-               SNAP_EVERY: tl.constexpr):
-    """Halve [low, high) until high = low + 1, keeping G(low) > top_p ≥ G(high) (per row).
+def _bisection(keys, p, low, high, mass_high, top_p, smallest, largest,
+               SNAP_AFTER: tl.constexpr, SNAP_EVERY: tl.constexpr):
+    """Halve [low, high) until high = low + 1, keeping G(low) > top_p ≥ G(high) (per row), and
+    G(high) as ``mass_high``; G(b) sums ``p`` over the keys ≥ b (in any unit of ``top_p``).
 
     After SNAP_AFTER halvings, and every SNAP_EVERY after that, [low, high) shrinks to the keys
     it holds instead, [its smallest, its largest + 1) (no key leaves it: G is the same at both
@@ -122,12 +150,14 @@ def _bisection(keys, p, low, high, top_p, smallest, largest, SNAP_AFTER: tl.cons
             halvings = 0
             due = SNAP_EVERY
         else:
-            fits = tl.sum(tl.where(keys >= middle, p, 0.0), axis=1)[:, None] <= top_p
+            mass = tl.sum(tl.where(keys >= middle, p, 0.0), axis=1)[:, None]
+            fits = mass <= top_p
             high = tl.where(fits, middle, high)     # a finished row: middle = low, kept as is
+            mass_high = tl.where(fits, mass, mass_high)
             low = tl.where(fits, low, middle)
             halvings += 1
         middle = _midpoint(low, high)
-    return low, high
+    return low, high, mass_high
 
 
 @triton.jit
@@ -153,7 +183,8 @@ def _split_search(keys, p, low, high, top_p, SPLIT_BITS: tl.constexpr):
 def prune_and_sharpen_rows(rows_ptr, self_ptr, out_ptr, num_rows, size, in_stride, out_stride,
                            out_size, lamda_bits, top_p_bits, SOURCE: tl.constexpr,
                            KEY_BITS: tl.constexpr, ROWS: tl.constexpr, BLOCK: tl.constexpr,
-                           SPLIT_BITS: tl.constexpr, SNAP_AFTER: tl.constexpr):
+                           SPLIT_BITS: tl.constexpr, SNAP_AFTER: tl.constexpr,
+                           FAST_MATH: tl.constexpr):
     """ROWS rows of ``size`` entries a program (one on the GPU): A_new's rows, written with row
     stride ``out_stride`` and zeros from ``size`` to ``out_size`` (≤ BLOCK), from rows (of
     stride ``in_stride``) of similarities (SOURCE 0), of KL divergences (1), or of dot products
@@ -163,10 +194,13 @@ def prune_and_sharpen_rows(rows_ptr, self_ptr, out_ptr, num_rows, size, in_strid
     end of a group of equal values in the sorted row), a bisection over the keys finds the
     smallest b with G(b) ≤ top_p: the entries from b up are kept whole; of the next group of
     equal values, the ones of lowest index while the mass stays ≤ top_p; at least the row's
-    first maximum. This is the stable descending sort's selection, without sorting. With
-    SPLIT_BITS > 1 (32-bit keys) each step cuts the interval in 2^SPLIT_BITS parts instead of
-    halving it: fewer steps, each with more (independent) sums. Halving, after SNAP_AFTER steps
-    the interval shrinks to the keys it holds (:func:`_bisection`)."""
+    first maximum. This is the stable descending sort's selection, without sorting. The masses
+    are summed in units of the row's exps w = exp(x − max x), against top_p·Σw (the softmax's
+    division left out). With SPLIT_BITS > 1 (32-bit keys) each step cuts the interval in
+    2^SPLIT_BITS parts instead of halving it: fewer steps, each with more (independent) sums.
+    Halving, after SNAP_AFTER steps the interval shrinks to the keys it holds
+    (:func:`_bisection`). FAST_MATH: the GPU's approximate reciprocal for fp32 similarities
+    (libdevice, which the interpreter lacks)."""
     dtype: tl.constexpr = rows_ptr.dtype.element_ty
     rows = tl.program_id(0).to(tl.int64) * ROWS + tl.arange(0, ROWS)[:, None]
     offsets = tl.arange(0, BLOCK)[None, :]
@@ -177,47 +211,55 @@ def prune_and_sharpen_rows(rows_ptr, self_ptr, out_ptr, num_rows, size, in_strid
     if SOURCE == 2:
         x = tl.load(self_ptr + rows, mask=rows < num_rows, other=0.0) - x
     if SOURCE != 0:
-        x = 1.0 / (1.0 + tl.maximum(x, 0.0))
-    top = tl.max(tl.where(valid, x, -float('inf')), axis=1)[:, None]
-    weights = tl.where(valid, tl.exp(x - top), 0.0)
-    p = weights / tl.sum(weights, axis=1)[:, None]
+        x = _similarity(x, FAST_MATH and KEY_BITS == 32)
+    # −inf beyond the row: no weight in any softmax, and (SOURCE ≠ 0) keys below the row's
+    x = tl.where(valid, x, -float('inf'))
+    top = tl.max(x, axis=1)[:, None]
+    weights = _exp(x, 1.0, top)
+    whole = tl.sum(weights, axis=1)[:, None]                        # G(the smallest key)
+    budget = top_p * whole                                          # top_p in units of weights
     if KEY_BITS == 32:  # the keys' smallest and largest values
         smallest = -0x7FFFFFFF - 1
         largest = 0x7FFFFFFF
     else:
         smallest = -0x7FFFFFFFFFFFFFFF - 1
         largest = 0x7FFFFFFFFFFFFFFF
-    keys = _order_keys(x, valid, smallest, KEY_BITS)
+    keys = _order_keys(x, valid, smallest, KEY_BITS, SIGNED=SOURCE == 0)
+    top_key = _order_keys(top, rows < num_rows, smallest, KEY_BITS, SIGNED=SOURCE == 0)
     low = tl.min(tl.where(valid, keys, largest), axis=1)[:, None]          # G(low) > top_p
-    top_key = _order_keys(top, rows < num_rows, smallest, KEY_BITS)       # the row's largest
     high = top_key + 1                                                      # G(high) = 0
-    low_fits = tl.sum(tl.where(keys >= low, p, 0.0), axis=1)[:, None] <= top_p
-    high = tl.where(low_fits, low, high)                      # top_p ≥ the whole mass: keep all
+    # top_p ≥ the whole mass: every entry kept, the cut below the smallest key (no group there)
+    fits = whole <= budget
+    high = tl.where(fits, low, high)
+    low = tl.where(fits, low - 1, low)
+    mass_above = tl.where(fits, whole, 0.0)                                     # G(high)
     if KEY_BITS == 32 and SPLIT_BITS > 1:
-        low, high = _split_search(keys, p, low, high, top_p, SPLIT_BITS)
+        low, high = _split_search(keys, weights, low, high, budget, SPLIT_BITS)
+        mass_above = tl.sum(tl.where(keys >= high, weights, 0.0), axis=1)[:, None]
     else:
-        low, high = _bisection(keys, p, low, high, top_p, smallest, largest, SNAP_AFTER,
-                               SNAP_EVERY=2)
-    above = keys >= high                                      # kept whole
-    mass_above = tl.sum(tl.where(above, p, 0.0), axis=1)[:, None]
-    next_key = tl.max(tl.where(above, smallest, keys), axis=1)[:, None]
-    tied = valid & (keys == next_key) & ~above
-    tied_p = tl.where(tied, p, 0.0)
-    # of equal values at the cut, those of lowest index while the mass fits; for fp32 rows the
-    # scan only where a row has several (rare): for one entry it adds zeros to its p, which
-    # changes no bit (fp64 rows, the tests' on CUDA, always scan: ptxas spills the branch)
+        low, high, mass_above = _bisection(keys, weights, low, high, mass_above, budget,
+                                           smallest, largest, SNAP_AFTER, SNAP_EVERY=2)
+    # the entries from high up are kept whole; the cut's group, of key low: G(low) > top_p ≥
+    # G(low + 1) = G(high), so it has entries (none where the whole row fits)
+    tied = keys == low
+    # of its entries, those of lowest index while the mass fits, which needs a cumulative sum
+    # where it has several (rare; fp64 rows, the tests' on CUDA, always: ptxas spills the
+    # branch). One entry's mass is G(low) > top_p: none is kept, unless nothing is above the
+    # cut: then the group is the row's maxima, and its first is kept
     if KEY_BITS == 64 or tl.max(tl.sum(tied.to(tl.int32), axis=1)) > 1:
-        mass = mass_above + tl.cumsum(tied_p, axis=1)
+        mass = mass_above + tl.cumsum(tl.where(tied, weights, 0.0), axis=1)
         first_tied = offsets == tl.min(tl.where(tied, offsets, BLOCK), axis=1)[:, None]
+        keep = (keys >= high) | (tied & ((mass <= budget) | (first_tied & (high > top_key))))
     else:
-        mass = mass_above + tied_p
-        first_tied = tied
-    # nothing above the cut: the cut's group is the row's maxima, and the first of them is kept
-    # even where its mass exceeds top_p
-    keep = above | (tied & ((mass <= top_p) | (first_tied & (high > top_key))))
-    sharpened = tl.where(keep, x * tl.exp(lamda * x), -float('inf'))
-    weights = tl.exp(sharpened - tl.max(sharpened, axis=1)[:, None])
-    new_rows = weights / tl.sum(weights, axis=1)[:, None]
+        keep = keys >= tl.where(high > top_key, low, high)
+    sharpened = tl.where(keep, x * _exp(x, lamda, 0.0), -float('inf'))
+    if SOURCE == 0:
+        shift = tl.max(sharpened, axis=1)[:, None]
+    else:  # x > 0 and the row's maximum kept: sharpened's maximum, where λ ≥ −1 (x·e^(λx)
+        # then grows with x), and within 1/e of it otherwise
+        shift = top * _exp(top, lamda, 0.0)
+    weights = _exp(sharpened, 1.0, shift)
+    new_rows = weights * (1.0 / tl.sum(weights, axis=1)[:, None])
     # beyond ``size`` nothing is kept: the entries there are exp(−inf) / sum = 0
     tl.store(out_ptr + rows * out_stride + offsets, new_rows.to(out_ptr.dtype.element_ty),
              mask=(offsets < out_size) & (rows < num_rows))

@@ -30,8 +30,8 @@ block×N ones and it is never held whole. A CPU and a CUDA path do that, by the 
   - 'fused' (CUDA with Triton, N ≤ 4096; the default there): one Triton kernel makes the KL's
     terms from the branches' similarities, and per block one more turns the rows of
     q_i·log q_j (one matrix product) into rows of A_new (:mod:`.fsa_kernel`): no sort, every
-    row read and written once; the official selection, up to the summation order of the
-    softmax and cumulative mass;
+    row read and written once; the official selection, up to roundings (the summation order
+    of the softmax and cumulative mass, the GPU's fast exp2 and reciprocal in fp32);
   - 'device' (``fused_pruning=False``, or no Triton): every row sorted with ``torch.sort``
     (indices included, which the GPU sort makes anyway) and its kept entries scattered back, as
     the official code does: its selection bit for bit on the same device, in a dozen kernels.

@@ -33,9 +33,12 @@ fp16 inputs alone 6.7e-4. The model's own fp16 similarities already put 7.9e-5 i
 (CPU, fp64). fp32 models keep the fp32 product.
 
 This is the official selection, as a definition: the kernel finds the cut by a bisection over
-the bit patterns of the similarities, without sorting (:mod:`._fsa_triton`). Only the summation
-order of the softmax and the cumulative mass differs from torch's kernels (a top-p cut moves only
-where a row's cumulative mass lies within rounding of ``top_p``). Both kernels are torch custom
+the bit patterns of the similarities, without sorting (:mod:`._fsa_triton`). Only roundings
+differ from torch's kernels, so that a top-p cut moves only where a row's cumulative mass lies
+within rounding of ``top_p``: the order of the sums; the masses compared in units of the
+row's exps (against top_p·Σ exp, the softmax's division left out); and on the GPU, in fp32,
+the hardware's exp2 and reciprocal (ex2.approx, within 2 ulps; results below 2^-126, A_new's
+entries of less than 1e-38 included, flushed to zero). Both kernels are torch custom
 ops with shape-only fake implementations, so the host-synchronisation checks on fake CUDA
 tensors and ``torch.compile`` see through them; a plain eager call skips the dispatcher
 (:func:`_through_dispatcher`). On CPU the same kernels run in Triton's interpreter
@@ -285,7 +288,7 @@ def run_kernel(rows: Tensor, out: Tensor, lamda: float, top_p: float, source: st
                SOURCE=SOURCES.index(source), KEY_BITS=8 * rows.element_size(),
                ROWS=rows_per_program, BLOCK=block, SPLIT_BITS=launch.split_bits,
                SNAP_AFTER=launch.snap if launch.snap and rows.element_size() == 4 else NEVER,
-               num_warps=launch.warps or _num_warps(block))
+               FAST_MATH=rows.is_cuda, num_warps=launch.warps or _num_warps(block))
 
 
 def _power_of_two(value: int) -> bool:

@@ -66,6 +66,52 @@ def test_rows_equal_the_official_selection_in_cuda_tie_order(kind, lamda, top_p)
         assert torch.equal((out > 0).sum(-1), torch.ones(3, 40, dtype=torch.long))
 
 
+@pytest.mark.parametrize('source', ['similarity', 'kl', 'dots'])
+@pytest.mark.parametrize('lamda, top_p', [(3.0, 0.45), (2.3, 0.3), (4.5, 0.8), (3.0, 0.0),
+                                          (3.0, 5.0)])
+def test_fp32_rows_keep_the_official_selection_from_every_source(source, lamda, top_p):
+    """fp32 rows, which FSA's fused path prunes: there the cut's group is searched with the
+    snap, and only a group of several equal values takes the cumulative sum; a group of one
+    entry is dropped, but for the row's maximum. Rows of distinct values (random), of one
+    maximum far above the rest and of three equal maxima; the similarities the kernel makes
+    from KL rows and dot products are torch's own in fp32 (the interpreter divides exactly).
+    The selection, which λ does not change, is compared where no kept entry underflows
+    (λ = 0); A_new within fp32's rounding of the sharpened values (see
+    :func:`assert_official_rows`), the entries that underflow fp32 aside."""
+    generator = torch.Generator().manual_seed(12)
+    rows = torch.rand(3, 30, 50, generator=generator)
+    self_terms = None
+    if source == 'similarity':
+        rows[1, :, 7] = 2.0                                             # one far maximum
+        rows[2, :, 3:6] = 2.0                                           # three equal maxima
+        sim = rows
+    else:  # KL divergences, some clamped: similarities of 1, the row's maxima
+        kl = rows * 3
+        kl[1, :, 7] = kl[2, :, 3:6] = -1.0
+        rows = kl
+        if source == 'dots':  # dot products, which the kernel subtracts from the self terms
+            self_terms = torch.rand(3, 30, generator=generator)
+            rows = self_terms[..., None] - kl
+            kl = self_terms[..., None] - rows
+        sim = 1 / (1 + kl.clamp(min=0))
+
+    def pruned(lamda):
+        return fused_prune_and_sharpen(rows, lamda, top_p, source, torch.float32,
+                                       self_terms=self_terms)
+    selected = pruned(0.0) > 0
+    assert torch.equal(selected, official_prune_and_sharpen(sim.double(), 0.0, top_p,
+                                                            stable=True) > 0)
+    kept = selected.sum(-1)
+    if top_p == 0.0:  # the first maximum alone
+        assert (kept == 1).all()
+    if top_p >= 1.0:
+        assert (kept == 50).all()
+    official = official_prune_and_sharpen(sim.double(), lamda, top_p, stable=True)
+    sharpened = (sim * torch.exp(lamda * sim)).double().abs().amax(dim=-1, keepdim=True)
+    bound = 8 * torch.finfo(torch.float32).eps * (sharpened + 1) * official + 1e-37
+    assert ((pruned(lamda).double() - official).abs() <= bound).all()
+
+
 @pytest.mark.parametrize('kind', ['positive', 'signed', 'ties', 'wide'])
 @pytest.mark.parametrize('top_p', [0.45, 0.0, 0.8, 5.0])
 def test_every_split_and_snap_of_the_top_p_search_finds_the_halvings_cut(kind, top_p):
@@ -139,7 +185,7 @@ COMPILE_FOR_H100 = textwrap.dedent('''
                                    'backends', 'nvidia', 'bin', 'ptxas'))
     PRUNE = ('rows_ptr', 'self_ptr', 'out_ptr', 'num_rows', 'size', 'in_stride', 'out_stride',
              'out_size', 'lamda_bits', 'top_p_bits', 'SOURCE', 'KEY_BITS', 'ROWS', 'BLOCK',
-             'SPLIT_BITS', 'SNAP_AFTER')
+             'SPLIT_BITS', 'SNAP_AFTER', 'FAST_MATH')
     KL_TERMS = ('both_ptr', 'q_ptr', 'log_q_ptr', 'self_ptr', 'num_tokens', 'token_rows',
                 'num_queries', 'both_stride', 'q_stride', 'segment', 'scale_attn_bits',
                 'scale_uniform_bits', 'eps_bits', 'ROWS', 'BLOCK', 'SPLIT')
@@ -161,7 +207,8 @@ COMPILE_FOR_H100 = textwrap.dedent('''
         kernels.append(compiled(prune_and_sharpen_rows, PRUNE, types,
                                 dict(SOURCE=source, KEY_BITS=bits, ROWS=1, BLOCK=block,
                                      SPLIT_BITS=split, SNAP_AFTER=13 if bits == 32
-                                     else fsa_kernel.NEVER), fsa_kernel._num_warps(block)))
+                                     else fsa_kernel.NEVER, FAST_MATH=True),
+                                fsa_kernel._num_warps(block)))
     for both, halves, work, split in (('fp16', 'fp32', 'fp32', False),
                                       ('fp16', 'fp16', 'fp32', True),
                                       ('fp64', 'fp64', 'fp64', False)):

@@ -186,12 +186,13 @@ def test_vocabulary_can_change_at_run_time(tiny_clip):
 def test_attention_logits_are_cosines_with_the_queries_in_aligned_rows(tiny_clip):
     """The plug-ins' logits_fn: cos(ln_post(out_proj(heads)) @ proj, text) for each query, a view
     of rows padded to a multiple of 8 queries (5 → 8), whose product a GPU runs in its aligned
-    kernels; the query embeddings keep their 5 rows."""
+    kernels; the query embeddings keep their 5 rows. Differentiable, as the cosines are."""
     model = build(tiny_clip, test_cfg=dict(mode='whole'))
     model.set_vocabulary(['sky', 'road', 'tree; bush', 'car'])
     attn = model.clip.last_block.attn
     heads = torch.randn(2, attn.num_heads, 7, attn.out_proj.in_features // attn.num_heads,
-                        generator=torch.Generator().manual_seed(0), dtype=model.clip.dtype)
+                        generator=torch.Generator().manual_seed(0), dtype=model.clip.dtype,
+                        requires_grad=True)
     logits = model.attention_logits(heads)
     merged = heads.transpose(1, 2).flatten(2)
     features = model.clip.visual.ln_post(merged @ attn.out_proj.weight.t()
@@ -199,6 +200,9 @@ def test_attention_logits_are_cosines_with_the_queries_in_aligned_rows(tiny_clip
     expected = F.normalize(features, dim=-1) @ model.query_embeddings.double().t()
     assert logits.shape == (2, 7, 5) and logits.stride(-2) == 8
     torch.testing.assert_close(logits, expected, rtol=0, atol=1e-14)
+    gradient, = torch.autograd.grad(logits.sum(), heads)
+    torch.testing.assert_close(gradient, torch.autograd.grad(expected.sum(), heads)[0],
+                               rtol=0, atol=1e-13)
     assert model.query_embeddings.shape == (5, 32)
     assert not model.aligned_query_embeddings[5:].any()
 

@@ -124,10 +124,11 @@ def _midpoint(low, high):
 
 
 @triton.jit
-def _bisection(keys, p, low, high, mass_high, top_p, smallest, largest,
+def _bisection(keys, weights, low, high, mass_high, budget, smallest, largest,
                SNAP_AFTER: tl.constexpr, SNAP_EVERY: tl.constexpr):
-    """Halve [low, high) until high = low + 1, keeping G(low) > top_p ≥ G(high) (per row), and
-    G(high) as ``mass_high``; G(b) sums ``p`` over the keys ≥ b (in any unit of ``top_p``).
+    """Halve [low, high) until high = low + 1, keeping G(low) > budget ≥ G(high) (per row), and
+    G(high) as ``mass_high``; G(b) sums ``weights`` over the keys ≥ b, ``budget`` is top_p in
+    their unit.
 
     After SNAP_AFTER halvings, and every SNAP_EVERY after that, [low, high) shrinks to the keys
     it holds instead, [its smallest, its largest + 1) (no key leaves it: G is the same at both
@@ -150,8 +151,8 @@ def _bisection(keys, p, low, high, mass_high, top_p, smallest, largest,
             halvings = 0
             due = SNAP_EVERY
         else:
-            mass = tl.sum(tl.where(keys >= middle, p, 0.0), axis=1)[:, None]
-            fits = mass <= top_p
+            mass = tl.sum(tl.where(keys >= middle, weights, 0.0), axis=1)[:, None]
+            fits = mass <= budget
             high = tl.where(fits, middle, high)     # a finished row: middle = low, kept as is
             mass_high = tl.where(fits, mass, mass_high)
             low = tl.where(fits, low, middle)
@@ -161,10 +162,10 @@ def _bisection(keys, p, low, high, mass_high, top_p, smallest, largest,
 
 
 @triton.jit
-def _split_search(keys, p, low, high, top_p, SPLIT_BITS: tl.constexpr):
+def _split_search(keys, weights, low, high, budget, SPLIT_BITS: tl.constexpr):
     """:func:`_bisection` for 32-bit keys, cutting [low, high) at the 2^SPLIT_BITS points
     c_j = low + ⌊j·(high − low) / 2^SPLIT_BITS⌋ (in 64 bits) a step: with m the number of cuts
-    of G(c_j) > top_p (c_0 = low is one), [c_(m−1), c_m) is the next interval (c_(2^s) = high).
+    of G(c_j) > budget (c_0 = low is one), [c_(m−1), c_m) is the next interval (c_(2^s) = high).
     A finished row (high − low ≤ 1) stays as it is."""
     parts = tl.arange(0, 1 << SPLIT_BITS)[None, :, None].to(tl.int64)
     low = low.to(tl.int64)
@@ -172,8 +173,8 @@ def _split_search(keys, p, low, high, top_p, SPLIT_BITS: tl.constexpr):
     while tl.max(high - low) > 1:
         width = high - low
         cuts = low[:, :, None] + ((width[:, :, None] * parts) >> SPLIT_BITS)   # (ROWS, 2^s, 1)
-        masses = tl.sum(tl.where(keys[:, None, :] >= cuts, p[:, None, :], 0.0), axis=2)
-        beyond = tl.sum((masses > top_p).to(tl.int64), axis=1)[:, None]
+        masses = tl.sum(tl.where(keys[:, None, :] >= cuts, weights[:, None, :], 0.0), axis=2)
+        beyond = tl.sum((masses > budget).to(tl.int64), axis=1)[:, None]
         high = low + ((width * beyond) >> SPLIT_BITS)
         low = low + ((width * (beyond - 1)) >> SPLIT_BITS)
     return low.to(tl.int32), high.to(tl.int32)

@@ -6,8 +6,9 @@ those rows, as an fp32 model makes it (fp32) and as a half-precision one does (o
 of q's and log q's fp16 halves with fp32 sums), n × n' products against log q's aligned rows
 (n' a multiple of 8, zeros beyond n) as FSA makes them, each timed and compared with the
 float64 product of the same fp32 q and log q; the latter also n × n, as FSA made it before (on
-an H100 at n = 1764 a cutlass kernel for operands aligned to 2 entries). For tuning on a GPU;
-measurements, no verdicts.
+an H100 at n = 1764 a cutlass kernel for operands aligned to 2 entries). And FSA's ensemble
+operand [V, A·V + V] with the branch tokens A·V, from one kernel and from torch's copies and
+sum, each timed, and whether they are equal. For tuning on a GPU; measurements, no verdicts.
 
 The rows are those FSA's fused path gives the kernel at ProxyCLIP's sizes: the dot products
 q_i·log(q_j + ε) and the self terms Σ q_i·log(q_i + ε) (FSA's own KL terms of random cosine
@@ -23,11 +24,13 @@ from typing import Optional, Sequence, Tuple
 
 import torch
 
-from ..models.layout import padded_rows
+from ..models.layout import aligned_row_length, padded_rows, zero_padded
+from ..models.plugins.base import merge_heads, split_heads
 from ..models.plugins.fsa import FSA
 from ..models.plugins.fsa_kernel import (
     PruningLaunch,
     fused_kl_terms,
+    fused_operand_and_tokens,
     fused_prune_and_sharpen,
     kl_dot_products,
     run_kernel,
@@ -93,6 +96,44 @@ def kl_products(branches: torch.Tensor, fsa: FSA, repeat: int) -> dict:
     return products
 
 
+def torch_operand_and_tokens(values: torch.Tensor, attended: torch.Tensor):
+    """:func:`fused_operand_and_tokens` as torch's ops make it (FSA's fused path until session
+    15): the operand's padding rows zeroed, V copied into it, A·V + V added into it, A·V copied
+    into the branch tokens: four kernels, three of them strided."""
+    batch, heads, size, head_dim = values.shape
+    operand = zero_padded(values, (batch, aligned_row_length(size, values.dtype), 2, heads,
+                                   head_dim), size)
+    operand[:, :size, 0] = values.transpose(1, 2)
+    torch.add(attended.transpose(1, 2), values.transpose(1, 2), out=operand[:, :size, 1])
+    tokens = values.new_empty((batch, size + 1, heads * head_dim))
+    tokens[:, :size] = merge_heads(attended)
+    return operand.flatten(2), tokens
+
+
+def operand_copies(n: int, device: torch.device, dtype: torch.dtype, repeat: int,
+                   batch: int = 2, heads: int = 12, head_dim: int = 64) -> dict:
+    """FSA's ensemble operand [V, A·V + V] and branch tokens A·V from values and A·V laid out
+    as ProxyCLIP gives them (a batch of 2 crops, ViT-B/16's heads): the fused kernel's and
+    torch's (:func:`torch_operand_and_tokens`) median seconds, and whether they are equal."""
+    generator = torch.Generator().manual_seed(n)
+    width = heads * head_dim
+    merged = torch.randn(batch, aligned_row_length(n, dtype), width, generator=generator)
+    attended = split_heads(torch.randn(batch, n, width, generator=generator).to(device, dtype),
+                           heads)
+    values = split_heads(merged.to(device, dtype)[:, :n], heads)
+    outputs = {}
+    for name, make in (('kernel', fused_operand_and_tokens),
+                       ('torch', torch_operand_and_tokens)):
+        operand, tokens = make(values, attended)
+        outputs[name] = dict(median_s=_median_seconds(lambda: make(values, attended), repeat,
+                                                      device),
+                             operand=operand, tokens=tokens[:, :n])
+    equal = all(torch.equal(outputs['kernel'][part], outputs['torch'][part])
+                for part in ('operand', 'tokens'))
+    return dict(batch=batch, heads=heads, head_dim=head_dim, equal=equal,
+                kernel_s=outputs['kernel']['median_s'], torch_s=outputs['torch']['median_s'])
+
+
 def _median_seconds(function, repeat: int, device: torch.device) -> float:
     """Median of ``repeat`` timed calls after one warm-up. On a GPU the device time of a call:
     ``GRAPH_CALLS`` calls replayed from a CUDA graph between two events, ``repeat`` times (a
@@ -155,7 +196,8 @@ def run_kernel_benchmark(n_values: Sequence[int] = (1764, 4096), q: int = 171,
                                 rows_selecting_differently=int(
                                     ((out == 0) != (reference == 0)).any(dim=-1).sum())))
         runs.append(dict(n=n, fsa_launch_s=fsa_s, launches=results,
-                         kl_products=kl_products(branches, fsa, repeat)))
+                         kl_products=kl_products(branches, fsa, repeat),
+                         operand=operand_copies(n, device, dtype, repeat)))
     return dict(q=q, out_dtype=out_dtype, repeat=repeat, lamda=fsa.lamda, top_p=fsa.top_p,
                 env=environment(device), runs=runs)
 
@@ -179,7 +221,18 @@ def kernel_report(result: dict) -> str:
         lines += [_launch_row(run['fsa_launch_s'], launch) for launch in run['launches']]
         if 'kl_products' in run:
             lines.append(_kl_products_line(run['kl_products']))
+        if 'operand' in run:  # absent from results written before session 15
+            lines.append(_operand_line(run['operand'], run['n'], result['out_dtype']))
     return '\n'.join(lines)
+
+
+def _operand_line(operand: dict, n: int, dtype: str) -> str:
+    return (f"[V, A·V + V] and the branch tokens ({operand['batch']} x {n} tokens, "
+            f"{operand['heads']} heads of {operand['head_dim']}, {dtype}): kernel "
+            f"{operand['kernel_s'] * 1e3:.4f} ms, torch's copies and sum "
+            f"{operand['torch_s'] * 1e3:.4f} ms; torch / kernel "
+            f"{short_ratio(ratio(operand['torch_s'], operand['kernel_s']))}; equal: "
+            f"{'yes' if operand['equal'] else 'NO'}")
 
 
 def _kl_products_line(products: dict) -> str:

@@ -64,6 +64,10 @@ def test_every_launch_writes_fsas_rows_and_the_report_gives_the_ratios():
     assert (odd['fp16_halves']['columns'], odd['fp16_halves_unpadded']['columns']) == (16, 13)
     assert odd['fp16_halves_unpadded']['max_abs_diff_fp64'] == \
         odd['fp16_halves']['max_abs_diff_fp64']
+    # the operand and branch tokens of a batch of 2 × 16 tokens of 12 heads of 64, from the
+    # kernel as from torch's copies and sum
+    assert run['operand']['equal'] and (run['operand']['batch'], run['operand']['heads']) == (2, 12)
+    run['operand']['kernel_s'], run['operand']['torch_s'] = 1e-5, 2.5e-5
     run['fsa_launch_s'] = 0.003
     run['launches'][0]['median_s'] = 0.002
     products['fp32']['median_s'], products['fp16_halves']['median_s'] = 4e-5, 1e-5
@@ -76,6 +80,9 @@ def test_every_launch_writes_fsas_rows_and_the_report_gives_the_ratios():
                      r'before\) 0\.0200 ms, .*; unpadded / padded 2\.00x$', '\n'.join(lines),
                      re.M)
     assert "N=16: FSA's launch 3.0000 ms" in lines
+    assert ("[V, A·V + V] and the branch tokens (2 x 16 tokens, 12 heads of 64, fp32): kernel "
+            "0.0100 ms, torch's copies and sum 0.0250 ms; torch / kernel 2.50x; equal: yes"
+            in lines)
     assert re.search(r'^\s+4\s+2\s+2\s+13\s+2\.0000\s+1\.50x\s+0\.0e\+00\s+0\s+0$',
                      '\n'.join(lines), re.M)
     assert re.search(r'^\s+8\s+4\s+4\s+13\s+', '\n'.join(lines), re.M)   # cut in 4 parts

@@ -14,7 +14,9 @@
 #                 KL product q·log qᵀ as fp32 models make it and from fp16 halves (fp16/bf16
 #                 models), timed side by side, with each one's difference from fp64, both
 #                 against log q's rows padded to a multiple of 8 (as FSA makes them), and
-#                 the latter once more unpadded (n x n, as before: an align2 GEMM kernel)
+#                 the latter once more unpadded (n x n, as before: an align2 GEMM kernel);
+#                 and FSA's operand [V, A·V + V] with the branch tokens, from its kernel and
+#                 from torch's copies and sum (as before session 15), timed side by side
 #   2. proxyclip  one ProxyCLIP B/16 + DINO-B/8 crop (336, Q = 171) +- FSA, fp32, then fp16
 #                 (fp16: a batch of 2, as the graphed crops, and the 45 kernels that take
 #                 the most GPU time in each variant: their difference is where FSA's time goes);

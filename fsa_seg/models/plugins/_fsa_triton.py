@@ -99,6 +99,48 @@ def _store_self_terms(self_ptr, q, log_q, valid, stored):
     tl.store(self_ptr, tl.sum(tl.where(valid, q * log_q, 0.0), axis=1)[:, None], mask=stored)
 
 
+@triton.jit(do_not_specialize=['num_tokens', 'operand_rows'])
+def operand_and_tokens_rows(values_ptr, attended_ptr, operand_ptr, tokens_ptr, num_tokens,
+                            operand_rows, values_image, values_head, values_token,
+                            attended_image, attended_head, attended_token,
+                            CHANNELS: tl.constexpr, HEAD_DIM: tl.constexpr, ROWS: tl.constexpr,
+                            BLOCK: tl.constexpr):
+    """ROWS tokens × BLOCK channels of one image a program (grid: token blocks × channel blocks
+    × images). From the per-head values V and A·V (B, H, N, d) of any strides (entries of a
+    head contiguous), writes FSA's ensemble operand [V, A·V + V] (B, ``operand_rows``, 2, H·d),
+    zeros beyond N, and the attention branch's tokens A·V (B, N + 1, H·d), heads side by side
+    (its last row, the uniform branch's, is left to the caller): both read once, where torch
+    would copy each of them into place and add them in three strided passes."""
+    image = tl.program_id(2).to(tl.int64)
+    tokens = tl.program_id(0).to(tl.int64) * ROWS + tl.arange(0, ROWS)[:, None]
+    channels = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)[None, :]
+    heads = channels // HEAD_DIM
+    within = channels % HEAD_DIM
+    in_row = channels < CHANNELS
+    real = (tokens < num_tokens) & in_row
+    values = tl.load(values_ptr + image * values_image + heads * values_head
+                     + tokens * values_token + within, mask=real, other=0.0)
+    attended = tl.load(attended_ptr + image * attended_image + heads * attended_head
+                       + tokens * attended_token + within, mask=real, other=0.0)
+    tl.store(tokens_ptr + (image * (num_tokens + 1) + tokens) * CHANNELS + channels, attended,
+             mask=real)
+    operand = operand_ptr + (image * operand_rows + tokens) * (2 * CHANNELS) + channels
+    stored = (tokens < operand_rows) & in_row                   # zeros from N to operand_rows
+    tl.store(operand, values, mask=stored)
+    tl.store(operand + CHANNELS, _sum(attended, values), mask=stored)
+
+
+@triton.jit
+def _sum(a, b):
+    """a + b; fp16 and bf16 summed in fp32 and rounded once to their type, which is torch's sum
+    and, on a GPU, the native one bit for bit (the fp32 sum's rounding is innocuous: 24 ≥ 2·11 +
+    2 bits). Triton's interpreter has no bf16 arithmetic (it would add bit patterns), and rounds
+    its fp32 → bf16 casts toward zero: there bf16 sums are within one unit of the last place."""
+    if a.dtype == tl.float16 or a.dtype == tl.bfloat16:
+        return (a.to(tl.float32) + b.to(tl.float32)).to(a.dtype)
+    return a + b
+
+
 @triton.jit
 def _order_keys(x, valid, smallest, KEY_BITS: tl.constexpr, SIGNED: tl.constexpr):
     """Integers of KEY_BITS bits in the order of the floats ``x`` (sign-magnitude → two's

@@ -27,8 +27,9 @@ block×N ones and it is never held whole. A CPU and a CUDA path do that, by the 
   similarities and pruning in at least fp32 (in an fp16/bf16 model, the fused path's q·log qᵀ
   from fp16 halves on tensor cores, within 2× of an fp32 product's error). The pruning, one of:
 
-  - 'fused' (CUDA with Triton, N ≤ 4096; the default there): one Triton kernel makes the KL's
-    terms from the branches' similarities, and per block one more turns the rows of
+  - 'fused' (CUDA with Triton, N ≤ 4096; the default there): one Triton kernel writes the
+    operand [V, A·V + V] and the attention branch's tokens A·V (reading both once), one makes
+    the KL's terms from the branches' similarities, and per block one more turns the rows of
     q_i·log q_j (one matrix product) into rows of A_new (:mod:`.fsa_kernel`): no sort, every
     row read and written once; the official selection, up to roundings (the summation order
     of the softmax and cumulative mass, the GPU's fast exp2 and reciprocal in fp32);
@@ -52,12 +53,13 @@ import torch.nn.functional as F
 from mmseg.registry import MODELS
 from torch import Tensor
 
-from ..layout import aligned_row_length, with_padding, zero_padded
+from ..layout import with_padding, zero_padded
 from .base import AttentionPlugin, LogitsFn, attend, merge_heads, split_heads
 from .fsa_kernel import (
     MAX_FUSED_QUERIES,
     PruningLaunch,
     fused_kl_terms,
+    fused_operand_and_tokens,
     fused_prune_and_sharpen,
     fused_pruning_available,
     kl_dot_products,
@@ -146,9 +148,9 @@ class FSA(AttentionPlugin):
         # product; A_new·V and A_new·(A·V + V) as one product over both, all heads at once.
         # With A's zero padding (N' ≥ N columns, ``reads_padding``) A_new·V gets N' rows, zeros
         # beyond N, so that A·(A_new·V) contracts over N' as well.
-        operand = self._operand(attended, values, path)
+        operand, tokens = self._operand_and_tokens(attended, values, path)
         both = self._feedback_product(attended, values, logits_fn, operand, path,
-                                      out_rows=attn.shape[-1])
+                                      out_rows=attn.shape[-1], tokens=tokens)
         both = both.unflatten(-1, (2, heads, head_dim))
         new_attended = both[:, :, 0].transpose(1, 2)                         # (B, H, N', d)
         mixed = both[:, :num_tokens, 1].transpose(1, 2)                      # A_new·(A·V + V)
@@ -159,20 +161,17 @@ class FSA(AttentionPlugin):
         return (attn @ new_attended).add_(mixed).div_(3)
 
     @staticmethod
-    def _operand(attended: Tensor, values: Tensor, path: str) -> Tensor:
-        """[V, A·V + V] of all heads (B, N', 2·H·d). On the fused path N' is the row stride of
-        A_new, whose padding the kernel fills with zeros, the rows beyond N zeros too: the product
-        over N' entries is the one over N, and on a GPU its aligned length takes faster kernels."""
+    def _operand_and_tokens(attended: Tensor, values: Tensor,
+                            path: str) -> Tuple[Tensor, Optional[Tensor]]:
+        """[V, A·V + V] of all heads (B, N', 2·H·d), and on the fused path the attention
+        branch's tokens of :meth:`_branch_similarities` too (else None), both from one kernel
+        that reads V and A·V once. There N' is the row stride of A_new, whose padding the
+        pruning kernel fills with zeros, the rows beyond N zeros too: the product over N'
+        entries is the one over N, and on a GPU its aligned length takes faster kernels."""
         if path != 'fused' or _records_grad(values) or _records_grad(attended):
             return torch.stack([values.transpose(1, 2), (attended + values).transpose(1, 2)],
-                               dim=2).flatten(2)
-        batch, heads, num_tokens, head_dim = values.shape
-        operand = zero_padded(values, (batch, aligned_row_length(num_tokens, values.dtype), 2,
-                                       heads, head_dim), num_tokens)
-        operand[:, :num_tokens, 0] = values.transpose(1, 2)
-        torch.add(attended.transpose(1, 2), values.transpose(1, 2),
-                  out=operand[:, :num_tokens, 1])
-        return operand.flatten(2)
+                               dim=2).flatten(2), None
+        return fused_operand_and_tokens(values, attended)
 
     def feedback_attention(self, attended: Tensor, values: Tensor, logits_fn: LogitsFn) -> Tensor:
         """A_new (B, 1, N, N), shared by the heads, in the dtype of ``values``."""
@@ -193,15 +192,19 @@ class FSA(AttentionPlugin):
         return scale_attn * both[:, :-1] - scale_uniform * both[:, -1:]
 
     @staticmethod
-    def _branch_similarities(attended: Tensor, values: Tensor, logits_fn: LogitsFn) -> Tensor:
+    def _branch_similarities(attended: Tensor, values: Tensor, logits_fn: LogitsFn,
+                             tokens: Optional[Tensor] = None) -> Tensor:
         """Cosine similarities (B, N + 1, Q) of the attention branch's tokens and, last, of the
         uniform branch's mean token: both in one call of ``logits_fn``, which on a GPU, where a
-        call of a few small kernels costs more host time than device time, halves the calls."""
+        call of a few small kernels costs more host time than device time, halves the calls.
+        ``tokens``: the attention branch's tokens already in place, as :meth:`_operand_and_tokens`
+        lays them out."""
         batch, heads, num_tokens, head_dim = values.shape
         # tokens laid out with the heads side by side, so that ``logits_fn``'s merge of the heads
         # (before out_proj) is a view, not a copy
-        tokens = values.new_empty((batch, num_tokens + 1, heads * head_dim))
-        tokens[:, :num_tokens] = merge_heads(attended)
+        if tokens is None:
+            tokens = values.new_empty((batch, num_tokens + 1, heads * head_dim))
+            tokens[:, :num_tokens] = merge_heads(attended)
         tokens = split_heads(tokens, heads)                              # (B, H, N + 1, d)
         if _records_grad(values) or _records_grad(tokens):  # autograd takes no out= argument
             tokens[:, :, num_tokens:] = values.mean(dim=2, keepdim=True)
@@ -217,17 +220,18 @@ class FSA(AttentionPlugin):
         return logits_fn(tokens)
 
     def _feedback_product(self, attended: Tensor, values: Tensor, logits_fn: LogitsFn,
-                          operand: Tensor, path: str, out_rows: Optional[int] = None) -> Tensor:
+                          operand: Tensor, path: str, out_rows: Optional[int] = None,
+                          tokens: Optional[Tensor] = None) -> Tensor:
         """A_new[:, 0] · operand (B, out_rows, C), zeros beyond row N (N rows by default), for
-        operand (B, N', C) in the dtype of ``values``, N' > N on the fused path only
-        (:meth:`_operand`).
+        operand (B, N', C) in the dtype of ``values``, N' > N on the fused path only, and the
+        branch tokens made with it (:meth:`_operand_and_tokens`), if they were.
 
         Without autograd, A_new is made and applied a block of rows at a time (every step of it
         works on rows independently): its N×N buffers become block×N ones and A_new is never held
         whole. The blocks depend on the shapes only."""
         num_tokens = values.shape[2]
         out_rows = out_rows or num_tokens
-        both = self._branch_similarities(attended, values, logits_fn)
+        both = self._branch_similarities(attended, values, logits_fn, tokens)
         differentiable = _records_grad(both) or _records_grad(operand)
         if path == 'fused' and both.shape[-1] <= MAX_FUSED_QUERIES and not differentiable:
             return self._fused_feedback_product(both, operand, values.dtype, out_rows)

@@ -1,4 +1,5 @@
-"""FSA's KL terms and its pruning and sharpening as fused Triton kernels (CUDA).
+"""FSA's KL terms and its pruning and sharpening as fused Triton kernels (CUDA), and the
+operand of its ensemble product with its branch tokens.
 
 The torch device path makes a block of A_new in about a dozen kernels over block×N buffers (the
 similarity, a segmented sort with indices, softmax, cumulative sum, a scatter of the kept sorted
@@ -207,6 +208,65 @@ _kl_terms_op = torch.library.custom_op('fsa_seg::kl_terms', _kl_terms, mutates_a
 @_kl_terms_op.register_fake
 def _(branches, logit_scales, eps, split):
     return _kl_terms_outputs(branches, split)
+
+
+def fused_operand_and_tokens(values: Tensor, attended: Tensor) -> Tuple[Tensor, Tensor]:
+    """From the per-head values V and A·V (B, H, N, d), each head's entries contiguous, FSA's
+    ensemble operand [V, A·V + V] of all heads (B, N', 2·H·d), N' the aligned N
+    (:func:`~fsa_seg.models.layout.aligned_row_length`), zeros beyond N, and the attention
+    branch's tokens (B, N + 1, H·d), A·V with the heads side by side and a last row left
+    uninitialised (the uniform branch's): one kernel, which reads V and A·V once."""
+    if values.shape != attended.shape or values.dtype != attended.dtype:
+        raise ValueError(f'values and attended differ: {tuple(values.shape)} {values.dtype}, '
+                         f'{tuple(attended.shape)} {attended.dtype}')
+    operand_and_tokens = (torch.ops.fsa_seg.operand_and_tokens
+                          if _through_dispatcher(values, attended) else _operand_and_tokens)
+    return operand_and_tokens(values, attended)
+
+
+def _operand_and_tokens_outputs(values: Tensor) -> Tuple[Tensor, Tensor]:
+    batch, heads, tokens, head_dim = values.shape
+    rows = aligned_row_length(tokens, values.dtype)
+    return (values.new_empty((batch, rows, 2 * heads * head_dim)),
+            values.new_empty((batch, tokens + 1, heads * head_dim)))
+
+
+def _operand_and_tokens(values: Tensor, attended: Tensor) -> Tuple[Tensor, Tensor]:
+    values, attended = (x if x.stride(-1) == 1 else x.contiguous() for x in (values, attended))
+    operand, tokens = _operand_and_tokens_outputs(values)
+    batch, heads, num_tokens, head_dim = values.shape
+    channels = heads * head_dim
+    if operand.numel() == 0:
+        return operand, tokens
+    from ._fsa_triton import operand_and_tokens_rows
+    operand_rows = operand.shape[1]
+    rows, block = _operand_launch(operand_rows, channels, values.is_cuda)
+    grid = (-(-operand_rows // rows), -(-channels // block), batch)
+    with _launching_on(values.device):
+        _kernel(operand_and_tokens_rows, values.device)[grid](
+            values, attended, operand, tokens, num_tokens, operand_rows,
+            *values.stride()[:3], *attended.stride()[:3], CHANNELS=channels, HEAD_DIM=head_dim,
+            ROWS=rows, BLOCK=block, num_warps=4)
+    return operand, tokens
+
+
+def _operand_launch(operand_rows: int, channels: int, cuda: bool) -> Tuple[int, int]:
+    """Tokens and channels a program of the operand's kernel. GPU: 8 tokens of 256 channels,
+    whole 16-byte vectors and no idle lanes for the widths of 256·k (768, 1024, 1280); the
+    interpreter, whose cost is per program: as many tokens in one as a block holds."""
+    block = 1 << (channels - 1).bit_length()
+    if cuda:
+        return 8, min(block, 256)
+    return min(1 << (operand_rows - 1).bit_length(), max(1, MAX_BLOCK_ENTRIES // block)), block
+
+
+_operand_and_tokens_op = torch.library.custom_op('fsa_seg::operand_and_tokens',
+                                                 _operand_and_tokens, mutates_args=())
+
+
+@_operand_and_tokens_op.register_fake
+def _(values, attended):
+    return _operand_and_tokens_outputs(values)
 
 
 def fused_prune_and_sharpen(rows: Tensor, lamda: float, top_p: float, source: str,

@@ -1,7 +1,8 @@
 """The fused pruning kernel (fsa_seg/models/plugins/fsa_kernel.py) as an op, in Triton's
 interpreter on CPU: the official selection with CUDA's tie order on rows of any sign and
-ties, the similarity made from KL rows, its dtypes and limits; and, without a GPU, that the
-kernel compiles for an H100 (sm_90) without spilling registers."""
+ties, the similarity made from KL rows, its dtypes and limits; the KL terms' kernel; the
+operand's kernel against torch's copies and sum; and, without a GPU, that the kernels compile
+for an H100 (sm_90) without spilling registers."""
 import importlib.util
 import math
 import os
@@ -180,7 +181,8 @@ COMPILE_FOR_H100 = textwrap.dedent('''
     import triton
     from triton.backends.compiler import GPUTarget
     from fsa_seg.models.plugins import fsa_kernel
-    from fsa_seg.models.plugins._fsa_triton import kl_terms_rows, prune_and_sharpen_rows
+    from fsa_seg.models.plugins._fsa_triton import (kl_terms_rows, operand_and_tokens_rows,
+                                                    prune_and_sharpen_rows)
     ptxas = glob.glob(os.path.join(os.path.dirname(triton.__file__),
                                    'backends', 'nvidia', 'bin', 'ptxas'))
     PRUNE = ('rows_ptr', 'self_ptr', 'out_ptr', 'num_rows', 'size', 'in_stride', 'out_stride',
@@ -189,6 +191,9 @@ COMPILE_FOR_H100 = textwrap.dedent('''
     KL_TERMS = ('both_ptr', 'q_ptr', 'log_q_ptr', 'self_ptr', 'num_tokens', 'token_rows',
                 'num_queries', 'both_stride', 'q_stride', 'segment', 'scale_attn_bits',
                 'scale_uniform_bits', 'eps_bits', 'ROWS', 'BLOCK', 'SPLIT')
+    OPERAND = ('values_ptr', 'attended_ptr', 'operand_ptr', 'tokens_ptr', 'num_tokens',
+               'operand_rows', 'values_image', 'values_head', 'values_token', 'attended_image',
+               'attended_head', 'attended_token', 'CHANNELS', 'HEAD_DIM', 'ROWS', 'BLOCK')
     def compiled(fn, names, types, constexprs, num_warps):
         signature = dict(zip(names, types + ('constexpr',) * len(constexprs)))
         try:
@@ -216,6 +221,11 @@ COMPILE_FOR_H100 = textwrap.dedent('''
                  'i32', 'i32', 'i64', 'i64', 'i64')
         kernels.append(compiled(kl_terms_rows, KL_TERMS, types,
                                 dict(ROWS=16, BLOCK=256, SPLIT=split), 4))
+    for dtype in ('fp16', 'bf16', 'fp64'):  # ViT-B/16's 12 heads of 64, GPU launch
+        rows, block = fsa_kernel._operand_launch(1768, 768, True)
+        kernels.append(compiled(operand_and_tokens_rows, OPERAND,
+                                ('*' + dtype,) * 4 + ('i32',) * 8,
+                                dict(CHANNELS=768, HEAD_DIM=64, ROWS=rows, BLOCK=block), 4))
     for kernel in kernels:
         if ptxas:
             with tempfile.NamedTemporaryFile('w', suffix='.ptx', delete=False) as ptx:
@@ -342,34 +352,116 @@ def test_a_plain_eager_call_runs_the_kernels_without_the_dispatcher(monkeypatch)
     """Plain tensors outside autograd, compilation and dispatch modes call the implementations
     directly; fake tensors (any dispatch mode), autograd and compilation call the custom ops,
     which give the same rows."""
+    kernels = ('_operand_and_tokens', '_kl_terms', '_prune_and_sharpen')
     direct = []
-    for name in ('_kl_terms', '_prune_and_sharpen'):
+    for name in kernels:
         implementation = getattr(fsa_kernel, name)
         monkeypatch.setattr(fsa_kernel, name, lambda *args, _name=name, _f=implementation:
                             direct.append(_name) or _f(*args))
 
     def fsa_rows(branches):
+        operand, _ = fsa_kernel.fused_operand_and_tokens(branches[:, None], branches[:, None])
         q, log_q, self_terms = fsa_kernel.fused_kl_terms(branches, (20.0, 35.0), 1e-10)
         dots = fsa_kernel.kl_dot_products(q, log_q.transpose(-1, -2))
-        return fused_prune_and_sharpen(dots, 3.0, 0.45, 'dots', torch.float32,
-                                       self_terms=self_terms)
+        return operand, fused_prune_and_sharpen(dots, 3.0, 0.45, 'dots', torch.float32,
+                                                self_terms=self_terms)
 
     branches = torch.rand(1, 21, 7, generator=torch.Generator().manual_seed(4)) * 2 - 1
     plain = fsa_rows(branches)
-    assert direct == ['_kl_terms', '_prune_and_sharpen']
+    assert direct == list(kernels)
     with Kernels() as ops:
-        assert torch.equal(fsa_rows(branches), plain)
-    assert direct == ['_kl_terms', '_prune_and_sharpen']                   # no more
+        assert all(map(torch.equal, fsa_rows(branches), plain))
+    assert direct == list(kernels)                                         # no more
     assert [name for name in ops.names if name.startswith('fsa_seg.')] == [
-        'fsa_seg.kl_terms', 'fsa_seg.prune_and_sharpen']
+        'fsa_seg.operand_and_tokens', 'fsa_seg.kl_terms', 'fsa_seg.prune_and_sharpen']
     with torch.enable_grad():
         fsa_rows(branches.requires_grad_())
-        assert len(direct) == 2
+        assert len(direct) == 3
         with torch.no_grad():
             fsa_rows(branches)
-        assert len(direct) == 4
+        assert len(direct) == 6
     monkeypatch.setattr(torch.compiler, 'is_compiling', lambda: True)
-    assert torch.equal(fsa_rows(branches.detach()), plain) and len(direct) == 4
+    assert all(map(torch.equal, fsa_rows(branches.detach()), plain)) and len(direct) == 6
+
+
+def operand_reference(values, attended):
+    """[V, A·V + V] (B, N, 2·H·d) and A·V (B, N, H·d), heads side by side, by torch's ops."""
+    def merged(x):
+        return x.transpose(1, 2).flatten(2)
+    return torch.cat([merged(values), merged(attended + values)], dim=-1), merged(attended)
+
+
+def laid_out(x, layout):
+    """(B, H, N, d) ``x`` with the same entries: contiguous ('head_major'), a view of token rows
+    wider than the tokens with the heads side by side (ProxyCLIP's values: 'token_major'), or
+    with entries of a head a stride apart ('strided', which the kernel reads from a copy)."""
+    if layout == 'token_major':
+        wide = x.new_full((x.shape[0], x.shape[2] + 3, x.shape[1] * x.shape[3]), float('nan'))
+        wide[:, :x.shape[2]] = x.transpose(1, 2).flatten(2)
+        return wide[:, :x.shape[2]].unflatten(-1, x.shape[1::2]).transpose(1, 2)
+    if layout == 'strided':
+        return x.transpose(-1, -2).contiguous().transpose(-1, -2)
+    return x.contiguous()
+
+
+@pytest.mark.parametrize('shape, launch', [((2, 3, 50, 4), 'interpreter'),
+                                           ((2, 12, 50, 64), 'gpu'), ((1, 5, 7, 6), 'gpu')])
+@pytest.mark.parametrize('layout', ['head_major', 'token_major', 'strided'])
+@pytest.mark.parametrize('dtype, rows', [(torch.float16, 8), (torch.float32, 4),
+                                         (torch.float64, 2)])
+def test_the_operand_kernel_writes_torchs_copies_and_sum(monkeypatch, shape, launch, layout,
+                                                         dtype, rows):
+    """[V, A·V + V] with zeros from N to the aligned N (a multiple of 16 bytes: ``rows`` entries),
+    and the branch tokens A·V, heads side by side, both bit for bit as torch's copies and sum
+    make them; values and A·V in any layout; launched as the interpreter launches it and as a
+    GPU does (8 tokens × 256 channels a program, the last of each partly masked). The outputs
+    are allocated full of NaN here, so that every entry checked is one the kernel wrote."""
+    allocate = fsa_kernel._operand_and_tokens_outputs
+    monkeypatch.setattr(fsa_kernel, '_operand_and_tokens_outputs', lambda values: tuple(
+        out.fill_(float('nan')) for out in allocate(values)))
+    if launch == 'gpu':
+        choose = fsa_kernel._operand_launch
+        monkeypatch.setattr(fsa_kernel, '_operand_launch',
+                            lambda operand_rows, channels, cuda: choose(operand_rows, channels,
+                                                                        True))
+    generator = torch.Generator().manual_seed(shape[-1])
+    values, attended = (torch.randn(shape, generator=generator, dtype=torch.float64).to(dtype)
+                        for _ in range(2))
+    values, attended = laid_out(values, layout), laid_out(attended * 3, 'token_major')
+    operand, tokens = fsa_kernel.fused_operand_and_tokens(values, attended)
+    batch, heads, size, head_dim = shape
+    padded = -(-size // rows) * rows
+    assert operand.shape == (batch, padded, 2 * heads * head_dim) and operand.is_contiguous()
+    assert tokens.shape == (batch, size + 1, heads * head_dim) and tokens.is_contiguous()
+    expected_operand, expected_tokens = operand_reference(values, attended)
+    assert torch.equal(operand[:, :size], expected_operand)
+    assert torch.equal(operand[:, size:], torch.zeros_like(operand[:, size:]))
+    assert torch.equal(tokens[:, :size], expected_tokens)
+
+
+def test_the_operand_kernel_in_bf16_is_torchs_within_the_interpreters_rounding():
+    """bf16 sums are made in fp32 and rounded once (on a GPU bit for bit torch's, which the CUDA
+    tests check); Triton's interpreter rounds that fp32 → bf16 cast toward zero: within one unit
+    of the last place (2^-7 relative), the copies exact."""
+    generator = torch.Generator().manual_seed(2)
+    values, attended = (torch.randn(2, 3, 50, 4, generator=generator).bfloat16()
+                        for _ in range(2))
+    operand, tokens = fsa_kernel.fused_operand_and_tokens(values, attended)
+    expected_operand, expected_tokens = operand_reference(values, attended)
+    assert operand.shape == (2, 56, 24) and not operand[:, 50:].any()
+    assert torch.equal(operand[:, :50, :12], expected_operand[..., :12])
+    assert torch.equal(tokens[:, :50], expected_tokens)
+    total, expected = operand[:, :50, 12:].double(), expected_operand[..., 12:].double()
+    assert ((total - expected).abs() <= expected.abs() * 2 ** -7).all()
+
+
+def test_the_operand_kernel_refuses_values_and_products_that_differ():
+    values = torch.zeros(1, 2, 5, 4)
+    with pytest.raises(ValueError, match=r'values and attended differ: \(1, 2, 5, 4\) '
+                                         r'torch.float32, \(1, 2, 6, 4\) torch.float32'):
+        fsa_kernel.fused_operand_and_tokens(values, torch.zeros(1, 2, 6, 4))
+    with pytest.raises(ValueError, match='values and attended differ'):
+        fsa_kernel.fused_operand_and_tokens(values, values.double())
 
 
 @pytest.mark.parametrize('dtype, stride', [(torch.float16, 1768), (torch.float32, 1764),
@@ -405,7 +497,7 @@ def test_the_padding_of_a_new_rows_holds_zeros(dtype, size, stride):
 
 
 @pytest.mark.skipif(sys.platform != 'linux', reason="Triton's CUDA compiler ships for Linux")
-def test_the_kernel_compiles_for_an_h100_without_register_spills():
+def test_the_kernels_compile_for_an_h100_without_register_spills():
     """Compiled ahead of time for sm_90 (no GPU needed): what the interpreter cannot check —
     types, constexpr branches, the bisection loop's carried values — and no spills."""
     env = {k: v for k, v in os.environ.items() if k != 'TRITON_INTERPRET'}
@@ -415,7 +507,7 @@ def test_the_kernel_compiles_for_an_h100_without_register_spills():
         pytest.skip(f"this Triton's ahead-of-time compile API differs ({result.stderr.strip()})")
     assert result.returncode == 0, result.stderr[-3000:]
     lines = result.stdout.splitlines()
-    assert len(lines) == 7
+    assert len(lines) == 10
     for line in lines:
         if line == 'no ptxas':
             continue

@@ -190,8 +190,9 @@ def test_the_fused_product_runs_over_the_aligned_length_and_equals_the_narrow_on
     attn, values = attn.to(dtype), values.to(dtype)
     fsa = FSA(**HYPER)
     with torch.no_grad():
-        operand = fsa._operand(attn @ values, values, 'fused')
-    assert operand.shape == (1, padded, 24)
+        operand, tokens = fsa._operand_and_tokens(attn @ values, values, 'fused')
+    assert operand.shape == (1, padded, 24) and tokens.shape == (1, 51, 12)
+    assert torch.equal(tokens[:, :50], (attn @ values).transpose(1, 2).flatten(2))
     assert torch.equal(operand[:, 50:], torch.zeros(1, padded - 50, 24, dtype=dtype))
     assert torch.equal(operand[:, :50].unflatten(-1, (2, 3, 4)), torch.stack(
         [values.transpose(1, 2), (attn @ values + values).transpose(1, 2)], dim=2))
@@ -446,9 +447,9 @@ def test_forward_on_cuda_makes_no_host_synchronisation(fused_kernel_support, att
 def test_the_fused_path_launches_only_what_its_formula_needs(fused_kernel_support, padded,
                                                              token_major):
     """On CUDA (fake tensors, N = 1764, Q = 171, fp16, ProxyCLIP's shared attention, A·V given):
-    [V, A·V + V] (the operand of one product: its 4 padding rows zeroed, V copied, the sum
-    written in place), the tokens of both
-    branches (A·V copied, V's mean written in place: the head merge of ``logits_fn`` is a view),
+    one kernel writes [V, A·V + V] (the operand of one product, zeros in its 4 padding rows) and
+    the attention branch's tokens (A·V), V's mean is written in place after them (the head
+    merge of ``logits_fn`` is a view),
     ``logits_fn``'s own three kernels of its normalise and two products, the KL terms in one
     kernel, q·log qᵀ, the pruning, A_new·operand and the ensemble product with its division by
     3: nothing else (no copy, no broadcast input of the KL product, no division). With
@@ -471,7 +472,7 @@ def test_the_fused_path_launches_only_what_its_formula_needs(fused_kernel_suppor
             fsa(attn, values, logits_fn, attended=attended)
     mean = ['new_ones', 'baddbmm_'] if token_major else ['mean']
     assert kernels.names == [
-        'zero_', 'copy_', 'add', 'copy_', *mean,                   # operand, both branches' tokens
+        'fsa_seg.operand_and_tokens', *mean,                       # operand, both branches' tokens
         'mm', 'linalg_vector_norm', 'clamp_min', 'div', 'mm',      # logits_fn
         'fsa_seg.kl_terms', *(['zero_'] if padded else []),
         'bmm', 'fsa_seg.prune_and_sharpen', 'bmm', 'baddbmm']
@@ -552,6 +553,28 @@ def test_on_cuda_the_kl_product_of_fp16_halves_is_near_fp32s():
     expected = q.double() @ log_q.double().transpose(-1, -2)
     assert dots.dtype == torch.float32
     assert (dots.double() - expected).abs().max() < 1e-4
+
+
+@needs_cuda
+@pytest.mark.parametrize('dtype', [torch.float16, torch.bfloat16, torch.float32],
+                         ids=['fp16', 'bf16', 'fp32'])
+def test_on_cuda_the_operand_kernel_writes_torchs_copies_and_sum_bit_for_bit(dtype):
+    """ProxyCLIP's layout at N = 1764, 12 heads of 64 (values a view of 1768 token rows, A·V a
+    product's output): [V, A·V + V] with zeros in its padding rows, and the branch tokens A·V,
+    equal torch's copies and sum bit for bit, bf16 included (rounded to nearest on a GPU)."""
+    from fsa_seg.models.plugins.fsa_kernel import fused_operand_and_tokens
+    generator = torch.Generator().manual_seed(6)
+    merged = torch.randn(2, 1768, 768, generator=generator).to('cuda', dtype)
+    attended = (torch.randn(2, 1764, 768, generator=generator) * 3).to('cuda', dtype)
+    values = merged[:, :1764].unflatten(-1, (12, 64)).transpose(1, 2)
+    attended = attended.unflatten(-1, (12, 64)).transpose(1, 2)
+    operand, tokens = fused_operand_and_tokens(values, attended)
+    rows = 1768 if dtype != torch.float32 else 1764
+    assert operand.shape == (2, rows, 1536) and tokens.shape == (2, 1765, 768)
+    assert torch.equal(operand[:, :1764], torch.cat(
+        [merged[:, :1764], (attended + values).transpose(1, 2).flatten(2)], dim=-1))
+    assert not operand[:, 1764:].any()
+    assert torch.equal(tokens[:, :1764], attended.transpose(1, 2).flatten(2))
 
 
 @needs_cuda

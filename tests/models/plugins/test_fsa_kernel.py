@@ -405,7 +405,7 @@ def laid_out(x, layout):
 
 
 @pytest.mark.parametrize('shape, launch', [((2, 3, 50, 4), 'interpreter'),
-                                           ((2, 12, 50, 64), 'gpu'), ((1, 5, 7, 6), 'gpu')])
+                                           ((2, 12, 50, 64), 'gpu'), ((1, 4, 7, 80), 'gpu')])
 @pytest.mark.parametrize('layout', ['head_major', 'token_major', 'strided'])
 @pytest.mark.parametrize('dtype, rows', [(torch.float16, 8), (torch.float32, 4),
                                          (torch.float64, 2)])
@@ -414,7 +414,8 @@ def test_the_operand_kernel_writes_torchs_copies_and_sum(monkeypatch, shape, lau
     """[V, A·V + V] with zeros from N to the aligned N (a multiple of 16 bytes: ``rows`` entries),
     and the branch tokens A·V, heads side by side, both bit for bit as torch's copies and sum
     make them; values and A·V in any layout; launched as the interpreter launches it and as a
-    GPU does (8 tokens × 256 channels a program, the last of each partly masked). The outputs
+    GPU does (8 tokens × 256 channels a program, the last of each partly masked: 4 heads of 80
+    are 320 channels, ViT-H/14's head size). The outputs
     are allocated full of NaN here, so that every entry checked is one the kernel wrote."""
     allocate = fsa_kernel._operand_and_tokens_outputs
     monkeypatch.setattr(fsa_kernel, '_operand_and_tokens_outputs', lambda values: tuple(

@@ -145,9 +145,8 @@ class TrainingFreeSegmentor(BaseSegmentor):
 
     def set_query_embeddings(self, embeddings: Tensor) -> None:
         """Use given (Q, D) L2-normalised query embeddings, one row per vocabulary query."""
-        if embeddings.shape[0] != len(self.vocabulary.queries):
-            raise ValueError(f'{embeddings.shape[0]} embeddings for '
-                             f'{len(self.vocabulary.queries)} queries')
+        if embeddings.shape[0] != self.num_queries:
+            raise ValueError(f'{embeddings.shape[0]} embeddings for {self.num_queries} queries')
         device = self.clip.visual.proj.device
         # Buffers (not saved in checkpoints) so that model.to(device) moves them too; the
         # embeddings with zero rows up to a multiple of 8 (:attr:`query_embeddings` is a view)
@@ -160,9 +159,14 @@ class TrainingFreeSegmentor(BaseSegmentor):
             self.crop_graphs.clear()  # graphs of the old embeddings: free their memory now
 
     @property
+    def num_queries(self) -> int:
+        """Q, the vocabulary's queries (a class may have several)."""
+        return len(self.vocabulary.queries)
+
+    @property
     def query_embeddings(self) -> Tensor:
         """The (Q, D) L2-normalised query embeddings, a row per vocabulary query."""
-        return self.aligned_query_embeddings[:len(self.vocabulary.queries)]
+        return self.aligned_query_embeddings[:self.num_queries]
 
     @property
     def num_classes(self) -> int:
@@ -204,7 +208,7 @@ class TrainingFreeSegmentor(BaseSegmentor):
         # H100
         text = self.aligned_query_embeddings.to(features.dtype)
         norms = torch.linalg.vector_norm(features, dim=-1, keepdim=True).clamp_min(1e-12)
-        return ((features @ text.t()) / norms)[..., :len(self.vocabulary.queries)]
+        return ((features @ text.t()) / norms)[..., :self.num_queries]
 
     # ------------------------------------------------------------------ features
     @abstractmethod

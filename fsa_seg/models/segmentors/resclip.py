@@ -196,7 +196,7 @@ class ResCLIP(TrainingFreeSegmentor):
 
     def patch_labels(self, labels: Tensor) -> Tensor:
         """Each patch's most frequent pixel label (ties: the smallest), (b, h, w)."""
-        return patch_mode(labels, self.clip.patch_size, len(self.vocabulary.queries))
+        return patch_mode(labels, self.clip.patch_size, self.num_queries)
 
     def semantic_feedback(self, labels: Tensor, num_prefix: int) -> Tensor:
         """SFR16 (b, 1, T, T): the SFR matrix of the pixel labels' patch labels over its maximum,

@@ -8,7 +8,8 @@ of q's and log q's fp16 halves with fp32 sums), n × n' products against log q's
 float64 product of the same fp32 q and log q; the latter also n × n, as FSA made it before (on
 an H100 at n = 1764 a cutlass kernel for operands aligned to 2 entries). And FSA's ensemble
 operand [V, A·V + V] with the branch tokens A·V, from one kernel and from torch's copies and
-sum, each timed, and whether they are equal. For tuning on a GPU; measurements, no verdicts.
+sum, each timed, and whether they are equal; and the KL terms' kernel as FSA launches it and
+with 2 to 16 tokens a program. For tuning on a GPU; measurements, no verdicts.
 
 The rows are those FSA's fused path gives the kernel at ProxyCLIP's sizes: the dot products
 q_i·log(q_j + ε) and the self terms Σ q_i·log(q_i + ε) (FSA's own KL terms of random cosine
@@ -49,6 +50,7 @@ from .benchmark import (
 # (a row a program, _num_warps: 4 warps for N ≤ 2048, 8 for N ≤ 4096, halving, snap after 13).
 # Session 12's H100 sweep found more warps, more rows and more parts all slower at N = 1764.
 GRAPH_CALLS = 10  # calls of a kernel in the CUDA graph that times it
+KL_TERMS_TOKENS = (2, 4, 8, 16)  # tokens a program of the KL terms' kernel, timed beside FSA's
 LAUNCHES = tuple(PruningLaunch(*launch) for launch in (
     (1, 4, 2, 0), (1, 4, 2, 11), (1, 4, 2, 12), (1, 4, 2, 14), (1, 4, 2, 16), (1, 8, 2, 0),
     (1, 8, 2, 13), (1, 8, 4, 0)))
@@ -94,6 +96,27 @@ def kl_products(branches: torch.Tensor, fsa: FSA, repeat: int) -> dict:
                               columns=log_q.shape[1],
                               max_abs_diff_fp64=(dots.double() - exact).abs().max().item())
     return products
+
+
+def kl_terms_launches(branches: torch.Tensor, fsa: FSA, split: bool, repeat: int,
+                      tokens: Sequence[int] = KL_TERMS_TOKENS) -> dict:
+    """FSA's KL terms of ``branches`` (a batch of 2 crops: the image twice), fp32 or as fp16
+    halves (``split``), from the kernel as FSA launches it and with each of ``tokens`` tokens a
+    program: median seconds of each, and the largest difference of its terms from FSA's
+    launch's."""
+    branches = branches.repeat(2, 1, 1)
+
+    def terms(count: int = 0):
+        return fused_kl_terms(branches, fsa.logit_scales, fsa.eps, split, count)
+    reference = terms()
+    launches = []
+    for count in tokens:
+        launches.append(dict(tokens=count, median_s=_median_seconds(lambda: terms(count), repeat,
+                                                                    branches.device),
+                             max_abs_diff=max((ours.double() - theirs.double()).abs().max().item()
+                                              for ours, theirs in zip(terms(count), reference))))
+    return dict(split=split, fsa_s=_median_seconds(terms, repeat, branches.device),
+                launches=launches)
 
 
 def torch_operand_and_tokens(values: torch.Tensor, attended: torch.Tensor):
@@ -197,7 +220,9 @@ def run_kernel_benchmark(n_values: Sequence[int] = (1764, 4096), q: int = 171,
                                     ((out == 0) != (reference == 0)).any(dim=-1).sum())))
         runs.append(dict(n=n, fsa_launch_s=fsa_s, launches=results,
                          kl_products=kl_products(branches, fsa, repeat),
-                         operand=operand_copies(n, device, dtype, repeat)))
+                         operand=operand_copies(n, device, dtype, repeat),
+                         kl_terms=kl_terms_launches(branches, fsa, dtype != torch.float32,
+                                                    repeat)))
     return dict(q=q, out_dtype=out_dtype, repeat=repeat, lamda=fsa.lamda, top_p=fsa.top_p,
                 env=environment(device), runs=runs)
 
@@ -221,8 +246,10 @@ def kernel_report(result: dict) -> str:
         lines += [_launch_row(run['fsa_launch_s'], launch) for launch in run['launches']]
         if 'kl_products' in run:
             lines.append(_kl_products_line(run['kl_products']))
-        if 'operand' in run:  # absent from results written before session 15
+        if 'operand' in run:  # absent from results written before session 15, as kl_terms
             lines.append(_operand_line(run['operand'], run['n'], result['out_dtype']))
+        if 'kl_terms' in run:
+            lines.append(_kl_terms_line(run['kl_terms']))
     return '\n'.join(lines)
 
 
@@ -233,6 +260,16 @@ def _operand_line(operand: dict, n: int, dtype: str) -> str:
             f"{operand['torch_s'] * 1e3:.4f} ms; torch / kernel "
             f"{short_ratio(ratio(operand['torch_s'], operand['kernel_s']))}; equal: "
             f"{'yes' if operand['equal'] else 'NO'}")
+
+
+def _kl_terms_line(kl_terms: dict) -> str:
+    launches = ', '.join(
+        f"{launch['tokens']}: {launch['median_s'] * 1e3:.4f} ms "
+        f"({short_ratio(ratio(kl_terms['fsa_s'], launch['median_s']))}, max|diff| "
+        f"{launch['max_abs_diff']:.1e})" for launch in kl_terms['launches'])
+    return (f"KL terms ({'fp16 halves' if kl_terms['split'] else 'fp32'}, a batch of 2): FSA's "
+            f"launch {kl_terms['fsa_s'] * 1e3:.4f} ms; tokens a program (FSA / this): "
+            f"{launches}")
 
 
 def _kl_products_line(products: dict) -> str:

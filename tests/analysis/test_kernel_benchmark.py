@@ -68,6 +68,14 @@ def test_every_launch_writes_fsas_rows_and_the_report_gives_the_ratios():
     # kernel as from torch's copies and sum
     assert run['operand']['equal'] and (run['operand']['batch'], run['operand']['heads']) == (2, 12)
     run['operand']['kernel_s'], run['operand']['torch_s'] = 1e-5, 2.5e-5
+    # the KL terms in fp32 (an fp32 model's), 2 to 16 tokens a program: the same terms
+    kl_terms = run['kl_terms']
+    assert not kl_terms['split'] and [launch['tokens'] for launch in kl_terms['launches']] == [
+        2, 4, 8, 16]
+    assert all(launch['max_abs_diff'] == 0.0 for launch in kl_terms['launches'])
+    kl_terms['fsa_s'] = 8e-6
+    for launch, seconds in zip(kl_terms['launches'], (1e-5, 4e-6, 8e-6, 1.6e-5)):
+        launch['median_s'] = seconds
     run['fsa_launch_s'] = 0.003
     run['launches'][0]['median_s'] = 0.002
     products['fp32']['median_s'], products['fp16_halves']['median_s'] = 4e-5, 1e-5
@@ -83,6 +91,10 @@ def test_every_launch_writes_fsas_rows_and_the_report_gives_the_ratios():
     assert ("[V, A·V + V] and the branch tokens (2 x 16 tokens, 12 heads of 64, fp32): kernel "
             "0.0100 ms, torch's copies and sum 0.0250 ms; torch / kernel 2.50x; equal: yes"
             in lines)
+    assert ("KL terms (fp32, a batch of 2): FSA's launch 0.0080 ms; tokens a program (FSA / "
+            "this): 2: 0.0100 ms (0.80x, max|diff| 0.0e+00), 4: 0.0040 ms (2.00x, max|diff| "
+            "0.0e+00), 8: 0.0080 ms (1.00x, max|diff| 0.0e+00), 16: 0.0160 ms (0.50x, "
+            "max|diff| 0.0e+00)" in lines)
     assert re.search(r'^\s+4\s+2\s+2\s+13\s+2\.0000\s+1\.50x\s+0\.0e\+00\s+0\s+0$',
                      '\n'.join(lines), re.M)
     assert re.search(r'^\s+8\s+4\s+4\s+13\s+', '\n'.join(lines), re.M)   # cut in 4 parts

@@ -16,7 +16,8 @@
 #                 against log q's rows padded to a multiple of 8 (as FSA makes them), and
 #                 the latter once more unpadded (n x n, as before: an align2 GEMM kernel);
 #                 and FSA's operand [V, A·V + V] with the branch tokens, from its kernel and
-#                 from torch's copies and sum (as before session 15), timed side by side
+#                 from torch's copies and sum (as before session 15), timed side by side;
+#                 and the KL terms' kernel at 2 to 16 tokens a program beside FSA's launch
 #   2. proxyclip  one ProxyCLIP B/16 + DINO-B/8 crop (336, Q = 171) +- FSA, fp32, then fp16
 #                 (fp16: a batch of 2, as the graphed crops, and the 45 kernels that take
 #                 the most GPU time in each variant: their difference is where FSA's time goes);

@@ -60,7 +60,11 @@ from ..layout import aligned_row_length, padded_rows
 MAX_FUSED_TOKENS = 4096  # one row lives in one program's registers: N ≤ 4096 (SAM's 64×64 grid)
 MAX_FUSED_QUERIES = 4096  # and one token's Q similarities in the KL terms' kernel
 MAX_BLOCK_ENTRIES = 2 ** 20  # Triton's largest block (TRITON_MAX_TENSOR_NUMEL)
-KL_TERMS_ENTRIES = 4096  # a KL terms program's entries on the GPU: 16 tokens of Q ≤ 256
+# a KL terms program's entries on the GPU: 4 tokens of Q ≤ 256, 52 registers a thread for the
+# fp16 halves and 884 programs for a batch of 2 crops at N = 1764 (an H100 has 132 SMs), where
+# 16 tokens took 167 registers in 221 programs, too few to keep loads in flight (sm_90 SASS
+# read on CPU; untimed: ``benchmark.py kernel`` times 2 to 16 tokens a program)
+KL_TERMS_ENTRIES = 1024
 SOURCES = ('similarity', 'kl', 'dots')  # what the pruning kernel's rows hold
 _FLOAT_TYPES = (torch.float32, torch.float64)
 MAX_WARPS = 32  # a CUDA block's 1024 threads
@@ -120,7 +124,8 @@ def _kernel_runs_on(index: Optional[int]) -> bool:
 
 
 def fused_kl_terms(branches: Tensor, logit_scales: Tuple[float, float], eps: float,
-                   split: bool = False) -> Tuple[Tensor, Tensor, Tensor]:
+                   split: bool = False,
+                   tokens_per_program: int = 0) -> Tuple[Tensor, Tensor, Tensor]:
     """From ``branches`` (B, N + 1, Q), the attention branch's cosine similarities P and, last,
     the uniform branch's P_u: q = softmax_Q(s_a·P − s_u·P_u) (B, N', Q), log(q + ε) (B, N', Q)
     and Σ_c q·log(q + ε) (B, N), in at least fp32, q and log q with aligned rows, and N' ≥ N
@@ -128,14 +133,19 @@ def fused_kl_terms(branches: Tensor, logit_scales: Tuple[float, float], eps: flo
     their product q·log qᵀ then has aligned rows too. With ``split`` (fp32 work only), q and
     log q as their fp16 halves (B, N', 3·K), K the aligned Q, whose product
     :func:`kl_dot_products` is q·log qᵀ on tensor cores. ``branches`` may have padded rows (a
-    view of wider ones)."""
+    view of wider ones). ``tokens_per_program``, a power of two, launches the kernel with as
+    many tokens a program (0: as many as ``KL_TERMS_ENTRIES`` entries hold), for tuning
+    (``benchmark.py kernel``); each token's terms are the same."""
+    if not (tokens_per_program == 0 or _power_of_two(tokens_per_program)):
+        raise ValueError(f'tokens_per_program must be 0 or a power of two, got '
+                         f'{tokens_per_program}')
     if branches.shape[-1] > MAX_FUSED_QUERIES:
         raise ValueError(f'the fused FSA KL terms take at most {MAX_FUSED_QUERIES} queries, got '
                          f'{branches.shape[-1]}')
     if split and branches.dtype == torch.float64:
         raise ValueError('the fp16 halves of q and log q are for fp32 work, not float64')
     kl_terms = torch.ops.fsa_seg.kl_terms if _through_dispatcher(branches) else _kl_terms
-    return kl_terms(branches, list(logit_scales), eps, split)
+    return kl_terms(branches, list(logit_scales), eps, split, tokens_per_program)
 
 
 def kl_dot_products(q: Tensor, log_q_t: Tensor) -> Tensor:
@@ -178,8 +188,8 @@ def _through_dispatcher(*tensors: Optional[Tensor]) -> bool:
                    for tensor in tensors if tensor is not None))
 
 
-def _kl_terms(branches: Tensor, logit_scales: Sequence[float], eps: float,
-              split: bool) -> Tuple[Tensor, Tensor, Tensor]:
+def _kl_terms(branches: Tensor, logit_scales: Sequence[float], eps: float, split: bool,
+              tokens_per_program: int) -> Tuple[Tensor, Tensor, Tensor]:
     branches = strided_rows(branches)
     q, log_q, self_terms = _kl_terms_outputs(branches, split)
     batch, tokens = self_terms.shape
@@ -191,7 +201,8 @@ def _kl_terms(branches: Tensor, logit_scales: Sequence[float], eps: float,
     block = max(16, 1 << (queries - 1).bit_length())
     # the interpreter's cost is per program: there as many tokens a program as a block holds
     entries = KL_TERMS_ENTRIES if q.is_cuda else MAX_BLOCK_ENTRIES
-    rows = max(1, min(1 << (token_rows - 1).bit_length(), entries // block))
+    rows = tokens_per_program or max(1, min(1 << (token_rows - 1).bit_length(),
+                                            entries // block))
     grid = (-(-token_rows // rows), batch)
     with _launching_on(q.device):
         _kernel(kl_terms_rows, q.device)[grid](
@@ -206,7 +217,7 @@ _kl_terms_op = torch.library.custom_op('fsa_seg::kl_terms', _kl_terms, mutates_a
 
 
 @_kl_terms_op.register_fake
-def _(branches, logit_scales, eps, split):
+def _(branches, logit_scales, eps, split, tokens_per_program):
     return _kl_terms_outputs(branches, split)
 
 

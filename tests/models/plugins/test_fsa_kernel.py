@@ -220,7 +220,8 @@ COMPILE_FOR_H100 = textwrap.dedent('''
         types = ('*' + both, '*' + halves, '*' + halves, '*' + work, 'i32', 'i32', 'i32', 'i32',
                  'i32', 'i32', 'i64', 'i64', 'i64')
         kernels.append(compiled(kl_terms_rows, KL_TERMS, types,
-                                dict(ROWS=16, BLOCK=256, SPLIT=split), 4))
+                                dict(ROWS=fsa_kernel.KL_TERMS_ENTRIES // 256, BLOCK=256,
+                                     SPLIT=split), 4))
     for dtype in ('fp16', 'bf16', 'fp64'):  # ViT-B/16's 12 heads of 64, GPU launch
         rows, block = fsa_kernel._operand_launch(1768, 768, True)
         kernels.append(compiled(operand_and_tokens_rows, OPERAND,
@@ -279,6 +280,35 @@ def test_kl_terms_read_similarities_in_padded_rows_in_place():
                                 fsa_kernel.fused_kl_terms(branches.contiguous(), (20.0, 35.0),
                                                           1e-10)):
         assert torch.equal(ours, contiguous)
+
+
+@pytest.mark.parametrize('split', [False, True], ids=['fp32', 'fp16_halves'])
+def test_kl_terms_are_the_same_whatever_the_tokens_a_program(monkeypatch, split):
+    """1 to 64 tokens a program (``benchmark.py kernel`` times such launches), which reach the
+    kernel's launch: the same terms, the zero rows beyond N included; a count that is not a
+    power of two is refused."""
+    launches = []
+    kernel_for = fsa_kernel._kernel
+
+    class Recording:
+        def __init__(self, launcher):
+            self.launcher = launcher
+
+        def __getitem__(self, grid):
+            return lambda *args, **kwargs: (launches.append((grid, kwargs['ROWS'])),
+                                            self.launcher[grid](*args, **kwargs))
+    monkeypatch.setattr(fsa_kernel, '_kernel',
+                        lambda kernel, device: Recording(kernel_for(kernel, device)))
+    generator = torch.Generator().manual_seed(8)
+    branches = torch.rand(2, 30, 171, generator=generator) * 2 - 1
+    default = fsa_kernel.fused_kl_terms(branches, (20.0, 35.0), 1e-10, split)
+    for tokens in (1, 2, 8, 64):
+        terms = fsa_kernel.fused_kl_terms(branches, (20.0, 35.0), 1e-10, split, tokens)
+        assert all(map(torch.equal, terms, default))
+    # 29 tokens: 32 rows of q and log q, in one program in the interpreter by default
+    assert launches == [((1, 2), 32), ((32, 2), 1), ((16, 2), 2), ((4, 2), 8), ((1, 2), 64)]
+    with pytest.raises(ValueError, match='tokens_per_program must be 0 or a power of two, got 3'):
+        fsa_kernel.fused_kl_terms(branches, (20.0, 35.0), 1e-10, split, 3)
 
 
 def test_kl_terms_of_half_precision_similarities_are_made_in_float32():

@@ -1,8 +1,8 @@
 """Test doubles shared by tests, imported by name (tests/conftest.py puts tests/ on sys.path and
 registers the plug-ins for a test through its ``pass_through_plugins`` fixture), the timm
 keyword arguments of the tiny random VFMs the tests build, a CUDA-graph capture for CPU, a
-recorder of the messages a module logs, one of the matrix products called and one of the
-operators dispatched."""
+recorder of the messages a module logs, one of the matrix products called, one of the
+operators dispatched and one of FSA's Triton launches."""
 import torch
 from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -96,3 +96,27 @@ class Kernels(TorchDispatchMode):
         if name not in self.NOT_KERNELS:
             self.names.append(f'{func.namespace}.{name}' if func.namespace != 'aten' else name)
         return func(*args, **(kwargs or {}))
+
+
+def record_launches(monkeypatch, kernel_name):
+    """The launches of FSA's Triton kernel ``kernel_name`` from now on, each as (grid, its
+    keyword arguments: the constexprs and ``num_warps``), made as they would be."""
+    import fsa_seg.models.plugins.fsa_kernel as fsa_kernel
+    launches = []
+    kernel_for = fsa_kernel._kernel
+
+    class Recording:
+        def __init__(self, launcher):
+            self.launcher = launcher
+
+        def __getitem__(self, grid):
+            def launch(*args, **kwargs):
+                launches.append((grid, kwargs))
+                return self.launcher[grid](*args, **kwargs)
+            return launch
+
+    def recording(kernel, device):
+        launcher = kernel_for(kernel, device)
+        return Recording(launcher) if kernel.__name__ == kernel_name else launcher
+    monkeypatch.setattr(fsa_kernel, '_kernel', recording)
+    return launches

@@ -45,12 +45,12 @@ from .benchmark import (
     short_ratio,
 )
 
+GRAPH_CALLS = 10  # calls of a kernel in the CUDA graph that times it
+KL_TERMS_TOKENS = (2, 4, 8, 16)  # tokens a program of the KL terms' kernel, timed beside FSA's
 # (rows per program, warps per program, parts the top-p cut's interval is cut into a step,
 # halvings before the interval first shrinks to its keys: 0 never) tried beside FSA's launch
 # (a row a program, _num_warps: 4 warps for N ≤ 2048, 8 for N ≤ 4096, halving, snap after 13).
 # Session 12's H100 sweep found more warps, more rows and more parts all slower at N = 1764.
-GRAPH_CALLS = 10  # calls of a kernel in the CUDA graph that times it
-KL_TERMS_TOKENS = (2, 4, 8, 16)  # tokens a program of the KL terms' kernel, timed beside FSA's
 LAUNCHES = tuple(PruningLaunch(*launch) for launch in (
     (1, 4, 2, 0), (1, 4, 2, 11), (1, 4, 2, 12), (1, 4, 2, 14), (1, 4, 2, 16), (1, 8, 2, 0),
     (1, 8, 2, 13), (1, 8, 4, 0)))

@@ -199,10 +199,8 @@ def _kl_terms(branches: Tensor, logit_scales: Sequence[float], eps: float, split
     from ._fsa_triton import kl_terms_rows
     queries = branches.shape[-1]
     block = max(16, 1 << (queries - 1).bit_length())
-    # the interpreter's cost is per program: there as many tokens a program as a block holds
-    entries = KL_TERMS_ENTRIES if q.is_cuda else MAX_BLOCK_ENTRIES
-    rows = tokens_per_program or max(1, min(1 << (token_rows - 1).bit_length(),
-                                            entries // block))
+    rows = tokens_per_program or _rows_a_program(
+        token_rows, block, KL_TERMS_ENTRIES if q.is_cuda else MAX_BLOCK_ENTRIES)
     grid = (-(-token_rows // rows), batch)
     with _launching_on(q.device):
         _kernel(kl_terms_rows, q.device)[grid](
@@ -268,7 +266,7 @@ def _operand_launch(operand_rows: int, channels: int, cuda: bool) -> Tuple[int, 
     block = 1 << (channels - 1).bit_length()
     if cuda:
         return 8, min(block, 256)
-    return min(1 << (operand_rows - 1).bit_length(), max(1, MAX_BLOCK_ENTRIES // block)), block
+    return _rows_a_program(operand_rows, block), block
 
 
 _operand_and_tokens_op = torch.library.custom_op('fsa_seg::operand_and_tokens',
@@ -346,8 +344,7 @@ def run_kernel(rows: Tensor, out: Tensor, lamda: float, top_p: float, source: st
     size = rows.shape[-1]
     num_rows = rows.numel() // size
     block = max(16, 1 << (size - 1).bit_length())
-    rows_per_program = launch.rows or (1 if rows.is_cuda else min(
-        1 << (num_rows - 1).bit_length(), MAX_BLOCK_ENTRIES // block))
+    rows_per_program = launch.rows or (1 if rows.is_cuda else _rows_a_program(num_rows, block))
     in_stride = rows.stride(-2) if rows.dim() > 1 else size
     out_stride = out.stride(-2) if out.dim() > 1 else size
     if zero_padding and out_stride > block:
@@ -360,6 +357,13 @@ def run_kernel(rows: Tensor, out: Tensor, lamda: float, top_p: float, source: st
                ROWS=rows_per_program, BLOCK=block, SPLIT_BITS=launch.split_bits,
                SNAP_AFTER=launch.snap if launch.snap and rows.element_size() == 4 else NEVER,
                FAST_MATH=rows.is_cuda, num_warps=launch.warps or _num_warps(block))
+
+
+def _rows_a_program(num_rows: int, block: int, entries: int = MAX_BLOCK_ENTRIES) -> int:
+    """The rows of ``block`` entries a program takes: as many as ``entries`` hold (at least one),
+    no more than there are, a power of two. The interpreter's cost is per program, so there
+    as many as Triton's largest block holds."""
+    return max(1, min(1 << (num_rows - 1).bit_length(), entries // block))
 
 
 def _power_of_two(value: int) -> bool:

@@ -20,7 +20,7 @@ from fsa_seg.models.layout import with_padding
 from fsa_seg.models.plugins.fsa_kernel import MAX_FUSED_TOKENS, fused_prune_and_sharpen
 from fsa_seg.models.plugins.fsa_reference import official_prune_and_sharpen
 
-from doubles import Kernels
+from doubles import Kernels, record_launches
 
 pytestmark = pytest.mark.skipif(
     os.environ.get('TRITON_INTERPRET') != '1' or importlib.util.find_spec('triton') is None,
@@ -287,18 +287,7 @@ def test_kl_terms_are_the_same_whatever_the_tokens_a_program(monkeypatch, split)
     """1 to 64 tokens a program (``benchmark.py kernel`` times such launches), which reach the
     kernel's launch: the same terms, the zero rows beyond N included; a count that is not a
     power of two is refused."""
-    launches = []
-    kernel_for = fsa_kernel._kernel
-
-    class Recording:
-        def __init__(self, launcher):
-            self.launcher = launcher
-
-        def __getitem__(self, grid):
-            return lambda *args, **kwargs: (launches.append((grid, kwargs['ROWS'])),
-                                            self.launcher[grid](*args, **kwargs))
-    monkeypatch.setattr(fsa_kernel, '_kernel',
-                        lambda kernel, device: Recording(kernel_for(kernel, device)))
+    launches = record_launches(monkeypatch, 'kl_terms_rows')
     generator = torch.Generator().manual_seed(8)
     branches = torch.rand(2, 30, 171, generator=generator) * 2 - 1
     default = fsa_kernel.fused_kl_terms(branches, (20.0, 35.0), 1e-10, split)
@@ -306,7 +295,8 @@ def test_kl_terms_are_the_same_whatever_the_tokens_a_program(monkeypatch, split)
         terms = fsa_kernel.fused_kl_terms(branches, (20.0, 35.0), 1e-10, split, tokens)
         assert all(map(torch.equal, terms, default))
     # 29 tokens: 32 rows of q and log q, in one program in the interpreter by default
-    assert launches == [((1, 2), 32), ((32, 2), 1), ((16, 2), 2), ((4, 2), 8), ((1, 2), 64)]
+    assert [(grid, kwargs['ROWS']) for grid, kwargs in launches] == [
+        ((1, 2), 32), ((32, 2), 1), ((16, 2), 2), ((4, 2), 8), ((1, 2), 64)]
     with pytest.raises(ValueError, match='tokens_per_program must be 0 or a power of two, got 3'):
         fsa_kernel.fused_kl_terms(branches, (20.0, 35.0), 1e-10, split, 3)
 

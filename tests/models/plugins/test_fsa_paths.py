@@ -16,7 +16,7 @@ import fsa_seg.models.plugins.fsa as fsa_module
 from fsa_seg.models.plugins import FSA
 from fsa_seg.models.plugins.fsa_reference import official_fsa, official_prune_and_sharpen
 
-from doubles import Kernels, RecordedProducts
+from doubles import Kernels, RecordedProducts, record_launches
 from references import linear_logits_fn, random_fsa_problem
 
 fused_runs_here = pytest.mark.skipif(
@@ -121,30 +121,14 @@ def test_a_configured_pruning_launch_reaches_the_kernel_and_keeps_the_result(mon
     """``pruning_launch`` (2 rows and 4 warps a program, the cut's interval cut in 8 parts a
     step) is how the pruning kernel is launched; in fp32 the rows equal the default launch's
     (the interpreter sums each row alike) and the reference's."""
-    import fsa_seg.models.plugins.fsa_kernel as fsa_kernel
-    launches = []
-    kernel_for = fsa_kernel._kernel
-
-    def recording(kernel, device):
-        launcher = kernel_for(kernel, device)
-        if kernel.__name__ != 'prune_and_sharpen_rows':
-            return launcher
-
-        class Recording:
-            def __getitem__(self, grid):
-                def launch(*args, **kwargs):
-                    launches.append((grid, kwargs['ROWS'], kwargs['num_warps'],
-                                     kwargs['SPLIT_BITS']))
-                    return launcher[grid](*args, **kwargs)
-                return launch
-        return Recording()
-    monkeypatch.setattr(fsa_kernel, '_kernel', recording)
+    launches = record_launches(monkeypatch, 'prune_and_sharpen_rows')
     attn, values, logits_fn = random_fsa_problem(1, 3, 50, 4, 12, 'shared', seed=5)
     attn, values = attn.float(), values.float()
     with torch.no_grad():
         configured = FSA(**HYPER, pruning_launch=dict(rows=2, warps=4, parts=8))._forward(
             attn, values, logits_fn, path='fused')
-        assert launches == [((25,), 2, 4, 3)]                  # 50 rows, 2 a program
+        assert [(grid, kwargs['ROWS'], kwargs['num_warps'], kwargs['SPLIT_BITS'])
+                for grid, kwargs in launches] == [((25,), 2, 4, 3)]  # 50 rows, 2 a program
         default = FSA(**HYPER)._forward(attn, values, logits_fn, path='fused')
     assert torch.equal(configured, default)
     expected = reference(attn.double(), values.double(), logits_fn, stable=True)

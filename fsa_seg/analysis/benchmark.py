@@ -37,9 +37,12 @@ How it measures, so that the numbers can be trusted on a noisy machine:
   inside the plug-in is timed too (forward hooks), which gives its share of a crop directly.
 * profile (``profile_rows``, ``--profile``) — after the timed runs, in the same worker, one run
   of each variant under torch's profiler: the operators (kernels on CUDA) with the most time of
-  their own.
+  their own; and for the plug-in's eager variants of ours, ``HOST_PROFILE_RUNS`` runs under
+  cProfile: the Python functions and torch calls with the most host time of their own, which
+  bounds an eager plug-in on a GPU (there its device time is a fraction of its latency).
 """
 import copy
+import cProfile
 import ctypes
 import ctypes.util
 import gc
@@ -47,6 +50,7 @@ import json
 import math
 import multiprocessing
 import os
+import pstats
 import re
 import resource
 import statistics
@@ -77,6 +81,7 @@ PROXYCLIP_CONFIG = 'proxyclip_fsa_vit-b16_dino-b8_voc21'
 DTYPES = {'fp32': torch.float32, 'fp16': torch.float16, 'bf16': torch.bfloat16,
           'fp64': torch.float64}
 MB = 2 ** 20
+HOST_PROFILE_RUNS = 20  # eager runs a host profile spans (one run's calls are too few to time)
 
 
 class BenchmarkError(ValueError):
@@ -225,15 +230,24 @@ class PluginWorkload:
     'ours' (the path FSA picks for the device), 'ours-device' (the torch.sort chain forced),
     on CUDA 'ours-graphed' ('ours' replayed from a CUDA graph, as ``model.cuda_graphs`` replays
     crops: what the plug-in costs the GPU once the host no longer issues each kernel),
-    'official'."""
+    'official', and on CUDA 'official-graphed' (the official formulation replayed so too: what
+    the graphed ours is measured against)."""
     warmup_size = 32
+    eager_ours = ('ours', 'ours-device')  # whose host time a profile shows too
 
-    @staticmethod
-    def variants_on(device: str) -> tuple:
+    # the largest N of 'official-graphed': its (B, N, N, Q) tensors, held by the graph's
+    # private pool beside the eager official's cached ones, fill an 80 GB GPU at N = 4096
+    GRAPHED_OFFICIAL_MAX_TOKENS = 2048
+
+    @classmethod
+    def variants_on(cls, device: str, n: int) -> tuple:
         """'ours', the device path of ours forced (on CUDA: beside the fused kernel), on CUDA
-        'ours' replayed from a CUDA graph, 'official'."""
-        graphed = ('ours-graphed',) if torch.device(device).type == 'cuda' else ()
-        return ('ours', 'ours-device', *graphed, 'official')
+        'ours' replayed from a CUDA graph, 'official', on CUDA up to
+        ``GRAPHED_OFFICIAL_MAX_TOKENS`` tokens replayed from one too."""
+        if torch.device(device).type != 'cuda':
+            return (*cls.eager_ours, 'official')
+        graphed = ('official-graphed',) if n <= cls.GRAPHED_OFFICIAL_MAX_TOKENS else ()
+        return (*cls.eager_ours, 'ours-graphed', 'official', *graphed)
 
     def __init__(self, n: int, q: int, plugin: dict, beta: float, gamma: float, heads: int = 12,
                  head_dim: int = 64, batch: int = 1, dtype: str = 'fp32', device: str = 'cpu',
@@ -256,7 +270,7 @@ class PluginWorkload:
         self.hyper = dict(lamda=self.fsa.lamda, top_p=self.fsa.top_p,
                           logit_scales=self.fsa.logit_scales)
         self.beta, self.gamma = beta, gamma
-        self.graphs = CropGraphs()
+        self.graphs, self.official_graphs = CropGraphs(), CropGraphs()
 
     def logits_fn(self, heads):
         merged = heads.transpose(1, 2).flatten(2)                       # (B, n, H·d)
@@ -266,6 +280,7 @@ class PluginWorkload:
         # new inputs, new graphs: a graph reads its inputs at their addresses, and the memory
         # measured for a run of 'ours-graphed' then includes its capture (the graph's pool)
         self.graphs.clear()
+        self.official_graphs.clear()
         generator = torch.Generator().manual_seed(self.seed + 1)
         proxy = torch.randn(self.batch, 64, n, 1, generator=generator)
         values = torch.randn(self.batch, self.heads, n, self.head_dim, generator=generator)
@@ -278,6 +293,9 @@ class PluginWorkload:
         attn, values = inputs
         if variant == 'official':
             return official_fsa(attn, values, self.logits_fn, **self.hyper)
+        if variant == 'official-graphed':
+            return self.official_graphs(partial(official_fsa, attn, logits_fn=self.logits_fn,
+                                                **self.hyper), values, attn.data_ptr())
         if self.fsa.reads_padding:  # as ProxyCLIP gives it: with its zero padding
             attn = with_padding(attn)
         if variant == 'ours':
@@ -289,8 +307,10 @@ class PluginWorkload:
 
     @property
     def graph_failures(self) -> List[str]:
-        """Why 'ours-graphed' ran eagerly on some inputs (its capture failed), if it did."""
-        return self.graphs.failures
+        """Why 'ours-graphed' or 'official-graphed' ran eagerly on some inputs (its capture
+        failed), if it did."""
+        return self.graphs.failures + [f'the official formulation, {failure}'
+                                       for failure in self.official_graphs.failures]
 
     def resident_bytes(self, inputs) -> int:
         tensors = list(inputs) + [self.weight, self.text]
@@ -504,9 +524,12 @@ def _latencies(workload, variants: Sequence[str], repeat: int,
             if hasattr(workload, 'plugin_s'):
                 times[variant]['plugin_s'].append(workload.plugin_s)
             del output
-    if profile_rows:  # after the timed runs, which the profiler would slow down
+    if profile_rows:  # after the timed runs, which the profilers would slow down
         for variant in variants:
             times[variant]['profile'] = _profile(workload, variant, inputs, profile_rows)
+            if variant in getattr(workload, 'eager_ours', ()):
+                times[variant]['host_profile'] = _host_profile(workload, variant, inputs,
+                                                               profile_rows)
     return times
 
 
@@ -522,6 +545,33 @@ def _profile(workload, variant: str, inputs, rows: int) -> List[dict]:
     events = sorted(prof.key_averages(), key=lambda event: getattr(event, own), reverse=True)
     return [dict(name=event.key, self_ms=getattr(event, own) / 1e3, calls=event.count)
             for event in events[:rows]]
+
+
+def _host_profile(workload, variant: str, inputs, rows: int,
+                  runs: int = HOST_PROFILE_RUNS) -> dict:
+    """The ``rows`` functions with the most host time of their own (Python functions and the
+    torch calls they make, cProfile) in ``runs`` runs of ``variant``, per run, and the host time
+    of a run in all: where an eager run's host time goes."""
+    profiler = cProfile.Profile()
+    synchronize(workload.device)
+    profiler.enable()
+    for _ in range(runs):
+        workload.run(variant, inputs)
+    profiler.disable()
+    synchronize(workload.device)
+    stats = pstats.Stats(profiler).stats  # (file, line, name) → (calls, calls, own s, total s, …)
+    own = sorted(((entry[2], entry[1], function) for function, entry in stats.items()),
+                 reverse=True)
+    return dict(runs=runs, total_us=sum(entry[0] for entry in own) / runs * 1e6,
+                rows=[dict(name=_function_name(function), self_us=seconds / runs * 1e6,
+                           calls=calls / runs)
+                      for seconds, calls, function in own[:rows]])
+
+
+def _function_name(function: tuple) -> str:
+    """cProfile's (file, line, name) as ``file.py:line(name)``, a built-in by its name."""
+    path, line, name = function
+    return name if path == '~' else f'{os.path.basename(path)}:{line}({name})'
 
 
 class WorkerError(RuntimeError):
@@ -590,8 +640,9 @@ def compare(spec: dict, variants: Sequence[str], repeat: int = 3,
         if times[variant]['plugin_s']:
             results[variant]['plugin_s'] = times[variant]['plugin_s']
             results[variant]['plugin_median_s'] = statistics.median(times[variant]['plugin_s'])
-        if 'profile' in times[variant]:
-            results[variant]['profile'] = times[variant]['profile']
+        for profile in ('profile', 'host_profile'):
+            if profile in times[variant]:
+                results[variant][profile] = times[variant][profile]
     return dict(spec=spec, repeat=repeat, variants=list(variants), results=results)
 
 
@@ -648,12 +699,26 @@ def profile_lines(comparison: dict) -> List[str]:
                           f'most {clock} time of their own',
                       *(f"{row['self_ms']:>11.3f} ms {row['calls']:>6}x  {row['name']}"
                         for row in rows)]
+        lines += host_profile_lines(comparison, variant)
     return lines
 
 
-def plugin_summary(comparison: dict, variant: str = 'ours') -> dict:
-    """official / ``variant``: latency (medians, minima) and extra peak memory."""
-    ours, official = (comparison['results'][v] for v in (variant, 'official'))
+def host_profile_lines(comparison: dict, variant: str) -> List[str]:
+    """``variant``'s host profile (:func:`_host_profile`), if it has one: an empty line, the
+    host time of a run, then a line a function."""
+    host = comparison['results'][variant].get('host_profile')
+    if not host:
+        return []
+    return ['', f"host time of {variant}, eager: {host['total_us']:.1f} µs a run (cProfile, "
+                f"{host['runs']} runs); the {len(host['rows'])} functions with the most time "
+                'of their own, a run',
+            *(f"{row['self_us']:>11.1f} µs {row['calls']:>6.1f}x  {row['name']}"
+              for row in host['rows'])]
+
+
+def plugin_summary(comparison: dict, variant: str = 'ours', against: str = 'official') -> dict:
+    """``against`` / ``variant``: latency (medians, minima) and extra peak memory."""
+    ours, official = (comparison['results'][v] for v in (variant, against))
     return dict(speedup=ratio(official['median_s'], ours['median_s']),
                 speedup_min=ratio(official['min_s'], ours['min_s']),
                 memory_reduction=ratio(official['extra_peak_bytes'], ours['extra_peak_bytes']))
@@ -670,12 +735,12 @@ def plugin_report(comparison: dict) -> str:
              f"proxy attention beta={params['beta']}, gamma={params['gamma']}",
              f"ours: the {picked} path, which FSA picks on this device; ours-device: the "
              'torch.sort path forced'
-             + ('; ours-graphed: ours replayed from a CUDA graph'
-                if 'ours-graphed' in comparison['variants'] else ''),
+             + ''.join(f'; {variant}: replayed from a CUDA graph' for variant in
+                       ('ours-graphed', 'official-graphed') if variant in comparison['variants']),
              *_header(comparison), '', *_table(comparison), '']
-    for variant in ours_variants:
-        summary = plugin_summary(comparison, variant)
-        lines.append(f"official / {variant}: latency {_fmt_ratio(summary['speedup'])} (medians; "
+    for against, variant in _ratios(comparison['variants']):
+        summary = plugin_summary(comparison, variant, against)
+        lines.append(f"{against} / {variant}: latency {_fmt_ratio(summary['speedup'])} (medians; "
                      f"{_fmt_ratio(summary['speedup_min'])} on the minima), "
                      f"extra peak memory {_fmt_ratio(summary['memory_reduction'])}")
     syncs = {v: comparison['results'][v].get('host_syncs') for v in ours_variants}
@@ -684,6 +749,15 @@ def plugin_report(comparison: dict) -> str:
                      + '; '.join(f'{v}: {found}' for v, found in syncs.items()))
     lines += capture_failures(comparison['results'].values())
     return '\n'.join(lines + profile_lines(comparison))
+
+
+def _ratios(variants: Sequence[str]) -> List[tuple]:
+    """(against, variant) pairs a plug-in report gives: the official formulation against each
+    of ours, and where both are graphed, graphed against graphed."""
+    pairs = [('official', variant) for variant in variants if variant.startswith('ours')]
+    if {'ours-graphed', 'official-graphed'} <= set(variants):
+        pairs.append(('official-graphed', 'ours-graphed'))
+    return pairs
 
 
 def _picked_path(params: dict) -> str:
@@ -703,23 +777,22 @@ def _fsa_repr(plugin: dict) -> str:
 
 
 def plugin_grid_report(comparisons: Sequence[dict]) -> str:
-    """One line per run of a grid of sizes and dtypes: official / each of ours."""
-    rows = [f"{'N':>6} {'dtype':>6} {'variant':<12}{'median (s)':>12}{'official/variant':>18}"
-            f"{'memory ratio':>14}"]
+    """One line per run of a grid of sizes and dtypes and ratio of :func:`_ratios`: official /
+    each of ours, and graphed official / graphed ours."""
+    rows = [f"{'N':>6} {'dtype':>6} {'variant':<17}{'median (s)':>12}{'against':>18}"
+            f"{'latency ratio':>15}{'memory ratio':>14}"]
     for comparison in comparisons:
         params = comparison['spec']['params']
-        for variant in comparison['variants']:
-            if variant == 'official':
-                continue
-            summary = plugin_summary(comparison, variant)
+        for against, variant in _ratios(comparison['variants']):
+            summary = plugin_summary(comparison, variant, against)
             median = comparison['results'][variant]['median_s']
-            rows.append(f"{params['n']:>6} {params['dtype']:>6} {variant:<12}{median:>12.5f}"
-                        f"{short_ratio(summary['speedup']):>18}"
+            rows.append(f"{params['n']:>6} {params['dtype']:>6} {variant:<17}{median:>12.5f}"
+                        f"{against:>18}{short_ratio(summary['speedup']):>15}"
                         f"{short_ratio(summary['memory_reduction']):>14}")
     failures = capture_failures(result for comparison in comparisons
                                 for result in comparison['results'].values())
-    return '\n'.join(['FSA plug-in, all runs: official / ours (latency medians, extra peak memory)',
-                      *rows, *failures])
+    return '\n'.join(['FSA plug-in, all runs: against / variant (latency medians, extra peak '
+                      'memory)', *rows, *failures])
 
 
 def short_ratio(value: Optional[float]) -> str:
@@ -831,7 +904,7 @@ def run_plugin(n: int, q: int, heads: int = 12, head_dim: int = 64, batch: int =
     spec = dict(kind='plugin', threads=threads,
                 params=dict(n=n, q=q, heads=heads, head_dim=head_dim, batch=batch, dtype=dtype,
                             device=device, **settings))
-    return compare(spec, PluginWorkload.variants_on(device), repeat, start_method, profile_rows)
+    return compare(spec, PluginWorkload.variants_on(device, n), repeat, start_method, profile_rows)
 
 
 def run_segmentor(config: str, random_weights: bool = False, crop: int = 336,

@@ -28,7 +28,10 @@ r"""Benchmarks that measure variants side by side in one run and print measureme
         [--device cuda] [--cfg-options KEY=VALUE ...] [--json out.json]
 
 ``--profile ROWS``: after the timings, one run of each variant under torch's profiler, and the ROWS
-operators (kernels on CUDA) with the most time of their own.
+operators (kernels on CUDA) with the most time of their own; for ``plugin``'s eager variants of
+ours also the ROWS functions with the most host time of their own (cProfile, 20 runs).
+On CUDA ``plugin`` also times ours and, up to N = 2048, the official formulation replayed from
+CUDA graphs.
 ``tools/analysis/benchmark.py`` is the same command in a checkout. CONFIG is a config name
 (``fsa-seg configs`` lists them) or a config file.
 """

@@ -19,7 +19,7 @@ SETTINGS = dict(plugin=dict(type='FSA', lamda=3.0, top_p=0.45, logit_scales=(20.
 
 def comparison(device, n, dtype, medians, peaks_mb):
     """A finished comparison as :func:`benchmark.compare` returns it, with made-up numbers."""
-    variants = benchmark.PluginWorkload.variants_on(device)
+    variants = benchmark.PluginWorkload.variants_on(device, n)
     results = {v: dict(median_s=m, min_s=m, extra_peak_bytes=p * benchmark.MB, inputs_bytes=0,
                        method='test', reliable=True, host_syncs=None,
                        env=dict(torch='x', threads=1, device=device))
@@ -33,9 +33,13 @@ def comparison(device, n, dtype, medians, peaks_mb):
 def test_each_device_runs_the_path_fsa_picks_and_forces_the_torch_sort_path(
         fused_kernel_support):
     """On CUDA FSA picks the fused kernel where Triton is there, else the torch.sort path."""
-    assert benchmark.PluginWorkload.variants_on('cpu') == ('ours', 'ours-device', 'official')
-    assert benchmark.PluginWorkload.variants_on('cuda:0') == ('ours', 'ours-device',
-                                                              'ours-graphed', 'official')
+    assert benchmark.PluginWorkload.variants_on('cpu', 1764) == ('ours', 'ours-device',
+                                                                 'official')
+    assert benchmark.PluginWorkload.variants_on('cuda:0', 2048) == (
+        'ours', 'ours-device', 'ours-graphed', 'official', 'official-graphed')
+    # the official formulation's graph holds its N×N×Q tensors: too large beyond N = 2048
+    assert benchmark.PluginWorkload.variants_on('cuda:0', 2049) == (
+        'ours', 'ours-device', 'ours-graphed', 'official')
     assert benchmark._picked_path(dict(device='cuda', n=1764, plugin=dict(type='FSA'))) == 'fused'
     assert benchmark._picked_path(dict(device='cuda', n=1764, plugin=dict(
         type='FSA', fused_pruning=False))) == 'device'
@@ -73,35 +77,45 @@ def test_the_variants_timed_compute_the_same_attention_output():
         beta=1.2, gamma=3.0)
     assert workload.hyper == dict(lamda=4.5, top_p=0.3, logit_scales=(10.0, 30.0))
     inputs = workload.make_inputs(workload.full_size)
-    outputs = {v: workload.run(v, inputs) for v in workload.variants_on('cpu')}
+    outputs = {v: workload.run(v, inputs) for v in workload.variants_on('cpu', 36)}
     for variant in ('ours', 'ours-device'):
         torch.testing.assert_close(outputs[variant], outputs['official'], rtol=0, atol=1e-12)
 
 
 def test_report_gives_official_over_each_of_ours_and_no_verdict(fused_kernel_support):
     # official 1.2 s and 600 MB; ours 0.1 s and 20 MB; the other path 0.3 s and 40 MB; ours
-    # replayed from a CUDA graph 0.05 s and 30 MB
+    # replayed from a CUDA graph 0.05 s and 30 MB; the official replayed so 1.0 s and 900 MB
     report = benchmark.plugin_report(
-        comparison('cuda', 4096, 'fp16', (0.1, 0.3, 0.05, 1.2), (20, 40, 30, 600)))
+        comparison('cuda', 1764, 'fp16', (0.1, 0.3, 0.05, 1.2, 1.0), (20, 40, 30, 600, 900)))
     assert 'ours: the fused path' in report
-    assert 'ours-graphed: ours replayed from a CUDA graph' in report
+    assert '; ours-graphed: replayed from a CUDA graph; official-graphed: replayed from a CUDA ' \
+           'graph' in report
     assert 'official / ours-graphed: latency 24.00x' in report and 'memory 20.00x' in report
+    assert 'official-graphed / ours-graphed: latency 20.00x (medians; 20.00x on the minima), ' \
+           'extra peak memory 30.00x' in report
     assert 'FSA(lamda=3.0, top_p=0.45, logit_scales=(20.0, 35.0))' in report
     assert 'official / ours: latency 12.00x (medians; 12.00x on the minima), ' \
            'extra peak memory 30.00x' in report
     assert 'official / ours-device: latency 4.00x' in report and 'memory 15.00x' in report
     assert not re.search(r'target|MET|MISSED', report), report
     grid = benchmark.plugin_grid_report([
-        comparison('cuda', 1764, 'fp32', (0.5, 1.0, 0.25, 2.0), (10, 20, 10, 400)),
-        comparison('cuda', 4096, 'fp16', (0.1, 0.3, 0.05, 1.2), (20, 40, 30, 600))])
-    assert re.search(r'^\s+1764\s+fp32 ours\s+0\.50000\s+4\.00x\s+40\.00x$', grid, re.M), grid
-    assert re.search(r'^\s+4096\s+fp16 ours-device\s+0\.30000\s+4\.00x\s+15\.00x$', grid,
-                     re.M), grid
-    assert re.search(r'^\s+1764\s+fp32 ours-graphed\s+0\.25000\s+8\.00x\s+40\.00x$', grid,
-                     re.M), grid
+        comparison('cuda', 1764, 'fp32', (0.5, 1.0, 0.25, 2.0, 1.5), (10, 20, 10, 400, 200)),
+        comparison('cuda', 4096, 'fp16', (0.1, 0.3, 0.05, 1.2), (20, 40, 30, 600)),
+        comparison('cpu', 64, 'fp64', (0.4, 0.2, 0.8), (2, 4, 8))])
+    rows = [line.split() for line in grid.splitlines()[2:]]
+    assert rows == [
+        ['1764', 'fp32', 'ours', '0.50000', 'official', '4.00x', '40.00x'],
+        ['1764', 'fp32', 'ours-device', '1.00000', 'official', '2.00x', '20.00x'],
+        ['1764', 'fp32', 'ours-graphed', '0.25000', 'official', '8.00x', '40.00x'],
+        ['1764', 'fp32', 'ours-graphed', '0.25000', 'official-graphed', '6.00x', '20.00x'],
+        ['4096', 'fp16', 'ours', '0.10000', 'official', '12.00x', '30.00x'],
+        ['4096', 'fp16', 'ours-device', '0.30000', 'official', '4.00x', '15.00x'],
+        ['4096', 'fp16', 'ours-graphed', '0.05000', 'official', '24.00x', '20.00x'],
+        ['64', 'fp64', 'ours', '0.40000', 'official', '2.00x', '4.00x'],
+        ['64', 'fp64', 'ours-device', '0.20000', 'official', '4.00x', '2.00x']], grid
     assert 'CAPTURE FAILED' not in grid + report
     # a failed capture: ours-graphed ran eagerly, and the reports say so
-    failed = comparison('cuda', 1764, 'fp16', (0.1, 0.3, 0.1, 1.2), (20, 40, 20, 600))
+    failed = comparison('cuda', 1764, 'fp16', (0.1, 0.3, 0.1, 1.2, 1.0), (20, 40, 20, 600, 900))
     failed['results']['ours-graphed']['graph_failures'] = ['crops of shape (1, 12, 1764, 64): x']
     line = 'CUDA GRAPH CAPTURE FAILED, so these ran eagerly: crops of shape (1, 12, 1764, 64): x'
     assert benchmark.plugin_grid_report([failed]).splitlines()[-1] == line
@@ -153,19 +167,51 @@ def test_the_graphed_variant_captures_once_per_inputs_so_its_memory_counts_the_c
     assert capture.shapes == [(1, 2, 36, 4)] * 2
 
 
+@torch.no_grad()
+def test_the_graphed_official_formulation_is_its_own_capture_of_the_official_one():
+    """official-graphed replays the official formulation (a recording capture on CPU), captured
+    apart from ours on the same inputs: equal to the official output every run; where its
+    capture fails it runs eagerly, and the failure names it."""
+    from doubles import RecordingCapture
+    workload = benchmark.PluginWorkload(n=36, q=5, heads=2, head_dim=4, dtype='fp64', **SETTINGS)
+    ours, official = RecordingCapture(), RecordingCapture()
+    workload.graphs, workload.official_graphs = (
+        CropGraphs(device_types=('cpu',), capture=capture) for capture in (ours, official))
+    inputs = workload.make_inputs(workload.full_size)
+    expected = workload.run('official', inputs)
+    for _ in range(2):
+        assert torch.equal(workload.run('official-graphed', inputs), expected)
+        torch.testing.assert_close(workload.run('ours-graphed', inputs), expected, rtol=0,
+                                   atol=1e-12)
+    assert ours.shapes == official.shapes == [(1, 2, 36, 4)]
+    assert workload.graph_failures == []
+    workload.make_inputs(workload.full_size)       # new inputs: both variants capture anew
+    assert len(workload.graphs) == len(workload.official_graphs) == 0
+    workload.official_graphs = CropGraphs(
+        device_types=('cpu',), capture=RecordingCapture(fails_with=RuntimeError('no sort here')))
+    with pytest.warns(UserWarning, match='capture failed'):
+        assert torch.equal(workload.run('official-graphed', inputs), expected)
+    assert workload.graph_failures == [
+        'the official formulation, crops of shape (1, 2, 36, 4): no sort here']
+
+
 @needs_cuda
 def test_on_cuda_the_graphed_variant_replays_ours_bit_for_bit():
     """ours-graphed is ours replayed from one CUDA graph: the same output, and one capture for
-    repeated runs on the same inputs."""
+    repeated runs on the same inputs; official-graphed so too for the official formulation."""
     workload = benchmark.PluginWorkload(n=256, q=5, heads=2, head_dim=8, dtype='fp16',
                                         device='cuda', **SETTINGS)
     inputs = workload.make_inputs(workload.full_size)
     with torch.no_grad():
         eager = workload.run('ours', inputs)
         replays = [workload.run('ours-graphed', inputs) for _ in range(3)]
-    assert len(workload.graphs) == 1
+        official = workload.run('official', inputs)
+        official_replays = [workload.run('official-graphed', inputs) for _ in range(2)]
+    assert len(workload.graphs) == len(workload.official_graphs) == 1
     for replayed in replays:
         assert torch.equal(replayed, eager)
+    for replayed in official_replays:  # the same kernels, fp16's tolerance should cuBLAS differ
+        torch.testing.assert_close(replayed, official)
 
 
 @needs_cuda
@@ -184,8 +230,31 @@ def test_on_cuda_the_profile_lists_the_kernels_of_each_path():
     assert times['ours']['profile'][0]['self_ms'] > 0
 
 
+def test_the_host_profile_spans_eager_runs_of_ours_per_run():
+    """With a profile, each eager variant of ours also gets its host time under cProfile over
+    ``HOST_PROFILE_RUNS`` runs, per run: FSA's forward and its CPU path's pruning are called
+    once a run, the rows are the functions of most time of their own, in order, within the
+    run's total; the official formulation gets none."""
+    spec = dict(kind='plugin', params=dict(n=40, q=5, heads=2, head_dim=4, dtype='fp64',
+                                           device='cpu', **SETTINGS))
+    with torch.enable_grad():  # the worker turns autograd off for its process: not for ours
+        times = benchmark.latency_worker(spec, ('ours', 'ours-device', 'official'), 1,
+                                         profile_rows=1000)
+    assert 'host_profile' not in times['official']
+    for variant, pruning in (('ours', '_prune_by_threshold'),
+                             ('ours-device', '_prune_in_sort_order')):
+        host = times[variant]['host_profile']
+        assert host['runs'] == benchmark.HOST_PROFILE_RUNS
+        calls = {row['name'].split('(')[-1].rstrip(')'): row['calls'] for row in host['rows']
+                 if row['name'].startswith('fsa.py:')}
+        assert calls['_forward'] == calls[pruning] == 1.0, calls
+        own = [row['self_us'] for row in host['rows']]
+        assert own == sorted(own, reverse=True) and 0 < sum(own) <= host['total_us'] * 1.0001
+    assert '_prune_in_sort_order' not in str(times['ours']['host_profile'])
+
+
 def test_the_report_lists_each_profiled_variant(fused_kernel_support):
-    result = comparison('cuda', 1764, 'fp16', (0.1, 0.3, 0.05, 1.2), (20, 40, 30, 600))
+    result = comparison('cuda', 1764, 'fp16', (0.1, 0.3, 0.05, 1.2, 1.0), (20, 40, 30, 600, 900))
     result['results']['ours']['profile'] = [
         dict(name='prune_and_sharpen_rows', self_ms=0.1234, calls=1),
         dict(name='sm90_xmma_gemm_f16', self_ms=0.05, calls=3)]
@@ -195,6 +264,15 @@ def test_the_report_lists_each_profiled_variant(fused_kernel_support):
     assert lines[start + 1:] == ['      0.123 ms      1x  prune_and_sharpen_rows',
                                  '      0.050 ms      3x  sm90_xmma_gemm_f16']
     assert sum(line.startswith('profile of one run') for line in lines) == 1
+    result['results']['ours']['host_profile'] = dict(runs=20, total_us=1234.56, rows=[
+        dict(name='<built-in method torch.bmm>', self_us=312.44, calls=3.0),
+        dict(name='fsa.py:134(_forward)', self_us=20.0, calls=1.0)])
+    lines = benchmark.plugin_report(result).splitlines()
+    start = lines.index('host time of ours, eager: 1234.6 µs a run (cProfile, 20 runs); the 2 '
+                        'functions with the most time of their own, a run')
+    assert lines[start + 1:] == ['      312.4 µs    3.0x  <built-in method torch.bmm>',
+                                 '       20.0 µs    1.0x  fsa.py:134(_forward)']
+    assert lines[start - 1] == ''
 
 
 def test_plugin_cli_runs_a_grid_of_sizes_from_an_installed_package(tmp_path):

@@ -3,9 +3,10 @@
 #   0. tests      the tests that need CUDA (FSA in fp64 against the reference, fp16/bf16 against
 #                 fp64 on the golden crop, CUDA's own host-synchronisation check on FSA and crops)
 #   1. plugin     FSA (the fused Triton kernel it picks on CUDA, its torch.sort path, and the
-#                 former replayed from a CUDA graph) vs the official formulation, N = 1764 and
-#                 4096, fp16 and fp32 (and in steps.log the 20 kernels with the most GPU time of
-#                 each variant)
+#                 former replayed from a CUDA graph) vs the official formulation (eager, and
+#                 replayed from a CUDA graph against ours replayed), N = 1764 and 4096, fp16 and
+#                 fp32, and where an eager run of ours spends its host time (cProfile; in
+#                 steps.log also the 20 kernels with the most GPU time of each variant)
 #      kernel     FSA's fused pruning kernel alone, FSA's launch beside other launch settings
 #                 (rows and warps per program, parts a step of its top-p search),
 #                 N = 1764 and 4096: for tuning its launch. The steps after it launch FSA's
@@ -149,7 +150,7 @@ with open(sys.argv[1], 'w', encoding='utf-8') as handle:
         '             test_cfg=dict(crop_size=(112, 112), stride=(56, 56)))\n')
 EOF
     step plugin 120 plugin --device cpu --n 64 --q 5 --heads 2 --head-dim 8 --dtype fp16 fp32 \
-        --repeat 1
+        --repeat 1 --profile 5
     TRITON_INTERPRET=1 step kernel 120 kernel --device cpu --n 32 --q 5 --repeat 1 \
         --launch 4x2 8x4x4
     tune_launch 32
@@ -220,6 +221,13 @@ if plugin:
         if any(syncs.values()):
             print(f"host synchronisations, N={params['n']} {params['dtype']}: "
                   + '; '.join(f'{v}: {found}' for v, found in syncs.items()))
+    # where an eager run's host time goes: in full for the first run, the totals for the rest
+    for index, run in enumerate(runs):
+        lines = benchmark.host_profile_lines(run, 'ours')[1:]
+        if lines:
+            params = run['spec']['params']
+            print(f"N={params['n']} {params['dtype']}: " + '\n'.join(lines[:None if index == 0
+                                                                        else 1]))
     print()
 profiled = []
 for name in ('proxyclip_fp32', 'proxyclip_fp16', 'proxyclip_graphs'):

@@ -288,10 +288,10 @@ def test_plugin_cli_runs_a_grid_of_sizes_from_an_installed_package(tmp_path):
          '--q', '3', '--heads', '2', '--head-dim', '4', '--repeat', '1'],
         cwd=outside, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
-    rows = re.findall(r'^\s+(\d+)\s+(fp\d+) (ours\S*)\s+\d+\.\d+\s+(\d+\.\d+x|n/a)',
+    rows = re.findall(r'^\s+(\d+)\s+(fp\d+) (ours\S*)\s+\d+\.\d+\s+(\S+)\s+(\d+\.\d+x|n/a)',
                       result.stdout, re.M)
-    assert [row[:3] for row in rows] == [
-        (n, dtype, variant) for n in ('12', '20') for dtype in ('fp64', )
+    assert [row[:4] for row in rows] == [
+        (n, dtype, variant, 'official') for n in ('12', '20') for dtype in ('fp64', )
         for variant in ('ours', 'ours-device')], result.stdout
     # FSA as the default config (ViT-B/16 + DINO-B/8) sets it: λ = 3.0 for ViT-B/16
     assert 'FSA(top_p=0.45, logit_scales=(20.0, 35.0), lamda=3.0), proxy attention beta=1.2, ' \

@@ -550,8 +550,9 @@ def _profile(workload, variant: str, inputs, rows: int) -> List[dict]:
 def _host_profile(workload, variant: str, inputs, rows: int,
                   runs: int = HOST_PROFILE_RUNS) -> dict:
     """The ``rows`` functions with the most host time of their own (Python functions and the
-    torch calls they make, cProfile) in ``runs`` runs of ``variant``, per run, and the host time
-    of a run in all: where an eager run's host time goes."""
+    torch calls they make, cProfile) in ``runs`` runs of ``variant``, per run, with their time
+    including what they call, and the host time of a run in all: where an eager run's host time
+    goes."""
     profiler = cProfile.Profile()
     synchronize(workload.device)
     profiler.enable()
@@ -560,12 +561,13 @@ def _host_profile(workload, variant: str, inputs, rows: int,
     profiler.disable()
     synchronize(workload.device)
     stats = pstats.Stats(profiler).stats  # (file, line, name) → (calls, calls, own s, total s, …)
-    own = sorted(((entry[2], entry[1], function) for function, entry in stats.items()),
-                 reverse=True)
-    return dict(runs=runs, total_us=sum(entry[0] for entry in own) / runs * 1e6,
-                rows=[dict(name=_function_name(function), self_us=seconds / runs * 1e6,
-                           calls=calls / runs)
-                      for seconds, calls, function in own[:rows]])
+    own = sorted(((entry[2], entry[3], entry[1], function)
+                  for function, entry in stats.items()), reverse=True)
+    per_run = 1e6 / runs
+    return dict(runs=runs, total_us=sum(entry[0] for entry in own) * per_run,
+                rows=[dict(name=_function_name(function), self_us=seconds * per_run,
+                           cumulative_us=cumulative * per_run, calls=calls / runs)
+                      for seconds, cumulative, calls, function in own[:rows]])
 
 
 def _function_name(function: tuple) -> str:
@@ -711,9 +713,9 @@ def host_profile_lines(comparison: dict, variant: str) -> List[str]:
         return []
     return ['', f"host time of {variant}, eager: {host['total_us']:.1f} µs a run (cProfile, "
                 f"{host['runs']} runs); the {len(host['rows'])} functions with the most time "
-                'of their own, a run',
-            *(f"{row['self_us']:>11.1f} µs {row['calls']:>6.1f}x  {row['name']}"
-              for row in host['rows'])]
+                'of their own, a run (own, and with what they call)',
+            *(f"{row['self_us']:>11.1f} µs {row['cumulative_us']:>11.1f} µs "
+              f"{row['calls']:>6.1f}x  {row['name']}" for row in host['rows'])]
 
 
 def plugin_summary(comparison: dict, variant: str = 'ours', against: str = 'official') -> dict:

@@ -245,11 +245,15 @@ def test_the_host_profile_spans_eager_runs_of_ours_per_run():
                              ('ours-device', '_prune_in_sort_order')):
         host = times[variant]['host_profile']
         assert host['runs'] == benchmark.HOST_PROFILE_RUNS
-        calls = {row['name'].split('(')[-1].rstrip(')'): row['calls'] for row in host['rows']
-                 if row['name'].startswith('fsa.py:')}
-        assert calls['_forward'] == calls[pruning] == 1.0, calls
+        fsa = {row['name'].split('(')[-1].rstrip(')'): row for row in host['rows']
+               if row['name'].startswith('fsa.py:')}
+        assert fsa['_forward']['calls'] == fsa[pruning]['calls'] == 1.0, fsa
+        # the forward includes the pruning, and is within the run
+        assert fsa[pruning]['cumulative_us'] < fsa['_forward']['cumulative_us'] \
+            <= host['total_us'] * 1.0001
         own = [row['self_us'] for row in host['rows']]
         assert own == sorted(own, reverse=True) and 0 < sum(own) <= host['total_us'] * 1.0001
+        assert all(row['self_us'] <= row['cumulative_us'] * 1.0001 for row in host['rows'])
     assert '_prune_in_sort_order' not in str(times['ours']['host_profile'])
 
 
@@ -265,13 +269,16 @@ def test_the_report_lists_each_profiled_variant(fused_kernel_support):
                                  '      0.050 ms      3x  sm90_xmma_gemm_f16']
     assert sum(line.startswith('profile of one run') for line in lines) == 1
     result['results']['ours']['host_profile'] = dict(runs=20, total_us=1234.56, rows=[
-        dict(name='<built-in method torch.bmm>', self_us=312.44, calls=3.0),
-        dict(name='fsa.py:134(_forward)', self_us=20.0, calls=1.0)])
+        dict(name='<built-in method torch.bmm>', self_us=312.44, cumulative_us=312.44,
+             calls=3.0),
+        dict(name='fsa.py:134(_forward)', self_us=20.0, cumulative_us=1200.06, calls=1.0)])
     lines = benchmark.plugin_report(result).splitlines()
     start = lines.index('host time of ours, eager: 1234.6 µs a run (cProfile, 20 runs); the 2 '
-                        'functions with the most time of their own, a run')
-    assert lines[start + 1:] == ['      312.4 µs    3.0x  <built-in method torch.bmm>',
-                                 '       20.0 µs    1.0x  fsa.py:134(_forward)']
+                        'functions with the most time of their own, a run (own, and with what '
+                        'they call)')
+    assert lines[start + 1:] == [
+        '      312.4 µs       312.4 µs    3.0x  <built-in method torch.bmm>',
+        '       20.0 µs      1200.1 µs    1.0x  fsa.py:134(_forward)']
     assert lines[start - 1] == ''
 
 

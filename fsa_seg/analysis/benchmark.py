@@ -332,6 +332,23 @@ class PluginWorkload:
         return 'none'
 
 
+def _check_crop(segmentor, crop: int) -> None:
+    """A BenchmarkError unless a ``crop`` × ``crop`` crop has as many patches of CLIP's grid as
+    the segmentor takes."""
+    patch_h, patch_w = segmentor.clip.patch_size
+    patches, needed = (crop // patch_h) * (crop // patch_w), segmentor.min_crop_patches
+    if patches < needed:
+        side = max(patch_h, patch_w) * _square_side(needed)
+        raise BenchmarkError(f'--crop {crop}: {type(segmentor).__name__} takes crops of at least '
+                             f'{needed} patches of {patch_h}x{patch_w} pixels, this one has '
+                             f'{patches} (the smallest square crop: {side})')
+
+
+def _square_side(count: int) -> int:
+    """The side of the smallest square of at least ``count`` cells: ⌈√count⌉."""
+    return math.isqrt(count - 1) + 1
+
+
 def _module_bytes(module) -> int:
     if module is None:
         return 0
@@ -377,9 +394,12 @@ class SegmentorWorkload:
             F.normalize(torch.randn(self.q, embed_dim, generator=generator), dim=-1))
         self.batch, self.crop, self.full_size = batch, crop, crop
         self.seed = seed
+        _check_crop(segmentor, crop)
         patch = math.lcm(*segmentor.clip.patch_size,
                          *(getattr(getattr(segmentor, 'vfm', None), 'patch_size', None) or ()))
-        self.warmup_size = 2 * patch
+        # the smallest square crop of whole patches, at least 2 × 2, that the segmentor takes
+        # (CASS: 10 patches, its rank-10 SVD)
+        self.warmup_size = patch * max(2, _square_side(segmentor.min_crop_patches))
         self.plugin_repr = repr(self.plugin).replace('\n', ' ')
         self.plugin_s = 0.0  # time spent inside the plug-in during the last run
         self._plugin_start = 0.0
@@ -583,8 +603,8 @@ class WorkerError(RuntimeError):
 def _child(sender, function, args) -> None:
     try:
         sender.send(('ok', function(*args)))
-    except WeightsError as error:
-        sender.send(('weights', str(error)))
+    except (WeightsError, BenchmarkError) as error:  # a user's: the parent says it in one line
+        sender.send(('user', (type(error), str(error))))
     except BaseException:  # noqa: B902  (everything goes back to the parent, then it exits)
         sender.send(('error', traceback.format_exc()))
     finally:
@@ -606,8 +626,9 @@ def _in_fresh_process(context, function, *args):
     finally:
         receiver.close()
     process.join()
-    if status == 'weights':
-        raise WeightsError(payload)
+    if status == 'user':
+        kind, message = payload
+        raise kind(message)
     if status == 'error':
         raise WorkerError(f'benchmark worker failed:\n{payload}')
     return payload

@@ -1,5 +1,6 @@
 """The crop benchmarks (``config``, ``proxyclip``): configs by name, the config's own plug-in,
 ratios computed from the measurements, no verdicts."""
+import multiprocessing
 import re
 import warnings
 
@@ -193,3 +194,53 @@ def test_cli_bad_arguments_are_usage_errors_before_any_worker(argv, message, cap
         cli.main(argv)
     err = capsys.readouterr().err
     assert exit_info.value.code == 2 and err.strip().endswith(message), err
+
+
+@torch.no_grad()
+def test_the_warm_up_crop_is_the_smallest_the_segmentor_takes(tmp_path):
+    """The memory measurement first runs a small warm-up crop: 2 × 2 patches, or as many as the
+    segmentor needs. CASS takes a rank-10 SVD of each crop's key graphs, so at least 10 patches
+    of CLIP's 16-pixel grid: 4 × 4 patches (64 pixels), on which both variants run, where 3 × 3
+    patches are refused."""
+    workload = benchmark.SegmentorWorkload(tiny_cass_config(tmp_path), random_weights=True,
+                                           crop=112, q=5)
+    assert workload.warmup_size == 64
+    for variant in workload.variants:
+        logits = workload.run(variant, workload.make_inputs(workload.warmup_size))
+        assert logits.shape == (1, 5, 64, 64) and torch.isfinite(logits).all()
+    with pytest.raises(ValueError, match='at least 10 patches per crop.*this crop has 9'):
+        workload.run(WITH, workload.make_inputs(48))
+    assert tiny_graphed_workload(tmp_path).warmup_size == 32   # ProxyCLIP: 2 × lcm(16, 8)
+
+
+def tiny_cass_config(tmp_path) -> str:
+    """CASS + FSA with a tiny CLIP and DINO (DINO as wide as CLIP, which CASS needs)."""
+    config = tmp_path / 'tiny_cass.py'
+    config.write_text(f"_base_ = [{str(resolve_config('cass_fsa_vit-b16_voc21'))!r}]\n"
+                      f"model = dict(clip=dict(arch={tiny_clip_arch()!r}), templates='plain',\n"
+                      f"             vfm=dict(model_kwargs={dict(TINY_VFM, embed_dim=64)!r}))\n")
+    return str(config)
+
+
+def test_a_crop_smaller_than_the_segmentor_takes_is_a_one_line_error(tmp_path, monkeypatch,
+                                                                      capsys):
+    """CASS needs 10 patches a crop: a 48-pixel crop (3 × 3 patches of 16) is refused by the
+    workload, in the worker, and reaches the command's user as one line, not a traceback."""
+    with pytest.raises(benchmark.BenchmarkError) as error:
+        benchmark.SegmentorWorkload(tiny_cass_config(tmp_path), random_weights=True, crop=48,
+                                    q=5)
+    assert str(error.value) == ('--crop 48: CASS takes crops of at least 10 patches of 16x16 '
+                                'pixels, this one has 9 (the smallest square crop: 64)')
+    # a worker's user error is raised again in the parent as it was, without its traceback
+    context = multiprocessing.get_context('fork')
+    with pytest.raises(benchmark.BenchmarkError) as relayed:
+        benchmark._in_fresh_process(context, _refuse, 'no such crop')
+    assert str(relayed.value) == 'no such crop'
+    monkeypatch.setattr(benchmark, 'run_segmentor', lambda *args: _refuse('no such crop'))
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(['config', 'x'])
+    assert exit_.value.code == 'error: no such crop'
+
+
+def _refuse(message):
+    raise benchmark.BenchmarkError(message)

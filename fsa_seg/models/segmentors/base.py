@@ -74,6 +74,8 @@ class TrainingFreeSegmentor(BaseSegmentor):
     pad_crops = True
     #: whether crops may be replayed as CUDA graphs (not where a crop runs host code: CASS)
     supports_cuda_graphs = True
+    #: the fewest patches (of CLIP's grid) a crop may have
+    min_crop_patches = 1
 
     def __init__(self, clip: dict, vocabulary, templates='openai_imagenet',
                  logit_scale: float = 40.0, prob_thd: float = 0.0, test_cfg: Optional[dict] = None,

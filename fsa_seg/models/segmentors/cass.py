@@ -188,12 +188,17 @@ class CASS(TrainingFreeSegmentor):
         """FSA's feedback logits against the adjusted text of each crop, (b, n, Q)."""
         return self._features(heads) @ text.transpose(1, 2)
 
+    @property
+    def min_crop_patches(self) -> int:
+        """A crop's key graphs take a rank-``svd_q`` SVD: at least that many patches."""
+        return self.svd_q
+
     # ------------------------------------------------------------------ CASS attention
     def distilled_attention(self, keys: Tensor, dino_keys: Tensor,
                             grid: Tuple[int, int]) -> Tensor:
         """softmax(distilled key graphs + Ω), (b, H, N, N); crops one after another (the SVD
         draws follow slide order)."""
-        if keys.shape[2] < self.svd_q:
+        if keys.shape[2] < self.min_crop_patches:
             raise ValueError(f'CASS needs at least {self.svd_q} patches per crop (its rank-'
                              f'{self.svd_q} SVD); this crop has {keys.shape[2]}')
         scale = keys.shape[-1] ** -0.5

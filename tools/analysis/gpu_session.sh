@@ -27,6 +27,8 @@
 #                 images/s, where the model's time goes, agreement with fp32
 #   4. e2e_graphs the same with crop batches replayed from CUDA graphs (model.cuda_graphs), fp16
 #                 and fp32 +- FSA: FSA's share once the host no longer issues every kernel
+#   5. cass       one CASS crop (CLIP B/16 + DINO-B/8, 336, fp32 as its official code, eager: it
+#                 runs host code per crop) +- FSA, measured apart as issue 10 asks
 # All with random weights of the real sizes (the GPU machine reaches no network).
 #
 # Prepare, here (a machine with PyPI), in the repository root, once:
@@ -46,7 +48,7 @@
 # into results.tgz at the end.
 # SMOKE=1 runs the same steps at tiny sizes on the CPU: a check of this script, not a measurement.
 # STEPS="tests e2e" runs only the steps named (tests plugin kernel proxyclip_fp32 proxyclip_fp16
-# proxyclip_graphs e2e e2e_graphs).
+# proxyclip_graphs e2e e2e_graphs cass).
 set -u
 cd "$(dirname "$0")/../.."
 REPO=$PWD
@@ -149,6 +151,17 @@ with open(sys.argv[1], 'w', encoding='utf-8') as handle:
         '             vfm=dict(model_kwargs=dict(embed_dim=32, depth=2, num_heads=2)),\n'
         '             test_cfg=dict(crop_size=(112, 112), stride=(56, 56)))\n')
 EOF
+    TINY_CASS=$RESULTS/tiny_cass_fsa.py
+    python3 - "$TINY_CASS" <<'EOF' || exit 1
+import sys
+from fsa_seg.apis import resolve_config
+from fsa_seg.models.backbones import tiny_clip_arch
+with open(sys.argv[1], 'w', encoding='utf-8') as handle:  # DINO as wide as CLIP, as CASS needs
+    handle.write(
+        f'_base_ = [{str(resolve_config("cass_fsa_vit-b16_voc21"))!r}]\n'
+        f'model = dict(clip=dict(arch={tiny_clip_arch()!r}), templates="plain",\n'
+        '             vfm=dict(model_kwargs=dict(embed_dim=64, depth=2, num_heads=2)))\n')
+EOF
     step plugin 120 plugin --device cpu --n 64 --q 5 --heads 2 --head-dim 8 --dtype fp16 fp32 \
         --repeat 1 --profile 5
     TRITON_INTERPRET=1 step kernel 120 kernel --device cpu --n 32 --q 5 --repeat 1 \
@@ -166,6 +179,8 @@ EOF
     step e2e_graphs 240 e2e --device cpu --config "$TINY" --random-weights --images 2 \
         --precision fp32 --repeat 1 --stage-repeat 2 \
         --cfg-options model.cuda_graphs=True "${TUNED[@]}"
+    step cass 120 config "$TINY_CASS" --random-weights --crop 112 --q 21 --repeat 1 \
+        --cfg-options model.cuda_graphs=False "${TUNED[@]}"
 else
     # the targets first (plug-in ratios, the graphed crop, where an eager crop spends its GPU
     # time), then the rest: a second call (STEPS=...) runs what the budget left out
@@ -185,6 +200,8 @@ else
         --cfg-options model.cuda_graphs=True "${TUNED[@]}"
     step e2e 90 e2e --device cuda --random-weights --images 20 --size 375 500 \
         --precision fp32 fp16 bf16 --repeat 2 --stage-repeat 5 \
+        --cfg-options model.cuda_graphs=False "${TUNED[@]}"
+    step cass 90 config cass_fsa_vit-b16_voc21 --random-weights --device cuda --repeat 5 \
         --cfg-options model.cuda_graphs=False "${TUNED[@]}"
 fi
 
@@ -230,7 +247,7 @@ if plugin:
                                                                         else 1]))
     print()
 profiled = []
-for name in ('proxyclip_fp32', 'proxyclip_fp16', 'proxyclip_graphs'):
+for name in ('proxyclip_fp32', 'proxyclip_fp16', 'proxyclip_graphs', 'cass'):
     comparison = load(name)
     if comparison:
         print(benchmark.segmentor_line(comparison))

@@ -71,6 +71,7 @@ from ..models.cuda_graphs import CropGraphs, graph_capture_failures
 from ..models.layout import with_aligned_row_count, with_padding
 from ..models.plugins.fsa import FSA
 from ..models.plugins.fsa_reference import official_fsa
+from ..models.segmentors.base import smallest_square
 from ..models.segmentors.proxyclip import proxy_attention
 from ..models.text import load_vocabulary
 from ..models.weights import WeightsError
@@ -332,23 +333,6 @@ class PluginWorkload:
         return 'none'
 
 
-def _check_crop(segmentor, crop: int) -> None:
-    """A BenchmarkError unless a ``crop`` × ``crop`` crop has as many patches of CLIP's grid as
-    the segmentor takes."""
-    patch_h, patch_w = segmentor.clip.patch_size
-    patches, needed = (crop // patch_h) * (crop // patch_w), segmentor.min_crop_patches
-    if patches < needed:
-        side = max(patch_h, patch_w) * _square_side(needed)
-        raise BenchmarkError(f'--crop {crop}: {type(segmentor).__name__} takes crops of at least '
-                             f'{needed} patches of {patch_h}x{patch_w} pixels, this one has '
-                             f'{patches} (the smallest square crop: {side})')
-
-
-def _square_side(count: int) -> int:
-    """The side of the smallest square of at least ``count`` cells: ⌈√count⌉."""
-    return math.isqrt(count - 1) + 1
-
-
 def _module_bytes(module) -> int:
     if module is None:
         return 0
@@ -394,12 +378,15 @@ class SegmentorWorkload:
             F.normalize(torch.randn(self.q, embed_dim, generator=generator), dim=-1))
         self.batch, self.crop, self.full_size = batch, crop, crop
         self.seed = seed
-        _check_crop(segmentor, crop)
+        try:
+            segmentor.check_crop_size((crop, crop))
+        except ValueError as error:
+            raise BenchmarkError(f'--crop {crop}: {error}') from None
         patch = math.lcm(*segmentor.clip.patch_size,
                          *(getattr(getattr(segmentor, 'vfm', None), 'patch_size', None) or ()))
         # the smallest square crop of whole patches, at least 2 × 2, that the segmentor takes
         # (CASS: 10 patches, its rank-10 SVD)
-        self.warmup_size = patch * max(2, _square_side(segmentor.min_crop_patches))
+        self.warmup_size = patch * max(2, smallest_square(segmentor.min_crop_patches))
         self.plugin_repr = repr(self.plugin).replace('\n', ' ')
         self.plugin_s = 0.0  # time spent inside the plug-in during the last run
         self._plugin_start = 0.0

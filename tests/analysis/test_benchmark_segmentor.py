@@ -229,8 +229,9 @@ def test_a_crop_smaller_than_the_segmentor_takes_is_a_one_line_error(tmp_path, m
     with pytest.raises(benchmark.BenchmarkError) as error:
         benchmark.SegmentorWorkload(tiny_cass_config(tmp_path), random_weights=True, crop=48,
                                     q=5)
-    assert str(error.value) == ('--crop 48: CASS takes crops of at least 10 patches of 16x16 '
-                                'pixels, this one has 9 (the smallest square crop: 64)')
+    assert str(error.value) == ("--crop 48: CASS needs crops of at least 10 of CLIP's 16x16 "
+                                'patches; the crop (48, 48) holds 3x3 (the smallest square crop: '
+                                '64)')
     # a worker's user error is raised again in the parent as it was, without its traceback
     context = multiprocessing.get_context('fork')
     with pytest.raises(benchmark.BenchmarkError) as relayed:

@@ -9,6 +9,7 @@ adapted per crop) overrides :meth:`~TrainingFreeSegmentor.image_context` and
 :meth:`~TrainingFreeSegmentor.crop_logits`.
 """
 import logging
+import math
 from abc import abstractmethod
 from typing import Any, List, Optional, Sequence, Tuple, Union
 
@@ -74,7 +75,9 @@ class TrainingFreeSegmentor(BaseSegmentor):
     pad_crops = True
     #: whether crops may be replayed as CUDA graphs (not where a crop runs host code: CASS)
     supports_cuda_graphs = True
-    #: the fewest patches (of CLIP's grid) a crop may have
+    #: the fewest patches (of CLIP's grid) a crop may have; checked against the slide crop when
+    #: the model is built, so that a subclass that raises it sets what it reads before
+    #: ``super().__init__``
     min_crop_patches = 1
 
     def __init__(self, clip: dict, vocabulary, templates='openai_imagenet',
@@ -101,10 +104,8 @@ class TrainingFreeSegmentor(BaseSegmentor):
         if self.test_cfg.mode not in ('slide', 'whole'):
             raise ValueError("test_cfg.mode must be 'slide' or 'whole', "
                              f'got {self.test_cfg.mode!r}')
-        if self.test_cfg.mode == 'slide' and any(
-                crop < patch for crop, patch in zip(self.test_cfg.crop_size, self.clip.patch_size)):
-            raise ValueError(f'the crop {tuple(self.test_cfg.crop_size)} is smaller than CLIP\'s '
-                             f'patches {tuple(self.clip.patch_size)}: a window would hold no patch')
+        if self.test_cfg.mode == 'slide':
+            self.check_crop_size(self.test_cfg.crop_size)
         self.crop_batch_size = crop_batch_size
         self.text_cache_dir = text_cache_dir
         if cuda_graphs and not self.supports_cuda_graphs:
@@ -173,6 +174,21 @@ class TrainingFreeSegmentor(BaseSegmentor):
     @property
     def num_classes(self) -> int:
         return len(self.vocabulary)
+
+    def check_crop_size(self, crop_size: Sequence[int]) -> None:
+        """A ValueError unless crops of ``crop_size`` (h, w) hold :attr:`min_crop_patches` of
+        CLIP's patches."""
+        crop_size, patch = tuple(crop_size), tuple(self.clip.patch_size)
+        rows, columns = (crop // size for crop, size in zip(crop_size, patch))
+        if rows * columns == 0:
+            raise ValueError(f'the crop {crop_size} is smaller than CLIP\'s patches {patch}: a '
+                             'window would hold no patch')
+        if rows * columns < self.min_crop_patches:
+            side = max(patch) * smallest_square(self.min_crop_patches)
+            raise ValueError(f'{type(self).__name__} needs crops of at least '
+                             f'{self.min_crop_patches} of CLIP\'s {patch[0]}x{patch[1]} patches; '
+                             f'the crop {crop_size} holds {rows}x{columns} (the smallest square '
+                             f'crop: {side})')
 
     # ------------------------------------------------------------------ attention plug-in
     @property
@@ -406,6 +422,11 @@ class TrainingFreeSegmentor(BaseSegmentor):
 
     def loss(self, inputs, data_samples):
         raise NotImplementedError(f'{type(self).__name__} is training-free: it has no loss')
+
+
+def smallest_square(count: int) -> int:
+    """The side of the smallest square of at least ``count`` cells: ⌈√count⌉."""
+    return math.isqrt(count - 1) + 1
 
 
 def _valid_area(image: Tensor, sample: SegDataSample) -> Tensor:

@@ -96,6 +96,7 @@ class CASS(TrainingFreeSegmentor):
                  k_eigen: int = 20, scale_factor: float = 10.0, svd_q: int = 10,
                  svd_niter: int = 2, topk_patches: int = 2, **kwargs):
         self.h_threshold = float(h_threshold)   # set_vocabulary (in super) clusters with it
+        self.svd_q, self.svd_niter = int(svd_q), int(svd_niter)  # super checks the crop with it
         super().__init__(*args, **kwargs)
         self.vfm = self.build_component('vfm', vfm)
         if self.vfm.model.embed_dim != self.clip.visual.transformer.width:
@@ -109,7 +110,6 @@ class CASS(TrainingFreeSegmentor):
         self.whole_image_global = bool(whole_image_global)
         self.svd_seed = svd_seed
         self.k_eigen, self.scale_factor = int(k_eigen), float(scale_factor)
-        self.svd_q, self.svd_niter = int(svd_q), int(svd_niter)
         self.topk_patches = int(topk_patches)
 
     # ------------------------------------------------------------------ text

@@ -172,6 +172,7 @@ class SCCLIP(TrainingFreeSegmentor):
                  beta: float = 0.4, similarity_scale: float = 3.0, lof_neighbors: int = 30,
                  lof_contamination: float = 0.05, area_thd: Optional[float] = None,
                  official_outlier_positions: bool = True, **kwargs):
+        self.lof_neighbors = int(lof_neighbors)  # super checks the crop with it
         super().__init__(*args, **kwargs)
         trunk_outputs = len(self.clip.visual.transformer.resblocks) - 1
         for name, index in (('pre_adjust_idx', pre_adjust_idx),
@@ -192,9 +193,14 @@ class SCCLIP(TrainingFreeSegmentor):
         self.multi_start_idx, self.multi_end_idx = int(multi_start_idx), int(multi_end_idx)
         self.res_cls, self.beta = float(res_cls), float(beta)
         self.similarity_scale = float(similarity_scale)
-        self.lof_neighbors, self.lof_contamination = int(lof_neighbors), float(lof_contamination)
+        self.lof_contamination = float(lof_contamination)
         self.area_thd = None if area_thd is None else float(area_thd)
         self.official_outlier_positions = bool(official_outlier_positions)
+
+    @property
+    def min_crop_patches(self) -> int:
+        """The outlier detection takes each patch's ``lof_neighbors`` nearest others."""
+        return self.lof_neighbors + 1
 
     # ------------------------------------------------------------------ features
     def encode_crops(self, crops: Tensor) -> Tensor:

@@ -277,3 +277,13 @@ def test_small_crops_and_mismatched_models_are_refused(tiny_fx):
     with pytest.raises(ValueError, match='DINO width'):
         build(fx, vfm=dict(type='TimmVFM', name='dino_vitb8', random_init=True,
                            model_kwargs=dict(img_size=160, embed_dim=32, depth=1, num_heads=2)))
+    # a slide crop of fewer patches than the SVD's rank: refused as the model is built (the
+    # CLIs say it in one line), 4 × 4 patches built
+    patch = fx['clip_cfg']['patch']
+    slide = dict(mode='slide', stride=(patch, patch))
+    assert model.min_crop_patches == model.svd_q == 10
+    refusal = (rf"CASS needs crops of at least 10 of CLIP's {patch}x{patch} patches; the crop "
+               rf"\({4 * patch}, {2 * patch}\) holds 4x2 \(the smallest square crop: {4 * patch}\)")
+    with pytest.raises(ValueError, match=refusal):
+        build(fx, test_cfg=dict(slide, crop_size=(4 * patch, 2 * patch)))
+    assert build(fx, test_cfg=dict(slide, crop_size=(4 * patch,) * 2)).svd_q == 10

@@ -206,6 +206,22 @@ def test_lof_needs_more_patches_than_neighbours():
         local_outliers(torch.randn(1, 30, 4))
 
 
+def test_the_fewest_patches_a_crop_may_have_are_what_the_outliers_detection_takes(fx):
+    """``min_crop_patches`` (the crop benchmark's warm-up takes it) is one more patch than the
+    outlier detection's neighbours: the fewest it runs on."""
+    model = build(fx, lof_neighbors=8)
+    assert model.min_crop_patches == 9
+    local_outliers(torch.randn(1, 9, 4), neighbors=8)
+    with pytest.raises(ValueError, match='more than 8 patches per crop'):
+        local_outliers(torch.randn(1, 8, 4), neighbors=8)
+    # a slide crop of fewer is refused as the model is built; 3 × 3 patches are built
+    patch = model.clip.patch_size[0]
+    slide = dict(mode='slide', stride=(patch, patch))
+    with pytest.raises(ValueError, match=r'SCCLIP needs crops of at least 9 .* holds 2x4'):
+        build(fx, lof_neighbors=8, test_cfg=dict(slide, crop_size=(2 * patch, 4 * patch)))
+    build(fx, lof_neighbors=8, test_cfg=dict(slide, crop_size=(3 * patch, 3 * patch)))
+
+
 def test_repair_by_hand():
     """A 4×4 grid of values 0 … 15 with outliers at 0 (a corner) and 5 (next to it): 0 gets
     the mean of 1 and 4 (5 is an outlier, outside the grid counts for nothing), 5 the mean of

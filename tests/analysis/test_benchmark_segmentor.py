@@ -113,13 +113,19 @@ def test_the_workload_carries_the_capture_failures_into_its_results(tmp_path):
         'crops of shape (2, 3, 112, 112): no capture']
 
 
+def tiny_config(tmp_path, base: str, vfm_kwargs: dict = TINY_VFM) -> str:
+    """The config ``base`` (a name) with a tiny CLIP and VFM, as a file of its own."""
+    config = tmp_path / f'tiny_{base}.py'
+    config.write_text(f"_base_ = [{str(resolve_config(base))!r}]\n"
+                      f"model = dict(clip=dict(arch={tiny_clip_arch()!r}), templates='plain',\n"
+                      f"             vfm=dict(model_kwargs={vfm_kwargs!r}))\n")
+    return str(config)
+
+
 def tiny_graphed_workload(tmp_path, device='cpu'):
     """The crop benchmark's workload over a tiny ProxyCLIP + FSA, CUDA graphs on."""
-    config = tmp_path / 'tiny.py'
-    config.write_text(f"_base_ = [{str(resolve_config(benchmark.PROXYCLIP_CONFIG))!r}]\n"
-                      f"model = dict(clip=dict(arch={tiny_clip_arch()!r}), templates='plain',\n"
-                      f"             vfm=dict(model_kwargs={TINY_VFM!r}))\n")
-    return benchmark.SegmentorWorkload(str(config), random_weights=True, crop=112, q=5, batch=2,
+    return benchmark.SegmentorWorkload(tiny_config(tmp_path, benchmark.PROXYCLIP_CONFIG),
+                                       random_weights=True, crop=112, q=5, batch=2,
                                        device=device, cfg_options=GRAPHS)
 
 
@@ -215,15 +221,10 @@ def test_the_warm_up_crop_is_the_smallest_the_segmentor_takes(tmp_path):
 
 def tiny_cass_config(tmp_path) -> str:
     """CASS + FSA with a tiny CLIP and DINO (DINO as wide as CLIP, which CASS needs)."""
-    config = tmp_path / 'tiny_cass.py'
-    config.write_text(f"_base_ = [{str(resolve_config('cass_fsa_vit-b16_voc21'))!r}]\n"
-                      f"model = dict(clip=dict(arch={tiny_clip_arch()!r}), templates='plain',\n"
-                      f"             vfm=dict(model_kwargs={dict(TINY_VFM, embed_dim=64)!r}))\n")
-    return str(config)
+    return tiny_config(tmp_path, 'cass_fsa_vit-b16_voc21', dict(TINY_VFM, embed_dim=64))
 
 
-def test_a_crop_smaller_than_the_segmentor_takes_is_a_one_line_error(tmp_path, monkeypatch,
-                                                                      capsys):
+def test_a_crop_smaller_than_the_segmentor_takes_is_a_one_line_error(tmp_path, monkeypatch):
     """CASS needs 10 patches a crop: a 48-pixel crop (3 × 3 patches of 16) is refused by the
     workload, in the worker, and reaches the command's user as one line, not a traceback."""
     with pytest.raises(benchmark.BenchmarkError) as error:

@@ -139,28 +139,27 @@ cuda_tests() {  # time limit in seconds: every test whose name says cuda (skippe
 if [ "${SMOKE:-0}" = 1 ]; then
     cuda_tests 300
     TINY=$RESULTS/tiny_proxyclip_fsa.py
-    python3 - "$TINY" <<'EOF' || exit 1
+    TINY_CASS=$RESULTS/tiny_cass_fsa.py
+    python3 - "$TINY" "$TINY_CASS" <<'EOF' || exit 1
 import sys
 from fsa_seg.analysis.benchmark import PROXYCLIP_CONFIG
 from fsa_seg.apis import resolve_config
 from fsa_seg.models.backbones import tiny_clip_arch
-with open(sys.argv[1], 'w', encoding='utf-8') as handle:
-    handle.write(
-        f'_base_ = [{str(resolve_config(PROXYCLIP_CONFIG))!r}]\n'
-        f'model = dict(clip=dict(arch={tiny_clip_arch()!r}), templates="plain",\n'
-        '             vfm=dict(model_kwargs=dict(embed_dim=32, depth=2, num_heads=2)),\n'
-        '             test_cfg=dict(crop_size=(112, 112), stride=(56, 56)))\n')
-EOF
-    TINY_CASS=$RESULTS/tiny_cass_fsa.py
-    python3 - "$TINY_CASS" <<'EOF' || exit 1
-import sys
-from fsa_seg.apis import resolve_config
-from fsa_seg.models.backbones import tiny_clip_arch
-with open(sys.argv[1], 'w', encoding='utf-8') as handle:  # DINO as wide as CLIP, as CASS needs
-    handle.write(
-        f'_base_ = [{str(resolve_config("cass_fsa_vit-b16_voc21"))!r}]\n'
-        f'model = dict(clip=dict(arch={tiny_clip_arch()!r}), templates="plain",\n'
-        '             vfm=dict(model_kwargs=dict(embed_dim=64, depth=2, num_heads=2)))\n')
+
+
+def write_tiny(path, base, vfm_width, extra=''):
+    """The config ``base`` with a tiny CLIP and a tiny VFM ``vfm_width`` wide, at ``path``."""
+    with open(path, 'w', encoding='utf-8') as handle:
+        handle.write(
+            f'_base_ = [{str(resolve_config(base))!r}]\n'
+            f'model = dict(clip=dict(arch={tiny_clip_arch()!r}), templates="plain",\n'
+            f'             vfm=dict(model_kwargs=dict(embed_dim={vfm_width}, depth=2, '
+            f'num_heads=2)){extra})\n')
+
+
+write_tiny(sys.argv[1], PROXYCLIP_CONFIG, 32,
+           ',\n             test_cfg=dict(crop_size=(112, 112), stride=(56, 56))')
+write_tiny(sys.argv[2], 'cass_fsa_vit-b16_voc21', 64)  # DINO as wide as CLIP, as CASS needs
 EOF
     step plugin 120 plugin --device cpu --n 64 --q 5 --heads 2 --head-dim 8 --dtype fp16 fp32 \
         --repeat 1 --profile 5

@@ -4,8 +4,10 @@ Baselines only change the last block, so this module runs the trunk up to it (an
 positional embeddings interpolated to the crop's token grid) and exposes what a baseline needs
 of the last block and the output head. Nothing of open_clip is re-implemented.
 """
+import contextlib
 import hashlib
 import json
+import logging
 import os
 from typing import Callable, Dict, Optional, Sequence, Tuple
 
@@ -28,6 +30,24 @@ from ..weights import (
 )
 
 DEFAULT_MODEL_NAME = 'ViT-B-16'
+# open_clip.create_model(load_weights=False) always logs this on the root logger, before we load
+# the weights ourselves; random weights get our own louder warning instead.
+OPEN_CLIP_RANDOM_INIT_NOTICE = 'Model initialized randomly.'
+
+
+class _DropOpenClipRandomInitNotice(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().endswith(OPEN_CLIP_RANDOM_INIT_NOTICE)
+
+
+@contextlib.contextmanager
+def _without_open_clip_random_init_notice():
+    notice_filter, root = _DropOpenClipRandomInitNotice(), logging.getLogger()
+    root.addFilter(notice_filter)
+    try:
+        yield
+    finally:
+        root.removeFilter(notice_filter)
 PRECISIONS = {'fp32': torch.float32, 'fp16': torch.float16, 'bf16': torch.bfloat16,
               'fp64': torch.float64}
 
@@ -140,8 +160,10 @@ class OpenCLIP(WeightedComponent, nn.Module):
             if quick_gelu is None:
                 quick_gelu = tag_uses_quick_gelu(model_name, pretrained)
             pretrained = self._download(model_name, pretrained, cache_dir)
-        model = open_clip.create_model(model_name, pretrained=None, load_weights=False,
-                                       pretrained_text=False, force_quick_gelu=bool(quick_gelu))
+        with _without_open_clip_random_init_notice():
+            model = open_clip.create_model(model_name, pretrained=None, load_weights=False,
+                                           pretrained_text=False,
+                                           force_quick_gelu=bool(quick_gelu))
         if pretrained:
             self._load_file(model, pretrained, self.trust_checkpoint)
         return model

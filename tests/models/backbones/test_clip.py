@@ -97,6 +97,25 @@ def test_local_checkpoint_loads_exactly_and_a_mismatched_one_is_refused(tmp_path
         OpenCLIP(arch=tiny_clip_arch(), pretrained=str(tmp_path / 'absent.pt'))
 
 
+def test_a_named_model_loaded_from_a_file_is_not_reported_as_random(tmp_path, monkeypatch,
+                                                                    caplog):
+    # open_clip logs "Model initialized randomly" for every model built without its weights,
+    # before ours are loaded from the file: users with real weights must not read that.
+    monkeypatch.setitem(open_clip.factory._MODEL_CONFIGS, 'tiny-named', tiny_clip_arch())
+    source = OpenCLIP('tiny-named', random_init=True)
+    path = tmp_path / 'tiny.pt'
+    torch.save(source.model.state_dict(), path)
+    with caplog.at_level('WARNING'):
+        loaded = OpenCLIP('tiny-named', pretrained=str(path))
+    assert not [r for r in caplog.records if 'initialized randomly' in r.getMessage()]
+    for key, value in source.model.state_dict().items():
+        assert torch.equal(loaded.model.state_dict()[key], value), key
+    with caplog.at_level('WARNING'):
+        open_clip.create_model('tiny-named', pretrained=None, load_weights=False)
+    assert [r for r in caplog.records if 'initialized randomly' in r.getMessage()], \
+        'the notice is dropped only while we build'
+
+
 @pytest.mark.parametrize('precision,dtype', [('fp32', torch.float32), ('bf16', torch.bfloat16),
                                              ('fp64', torch.float64)])
 def test_precision_sets_the_weights_dtype(precision, dtype):

@@ -136,6 +136,28 @@ def test_set_vocabulary_changes_the_classes(cache_dir):
     assert result.class_names == ['x', 'y', 'z'] and result.probs.shape[0] == 3
 
 
+def test_a_new_vocabulary_drops_the_threshold_of_the_one_built_with(cache_dir):
+    """The threshold sends uncertain pixels to class 0, the built vocabulary's background:
+    set_vocabulary keeps it for that vocabulary only, as init_segmentor does (README)."""
+    built = init_segmentor(tiny_config(cache_dir), device='cpu', vocabulary=VOCAB,
+                           prob_thd=0.9)
+    assert built.prob_thd == 0.9
+    built.set_vocabulary(['x', 'y', 'z'])
+    assert built.prob_thd == 0.0
+    certain = segment(built, blocks(40, 40))
+    built.set_vocabulary(['x', 'y', 'z'], prob_thd=0.9)
+    assert built.prob_thd == 0.9
+    expected = np.where(certain.probs.max(axis=0) < 0.9, 0, certain.labels)
+    assert (segment(built, blocks(40, 40)).labels == expected).all()
+    assert (expected != certain.labels).any(), 'the threshold must change some pixels here'
+    built.set_vocabulary(VOCAB)
+    assert built.prob_thd == 0.9
+    with pytest.raises(ValueError, match='prob_thd must lie in'):
+        built.set_vocabulary(['x', 'y'], prob_thd=1.5)
+    assert built.dataset_meta['classes'] == ('sky', 'tree', 'house', 'road', 'grass')
+    assert built.prob_thd == 0.9, 'a refused threshold changes nothing'
+
+
 def test_random_weights_are_reproducible(cache_dir):
     a = init_segmentor(tiny_config(cache_dir), device='cpu', vocabulary=VOCAB)
     b = init_segmentor(tiny_config(cache_dir), device='cpu', vocabulary=VOCAB)

@@ -115,6 +115,9 @@ class TrainingFreeSegmentor(BaseSegmentor):
         # images end in batches of any size, and a graph keeps little (its grid logits)
         capacity = max(CropGraphs.DEFAULT_CAPACITY, crop_batch_size)
         self.crop_graphs = CropGraphs(capacity) if cuda_graphs else None
+        # prob_thd belongs to the vocabulary the model is built with (class 0 its background)
+        vocabulary = load_vocabulary(vocabulary)
+        self._built_threshold = (vocabulary, self.prob_thd)
         self.set_vocabulary(vocabulary, templates)
 
     def build_component(self, key: str, cfg: dict) -> nn.Module:
@@ -124,14 +127,23 @@ class TrainingFreeSegmentor(BaseSegmentor):
         return component if key == 'clip' else component.to(self.clip.dtype)
 
     # ------------------------------------------------------------------ vocabulary
-    def set_vocabulary(self, vocabulary, templates=None) -> Vocabulary:
+    def set_vocabulary(self, vocabulary, templates=None,
+                       prob_thd: Optional[float] = None) -> Vocabulary:
         """Change the classes at run time (open-vocabulary use); embeddings come from the cache
-        when the same model, weights, templates and names were embedded before."""
-        if templates is not None:
-            self.templates = resolve_templates(templates)
-        self.vocabulary = load_vocabulary(vocabulary)
-        embeddings = cached_query_embeddings(self.clip, self.vocabulary.queries, self.templates,
+        when the same model, weights, templates and names were embedded before. ``prob_thd``:
+        the threshold to use with them; None: the model's own with the vocabulary it was built
+        with, else 0, as the threshold sends uncertain pixels to class 0, which in another
+        vocabulary is whatever class comes first."""
+        vocabulary = load_vocabulary(vocabulary)
+        if prob_thd is None:
+            built_vocabulary, built_prob_thd = self._built_threshold
+            prob_thd = built_prob_thd if vocabulary == built_vocabulary else 0.0
+        if not 0.0 <= float(prob_thd) <= 1.0:
+            raise ValueError(f'prob_thd must lie in [0, 1], got {prob_thd}')
+        templates = self.templates if templates is None else resolve_templates(templates)
+        embeddings = cached_query_embeddings(self.clip, vocabulary.queries, templates,
                                              cache_dir=self.text_cache_dir)
+        self.vocabulary, self.templates, self.prob_thd = vocabulary, templates, float(prob_thd)
         self.set_query_embeddings(embeddings)
         return self.vocabulary
 

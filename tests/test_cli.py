@@ -3,6 +3,7 @@ random model from a test config that inherits the default config."""
 import contextlib
 import io
 import json
+import re
 import runpy
 import socket
 import sys
@@ -248,6 +249,19 @@ def test_vocabulary_argument(images):
         cli.parse_vocabulary(['vocc21'], bundled)
     with pytest.raises(cli.VocabularyArgumentError, match='give the images before --vocab'):
         cli.parse_vocabulary(['sky', str(images / 'photo.jpg')], bundled)
+    # a folder or pattern of images: an input given late where it looks like a path, or where
+    # no image came before --vocab (the demo image would be segmented instead)
+    for late_input in (str(images), f'{images}/*.png'):
+        with pytest.raises(cli.VocabularyArgumentError, match=f"'{re.escape(late_input)}' "
+                                                              'names images: give the images'):
+            cli.parse_vocabulary(['sky', late_input], bundled)
+    with contextlib.chdir(images.parent):
+        with pytest.raises(cli.VocabularyArgumentError, match='names images'):
+            cli.parse_vocabulary(['sky', images.name], bundled, images_given=False)
+        # beside images given first, a plain word is a class even if a folder bears its name
+        assert cli.parse_vocabulary(['sky', images.name], bundled) == ['sky', images.name]
+    assert cli.parse_vocabulary([str(DEFAULT)], bundled, images_given=False) == str(DEFAULT)
+    assert cli.parse_vocabulary(['sky', 'tree'], bundled, images_given=False) == ['sky', 'tree']
 
 
 def test_missing_inputs_are_reported(tmp_path):
@@ -277,6 +291,9 @@ def test_output_names_stay_distinct():
     # a resumed run gives none of the names its kept images have
     assert _output_names(paths[1:], taken=['x']) == ['x_jpg', 'x_png', 'x_2', 'y']
     assert _output_names([Path('y.png')], taken=['y', 'y_png']) == ['y_2']
+    # never the summary's name, nor a name another output's temporary file takes
+    assert _output_names([Path('summary.png'), Path('.partial-x.png')]) == [
+        'summary_png', 'partial-x']
 
 
 def test_local_weight_files_replace_random_weights(cli_run, tiny_config, images, tmp_path,

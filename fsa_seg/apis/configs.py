@@ -7,6 +7,7 @@ in :func:`config_roots`; a path is used as it is.
 import copy
 import difflib
 import fnmatch
+import numbers
 import os
 import re
 from contextlib import contextmanager
@@ -385,10 +386,14 @@ def _use_vocabulary(model, vocabulary) -> None:
 
 
 def _pair(value: Size, what: str) -> Tuple[int, int]:
-    pair = (value, value) if isinstance(value, int) else tuple(int(v) for v in value)
-    if len(pair) != 2 or min(pair) <= 0:
-        raise ValueError(f'{what} must be a positive size or (height, width), got {value!r}')
-    return pair
+    """A size (whole pixels: ``336``, ``336.0``) or (height, width) → (height, width)."""
+    pair = (value, value) if isinstance(value, numbers.Real) else value
+    if not (isinstance(pair, (tuple, list)) and len(pair) == 2
+            and all(isinstance(v, numbers.Real) and float(v).is_integer() and v > 0
+                    for v in pair)):
+        raise ValueError(f'{what} must be a positive size or (height, width) in whole pixels, '
+                         f'got {value!r}')
+    return int(pair[0]), int(pair[1])
 
 
 def _use_sliding_window(cfg: Config, crop: Optional[Size], stride: Optional[Size]) -> None:

@@ -23,8 +23,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Union
 
+import mmcv
 import numpy as np
 import torch
+from mmcv.transforms import Resize
 from mmengine.config import Config
 from mmengine.dataset import Compose
 from mmengine.logging import print_log
@@ -46,11 +48,16 @@ ImageInput = Union[str, os.PathLike, np.ndarray, Image.Image]
 
 
 class ImageReadError(OSError):
-    """An image file that cannot be read (missing, corrupt or not an image)."""
+    """An image file that cannot be read (missing, corrupt or not an image) or prepared."""
 
     def __init__(self, path, reason: str):
         super().__init__(f'{path}: {reason}')
         self.path, self.reason = str(path), reason
+
+
+class ImageSizeError(ImageReadError):
+    """An image the config's test pipeline cannot prepare: so thin that its resize rounds a
+    side to no pixel."""
 
 
 # ---------------------------------------------------------------------------------- building
@@ -62,6 +69,19 @@ RANDOM_WEIGHTS_WARNING = (
 
 def default_device() -> str:
     return 'cuda' if torch.cuda.is_available() else 'cpu'
+
+
+def device_available(device: torch.device) -> bool:
+    """Whether a model can run on ``device`` here: the CPU, or an accelerator torch has
+    (``torch.cuda``, ``torch.xpu`` … with that index; Apple's MPS)."""
+    if device.type == 'cpu':
+        return True
+    if device.type == 'mps':
+        return torch.backends.mps.is_available()
+    backend = getattr(torch, device.type, None)
+    if not (callable(getattr(backend, 'is_available', None)) and backend.is_available()):
+        return False
+    return device.index is None or device.index < backend.device_count()
 
 
 def init_segmentor(config: ConfigSource = DEFAULT_CONFIG,
@@ -261,27 +281,57 @@ class SegmentationResult:
         return counts / max(counts.sum(), 1.0)
 
 
-def _prepare(pipeline: Compose, rgb: np.ndarray) -> dict:
-    return pipeline(dict(img=np.ascontiguousarray(rgb[..., ::-1])))  # mmseg loads BGR
+def _resized_to_nothing(pipeline: Compose, height: int, width: int) -> bool:
+    """Whether a keep-ratio ``Resize`` of the pipeline rounds a side of the image to 0 px."""
+    for step in pipeline.transforms:
+        if isinstance(step, Resize) and step.keep_ratio and step.scale:
+            width, height = mmcv.rescale_size((width, height), step.scale)
+            if min(width, height) < 1:
+                return True
+    return False
+
+
+def prepare_image(pipeline: Compose, rgb: np.ndarray, source: Optional[str] = None) -> dict:
+    """An RGB array through the test pipeline (``source``: its path, if it came from a file).
+
+    Raises:
+        ImageSizeError: the pipeline's resize leaves a side of no pixel (an image thousands of
+            times wider than high, or higher than wide)."""
+    height, width = rgb.shape[:2]
+    if _resized_to_nothing(pipeline, height, width):  # OpenCV would refuse the resize
+        raise ImageSizeError(source or 'the image', f'{height}x{width} px is too thin for the '
+                             'resize of the config\'s test pipeline (a side would keep no '
+                             'pixel)')
+    item = pipeline(dict(img=np.ascontiguousarray(rgb[..., ::-1])))  # mmseg loads BGR
+    if source is not None:   # the pipeline's LoadImageFromNDArray knows no path
+        item['data_samples'].set_metainfo(dict(img_path=source))
+    return item
 
 
 def run_model(model, pipeline: Compose, images: Sequence[np.ndarray], batch_size: int = 1,
               sources: Optional[Sequence[Optional[str]]] = None) -> List[SegmentationResult]:
     """Segment RGB arrays (``sources``: their paths, where they came from files, for the results
-    and the warnings). Images whose prepared size differs are never batched together (the data
-    preprocessor needs one size per batch); batch size never changes a result."""
+    and the warnings); see :func:`run_prepared`."""
     if batch_size < 1:
         raise ValueError(f'batch_size must be at least 1, got {batch_size}')
     sources = list(sources or [None] * len(images))
-    prepared = [_prepare(pipeline, image) for image in images]
-    for item, source in zip(prepared, sources):
-        if source is not None:   # the pipeline's LoadImageFromNDArray knows no path
-            item['data_samples'].set_metainfo(dict(img_path=source))
+    return run_prepared(model, [prepare_image(pipeline, image, source)
+                                for image, source in zip(images, sources)], batch_size)
+
+
+def run_prepared(model, prepared: Sequence[dict], batch_size: int = 1
+                 ) -> List[SegmentationResult]:
+    """Segment images prepared by :func:`prepare_image`. Images whose prepared size differs are
+    never batched together (the data preprocessor needs one size per batch); batch size never
+    changes a result."""
+    if batch_size < 1:
+        raise ValueError(f'batch_size must be at least 1, got {batch_size}')
+    sources = [item['data_samples'].metainfo.get('img_path') for item in prepared]
     groups: Dict[tuple, List[int]] = {}
     for index, item in enumerate(prepared):
         groups.setdefault(tuple(item['inputs'].shape), []).append(index)
     names = list(model.vocabulary.class_names)
-    results: List[Optional[SegmentationResult]] = [None] * len(images)
+    results: List[Optional[SegmentationResult]] = [None] * len(prepared)
     for indices in groups.values():
         for start in range(0, len(indices), batch_size):
             chunk = indices[start:start + batch_size]

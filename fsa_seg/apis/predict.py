@@ -35,7 +35,8 @@ from .inference import (
     SegmentationResult,
     build_test_pipeline,
     load_image,
-    run_model,
+    prepare_image,
+    run_prepared,
 )
 
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.tif', '.tiff', '.webp', '.gif', '.ppm',
@@ -87,11 +88,13 @@ class StagedFiles:
     half-written file, and a failed write leaves none of the group behind. The temporary
     names keep the extension (image writers go by it)."""
 
+    PREFIX = '.partial-'
+
     def __init__(self):
         self.pending: List[Tuple[Path, Path]] = []
 
     def write(self, path: Path, write: Callable[[Path], None]) -> None:
-        temporary = path.with_name(f'.partial-{path.name}')
+        temporary = path.with_name(f'{self.PREFIX}{path.name}')
         self.pending.append((temporary, path))
         write(temporary)
 
@@ -172,9 +175,14 @@ def resumable_images(out_dir, info: dict) -> List[dict]:
         return []
     try:
         earlier = json.loads(path.read_text(encoding='utf-8'))
-        kept = [image for image in earlier['images']  # the fields a resumed run reads
-                if image['input'] and image['outputs']['shares']
-                and all(Path(output).is_file() for output in image['outputs'].values())]
+        kept = []
+        for image in earlier['images']:  # the fields a resumed run reads
+            # the outputs in out_dir, wherever the earlier run was told to write them
+            outputs = {kind: str(Path(out_dir) / Path(output).name)
+                       for kind, output in image['outputs'].items()}
+            if image['input'] and outputs['shares'] and all(map(os.path.isfile,
+                                                               outputs.values())):
+                kept.append(dict(image, outputs=outputs))
     except (OSError, ValueError, KeyError, TypeError) as error:
         raise ResumeError(f'cannot resume from {path}: not a summary of fsa-seg predict '
                           f'({type(error).__name__}: {error})') from error
@@ -188,15 +196,17 @@ def resumable_images(out_dir, info: dict) -> List[dict]:
 
 
 def _output_names(paths: Sequence[Path], taken: Sequence[str] = ()) -> List[str]:
-    """A distinct output name per image, none of ``taken``: its stem, else
-    stem_<extension>, else a counter."""
-    used, names = set(taken), []
+    """A distinct output name per image, none of ``taken`` nor the summary's: its stem, else
+    stem_<extension>, else a counter. A stem that starts like :class:`StagedFiles`'s
+    temporary names loses its leading dot, so no output is another's temporary file."""
+    used, names = {Path(SUMMARY_NAME).stem, *taken}, []
     for path in paths:
-        candidates = [path.stem, f'{path.stem}_{path.suffix.lstrip(".").lower()}']
+        stem = path.stem[1:] if path.stem.startswith(StagedFiles.PREFIX) else path.stem
+        candidates = [stem, f'{stem}_{path.suffix.lstrip(".").lower()}']
         name = next((c for c in candidates if c and c not in used), None)
         counter = 2
         while name is None or name in used:
-            name, counter = f'{path.stem}_{counter}', counter + 1
+            name, counter = f'{stem}_{counter}', counter + 1
         used.add(name)
         names.append(name)
     return names
@@ -275,15 +285,16 @@ def predict_files(model, paths: Sequence[Path], out_dir, batch_size: int = 1,
     try:
         for start in range(0, len(paths), batch_size):
             chunk = list(zip(paths[start:start + batch_size], names[start:start + batch_size]))
-            loaded = []
+            loaded, prepared = [], []
             for path, name in chunk:
                 try:
-                    loaded.append((path, name, load_image(path)))
-                except ImageReadError as error:
+                    image = load_image(path)
+                    prepared.append(prepare_image(pipeline, image, str(path)))
+                    loaded.append((path, name, image))
+                except ImageReadError as error:  # unreadable, or too thin to prepare
                     run.skipped.append(dict(input=str(path), reason=error.reason))
                     _warn(f'skipped {path}: {error.reason}', bar if progress else None)
-            results = run_model(model, pipeline, [image for _, _, image in loaded], batch_size,
-                                [str(path) for path, _, _ in loaded])
+            results = run_prepared(model, prepared, batch_size)
             for (path, name, image), result in zip(loaded, results):
                 try:
                     outputs = write_result(result, image, out_dir, name, palette, save_probs,
@@ -297,7 +308,11 @@ def predict_files(model, paths: Sequence[Path], out_dir, batch_size: int = 1,
                                           undefined_pixels=result.meta['undefined_pixels']))
             bar.update(len(chunk))
             if info is not None:
-                write_summary(out_dir, run, info)
+                try:
+                    write_summary(out_dir, run, info)
+                except OSError as error:
+                    raise OutputWriteError(f'cannot update {out_dir / SUMMARY_NAME}: '
+                                           f'{error.strerror or error}') from error
         run.status = 'complete'
     except KeyboardInterrupt:
         run.status = 'interrupted'

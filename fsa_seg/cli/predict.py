@@ -62,15 +62,27 @@ class VocabularyArgumentError(ValueError):
 IMAGE_SUFFIXES = ('.jpg', '.jpeg', '.png', '.bmp', '.tif', '.tiff', '.webp')
 
 
-def parse_vocabulary(values: Sequence[str], bundled: Sequence[str]
+def _names_images(value: str, images_given: bool) -> bool:
+    """Whether a --vocab value is an image file, or, where it looks like a path or pattern or
+    no image was given before --vocab, a folder or pattern of images: an input given late.
+    (A plain word beside given images stays a class, even if a folder bears its name.)"""
+    from ..apis.predict import expand_inputs
+    if os.path.isfile(value):  # a class-name file, or an image
+        return value.lower().endswith(IMAGE_SUFFIXES)
+    path_like = os.sep in value or any(char in value for char in '*?[')
+    return (path_like or not images_given) and bool(expand_inputs([value])[0])
+
+
+def parse_vocabulary(values: Sequence[str], bundled: Sequence[str], images_given: bool = True
                      ) -> Union[str, List[str]]:
     """``--vocab`` values → a bundled name, a class-name file path, or a list of classes (one
-    per value, synonyms separated by ``;``). The list is checked when it is loaded."""
+    per value, synonyms separated by ``;``). The list is checked when it is loaded.
+    ``images_given``: whether inputs came before --vocab."""
     values = [value.strip() for value in values]
     for value in values:
-        if value.lower().endswith(IMAGE_SUFFIXES) and os.path.isfile(value):
+        if _names_images(value, images_given):
             raise VocabularyArgumentError(
-                f'--vocab {value!r} is an image file: give the images before --vocab (it takes '
+                f'--vocab {value!r} names images: give the images before --vocab (it takes '
                 'every argument after it), e.g. fsa-seg predict photo.jpg --vocab sky tree')
     if len(values) == 1 and (values[0] in bundled or os.path.isfile(values[0])):
         return values[0]
@@ -231,12 +243,12 @@ def run_predict(args: argparse.Namespace, prog: str = 'fsa-seg predict') -> int:
     import torch
 
     from ..apis.configs import DEFAULT_CONFIG, components, has_random_weights
-    from ..apis.inference import default_device, init_segmentor
+    from ..apis.inference import default_device, device_available, init_segmentor
     from ..models.backbones.clip import PRECISIONS
     from ..models.text import bundled_vocabularies
     try:
-        vocabulary = None if vocab_values is None else parse_vocabulary(vocab_values,
-                                                                        bundled_vocabularies())
+        vocabulary = None if vocab_values is None else parse_vocabulary(
+            vocab_values, bundled_vocabularies(), images_given=bool(args.inputs))
     except VocabularyArgumentError as error:
         return fail(prog, str(error))
     device = args.device or default_device()
@@ -244,8 +256,9 @@ def run_predict(args: argparse.Namespace, prog: str = 'fsa-seg predict') -> int:
         torch_device = torch.device(device)
     except RuntimeError as error:
         return fail(prog, f'--device {device!r}: {error}')
-    if torch_device.type == 'cuda' and not torch.cuda.is_available():
-        return fail(prog, f'--device {device}: CUDA is not available here (use --device cpu)')
+    if not device_available(torch_device):
+        return fail(prog, f'--device {device}: {torch_device.type.upper()} is not available '
+                          'here (use --device cpu)')
     try:
         model = init_segmentor(
             args.config or DEFAULT_CONFIG, device=device, vocabulary=vocabulary,

@@ -70,6 +70,11 @@ def test_overrides_of_window_threshold_and_vocabulary():
     assert apply_overrides(load_config(DEFAULT), vocabulary='voc21').model.prob_thd == 0.2
     with pytest.raises(ValueError, match='gaps'):
         apply_overrides(load_config(DEFAULT), crop=100, stride=200)
+    window = apply_overrides(load_config(DEFAULT), crop=224.0, stride=[112, 96.0]).model.test_cfg
+    assert window.crop_size == (224, 224) and window.stride == (112, 96)
+    for size in (224.5, -224, 0, (224,), '224', (224, None)):
+        with pytest.raises(ValueError, match='crop must be a positive size or .* whole pixels'):
+            apply_overrides(load_config(DEFAULT), crop=size)
 
 
 # ---------------------------------------------------------------------------------- export

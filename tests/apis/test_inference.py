@@ -11,10 +11,13 @@ from PIL import Image
 from fsa_seg.apis import inference
 from fsa_seg.apis.inference import (
     ImageReadError,
+    ImageSizeError,
     SegmentationResult,
     build_test_pipeline,
+    device_available,
     init_segmentor,
     load_image,
+    prepare_image,
     run_model,
     segment,
 )
@@ -124,6 +127,29 @@ def test_batch_size_and_mixed_sizes_never_change_results(model):
         assert a.labels.shape == image.shape[:2]
         assert (a.labels == b.labels).all()
         np.testing.assert_allclose(a.probs, b.probs, atol=1e-5)
+
+
+@pytest.mark.parametrize('height,width,refused', [(1, 4096, False), (1, 4097, True),
+                                                    (4097, 1, True), (2, 8192, False),
+                                                    (2, 8193, True)])
+def test_images_too_thin_for_the_resize_are_refused_in_words(height, width, refused):
+    """Short side to 336 within a long side of 2048 (the default config): a side of s px
+    becomes s * 2048 / long, rounded; below half a pixel it would keep none, and OpenCV fails."""
+    pipeline = build_test_pipeline(Config.fromfile(str(DEFAULT)))
+    image = np.zeros((height, width, 3), np.uint8)
+    if refused:
+        with pytest.raises(ImageSizeError, match=f'{height}x{width} px is too thin'):
+            prepare_image(pipeline, image)
+    else:
+        assert min(prepare_image(pipeline, image)['inputs'].shape[1:]) == 1
+
+
+def test_devices_a_model_can_run_on_here():
+    assert device_available(torch.device('cpu'))
+    assert not device_available(torch.device('meta'))  # holds no data
+    assert not device_available(torch.device('cuda', torch.cuda.device_count()))
+    assert device_available(torch.device('cuda')) == torch.cuda.is_available()
+    assert device_available(torch.device('mps')) == torch.backends.mps.is_available()
 
 
 def test_set_vocabulary_changes_the_classes(cache_dir):

@@ -12,10 +12,11 @@ no name twice (the second could never win). The bundled vocabularies are the off
 the published results and are kept as they are, repeats included (see the README).
 """
 import os
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
+
+from open_clip.tokenizer import basic_clean, whitespace_clean
 
 CLASS_NAMES_DIR = Path(__file__).resolve().parents[2] / 'class_names'
 VocabularySpec = Union[str, os.PathLike, Sequence[Union[str, Sequence[str]]], 'Vocabulary']
@@ -93,8 +94,9 @@ def bundled_vocabularies() -> List[str]:
 
 
 def _key(name: str) -> str:
-    """Names CLIP cannot tell apart: its tokenizer lower-cases and splits on whitespace."""
-    return re.sub(r'\s+', ' ', name.strip().lower())
+    """Names CLIP cannot tell apart: its tokenizer fixes the text's unicode (ftfy: NFC),
+    unescapes HTML entities, lower-cases and splits on whitespace."""
+    return whitespace_clean(basic_clean(name)).lower()
 
 
 def check_user_vocabulary(vocabulary: Vocabulary, where: str) -> Vocabulary:

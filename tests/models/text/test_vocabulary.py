@@ -1,4 +1,6 @@
+import open_clip
 import pytest
+import torch
 
 from fsa_seg.models.text import (
     VocabularyError,
@@ -108,6 +110,16 @@ def test_sclip_style_files_separate_synonyms_with_commas(tmp_path):
 def test_a_users_duplicate_names_are_refused(spec, message):
     with pytest.raises(VocabularyError, match=message + '.*can never win'):
         load_vocabulary(spec)
+
+
+@pytest.mark.parametrize('first,second', [('café', 'cafe\u0301'),  # NFC and NFD
+                                          ('fish & chips', 'fish &amp chips'),  # HTML
+                                          ('sea  lion', 'Sea Lion')])
+def test_names_written_apart_that_clip_reads_alike_are_refused(first, second):
+    """The same tokens give the same text embedding, however the names were written."""
+    assert torch.equal(open_clip.tokenize([first]), open_clip.tokenize([second]))
+    with pytest.raises(VocabularyError, match=r'appears in classes 0 and 1.*can never win'):
+        load_vocabulary([first, second])
 
 
 def test_a_users_one_class_vocabulary_is_refused(tmp_path):

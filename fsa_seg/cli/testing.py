@@ -7,9 +7,12 @@
 """
 import argparse
 import os
+import sys
+import traceback
+from pathlib import Path
 
 from .arguments import add_cfg_options, add_cuda_graphs, add_debug, positive_int
-from .errors import FP16_ON_CPU, fail, warn
+from .errors import FP16_ON_CPU, fail, one_line, warn
 
 TEST_DESCRIPTION = """\
 Evaluate a training-free segmentor on a benchmark with sliding-window inference: the per-class
@@ -92,8 +95,25 @@ def run_test(args: argparse.Namespace, prog: str = 'fsa-seg test') -> int:
                            cuda_graphs=args.cuda_graphs)
     if args.precision == 'fp16' and not torch.cuda.is_available():  # mmengine's device
         warn(prog, FP16_ON_CPU)
-    evaluate(cfg, out=args.out, allow_partial=args.allow_partial_split, resume=args.resume)
+    try:
+        evaluate(cfg, out=args.out, allow_partial=args.allow_partial_split, resume=args.resume)
+    except Exception as error:
+        if args.launcher == 'none' or args.debug or not _failed_in_torch_distributed(error):
+            raise
+        cause = one_line(error).split('. ')[0]
+        return fail(prog, f'lost the other processes ({cause}); most often one of them '
+                          'stopped: its message is above (--debug shows the traceback)')
     return 0
+
+
+def _failed_in_torch_distributed(error: Exception) -> bool:
+    """Whether a collective with the other processes failed, as when one of them stopped:
+    NCCL and the store raise torch's DistError, gloo a RuntimeError from its ``wait``."""
+    import torch.distributed as dist
+    frames = traceback.extract_tb(error.__traceback__)
+    return isinstance(error, dist.DistError) or (
+        isinstance(error, RuntimeError) and bool(frames)
+        and Path(frames[-1].filename).parent == Path(dist.__file__).parent)
 
 
 def run_dist_test(args: argparse.Namespace, prog: str = 'fsa-seg dist-test') -> int:
@@ -106,19 +126,27 @@ def run_dist_test(args: argparse.Namespace, prog: str = 'fsa-seg dist-test') -> 
     from ..apis import load_test_config
     load_test_config(test_args.config, test_args.cfg_options,  # config errors: once, here
                      random_weights=test_args.random_weights, cuda_graphs=test_args.cuda_graphs)
+    from torch.distributed import DistNetworkError
+    from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import get_args_parser, run
+    address = f'{os.environ.get("MASTER_ADDR", "127.0.0.1")}:{os.environ.get("PORT", "29500")}'
     torchrun = get_args_parser().parse_args([
         f'--nnodes={os.environ.get("NNODES", "1")}',
         f'--node_rank={os.environ.get("NODE_RANK", "0")}',
-        f'--master_addr={os.environ.get("MASTER_ADDR", "127.0.0.1")}',
-        f'--master_port={os.environ.get("PORT", "29500")}',
+        f'--master_addr={address.rsplit(":", 1)[0]}', f'--master_port={address.rsplit(":", 1)[1]}',
         f'--nproc_per_node={args.num_procs}',
         '-m', 'fsa_seg.cli', 'test', args.config, '--launcher', 'pytorch', *args.test_args])
     try:
         run(torchrun)
-    except ChildFailedError as error:
-        ranks = sorted(failure.rank for failure in error.failures.values())
-        return fail(prog, f'process(es) of rank {", ".join(map(str, ranks))} failed (their '
-                          'messages are above)')
+    except ChildFailedError as error:  # failures are keyed by global rank
+        return fail(prog, f'process(es) of rank {", ".join(map(str, sorted(error.failures)))} '
+                          'failed (their messages are above)')
+    except SignalException as error:  # Ctrl-C (or a kill): torchrun stopped the processes
+        print(f'{prog}: interrupted ({error.sigval.name}); the same command with --resume '
+              'goes on', file=sys.stderr)
+        return 128 + int(error.sigval)
+    except DistNetworkError as error:  # the rendezvous: most often a port in use
+        return fail(prog, f'the processes cannot meet at {address} ({one_line(error)}); if '
+                          'another run uses that port, choose another: PORT=29501 ...')
     return 0

@@ -2,13 +2,16 @@
 import json
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from fsa_seg import cli
 from fsa_seg.experiments import MATRIX
@@ -161,6 +164,24 @@ def test_two_processes_give_the_same_metrics_as_one_and_draw_every_image(tmp_pat
     assert result.returncode == 0, result.stderr[-3000:]
     again = json.loads(resumed.read_text())
     assert again['resumed_images'] == 2 and again['metrics'] == two['metrics']
+
+
+def test_a_batch_of_images_of_several_sizes_gives_the_numbers_of_one_at_a_time(tmp_path):
+    """mmseg's data preprocessor refuses a test batch of several image sizes; ours pads it, and
+    each image is still segmented on its own area."""
+    data_root = make_benchmark('voc21', tmp_path / 'data', sizes=((40, 56), (30, 30), (36, 28)))
+    config = tiny_config(tmp_path, 'clearclip/clearclip_vit-b16_voc21.py', data_root)
+    results = {}
+    for batch_size in (1, 3):
+        out = tmp_path / f'batch{batch_size}.json'
+        run_test_script(config, '--work-dir', tmp_path / f'work{batch_size}', '--out', out,
+                        '--allow-partial-split', '--cfg-options',
+                        f'test_dataloader.batch_size={batch_size}')
+        results[batch_size] = json.loads(out.read_text())
+    assert results[3]['num_images'] == 3
+    assert results[3]['metrics'] == pytest.approx(results[1]['metrics'], abs=1e-9)
+    for name, metrics in results[1]['per_class'].items():
+        assert results[3]['per_class'][name] == pytest.approx(metrics, nan_ok=True), name
 
 
 @pytest.mark.parametrize('dataset', [b.name for b in MATRIX.benchmarks])
@@ -352,3 +373,65 @@ def test_precision_option_runs_every_part_in_it(tmp_path):
     assert runs['fp32']['settings']['model_dtypes']['vfm'] == 'torch.float32'
     assert runs['bf16']['metrics']['aAcc'] == pytest.approx(runs['fp32']['metrics']['aAcc'],
                                                             abs=5.0)
+
+
+def dist_test(config, *args, port=None, **popen):
+    command = ['fsa-seg', 'dist-test', str(config), '2', *map(str, args)]
+    env = dict(os.environ, PORT=str(port or free_port()), OMP_NUM_THREADS='1')
+    if popen:
+        return subprocess.Popen(command, cwd=REPO, env=env, text=True, **popen)
+    return subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600, env=env)
+
+
+def test_a_process_that_stops_ends_dist_test_in_one_line_each(tmp_path):
+    """Rank 1 meets an annotation of the wrong size (images 1, 3, 5 are its): it says so; rank 0,
+    left alone in a collective, says it lost the others; the launcher names both ranks. And a
+    rendezvous port in use is one line too. No traceback anywhere."""
+    data_root = make_benchmark('voc21', tmp_path / 'data', sizes=((40, 56), ) * 6)
+    bad = data_root / 'SegmentationClass' / '2007_000005.png'
+    Image.fromarray(np.zeros((10, 10), np.uint8)).save(bad)
+    config = tiny_config(tmp_path, 'clearclip/clearclip_vit-b16_voc21.py', data_root)
+    result = dist_test(config, '--work-dir', tmp_path / 'work', '--allow-partial-split')
+    assert result.returncode == 1 and 'Traceback' not in result.stderr, result.stderr[-3000:]
+    errors = [line for line in result.stderr.splitlines() if ': error: ' in line]
+    assert len(errors) == 3, errors
+    assert re.fullmatch(r'fsa-seg test: error: .*2007_000005.png: annotation is 10x10 \(HxW\) '
+                        r'but its image .* is 40x56\..*', errors[0]) or re.fullmatch(
+        r'.*2007_000005.png: annotation is 10x10.*', errors[1]), errors
+    assert sum('fsa-seg test: error: lost the other processes (' in e for e in errors) == 1
+    assert errors[-1] == ('fsa-seg dist-test: error: process(es) of rank 0, 1 failed (their '
+                          'messages are above)')
+    with socket.socket() as taken:
+        taken.bind(('127.0.0.1', 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = dist_test(config, '--work-dir', tmp_path / 'work', port=port)
+    assert result.returncode == 1 and 'Traceback' not in result.stderr, result.stderr[-3000:]
+    assert result.stderr.strip().splitlines()[-1].startswith(
+        f'fsa-seg dist-test: error: the processes cannot meet at 127.0.0.1:{port} (')
+
+
+def test_ctrl_c_stops_dist_test_in_one_line_and_resume_goes_on(tmp_path):
+    """SIGINT to the terminal's process group once the first batch is logged: every process
+    says it was interrupted, the launcher too, exit status 130; --resume then scores the rest."""
+    data_root = make_benchmark('voc21', tmp_path / 'data', sizes=((200, 300), ) * 40)
+    config = tiny_config(tmp_path, 'clearclip/clearclip_vit-b16_voc21.py', data_root)
+    args = ('--work-dir', tmp_path / 'work', '--allow-partial-split', '--out',
+            tmp_path / 'results.json', '--cfg-options', 'default_hooks.logger.interval=1')
+    run = dist_test(config, *args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                    start_new_session=True)
+    lines = []
+    for line in run.stdout:
+        lines.append(line)
+        if 'Iter(test) [ 1/20]' in line:
+            os.killpg(run.pid, signal.SIGINT)
+            break
+    output = ''.join(lines) + run.communicate(timeout=300)[0]
+    assert run.returncode == 130 and 'Traceback' not in output, output[-3000:]
+    assert output.count('fsa-seg test: interrupted') == 2
+    assert output.strip().splitlines()[-1] == ('fsa-seg dist-test: interrupted (SIGINT); the '
+                                               'same command with --resume goes on')
+    assert not (tmp_path / 'results.json').exists()
+    result = dist_test(config, *args, '--resume')
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads((tmp_path / 'results.json').read_text())['num_images'] == 40

@@ -7,7 +7,7 @@ in :func:`config_roots`; a path is used as it is.
 import copy
 import difflib
 import fnmatch
-import numbers
+import inspect
 import os
 import re
 from contextlib import contextmanager
@@ -19,7 +19,13 @@ from mmengine.config import Config
 from mmengine.config.utils import ConfigParsingError
 
 from ..models.components import model_components
-from ..models.segmentors.base import DEFAULT_TEST_CFG, TrainingFreeSegmentor
+from ..models.segmentors.base import (
+    DEFAULT_TEST_CFG,
+    TrainingFreeSegmentor,
+    checked_prob_thd,
+    size_pair,
+    sliding_window,
+)
 from ..models.text import load_vocabulary
 from ..models.weights import WeightsError
 
@@ -242,9 +248,7 @@ def apply_overrides(cfg: Config, *, vocabulary=None, clip_weights: Optional[str]
     if vocabulary is not None:
         _use_vocabulary(model, vocabulary)
     if prob_thd is not None:
-        if not 0.0 <= float(prob_thd) <= 1.0:
-            raise ValueError(f'prob_thd must lie in [0, 1], got {prob_thd}')
-        model.prob_thd = float(prob_thd)
+        model.prob_thd = checked_prob_thd(prob_thd)
     if crop is not None or stride is not None:
         _use_sliding_window(cfg, crop, stride)
     if text_cache_dir is not None:
@@ -260,7 +264,11 @@ def use_precision(model: dict, precision: str) -> None:
     if precision not in PRECISIONS:
         raise ValueError(f'precision must be one of {PRECISIONS}, got {precision!r}')
     for key, component in components(model):
-        if component.takes_precision:
+        default = inspect.signature(component).parameters['precision'].default \
+            if component.takes_precision else None
+        # the default stays implicit: a config asked for what it runs in is the same config
+        # (a resumed evaluation compares them)
+        if component.takes_precision and model[key].get('precision', default) != precision:
             model[key] = dict(model[key], precision=precision)
 
 
@@ -385,17 +393,6 @@ def _use_vocabulary(model, vocabulary) -> None:
         model.prob_thd = 0.0
 
 
-def _pair(value: Size, what: str) -> Tuple[int, int]:
-    """A size (whole pixels: ``336``, ``336.0``) or (height, width) → (height, width)."""
-    pair = (value, value) if isinstance(value, numbers.Real) else value
-    if not (isinstance(pair, (tuple, list)) and len(pair) == 2
-            and all(isinstance(v, numbers.Real) and float(v).is_integer() and v > 0
-                    for v in pair)):
-        raise ValueError(f'{what} must be a positive size or (height, width) in whole pixels, '
-                         f'got {value!r}')
-    return int(pair[0]), int(pair[1])
-
-
 def _use_sliding_window(cfg: Config, crop: Optional[Size], stride: Optional[Size]) -> None:
     """Slide with the given crop and stride; what is not given comes from the config's window
     (a stride no larger than the crop), and a whole-image config must give the crop."""
@@ -403,18 +400,17 @@ def _use_sliding_window(cfg: Config, crop: Optional[Size], stride: Optional[Size
     test_cfg = dict(model.get('test_cfg') or DEFAULT_TEST_CFG)
     slide = test_cfg.get('mode') == 'slide'
     if crop is not None:
-        crop_hw = _pair(crop, 'crop')
+        crop_hw = size_pair(crop, 'crop')
     elif slide:
-        crop_hw = tuple(test_cfg['crop_size'])
+        crop_hw = size_pair(test_cfg['crop_size'], 'crop')
     else:
         raise ValueError(f'{cfg.filename}: whole-image inference; give a crop size as well')
     if stride is not None:
-        stride_hw = _pair(stride, 'stride')
+        stride_hw = stride
     elif slide:
-        stride_hw = tuple(min(s, c) for s, c in zip(test_cfg['stride'], crop_hw))
+        stride_hw = tuple(min(s, c) for s, c in zip(size_pair(test_cfg['stride'], 'stride'),
+                                                    crop_hw))
     else:
         stride_hw = crop_hw
-    if any(s > c for s, c in zip(stride_hw, crop_hw)):
-        raise ValueError(f'stride {stride_hw} is larger than the crop {crop_hw}: windows '
-                         'would leave gaps')
+    crop_hw, stride_hw = sliding_window(crop_hw, stride_hw)
     model.test_cfg = dict(mode='slide', crop_size=crop_hw, stride=stride_hw)

@@ -321,8 +321,8 @@ def run_model(model, pipeline: Compose, images: Sequence[np.ndarray], batch_size
 
 def run_prepared(model, prepared: Sequence[dict], batch_size: int = 1
                  ) -> List[SegmentationResult]:
-    """Segment images prepared by :func:`prepare_image`. Images whose prepared size differs are
-    never batched together (the data preprocessor needs one size per batch); batch size never
+    """Segment images prepared by :func:`prepare_image`. Images are batched by prepared size,
+    as any data preprocessor takes them (mmseg's needs one size a batch); batch size never
     changes a result."""
     if batch_size < 1:
         raise ValueError(f'batch_size must be at least 1, got {batch_size}')

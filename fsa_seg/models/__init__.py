@@ -1,1 +1,1 @@
-from . import backbones, plugins, postprocess, segmentors, vfm  # noqa: F401  (register into mmseg.registry)
+from . import backbones, data_preprocessor, plugins, postprocess, segmentors, vfm  # noqa: F401  (register into mmseg.registry)

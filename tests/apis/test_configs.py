@@ -64,6 +64,8 @@ def test_overrides_of_window_threshold_and_vocabulary():
     assert cfg.model.clip.random_init and 'pretrained' not in cfg.model.clip
     assert cfg.model.vfm.random_init and not cfg.model.vfm.get('pretrained')
     assert cfg.model.clip.precision == 'bf16'
+    # asked for the precision it runs in, a config stays as it is (a resume compares configs)
+    assert 'precision' not in apply_overrides(load_config(DEFAULT), precision='fp32').model.clip
     assert cfg.model.prob_thd == 0.2  # the config's own vocabulary keeps its threshold
     cfg = apply_overrides(load_config(DEFAULT), vocabulary=['a; b', 'c'])
     assert cfg.model.vocabulary == [['a', 'b'], ['c']] and cfg.model.prob_thd == 0.0

@@ -10,6 +10,7 @@ adapted per crop) overrides :meth:`~TrainingFreeSegmentor.image_context` and
 """
 import logging
 import math
+import numbers
 from abc import abstractmethod
 from typing import Any, List, Optional, Sequence, Tuple, Union
 
@@ -30,9 +31,37 @@ from ..plugins import AttentionPlugin, LogitsFn
 from ..text import Vocabulary, cached_query_embeddings, load_vocabulary, resolve_templates
 
 # CLIP's normalisation on 0..255 RGB values; mmseg loads BGR.
-CLIP_PREPROCESSOR = dict(type='mmseg.SegDataPreProcessor', mean=[122.771, 116.746, 104.094],
-                         std=[68.501, 66.632, 70.323], bgr_to_rgb=True)
+CLIP_PREPROCESSOR = dict(type='mmseg.PaddingSegDataPreProcessor',
+                         mean=[122.771, 116.746, 104.094], std=[68.501, 66.632, 70.323],
+                         bgr_to_rgb=True)
 DEFAULT_TEST_CFG = dict(mode='slide', crop_size=(336, 336), stride=(112, 112))
+
+
+def size_pair(value, what: str) -> Tuple[int, int]:
+    """A size (whole pixels: ``336``, ``336.0``) or (height, width) → (height, width)."""
+    pair = (value, value) if isinstance(value, numbers.Real) else value
+    if not (isinstance(pair, (tuple, list)) and len(pair) == 2
+            and all(isinstance(v, numbers.Real) and float(v).is_integer() and v > 0
+                    for v in pair)):
+        raise ValueError(f'{what} must be a positive size or (height, width) in whole pixels, '
+                         f'got {value!r}')
+    return int(pair[0]), int(pair[1])
+
+
+def sliding_window(crop_size, stride) -> Tuple[Tuple[int, int], Tuple[int, int]]:
+    """``test_cfg``'s crop size and stride as (h, w) pairs; a stride larger than the crop is
+    refused: windows would leave pixels no window covers (undefined probabilities)."""
+    crop_size, stride = size_pair(crop_size, 'crop'), size_pair(stride, 'stride')
+    if any(s > c for s, c in zip(stride, crop_size)):
+        raise ValueError(f'stride {stride} is larger than the crop {crop_size}: windows would '
+                         'leave gaps')
+    return crop_size, stride
+
+
+def checked_prob_thd(value) -> float:
+    if not (isinstance(value, numbers.Real) and 0.0 <= value <= 1.0):
+        raise ValueError(f'prob_thd must lie in [0, 1], got {value!r}')
+    return float(value)
 
 
 def window_starts(size: int, crop: int, stride: int) -> List[int]:
@@ -99,13 +128,16 @@ class TrainingFreeSegmentor(BaseSegmentor):
         self.plugin = build_plugin(plugin)
         self.post_refine = MODELS.build(post_refine) if post_refine else None
         self.logit_scale = float(logit_scale)
-        self.prob_thd = float(prob_thd)
+        self.prob_thd = checked_prob_thd(prob_thd)
         self.test_cfg = ConfigDict(test_cfg or DEFAULT_TEST_CFG)
-        if self.test_cfg.mode not in ('slide', 'whole'):
+        if self.test_cfg.get('mode') not in ('slide', 'whole'):
             raise ValueError("test_cfg.mode must be 'slide' or 'whole', "
-                             f'got {self.test_cfg.mode!r}')
+                             f'got {self.test_cfg.get("mode")!r}')
         if self.test_cfg.mode == 'slide':
-            self.check_crop_size(self.test_cfg.crop_size)
+            crop_size, stride = sliding_window(self.test_cfg.get('crop_size'),
+                                               self.test_cfg.get('stride'))
+            self.test_cfg.update(crop_size=crop_size, stride=stride)
+            self.check_crop_size(crop_size)
         self.crop_batch_size = crop_batch_size
         self.text_cache_dir = text_cache_dir
         if cuda_graphs and not self.supports_cuda_graphs:
@@ -138,12 +170,11 @@ class TrainingFreeSegmentor(BaseSegmentor):
         if prob_thd is None:
             built_vocabulary, built_prob_thd = self._built_threshold
             prob_thd = built_prob_thd if vocabulary == built_vocabulary else 0.0
-        if not 0.0 <= float(prob_thd) <= 1.0:
-            raise ValueError(f'prob_thd must lie in [0, 1], got {prob_thd}')
+        prob_thd = checked_prob_thd(prob_thd)
         templates = self.templates if templates is None else resolve_templates(templates)
         embeddings = cached_query_embeddings(self.clip, vocabulary.queries, templates,
                                              cache_dir=self.text_cache_dir)
-        self.vocabulary, self.templates, self.prob_thd = vocabulary, templates, float(prob_thd)
+        self.vocabulary, self.templates, self.prob_thd = vocabulary, templates, prob_thd
         self.set_query_embeddings(embeddings)
         return self.vocabulary
 

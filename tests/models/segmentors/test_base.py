@@ -221,6 +221,28 @@ def test_a_crop_smaller_than_a_patch_is_refused(tiny_clip):
     build(tiny_clip, test_cfg=dict(mode='slide', crop_size=patch, stride=patch))  # one patch
 
 
+def test_windows_and_threshold_are_checked_when_built(tiny_clip):
+    """A number is a square size; what would crash mid-run (no pair, stride 0) or leave pixels
+    no window covers (stride > crop: NaN probabilities there) or send every pixel to class 0
+    (prob_thd > 1) is refused when the model is built."""
+    model = build(tiny_clip, test_cfg=dict(mode='slide', crop_size=64, stride=32.0))
+    assert model.test_cfg.crop_size == (64, 64) and model.test_cfg.stride == (32, 32)
+    assert model.windows(64, 96)[0] == [(0, 64, 0, 64), (0, 64, 32, 96)]
+    for window, message in [
+            (dict(crop_size=64, stride=(0, 0)), r'stride must be a positive size .*\(0, 0\)'),
+            (dict(crop_size=(64, 64)), r'stride must be a positive size .*None'),
+            (dict(crop_size=(64, 64), stride=(32, 80)),
+             r'^stride \(32, 80\) is larger than the crop \(64, 64\): windows would leave gaps$'),
+            (dict(crop_size='64', stride=32), r"crop must be a positive size .*'64'")]:
+        with pytest.raises(ValueError, match=message):
+            build(tiny_clip, test_cfg=dict(mode='slide', **window))
+    for prob_thd in (1.5, -0.1, '0.2'):
+        with pytest.raises(ValueError, match=r'prob_thd must lie in \[0, 1\]'):
+            build(tiny_clip, prob_thd=prob_thd)
+    with pytest.raises(ValueError, match="test_cfg.mode must be 'slide' or 'whole', got None"):
+        build(tiny_clip, test_cfg=dict(crop_size=64, stride=32))
+
+
 def test_mmseg_checkpoint_arguments_are_accepted_only_when_empty(tiny_clip):
     build(tiny_clip, pretrained=None, train_cfg=None)  # what mmseg.apis.init_model passes
     with pytest.raises(ValueError, match='clip.pretrained'):

@@ -223,6 +223,17 @@ def check_partial_split_marked(result, case_dir):
     assert settings['seed'] is not None
 
 
+def check_subset_marked(result, case_dir):
+    assert ('PascalVOCDataset: test_dataloader.dataset.indices selects 1 of the 2 images of the '
+            'official evaluation split' in result.output)
+    record = results(case_dir)
+    assert record['complete'] is False and record['num_images'] == 1
+
+
+SPLIT = f'data/{VOC}/ImageSets/Segmentation/val.txt'
+WHOLE_SPLIT = ['split_size=2']  # the two images on disk are the official split
+
+
 CASES = [
     # -------------------------------------------------------------- dataset, before the run
     Case('test: data root missing', 'tools/test.py', TEST,
@@ -260,6 +271,38 @@ CASES = [
          r'found 2 images, fewer than the 1449 .*--allow-partial-split'),
     Case('test: partial split allowed, marked, settings recorded', 'tools/test.py',
          TEST + PARTIAL + ['--out', '{case}/results.json'], check=check_partial_split_marked),
+    Case('test: a subset of the split chosen with indices', 'tools/test.py',
+         TEST + WHOLE_SPLIT + ['test_dataloader.dataset.indices=1'],
+         r'PascalVOCDataset: test_dataloader.dataset.indices selects 1 of the 2 images of the '
+         r'official evaluation split.*--allow-partial-split'),
+    Case('test: a subset allowed, marked incomplete', 'tools/test.py',
+         TEST + WHOLE_SPLIT + ['test_dataloader.dataset.indices=1'] + PARTIAL
+         + ['--out', '{case}/results.json'], check=check_subset_marked),
+    Case('test: indices past the images listed', 'tools/test.py',
+         TEST + ['test_dataloader.dataset.indices=[0,2]'] + PARTIAL,
+         r'tiny_voc21.py: test_dataloader.dataset: indices: 2 outside the 2 images listed'),
+    Case('test: indices select an image twice', 'tools/test.py',
+         TEST + ['test_dataloader.dataset.indices=[1,-1]'] + PARTIAL,
+         r'tiny_voc21.py: test_dataloader.dataset: indices: position 1 selected more than once'),
+    Case('test: blank line in the split file', 'tools/test.py', TEST,
+         r"val.txt: line 2 is blank, which mmseg reads as an image named ''",
+         prepare=lambda case, data: (data / 'ImageSets/Segmentation/val.txt').write_text(
+             '2007_000000\n\n2007_000001\n'),
+         names_file=SPLIT),
+    Case('test: blank line after the last name', 'tools/test.py', TEST,
+         r'val.txt: line 3 is blank',
+         prepare=lambda case, data: (data / 'ImageSets/Segmentation/val.txt').write_text(
+             '2007_000000\n2007_000001\n\n'),
+         names_file=SPLIT),
+    Case('test: a name twice in the split file', 'tools/test.py', TEST,
+         r'val.txt: line 3 repeats 2007_000000 of line 1, so an image would count more than once',
+         prepare=lambda case, data: (data / 'ImageSets/Segmentation/val.txt').write_text(
+             '2007_000000\n2007_000001\n2007_000000\n'),
+         names_file=SPLIT),
+    Case('test: split file not text', 'tools/test.py', TEST, r'val.txt is not a text file',
+         prepare=lambda case, data: (data / 'ImageSets/Segmentation/val.txt').write_bytes(
+             b'\xff\xfe\x00\n'),
+         names_file=SPLIT),
     # -------------------------------------------------------------- dataset, during the run
     Case('test: corrupt image', 'tools/test.py', TEST + PARTIAL,
          r'2007_000000.jpg: cannot read this file',
@@ -311,6 +354,15 @@ CASES = [
     Case('test: config whose base is missing', 'fsa-seg', ['test', '{case}/orphan.py'],
          r'cannot read config .*orphan.py: .*gone.py',
          prepare=lambda case, data: (case / 'orphan.py').write_text("_base_ = ['./gone.py']\n")),
+    Case('test: a dataset config, without a model', 'fsa-seg',
+         ['test', str(REPO / 'configs/_base_/datasets/voc21.py')],
+         r'configs/_base_/datasets/voc21.py: no model to evaluate \(a dataset or other partial '
+         r'config\?'),
+    Case('test: a config without a dataset', 'fsa-seg', ['test', '{case}/model_only.py'],
+         r'model_only.py: no test_dataloader.dataset to evaluate on',
+         prepare=lambda case, data: (case / 'model_only.py').write_text(
+             "model = dict(type='ClearCLIP')\n"),
+         names_file='model_only.py'),
     Case('test: unknown model type', 'tools/test.py',
          TEST + ['model.type=ClearCLIPP'] + PARTIAL,
          r'tiny_voc21.py: ClearCLIPP is not in the mmseg::model registry'),
@@ -498,6 +550,10 @@ CASES = [
          prepare=lambda case, data: (
              (case / 'coco/annotations/val2017').mkdir(parents=True),
              (case / 'coco/annotations/val2017/000000000139.png').write_text('garbage'))),
+    Case('test: a vocabulary of another benchmark', 'tools/test.py',
+         TEST + ['model.vocabulary=voc20'] + PARTIAL,
+         r"tiny_voc21.py: the model segments 20 classes \(model.vocabulary: 'voc20'\) but "
+         r'PascalVOCDataset scores 21'),
     Case('test: a config vocabulary with a name twice', 'tools/test.py',
          TEST + ["model.vocabulary=['sky','tree','sky']"] + PARTIAL,
          r"tiny_voc21.py: vocabulary: 'sky' appears in classes 0 and 2"),

@@ -7,7 +7,7 @@ import os.path as osp
 import tempfile
 from importlib import metadata
 from pathlib import Path
-from typing import List, Optional, Sequence, Union
+from typing import Optional, Sequence, Union
 
 import torch
 import torch.distributed as dist
@@ -18,14 +18,23 @@ from mmengine.runner import Runner
 from ..datasets import (
     DatasetError,
     ExplainedPipeline,
+    SplitCount,
     build_lazily,
     check_files,
     check_layout,
     check_split_size,
+    selected_positions,
 )
-from ..evaluation.journal import Journal, journal_files, journal_header, load_journal
+from ..evaluation.journal import (
+    Journal,
+    Resumption,
+    journal_files,
+    journal_header,
+    load_journal,
+)
 from ..evaluation.metrics import BAD_ANNOTATION_POLICIES
 from ..models.cuda_graphs import graph_capture_failures
+from ..models.text import load_vocabulary
 from .configs import (
     ConfigError,
     explained_config_errors,
@@ -76,11 +85,11 @@ def load_test_config(config: Union[str, os.PathLike], cfg_options: Optional[dict
             :func:`~fsa_seg.apis.configs.graphs_pay_off` on this machine.
     """
     cfg = read_config(config, cfg_options)
+    check_test_parts(cfg)
     if precision is not None:
         use_precision(cfg.model, precision)
-    if cfg.get('model'):
-        with explained_config_errors(cfg.filename):
-            use_cuda_graphs(cfg.model, cuda_graphs, device=None)
+    with explained_config_errors(cfg.filename):
+        use_cuda_graphs(cfg.model, cuda_graphs, device=None)
     if trust_checkpoint:
         trust_checkpoints(cfg.model)
     if random_weights:
@@ -91,8 +100,6 @@ def load_test_config(config: Union[str, os.PathLike], cfg_options: Optional[dict
             randomness['seed'] = 0
         cfg.randomness = randomness
     keep_test_parts(cfg)
-    if 'test_dataloader' not in cfg or not cfg.test_dataloader.get('dataset'):
-        raise ConfigError(f'{cfg.filename}: no test_dataloader.dataset to evaluate on')
     cfg.launcher = launcher
     cfg.work_dir = work_dir or cfg.get('work_dir') or osp.join(
         './work_dirs', Path(cfg.filename).stem)
@@ -100,6 +107,17 @@ def load_test_config(config: Union[str, os.PathLike], cfg_options: Optional[dict
         enable_visualization(cfg, show_dir)
     set_bad_annotation_policy(cfg, on_bad_annotation)
     return cfg
+
+
+def check_test_parts(cfg: Config) -> None:
+    """A model and a dataset to evaluate it on, before anything reads them: a dataset config
+    (``configs/_base_/datasets/``) or another partial config is refused in one line."""
+    if not cfg.get('model'):
+        raise ConfigError(f'{cfg.filename}: no model to evaluate (a dataset or other partial '
+                          'config? give a config of a model on a benchmark: fsa-seg configs '
+                          'lists them)')
+    if not (cfg.get('test_dataloader') or {}).get('dataset'):
+        raise ConfigError(f'{cfg.filename}: no test_dataloader.dataset to evaluate on')
 
 
 def keep_test_parts(cfg: Config) -> None:
@@ -176,21 +194,43 @@ def check_launcher(cfg: Config) -> None:
                           'tools/dist_test.sh)')
 
 
-def check_dataset(cfg: Config) -> int:
-    """Before the run: the dataset's folder, split and files exist. Returns its size."""
+def check_dataset(cfg: Config) -> SplitCount:
+    """Before the run: the dataset's folder, split and files exist, its ``indices`` select
+    some of its images, and the model segments its classes. Returns how many images it lists
+    and how many of them are evaluated."""
     dataset_cfg = cfg.test_dataloader.dataset
     check_layout(dataset_cfg)
     with explained_config_errors(f'{cfg.filename}: test_dataloader.dataset'):
         dataset = build_lazily(dataset_cfg, cfg.get('default_scope') or 'mmseg')
-    return check_files(dataset)
+        count = check_files(dataset, dataset_cfg.get('indices'))
+    check_classes(cfg, dataset.metainfo.get('classes') or (), type(dataset).__name__)
+    return count
 
 
-def check_dataset_size(cfg: Config, num_images: int, allow_partial: bool) -> bool:
-    """True if the dataset has as many images as its official split; otherwise an error, or
-    a warning with ``allow_partial``."""
+def check_classes(cfg: Config, classes: Sequence[str], dataset_name: str) -> None:
+    """The model segments as many classes as the dataset scores: mmseg's metric counts the
+    prediction i as the dataset's class i and drops those past its classes without a word."""
+    vocabulary = cfg.model.get('vocabulary')
+    if vocabulary is None or not classes:
+        return
+    with explained_config_errors(cfg.filename):
+        count = len(load_vocabulary(vocabulary))
+    if count != len(classes):
+        described = f'{vocabulary!r}' if isinstance(vocabulary, str) else 'a list'
+        raise ConfigError(
+            f'{cfg.filename}: the model segments {count} classes (model.vocabulary: '
+            f'{described}) but {dataset_name} scores {len(classes)} ({", ".join(classes[:3])}, '
+            '...): the numbers would mean nothing; give the model the vocabulary of the '
+            "dataset, or the dataset of the model's vocabulary")
+
+
+def check_dataset_size(cfg: Config, count: SplitCount, allow_partial: bool) -> bool:
+    """True if the dataset lists as many images as its official split and all of them are
+    evaluated (no ``indices`` leave any out); otherwise an error, or a warning with
+    ``allow_partial``."""
     expected = cfg.get('split_size')
     problem = None if expected is None else check_split_size(
-        num_images, expected, cfg.test_dataloader.dataset.type)
+        count.listed, expected, cfg.test_dataloader.dataset.type, evaluated=count.evaluated)
     if problem is None:
         return True
     if not allow_partial:
@@ -265,7 +305,8 @@ def _journaled_metric(cfg: Config) -> Optional[dict]:
 def journal_settings(cfg: Config) -> dict:
     """What the numbers of the scored images depend on (:func:`run_settings` and the
     evaluator's settings), but not the number of processes nor the bad-annotation policy, which
-    change none of them (an image scored under either policy scores the same)."""
+    change none of them (a good annotation scores the same under either; a resumed run scores
+    the images of bad ones again, under its own policy)."""
     settings = run_settings(cfg, (cfg.get('randomness') or {}).get('seed'))
     del settings['launcher'], settings['world_size']
     settings['model'].pop('cuda_graphs', None)  # replays compute what eager runs compute
@@ -276,16 +317,15 @@ def journal_settings(cfg: Config) -> dict:
 
 def prepare_journal(cfg: Config, resume: bool) -> Optional[Journal]:
     """The run's journal in the work dir (None without a PerClassIoUMetric to keep it); with
-    ``resume``, the dataset is left without the images it holds under the same settings."""
+    ``resume``, the dataset is left without the images whose results it holds under the same
+    settings and takes (see :func:`skip_scored_images`)."""
     if _journaled_metric(cfg) is None:
         if resume:
             raise ConfigError(f'{cfg.filename}: --resume needs test_evaluator to be one '
                               'IoUMetric (or PerClassIoUMetric), whose images are journaled')
         return None
     header = journal_header(journal_settings(cfg))
-    earlier = load_journal(cfg.work_dir, header) if resume else None
-    if earlier is not None:
-        skip_scored_images(cfg, earlier)
+    earlier = skip_scored_images(cfg, load_journal(cfg.work_dir, header)) if resume else None
     return Journal(cfg.work_dir, header, earlier)
 
 
@@ -298,9 +338,11 @@ def attach_journal(runner: Runner, journal: Optional[Journal]) -> None:
     metric.journal = journal
 
 
-def skip_scored_images(cfg: Config, scored: dict) -> None:
-    """Restrict the dataset (its ``indices``) to the images not in ``scored``; at least its
-    last image is scored again, since mmengine's test loop needs one."""
+def skip_scored_images(cfg: Config, journaled: dict) -> dict:
+    """Restrict the dataset (its ``indices``) to the images whose results the journal entries
+    ``journaled`` do not give (see :class:`~fsa_seg.evaluation.journal.Resumption`), and return
+    the entries taken. At least its last image is scored again, since mmengine's test loop needs
+    one."""
     from mmengine.dataset import BaseDataset
     dataset_cfg = cfg.test_dataloader.dataset
     dataset = build_lazily({k: v for k, v in dataset_cfg.items() if k != 'indices'},
@@ -309,26 +351,16 @@ def skip_scored_images(cfg: Config, scored: dict) -> None:
         raise ConfigError(f'{cfg.filename}: --resume needs a dataset that lists its images '
                           f'(an mmengine BaseDataset), not {type(dataset).__name__}')
     dataset.full_init()
-    positions = _subset(dataset_cfg.get('indices'), len(dataset))
-    remaining = [i for i in positions if dataset.get_data_info(i).get('img_path') not in scored]
-    done = len(positions) - len(remaining)
+    positions = selected_positions(dataset_cfg.get('indices'), len(dataset))
+    # the whole dataset's images, not this process's shard: rank 0 merges every shard's results
+    # with the entries taken
+    plan = Resumption(journaled, [dataset.get_data_info(i).get('img_path') for i in positions])
     if _first_process():
-        # all scored: the last image again, as mmengine's test loop needs one to run
-        rest = (f'scoring the other {len(remaining)}' if remaining else
-                'scoring the last one again to run the evaluation')
-        print_log(f'resuming: {done} of the {len(positions)} images are scored in '
-                  f'{osp.abspath(cfg.work_dir)}; {rest}', logger='current')
-    dataset_cfg.indices = remaining or positions[-1:]
-
-
-def _subset(indices, length: int) -> List[int]:
-    """The dataset positions that mmengine's ``indices`` (None, a count or a list) selects."""
-    positions = list(range(length))
-    if indices is None:
-        return positions
-    if isinstance(indices, int):
-        return positions[:indices] if indices >= 0 else positions[indices:]
-    return [positions[i] for i in indices]
+        for message in plan.messages(cfg.work_dir):
+            print_log(message, logger='current')
+    # all scored: the last image again, as mmengine's test loop needs one to run
+    dataset_cfg.indices = [positions[i] for i in plan.to_score] or positions[-1:]
+    return plan.earlier
 
 
 def _first_process() -> bool:

@@ -8,6 +8,9 @@ settings sharing a work dir never touch it: a header line with the settings and 
 fingerprint, then one JSON line per image (its path, the four per-class areas of mmseg's metric,
 the annotation's problem and the undefined pixels). A line cut short by the interruption is
 ignored. A new (not resumed) run of the same settings starts their files afresh.
+
+A resumed run takes from the journal only what :class:`Resumption` keeps: the images of its
+dataset now, whose annotation was good.
 """
 import glob
 import hashlib
@@ -16,7 +19,7 @@ import logging
 import os
 import os.path as osp
 import re
-from typing import Dict, Iterable, List, Optional
+from typing import Dict, Iterable, List, Optional, Sequence
 
 import torch
 from mmengine.dist import get_rank, get_world_size
@@ -76,6 +79,53 @@ def load_journal(folder: str, header: dict) -> Dict[str, dict]:
     return entries
 
 
+class Resumption:
+    """What a resumed run takes from a journal's entries (:func:`load_journal`) and what it
+    scores, of ``images``: the dataset's images now, after its split and ``indices``, of every
+    process (rank 0 adds the entries taken to the results of all processes, each of which
+    scored its own shard).
+
+    Only entries of these images are taken: the journal also keeps those of earlier runs on
+    another split or subset, which must not count now. Nor entries of a bad annotation: under
+    ``--allow-bad-annotations`` it was left out or had pixels ignored, which this run's policy
+    may forbid (then it stops, as a new run would), and it may have been fixed since; it is
+    scored again, first, so that under the 'error' policy a still bad one stops the run at its
+    start.
+
+    Attributes:
+        earlier: the entries taken, image → line, in the order of ``images``.
+        to_score: the positions in ``images`` to score, those of bad annotations first.
+    """
+
+    def __init__(self, entries: Dict[str, dict], images: Sequence[str]):
+        self.total = len(images)
+        journaled = {image: entries[image] for image in images if image in entries}
+        self.earlier = {image: line for image, line in journaled.items()
+                        if line.get('problem') is None}
+        self.again = [i for i, image in enumerate(images)
+                      if image in journaled and image not in self.earlier]
+        self.new = [i for i, image in enumerate(images) if image not in journaled]
+        self.elsewhere = len(set(entries) - set(images))
+
+    @property
+    def to_score(self) -> List[int]:
+        return self.again + self.new
+
+    def messages(self, folder: str) -> List[str]:
+        """The log lines of the resumed run: the images taken, scored again and left out."""
+        rest = (f'scoring the other {len(self.to_score)}' if self.to_score else
+                'scoring the last one again to run the evaluation')
+        lines = [f'resuming: {len(self.earlier)} of the {self.total} images are scored in '
+                 f'{osp.abspath(folder)}; {rest}']
+        if self.again:
+            lines.append(f'resuming: {len(self.again)} of the journaled images had a bad '
+                         "annotation: scored again first, under this run's policy for them")
+        if self.elsewhere:
+            lines.append(f'resuming: {self.elsewhere} journaled images are not in the dataset '
+                         'now (its split or indices changed): left out of the metrics')
+        return lines
+
+
 def _changes_since_newest(folder: str, header: dict) -> str:
     """What differs between ``header``'s settings and those of the newest journal file."""
     newest = max(journal_files(folder), key=osp.getmtime)
@@ -127,9 +177,11 @@ class Journal:
         folder: where the files are (the run's work dir).
         header: :func:`journal_header` of the settings the numbers depend on (see
             ``fsa_seg.apis.testing``); it heads each file.
-        earlier: a resumed run's :func:`load_journal`, read before the run (it appends to the
-            journal); None for a new run (this process's file starts afresh, and rank 0 removes
-            the files of ranks this run does not have).
+        earlier: the entries a resumed run takes as scored (:class:`Resumption` of
+            :func:`load_journal`, read before the run, which appends to the journal); their
+            results are added to those of the images scored now. None for a new run (this
+            process's file starts afresh, and rank 0 removes the files of ranks this run does
+            not have).
     """
 
     def __init__(self, folder: str, header: dict, earlier: Optional[Dict[str, dict]] = None):
@@ -175,7 +227,8 @@ class Journal:
         return self.earlier is not None
 
     def earlier_results(self, scored_now: Iterable[str]) -> List[tuple]:
-        """The results of the images scored before this run, not scored again."""
+        """The results of the images taken from the journal (``earlier``), less those scored
+        again now (a resumed run with nothing left scores its last image again)."""
         scored_now = set(scored_now)
         return [from_line(line) for image, line in (self.earlier or {}).items()
                 if image not in scored_now]

@@ -70,3 +70,15 @@ def test_check_split_size():
     message = check_split_size(12, 1449, 'voc21')
     assert 'voc21' in message and '12' in message and '1449' in message and 'fewer' in message
     assert 'more' in check_split_size(5001, 5000, 'coco_object')
+
+
+def test_check_split_size_of_a_subset_chosen_with_indices():
+    """Only all the official images, each evaluated, match: a subset of them does not, nor does
+    a subset of the official size picked from a wrong split."""
+    assert check_split_size(1449, 1449, 'voc21', evaluated=1449) is None
+    assert check_split_size(1449, 1449, 'voc21', evaluated=1) == (
+        'voc21: test_dataloader.dataset.indices selects 1 of the 1449 images of the official '
+        'evaluation split, so the mIoU is not comparable with published numbers.')
+    assert check_split_size(1450, 1449, 'voc21', evaluated=1449).startswith(
+        'voc21: found 1450 images (test_dataloader.dataset.indices selects 1449 of them), more '
+        'than the 1449 of the official evaluation split')

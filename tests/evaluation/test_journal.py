@@ -4,10 +4,11 @@ import json
 import pytest
 import torch
 
-from fsa_seg.evaluation import JournalError, PerClassIoUMetric
+from fsa_seg.evaluation import AnnotationError, JournalError, PerClassIoUMetric
 from fsa_seg.evaluation import journal as journal_module
 from fsa_seg.evaluation.journal import (
     Journal,
+    Resumption,
     from_line,
     journal_header,
     journal_path,
@@ -26,14 +27,18 @@ def sample(gt, name):
                 seg_map_path=f'/data/{name}.png', img_path=f'/data/{name}.jpg')
 
 
-def resumed(folder, header=HEADER):
-    """A resumed run's journal, as tools/test.py makes it: the earlier lines read first."""
-    return Journal(str(folder), header, load_journal(str(folder), header))
+def resumed(folder, header=HEADER, images=None):
+    """A resumed run's journal, as tools/test.py makes it: the earlier lines read first, those
+    of the dataset's ``images`` taken (default: the journal's, a dataset unchanged)."""
+    entries = load_journal(str(folder), header)
+    earlier = Resumption(entries, list(entries) if images is None else images).earlier
+    return Journal(str(folder), header, earlier)
 
 
-def metric(folder, resume=False, header=HEADER):
-    metric = PerClassIoUMetric()
-    metric.journal = resumed(folder, header) if resume else Journal(str(folder), header)
+def metric(folder, resume=False, header=HEADER, images=None, **kwargs):
+    metric = PerClassIoUMetric(**kwargs)
+    metric.journal = (resumed(folder, header, images) if resume else
+                      Journal(str(folder), header))
     metric.dataset_meta = dict(classes=('sky', 'tree', 'road'))
     return metric
 
@@ -54,16 +59,62 @@ def test_a_resumed_metric_adds_the_images_scored_before_it(tmp_path):
     assert fresh.compute_metrics(fresh.results)['aAcc'] == pytest.approx(500 / 6, abs=0.01)
 
 
-def test_the_problems_of_the_images_scored_before_are_reported_too(tmp_path):
+def test_a_resumed_metric_counts_only_the_images_of_the_dataset_now(tmp_path):
+    """The split (or ``indices``) changed since: journaled images it no longer has are not
+    counted, whatever they scored."""
     first = metric(tmp_path)
-    first.on_bad_annotation = 'warn'
-    first.process({}, [dict(sample([[0, 1, 2], [30, 1, 1]], 'a'), undefined_pixels=2)])
-    second = metric(tmp_path, resume=True)
-    second.process({}, [sample(PRED, 'b')])
-    second.compute_metrics(second.results)
-    assert second.annotation_problems == [dict(file='/data/a.png', problem='values',
-                                               values=[30], pixels=1)]
-    assert second.undefined_predictions == [dict(file='/data/a.jpg', pixels=2)]
+    first.process({}, [sample(PRED, 'a'), sample([[2, 2, 2], [2, 2, 2]], 'gone')])
+    second = metric(tmp_path, resume=True, images=['/data/a.jpg', '/data/b.jpg'])
+    second.process({}, [sample([[0, 1, 2], [0, 2, 1]], 'b')])
+    metrics = second.compute_metrics(second.results)
+    # a and b alone, as in the test above: 11 of 12 pixels right (with 'gone': 13 of 18)
+    assert second.num_images == 2 and second.num_resumed == 1
+    assert metrics['aAcc'] == pytest.approx(1100 / 12, abs=0.01)
+
+
+def test_what_a_resumed_run_takes_from_the_journal_and_what_it_scores():
+    """Of the dataset's images now (a, b, c, d): the good entries taken, the bad annotation
+    (c) scored again before the image never scored (d); the entry of 'gone' is left out."""
+    good, bad = dict(problem=None), dict(problem=dict(file='c.png', problem='values'))
+    entries = {'gone.jpg': good, 'b.jpg': good, 'c.jpg': bad, 'a.jpg': good}
+    plan = Resumption(entries, ['a.jpg', 'b.jpg', 'c.jpg', 'd.jpg'])
+    assert list(plan.earlier) == ['a.jpg', 'b.jpg'] and plan.to_score == [2, 3]
+    assert plan.messages('/work') == [
+        'resuming: 2 of the 4 images are scored in /work; scoring the other 2',
+        "resuming: 1 of the journaled images had a bad annotation: scored again first, under "
+        "this run's policy for them",
+        'resuming: 1 journaled images are not in the dataset now (its split or indices '
+        'changed): left out of the metrics']
+    done = Resumption({'a.jpg': good}, ['a.jpg'])
+    assert done.to_score == [] and done.messages('/work') == [
+        'resuming: 1 of the 1 images are scored in /work; scoring the last one again to run '
+        'the evaluation']
+
+
+def test_a_bad_annotation_scored_before_meets_the_resumed_runs_policy(tmp_path, monkeypatch):
+    """Journaled under 'warn' (pixels ignored), the image is not taken but scored again: under
+    'error' it stops the run as a new run would; under 'warn' it is warned about and listed.
+    The undefined pixels of the images taken are still listed."""
+    from fsa_seg.evaluation import metrics as metrics_module
+    first = metric(tmp_path, on_bad_annotation='warn')
+    bad = sample([[0, 1, 2], [30, 1, 1]], 'a')
+    first.process({}, [bad, dict(sample(PRED, 'b'), undefined_pixels=2)])
+    images = ['/data/a.jpg', '/data/b.jpg']
+    assert list(resumed(tmp_path, images=images).earlier) == ['/data/b.jpg']
+    strict = metric(tmp_path, resume=True, images=images)
+    with pytest.raises(AnnotationError, match=r'^/data/a.png: label values 30 lie outside the 3 '
+                                              r'classes .*--allow-bad-annotations'):
+        strict.process({}, [bad])
+    messages = record_logs(monkeypatch, metrics_module)
+    lenient = metric(tmp_path, resume=True, images=images, on_bad_annotation='warn')
+    lenient.process({}, [bad])
+    metrics = lenient.compute_metrics(lenient.results)
+    assert messages[0].startswith('/data/a.png: label values 30 lie outside the 3 classes')
+    assert lenient.annotation_problems == [dict(file='/data/a.png', problem='values',
+                                                values=[30], pixels=1)]
+    assert lenient.undefined_predictions == [dict(file='/data/b.jpg', pixels=2)]
+    # by hand: a's 5 valid pixels and b's 6 are all right
+    assert lenient.num_images == 2 and metrics['aAcc'] == 100.0
 
 
 def test_areas_read_back_exactly(tmp_path):

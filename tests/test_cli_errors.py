@@ -470,6 +470,9 @@ CASES = [
          ['predict', '{case}/images', '--config', '{ws}/tiny_predict.py', '--clip-weights',
           '{case}/missing.pt', '--out-dir', '{case}/out'],
          r'--clip-weights: weights file not found: .*missing.pt'),
+    Case('predict: an option the model does not take', 'fsa-seg',
+         PREDICT + ['--cfg-options', 'model.nonexistent_key=1'],
+         r"tiny_predict.py: .*unexpected keyword argument 'nonexistent_key'"),
     Case('predict: malformed --cfg-options', 'fsa-seg', PREDICT + ['--cfg-options', '=3'],
          r"expected KEY=VALUE, got '=3'", exit_code=2),
     # -------------------------------------------------------------- vocabularies

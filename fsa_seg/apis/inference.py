@@ -38,6 +38,7 @@ from .configs import (
     ConfigSource,
     Size,
     apply_overrides,
+    explained_config_errors,
     has_random_weights,
     load_config,
     use_cuda_graphs,
@@ -148,7 +149,8 @@ def build_segmentor(cfg: Config, seed: int = 0, check_network: bool = True):
     offline = must_work_offline(needed, check_network)
     if has_random_weights(cfg):
         print_log(RANDOM_WEIGHTS_WARNING, logger='current', level=logging.WARNING)
-    with torch.random.fork_rng(devices=[]), explained_download_failures(cfg, needed, offline):
+    with torch.random.fork_rng(devices=[]), explained_download_failures(cfg, needed, offline), \
+            explained_config_errors(cfg.filename):
         torch.manual_seed(seed)
         model = MODELS.build(cfg.model)
     model.cfg = cfg

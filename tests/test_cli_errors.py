@@ -193,6 +193,19 @@ def earlier_run(case_dir: Path, data: Path) -> None:
     (case_dir / 'out' / 'summary.json').write_text('{"images": ["from an earlier run"]}')
 
 
+def results_json(name: str = 'results.json', metrics=None, model=None):
+    """A ``prepare`` writing a results JSON of fsa-seg test (SCLIP on voc21, mIoU 60) with the
+    metrics or the model config given instead."""
+    record = dict(metrics=dict(mIoU=60.0) if metrics is None else metrics,
+                  settings=dict(model=model or dict(type='SCLIP', vocabulary='voc21')))
+    return lambda case, data: (case / name).write_text(json.dumps(record))
+
+
+def check_good_file_compared_before_the_error(result, case_dir):
+    assert result.stdout.startswith(f'{case_dir / "good.json"}: SCLIP, CLIP ViT-B-16, voc21\n'
+                                    '  ours: mIoU 60.00\n'), result.stdout
+
+
 
 
 def check_bad_values_counted(result, case_dir):
@@ -524,6 +537,21 @@ CASES = [
     Case('compare: a JSON without the settings', 'fsa-seg', ['compare', '{case}/results.json'],
          r'results.json: not a results JSON of fsa-seg test',
          prepare=lambda case, data: (case / 'results.json').write_text('{"mIoU": 3}')),
+    Case('compare: metrics without an mIoU', 'fsa-seg', ['compare', '{case}/results.json'],
+         r'results.json: no mIoU among its metrics \(aAcc\) to compare',
+         prepare=results_json(metrics=dict(aAcc=58)), names_file='results.json'),
+    Case('compare: an mIoU of null', 'fsa-seg', ['compare', '{case}/results.json'],
+         r'results.json: its mIoU is null, not a number to compare',
+         prepare=results_json(metrics=dict(mIoU=None))),
+    Case('compare: metrics a list', 'fsa-seg', ['compare', '{case}/results.json'],
+         r'results.json: metrics is a list, not the metrics by name that fsa-seg test writes',
+         prepare=results_json(metrics=[60.0])),
+    Case('compare: a model config without its type', 'fsa-seg', ['compare', '{case}/results.json'],
+         r'results.json: settings.model is not the model config of fsa-seg test',
+         prepare=results_json(model=dict(vocabulary='voc21'))),
+    Case('compare: a good file is compared before a missing one stops the command', 'fsa-seg',
+         ['compare', '{case}/good.json', '{case}/missing.json'], r'missing.json: no such file',
+         prepare=results_json('good.json'), check=check_good_file_compared_before_the_error),
     Case('test: a checkpoint whose pickle runs code', 'tools/test.py',
          TEST + ['model.clip.random_init=False', 'model.clip.pretrained={case}/evil.pt'] + PARTIAL,
          r'evil.pt: refused to load: its pickle would create io.open .*--trust-checkpoint',

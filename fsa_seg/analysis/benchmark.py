@@ -41,6 +41,7 @@ How it measures, so that the numbers can be trusted on a noisy machine:
   cProfile: the Python functions and torch calls with the most host time of their own, which
   bounds an eager plug-in on a GPU (there its device time is a fraction of its latency).
 """
+import contextlib
 import copy
 import cProfile
 import ctypes
@@ -54,11 +55,12 @@ import pstats
 import re
 import resource
 import statistics
+import tempfile
 import time
 import traceback
 from functools import partial
 from pathlib import Path
-from typing import Dict, Iterable, List, Optional, Sequence
+from typing import Callable, Dict, Iterable, List, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -66,14 +68,21 @@ from mmengine.config import Config
 from mmengine.registry import init_default_scope
 from mmseg.registry import MODELS
 
-from ..apis.configs import read_config, resolve_config, use_random_weights
+from ..apis.configs import (
+    explained_config_errors,
+    plain_message,
+    read_config,
+    resolve_config,
+    use_random_weights,
+)
+from ..apis.inference import device_available
 from ..models.cuda_graphs import CropGraphs, graph_capture_failures
 from ..models.layout import with_aligned_row_count, with_padding
 from ..models.plugins.fsa import FSA
 from ..models.plugins.fsa_reference import official_fsa
 from ..models.segmentors.base import smallest_square
 from ..models.segmentors.proxyclip import proxy_attention
-from ..models.text import load_vocabulary
+from ..models.text import Vocabulary, VocabularyError, load_vocabulary
 from ..models.weights import WeightsError
 
 # ProxyCLIP (CLIP ViT-B/16 + DINO ViT-B/8) with FSA: the ``proxyclip`` benchmark, and where the
@@ -87,6 +96,75 @@ HOST_PROFILE_RUNS = 20  # eager runs a host profile spans (one run's calls are t
 
 class BenchmarkError(ValueError):
     """A benchmark asked of something it cannot measure (a config without a plug-in …)."""
+
+
+def user_error_types() -> tuple:
+    """What a user's input causes, said in one line: :class:`BenchmarkError` and fsa-seg's user
+    errors (a config, weights, a vocabulary …), the same as the fsa-seg command's."""
+    from ..cli.errors import user_errors
+    return (BenchmarkError, *user_errors())
+
+
+Log = Callable[[str], None]
+
+
+def _quiet(message: str) -> None:
+    """The default ``log``: progress goes nowhere."""
+
+
+# ---------------------------------------------------------------------------- checks
+def check_device(device: str) -> torch.device:
+    """``device`` as torch's, if the benchmarks can run on it here: 'cpu', or a CUDA device
+    this machine has. Every command checks its device once, before it measures anything."""
+    try:
+        parsed = torch.device(device)
+    except RuntimeError:  # what torch says of a string that names no device type
+        parsed = None
+    if parsed is None or parsed.type not in ('cpu', 'cuda'):
+        raise BenchmarkError(f"--device {device}: the benchmarks run on 'cpu' or 'cuda[:i]'")
+    if not device_available(parsed):
+        count = torch.cuda.device_count()
+        found = (f'this machine has {count} CUDA device(s), cuda:0 to cuda:{count - 1}' if count
+                 else 'no CUDA device on this machine (use --device cpu)')
+        raise BenchmarkError(f'--device {device}: {found}')
+    return parsed
+
+
+def check_json_path(path: str) -> None:
+    """Refuse, before any measurement, a ``--json`` that cannot be written: a folder, or a
+    path through a file; make its folder and prove it writable."""
+    from ..apis.testing import check_writable
+    target = Path(path).expanduser()
+    if target.is_dir():
+        raise BenchmarkError(f'--json {path}: a folder; give a file name')
+    blocker = next(parent for parent in target.parents if parent.exists())
+    if not blocker.is_dir():
+        raise BenchmarkError(f'--json {path}: {blocker} is a file, not a folder')
+    check_writable(str(target.absolute().parent), 'the folder of --json')
+
+
+RANDOM_WEIGHTS_HINT = ('to measure latency and memory without the weights, pass --random-weights '
+                       '(real-size models, random weights)')
+
+
+@contextlib.contextmanager
+def suggesting_random_weights(random_weights: bool):
+    """A model built with its own weights that cannot have them (no network, no file): the
+    error says that --random-weights measures without them."""
+    try:
+        yield
+    except WeightsError as error:
+        if random_weights:
+            raise
+        raise WeightsError(f'{plain_message(error)}; {RANDOM_WEIGHTS_HINT}') from error
+
+
+def query_vocabulary(q: int) -> Vocabulary:
+    """Q dummy queries, which the segmentor benchmarks stand in for a vocabulary of Q names."""
+    try:
+        return load_vocabulary([f'query {i}' for i in range(q)])
+    except VocabularyError as error:  # too few: the vocabulary's own rule, said of --q
+        raise BenchmarkError(f'--q {q}: {error}') from None
 
 
 def config_plugin(cfg: Config) -> dict:
@@ -265,7 +343,8 @@ class PluginWorkload:
         text = F.normalize(torch.randn(q, embed_dim, generator=generator), dim=-1)
         # zero rows up to a multiple of 8, as the segmentors' logits_fn has (aligned rows)
         self.text = with_aligned_row_count(text).to(self.device, self.dtype)
-        self.fsa = MODELS.build(plugin)
+        with explained_config_errors(f'plugin {plugin}'):
+            self.fsa = MODELS.build(plugin)
         if not isinstance(self.fsa, FSA):
             raise BenchmarkError(f'plugin {plugin} is not FSA')
         self.hyper = dict(lamda=self.fsa.lamda, top_p=self.fsa.top_p,
@@ -355,6 +434,7 @@ class SegmentorWorkload:
         config_plugin(cfg)
         model_cfg = copy.deepcopy(cfg.model.to_dict())
         self.q = int(q or len(load_vocabulary(model_cfg['vocabulary']).queries))
+        vocabulary = query_vocabulary(self.q)  # before the model: a bad --q fails at once
         model_cfg.update(vocabulary=['object', 'stuff'], templates=['{}'], text_cache_dir=False)
         if random_weights:
             use_random_weights(model_cfg)
@@ -362,17 +442,12 @@ class SegmentorWorkload:
             model_cfg['clip'] = dict(model_cfg.get('clip', {}), precision=precision)
         self.device = torch.device(device)
         torch.manual_seed(seed)
-        try:
+        with suggesting_random_weights(random_weights), explained_config_errors(cfg.filename):
             segmentor = MODELS.build(model_cfg)
-        except WeightsError as error:
-            if random_weights:
-                raise
-            raise WeightsError(f'{error}\nTo measure latency and memory without the weights, pass '
-                               '--random-weights (real-size models, random weights).') from error
         self.segmentor = segmentor.to(self.device).eval()
         self.plugin = segmentor.plugin
         generator = torch.Generator().manual_seed(seed + 1)
-        segmentor.vocabulary = load_vocabulary([f'query {i}' for i in range(self.q)])
+        segmentor.vocabulary = vocabulary
         embed_dim = segmentor.clip.visual.proj.shape[1]
         segmentor.set_query_embeddings(
             F.normalize(torch.randn(self.q, embed_dim, generator=generator), dim=-1))
@@ -588,10 +663,16 @@ class WorkerError(RuntimeError):
 
 
 def _child(sender, function, args) -> None:
+    from ..cli.errors import one_line
     try:
         sender.send(('ok', function(*args)))
-    except (WeightsError, BenchmarkError) as error:  # a user's: the parent says it in one line
-        sender.send(('user', (type(error), str(error))))
+    except KeyboardInterrupt:
+        # the parent says it; a terminal's Ctrl-C reaches the parent too, which may have
+        # stopped listening already
+        with contextlib.suppress(OSError):
+            sender.send(('interrupted', None))
+    except user_error_types() as error:  # a user's: the parent says it in one line
+        sender.send(('user', (type(error), one_line(error))))
     except BaseException:  # noqa: B902  (everything goes back to the parent, then it exits)
         sender.send(('error', traceback.format_exc()))
     finally:
@@ -599,20 +680,27 @@ def _child(sender, function, args) -> None:
 
 
 def _in_fresh_process(context, function, *args):
-    """``function(*args)`` in a new process of ``context``; its result or its error."""
+    """``function(*args)`` in a new process of ``context``; its result or its error. A worker
+    still running when this ends early (Ctrl-C) is stopped with it."""
     receiver, sender = context.Pipe(duplex=False)
     process = context.Process(target=_child, args=(sender, function, args), daemon=True)
     process.start()
     sender.close()
+    status = payload = None
     try:
         status, payload = receiver.recv()
-    except EOFError:
-        process.join()
-        hint = ' (killed: out of memory?)' if process.exitcode == -9 else ''
-        raise WorkerError(f'benchmark worker exited with code {process.exitcode}{hint}') from None
+    except EOFError:  # the worker died without a word: said below, from its exit code
+        pass
     finally:
         receiver.close()
-    process.join()
+        if status is None:
+            process.terminate()
+        process.join()
+    if status is None:
+        hint = ' (killed: out of memory?)' if process.exitcode == -9 else ''
+        raise WorkerError(f'benchmark worker exited with code {process.exitcode}{hint}')
+    if status == 'interrupted':
+        raise KeyboardInterrupt
     if status == 'user':
         kind, message = payload
         raise kind(message)
@@ -622,24 +710,32 @@ def _in_fresh_process(context, function, *args):
 
 
 def compare(spec: dict, variants: Sequence[str], repeat: int = 3,
-            start_method: Optional[str] = None, profile_rows: int = 0) -> dict:
+            start_method: Optional[str] = None, profile_rows: int = 0,
+            log: Log = _quiet) -> dict:
     """On CPU, memory of each variant in its own fresh process (resident memory is a process's),
     then latency of all, interleaved, in one more; on CUDA all in one fresh process
     (:func:`cuda_worker`). Workers start with ``start_method``; by default 'forkserver' on CPU
     and 'spawn' on CUDA. 'fork' starts faster and is safe only from a process that has imported
-    torch but run nothing with it, on CPU (the CLI)."""
+    torch but run nothing with it, on CPU (the CLI). ``log(message)`` hears of each worker as
+    it starts."""
     cuda = torch.device(spec['params'].get('device', 'cpu')).type == 'cuda'
     if start_method is None:
         start_method = 'spawn' if cuda else 'forkserver'
     context = multiprocessing.get_context(start_method)
     if start_method == 'forkserver':
         context.set_forkserver_preload([__name__])
+    latency = (f'latency: {", ".join(variants)}, interleaved, {repeat} '
+               f'run{"s" if repeat > 1 else ""} each')
     if cuda:
+        log(f'memory, then {latency}, in one process ...')
         memory, times = _in_fresh_process(context, cuda_worker, spec, tuple(variants), repeat,
                                           profile_rows)
     else:
-        memory = {variant: _in_fresh_process(context, memory_worker, spec, variant)
-                  for variant in variants}
+        memory = {}
+        for index, variant in enumerate(variants):
+            log(f'memory {index + 1}/{len(variants)}: {variant}, alone in a fresh process ...')
+            memory[variant] = _in_fresh_process(context, memory_worker, spec, variant)
+        log(f'{latency} ...')
         times = _in_fresh_process(context, latency_worker, spec, tuple(variants), repeat,
                                   profile_rows)
     results = {}
@@ -842,9 +938,15 @@ def capture_failures(results: Iterable[dict]) -> List[str]:
     return [f'CUDA GRAPH CAPTURE FAILED, so these ran eagerly: {failure}' for failure in failures]
 
 
+def replayed_from_graphs(cfg_options: Optional[dict], device: str) -> bool:
+    """Whether crop batches were replayed from CUDA graphs: asked for (:func:`replays_graphs`)
+    and on CUDA, the one device the segmentor replays on (elsewhere they ran eagerly)."""
+    return replays_graphs(cfg_options) and device.startswith('cuda')
+
+
 def _graphs_note(comparison: dict) -> List[str]:
     params = comparison['spec']['params']
-    if not (replays_graphs(params.get('cfg_options')) and params['device'].startswith('cuda')):
+    if not replayed_from_graphs(params.get('cfg_options'), params['device']):
         return []
     return ['cuda_graphs: each crop batch replayed from a CUDA graph, inside which no hook sees '
             "the plug-in (its time reads 0: FSA's share is the latency ratio); the extra peak "
@@ -897,16 +999,34 @@ def segmentor_line(comparison: dict) -> str:
 
 
 def write_json(path: str, comparison: dict) -> None:
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, 'w', encoding='utf-8') as handle:
-        json.dump(comparison, handle, indent=2, default=str)
+    """``comparison`` as JSON at ``path``, whole or not at all: written beside it under another
+    name, then renamed over it (a reader, or a Ctrl-C, never meets half a file)."""
+    text = json.dumps(comparison, indent=2, default=str)
+    try:
+        _write_whole(path, text)
+    except OSError as error:  # checked before measuring (check_json_path): a full disk …
+        raise BenchmarkError(f'cannot write --json {path}: {error.strerror or error}') from error
+
+
+def _write_whole(path: str, text: str) -> None:
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    descriptor, partial = tempfile.mkstemp(dir=folder, prefix=f'.{os.path.basename(path)}.',
+                                           suffix='.partial')
+    try:
+        with os.fdopen(descriptor, 'w', encoding='utf-8') as handle:
+            handle.write(text)
+        os.replace(partial, path)
+    except BaseException:  # noqa: B902  (a Ctrl-C too: no partial file is left behind)
+        os.remove(partial)
+        raise
 
 
 # ---------------------------------------------------------------------------- entry points
 def run_plugin(n: int, q: int, heads: int = 12, head_dim: int = 64, batch: int = 1,
                dtype: str = 'fp32', device: str = 'cpu', repeat: int = 3,
                threads: Optional[int] = None, start_method: Optional[str] = None,
-               settings: Optional[dict] = None, profile_rows: int = 0) -> dict:
+               settings: Optional[dict] = None, profile_rows: int = 0, log: Log = _quiet) -> dict:
     """Our FSA against the official formulation, FSA and the proxy attention set as
     ``settings`` says (default: :func:`fsa_settings` of the ProxyCLIP config); see
     :func:`compare`."""
@@ -914,19 +1034,22 @@ def run_plugin(n: int, q: int, heads: int = 12, head_dim: int = 64, batch: int =
     spec = dict(kind='plugin', threads=threads,
                 params=dict(n=n, q=q, heads=heads, head_dim=head_dim, batch=batch, dtype=dtype,
                             device=device, **settings))
-    return compare(spec, PluginWorkload.variants_on(device, n), repeat, start_method, profile_rows)
+    return compare(spec, PluginWorkload.variants_on(device, n), repeat, start_method, profile_rows,
+                   log)
 
 
 def run_segmentor(config: str, random_weights: bool = False, crop: int = 336,
                   q: Optional[int] = None, batch: int = 1, precision: Optional[str] = None,
                   device: str = 'cpu', repeat: int = 3, threads: Optional[int] = None,
                   start_method: Optional[str] = None, cfg_options: Optional[dict] = None,
-                  profile_rows: int = 0) -> dict:
+                  profile_rows: int = 0, log: Log = _quiet) -> dict:
     """One crop of a config's segmentor (a name or a path) with and without its plug-in; see
-    :func:`compare`. The config is checked here, before any worker starts."""
+    :func:`compare`. The config and ``q`` are checked here, before any worker starts."""
     config_plugin(read_config(config, cfg_options))
+    if q is not None:
+        query_vocabulary(q)
     spec = dict(kind='segmentor', threads=threads,
                 params=dict(config=str(resolve_config(config)), random_weights=random_weights,
                             crop=crop, q=q, batch=batch, precision=precision, device=device,
                             cfg_options=cfg_options))
-    return compare(spec, SegmentorWorkload.variants, repeat, start_method, profile_rows)
+    return compare(spec, SegmentorWorkload.variants, repeat, start_method, profile_rows, log)

@@ -33,14 +33,17 @@ ours also the ROWS functions with the most host time of their own (cProfile, 20 
 On CUDA ``plugin`` also times ours and, up to N = 2048, the official formulation replayed from
 CUDA graphs.
 ``tools/analysis/benchmark.py`` is the same command in a checkout. CONFIG is a config name
-(``fsa-seg configs`` lists them) or a config file.
+(``fsa-seg configs`` lists them) or a config file. The reports go to stdout, what is being
+measured to stderr. A mistake (a device this machine lacks, a --json that cannot be written, a
+bad config value …) ends in one line before anything is measured; Ctrl-C in one line with
+status 130, ``plugin``'s --json then holding the runs finished (it is written after each).
 """
 import argparse
 import sys
 
-from ..apis.configs import ConfigError, ConfigNotFoundError
+from ..apis.inference import default_device
 from ..cli.arguments import add_cfg_options, positive_int
-from ..models.weights import WeightsError
+from ..cli.errors import INTERRUPTED, one_line
 from . import benchmark, e2e_benchmark, kernel_benchmark, text_benchmark
 
 COUNT = positive_int('integer')  # sizes, counts and repeats: a bad one is a one-line usage error
@@ -56,7 +59,7 @@ def parse_args(argv=None, prog=None):
                              help='timed runs per variant (noisy machines need several)')
         command.add_argument('--device', default=device, help="'cpu' or 'cuda[:i]'")
         command.add_argument('--threads', type=COUNT,
-                             help="torch CPU threads in the workers (default: torch's)")
+                             help="torch CPU threads of the measurements (default: torch's)")
         command.add_argument('--json', help='also write the measurements to this JSON file')
 
     def profile(command):
@@ -152,35 +155,48 @@ def main(argv=None, prog=None):
     args = parse_args(argv, prog)
     try:
         return run(args)
-    except (benchmark.BenchmarkError, benchmark.WorkerError, WeightsError, ConfigError,
-            ConfigNotFoundError) as error:
+    except KeyboardInterrupt as interrupt:  # its args: what --json holds, where a run said it
+        print('; '.join(['interrupted', *map(str, interrupt.args)]), file=sys.stderr)
+        sys.exit(INTERRUPTED)
+    except benchmark.WorkerError as error:  # not the user's: the worker's traceback says where
         sys.exit(f'error: {error}')
+    except benchmark.user_error_types() as error:
+        sys.exit(f'error: {one_line(error)}')
+
+
+def progress(message: str) -> None:
+    """What is being measured, on stderr: stdout holds the reports alone."""
+    print(message, file=sys.stderr, flush=True)
 
 
 def run(args):
-    # This process has imported torch but run nothing with it: on CPU, forked workers are safe
-    # and start at once. CUDA workers are spawned (the library's default).
-    start_method = 'fork' if sys.platform.startswith('linux') and args.device == 'cpu' else None
+    args.device = args.device or default_device()  # (e2e's default: the GPU, if there is one)
+    benchmark.check_device(args.device)  # before anything is built or measured
+    if args.json:
+        benchmark.check_json_path(args.json)
+    start_method = worker_start_method(args.device)
     if args.command == 'plugin':
         return run_plugin_grid(args, start_method)
     if args.command == 'e2e':
         comparison = run_e2e(args)
         report = e2e_benchmark.e2e_report(comparison)
     elif args.command == 'config':
-        comparison = benchmark.run_segmentor(args.config, args.random_weights, args.crop, args.q,
-                                             args.batch, args.precision, args.device,
-                                             args.repeat, args.threads, start_method,
-                                             args.cfg_options, args.profile)
+        comparison = benchmark.run_segmentor(
+            args.config, random_weights=args.random_weights, crop=args.crop, q=args.q,
+            batch=args.batch, precision=args.precision, device=args.device, repeat=args.repeat,
+            threads=args.threads, start_method=start_method, cfg_options=args.cfg_options,
+            profile_rows=args.profile, log=progress)
         report = benchmark.segmentor_report(comparison, 'Segmentor with and without its '
                                                         'plug-in, per crop')
     elif args.command == 'kernel':
         comparison = kernel_benchmark.run_kernel_benchmark(
-            args.n, args.q, args.launch, args.device, args.out_dtype, args.repeat)
+            args.n, args.q, args.launch, args.device, args.out_dtype, args.repeat,
+            threads=args.threads, log=progress)
         report = kernel_benchmark.kernel_report(comparison)
     elif args.command == 'text':
         comparison = text_benchmark.run_text(args.vocab, args.templates, args.model,
                                              args.precision, args.device, args.repeat,
-                                             args.threads)
+                                             args.threads, log=progress)
         report = text_benchmark.text_report(comparison)
     else:
         comparison = benchmark.run_segmentor(benchmark.PROXYCLIP_CONFIG, random_weights=True,
@@ -189,7 +205,7 @@ def run(args):
                                              repeat=args.repeat, threads=args.threads,
                                              start_method=start_method,
                                              cfg_options=args.cfg_options,
-                                             profile_rows=args.profile)
+                                             profile_rows=args.profile, log=progress)
         report = benchmark.segmentor_report(
             comparison, 'ProxyCLIP (CLIP ViT-B/16, DINO ViT-B/8) with and without FSA, one crop')
     print(report)
@@ -198,30 +214,46 @@ def run(args):
     return comparison
 
 
+def worker_start_method(device: str):
+    """This process has imported torch but run nothing with it: on CPU, forked workers are safe
+    and start at once. CUDA workers are spawned (the library's default)."""
+    return 'fork' if sys.platform.startswith('linux') and device == 'cpu' else None
+
+
 def run_e2e(args) -> dict:
-    import torch
-    device = args.device or ('cuda' if torch.cuda.is_available() else 'cpu')
-    precisions = args.precision or (['fp32', 'fp16'] if device.startswith('cuda') else ['fp32'])
+    precisions = args.precision or (['fp32', 'fp16'] if args.device.startswith('cuda')
+                                    else ['fp32'])
     return e2e_benchmark.run_e2e(
-        args.config, args.images, args.size, precisions, device, args.random_weights,
-        args.repeat, args.stage_repeat, args.threads, args.cfg_options,
-        log=lambda message: print(message, file=sys.stderr, flush=True))
+        args.config, args.images, args.size, precisions, args.device, args.random_weights,
+        args.repeat, args.stage_repeat, args.threads, args.cfg_options, log=progress)
 
 
 def run_plugin_grid(args, start_method):
-    """``plugin`` for every N and dtype given, each reported as it ends, then one table."""
+    """``plugin`` for every N and dtype given, each reported as it ends (and --json written
+    again), then one table."""
     settings = benchmark.fsa_settings(args.config)
+    grid = [(n, dtype) for n in args.n for dtype in args.dtype]
     comparisons = []
-    for n in args.n:
-        for dtype in args.dtype:
-            comparison = benchmark.run_plugin(n, args.q, args.heads, args.head_dim, args.batch,
-                                              dtype, args.device, args.repeat, args.threads,
-                                              start_method, settings, args.profile)
-            print(benchmark.plugin_report(comparison), flush=True)
-            comparisons.append(comparison)
+    try:
+        for index, (n, dtype) in enumerate(grid):
+            progress(f'run {index + 1}/{len(grid)}: N={n}, {dtype}')
+            comparisons.append(benchmark.run_plugin(
+                n, args.q, args.heads, args.head_dim, args.batch, dtype, args.device,
+                args.repeat, args.threads, start_method, settings, args.profile, log=progress))
+            print(benchmark.plugin_report(comparisons[-1]), flush=True)
+            if args.json:  # after each run: a Ctrl-C or a failure later keeps what was measured
+                benchmark.write_json(args.json, plugin_grid_json(comparisons, len(grid)))
+    except KeyboardInterrupt:
+        if args.json and comparisons:
+            raise KeyboardInterrupt(f'{args.json} holds the {len(comparisons)} of {len(grid)} '
+                                    'runs finished') from None
+        raise
     if len(comparisons) > 1:
         print('\n' + benchmark.plugin_grid_report(comparisons))
-    if args.json:
-        benchmark.write_json(args.json, comparisons[0] if len(comparisons) == 1
-                             else dict(runs=comparisons))
     return comparisons[0] if len(comparisons) == 1 else comparisons
+
+
+def plugin_grid_json(comparisons: list, runs: int) -> dict:
+    """What ``plugin --json`` writes: one run's comparison, or a grid's ``runs`` so far (the
+    same shape, finished or not, for a grid)."""
+    return comparisons[0] if runs == 1 else dict(runs=comparisons)

@@ -41,7 +41,7 @@ from mmengine.hooks import Hook
 from mmengine.runner import Runner
 from PIL import Image
 
-from ..apis.configs import apply_overrides, read_config
+from ..apis.configs import apply_overrides, explained_config_errors, read_config
 from ..apis.testing import attach_journal, load_test_config, prepare_journal
 from ..models.cuda_graphs import graph_capture_failures
 from ..models.text import load_vocabulary
@@ -51,8 +51,11 @@ from .benchmark import (
     PROXYCLIP_CONFIG,
     BenchmarkError,
     capture_failures,
+    check_device,
     environment,
+    replayed_from_graphs,
     replays_graphs,
+    suggesting_random_weights,
     synchronize,
 )
 
@@ -250,15 +253,10 @@ def _collector(store: list) -> Callable[[list], None]:
 # ---------------------------------------------------------------------------- runners
 def _use_device(device: str) -> torch.device:
     """mmengine's Runner runs on the GPU when there is one: check that this is ``device``."""
-    device = torch.device(device)
+    device = check_device(device)
     if device.type == 'cuda':
-        if not torch.cuda.is_available():
-            raise BenchmarkError(f'--device {device}: no CUDA device on this machine')
         torch.cuda.set_device(device.index or 0)
         return torch.device('cuda', torch.cuda.current_device())
-    if device.type != 'cpu':
-        raise BenchmarkError(f"--device {device}: the end-to-end benchmark runs on 'cpu' or "
-                             "'cuda[:i]'")
     if torch.cuda.is_available():
         raise BenchmarkError("--device cpu: mmengine's Runner runs on the GPU when there is one; "
                              'hide it for a CPU measurement (CUDA_VISIBLE_DEVICES=-1)')
@@ -287,7 +285,8 @@ def build_runner(config: str, precision: str, dataset: dict, work_dir: Path, nam
     cfg.log_level = 'WARNING'
     cfg.experiment_name = name
     journal = prepare_journal(cfg, resume=False)  # as tools/test.py: every image journaled
-    runner = Runner.from_cfg(cfg)
+    with suggesting_random_weights(random_weights), explained_config_errors(cfg.filename):
+        runner = Runner.from_cfg(cfg)  # builds the model
     attach_journal(runner, journal)
     runner.model.set_vocabulary(vocabulary, templates)
     return runner
@@ -515,7 +514,7 @@ def e2e_report(result: dict) -> str:
         '', *e2e_table(result), '', *e2e_ratios(result),
         'last block: the rest of crop_logits (last attention, values, head, logits, upsampling); '
         'other: preprocessing, windows cut and assembled, per-image context']
-    if replays_graphs(result.get('cfg_options')):
+    if replayed_from_graphs(result.get('cfg_options'), env['device']):
         lines.append('cuda_graphs: crop batches replayed from CUDA graphs, whose insides no probe '
                      "sees: 'last block' is then the whole crop (VFM, trunk and plug-in read 0)")
     return '\n'.join(lines + capture_failures(result['results'].values()))

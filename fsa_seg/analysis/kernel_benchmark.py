@@ -18,6 +18,7 @@ similarities, Q queries), λ and top-p from the ProxyCLIP config, A_new written 
 this code, not a measurement.
 """
 import argparse
+import importlib.util
 import json
 import statistics
 import time
@@ -27,17 +28,23 @@ import torch
 
 from ..models.layout import aligned_row_length, padded_rows, zero_padded
 from ..models.plugins.base import merge_heads, split_heads
-from ..models.plugins.fsa import FSA
+from ..models.plugins.fsa import FSA, kl_terms_in_halves
 from ..models.plugins.fsa_kernel import (
+    MAX_FUSED_TOKENS,
     PruningLaunch,
+    _kernel,
     fused_kl_terms,
     fused_operand_and_tokens,
     fused_prune_and_sharpen,
+    fused_pruning_available,
     kl_dot_products,
     run_kernel,
 )
 from .benchmark import (
     DTYPES,
+    BenchmarkError,
+    Log,
+    _quiet,
     environment,
     fsa_from_config,
     fsa_settings,
@@ -186,18 +193,45 @@ def _median_seconds(function, repeat: int, device: torch.device) -> float:
                              for start, end in events)
 
 
+def check_kernel_device(device: torch.device, n_values: Sequence[int]) -> None:
+    """Refuse, before any measurement, what the fused kernel cannot run here: rows longer than
+    it takes, a GPU Triton does not compile it for, the CPU outside Triton's interpreter."""
+    if importlib.util.find_spec('triton') is None:
+        raise BenchmarkError('the kernel benchmark needs Triton, which is not installed')
+    if max(n_values) > MAX_FUSED_TOKENS:
+        raise BenchmarkError(f'--n {max(n_values)}: the fused kernel takes rows of at most '
+                             f'{MAX_FUSED_TOKENS} tokens')
+    if device.type == 'cuda' and not fused_pruning_available(device, max(n_values)):
+        raise BenchmarkError(f"--device {device}: FSA's fused kernel does not run on this GPU "
+                             '(Triton compiles it for compute capability 8.0 or more)')
+    if device.type == 'cpu':
+        from ..models.plugins._fsa_triton import prune_and_sharpen_rows
+        try:
+            _kernel(prune_and_sharpen_rows, device)
+        except RuntimeError as error:  # the kernel module's word: not in the interpreter
+            raise BenchmarkError(f'--device cpu: {error}') from None
+
+
 def run_kernel_benchmark(n_values: Sequence[int] = (1764, 4096), q: int = 171,
                          launches: Sequence[PruningLaunch] = LAUNCHES, device: str = 'cuda',
                          out_dtype: str = 'fp16', repeat: int = 20,
-                         settings: Optional[dict] = None) -> dict:
+                         settings: Optional[dict] = None, threads: Optional[int] = None,
+                         log: Log = _quiet) -> dict:
     """FSA's launch and each of ``launches`` on the rows of each N: median seconds per call, and
     the largest difference of their rows from FSA's launch and how many rows differ; and the KL
-    product of those rows two ways (:func:`kl_products`)."""
+    product of those rows two ways (:func:`kl_products`). ``threads``: torch's CPU threads (the
+    host's work on a GPU; on CPU the interpreter's tensors). ``log(message)`` hears of each N as
+    it starts."""
     device = torch.device(device)
+    check_kernel_device(device, n_values)
+    if threads:
+        torch.set_num_threads(threads)
     fsa = fsa_from_config((settings or fsa_settings())['plugin'])
     dtype = DTYPES[out_dtype]
     runs = []
-    for n in n_values:
+    for index, n in enumerate(n_values):
+        log(f"N={n} ({index + 1}/{len(n_values)}): FSA's launch and {len(launches)} others, "
+            'the KL products, the operand, the KL terms ...')
         branches = branch_similarities(n, q).to(device)
         rows, self_terms = kernel_rows(branches, fsa)
 
@@ -221,7 +255,7 @@ def run_kernel_benchmark(n_values: Sequence[int] = (1764, 4096), q: int = 171,
         runs.append(dict(n=n, fsa_launch_s=fsa_s, launches=results,
                          kl_products=kl_products(branches, fsa, repeat),
                          operand=operand_copies(n, device, dtype, repeat),
-                         kl_terms=kl_terms_launches(branches, fsa, dtype != torch.float32,
+                         kl_terms=kl_terms_launches(branches, fsa, kl_terms_in_halves(dtype),
                                                     repeat)))
     return dict(q=q, out_dtype=out_dtype, repeat=repeat, lamda=fsa.lamda, top_p=fsa.top_p,
                 env=environment(device), runs=runs)
@@ -237,7 +271,8 @@ def kernel_report(result: dict) -> str:
                  f"device time a call: median of {result['repeat']} replays of {GRAPH_CALLS} "
                  'calls from a CUDA graph' if env['device'].startswith('cuda') else
                  f"median of {result['repeat']} calls") + ' after a warm-up',
-             f"device: {env['device']} ({env.get('device_name', 'cpu')}), torch {env['torch']}"]
+             f"device: {env['device']} ({env.get('device_name', 'cpu')}), torch {env['torch']}, "
+             f"{env['threads']} threads"]
     for run in result['runs']:
         lines += ['', f"N={run['n']}: FSA's launch {run['fsa_launch_s'] * 1e3:.4f} ms",
                   f"{'rows/program':>13}{'warps':>7}{'parts':>7}{'snap':>6}{'ms':>10}"

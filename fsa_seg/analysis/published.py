@@ -9,6 +9,7 @@ segmentor's registered type), ``variant`` (e.g. ``with PAMR``), ``backbone`` (op
 ``benchmark``, ``miou``, ``note``, ``source`` (address), ``source_detail``, ``kind``.
 """
 import csv
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
@@ -107,20 +108,51 @@ def matches(setting: Setting, table: Sequence[Published]) -> List[Published]:
 
 
 def read_results(path: str) -> dict:
+    """A results JSON of ``fsa-seg test --out``, with what :func:`compare` reads of it: a
+    number as ``metrics.mIoU`` and the model config (its type at least) as ``settings.model``."""
     file = Path(path)
     if not file.is_file():
         raise ResultsFileError(f'{path}: no such file (write one with fsa-seg test CONFIG '
                                '--out results.json)')
-    import json
     try:
         results = json.loads(file.read_text(encoding='utf-8'))
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
         raise ResultsFileError(f'{path}: not a results JSON ({error})') from error
-    if not isinstance(results, dict) or 'metrics' not in results or 'model' not in (
-            results.get('settings') or {}):
+    if not isinstance(results, dict) or 'metrics' not in results \
+            or not isinstance(results.get('settings'), dict) or 'model' not in results['settings']:
         raise ResultsFileError(f'{path}: not a results JSON of fsa-seg test (no metrics and '
                                'settings; files of older versions lack the settings)')
+    _check_miou(path, results['metrics'])
+    _check_model(path, results['settings']['model'])
     return results
+
+
+def _check_miou(path: str, metrics) -> None:
+    if not isinstance(metrics, dict):
+        raise ResultsFileError(f'{path}: metrics is a {type(metrics).__name__}, not the metrics '
+                               'by name that fsa-seg test writes')
+    if 'mIoU' not in metrics:
+        raise ResultsFileError(f'{path}: no mIoU among its metrics '
+                               f'({", ".join(map(str, metrics)) or "none"}) to compare')
+    miou = metrics['mIoU']
+    if isinstance(miou, bool) or not isinstance(miou, (int, float)):
+        raise ResultsFileError(f'{path}: its mIoU is {json.dumps(miou)}, not a number to compare')
+
+
+def _check_model(path: str, model) -> None:
+    """What :func:`setting_of` reads: the model's type, CLIP's and the VFM's configs (dicts,
+    where given), the plug-in's type (where it has one)."""
+    usable = _typed(model) and all(isinstance(model.get(key) or {}, dict)
+                                   for key in ('clip', 'vfm')) \
+        and (not model.get('plugin') or _typed(model['plugin']))
+    if not usable:
+        raise ResultsFileError(f'{path}: settings.model is not the model config of fsa-seg test '
+                               '(the types of the model and its plug-in name what the published '
+                               'numbers are looked up by)')
+
+
+def _typed(node) -> bool:
+    return isinstance(node, dict) and isinstance(node.get('type'), str)
 
 
 def compare(path: str, table: Optional[Sequence[Published]] = None) -> str:
@@ -138,7 +170,7 @@ def compare(path: str, table: Optional[Sequence[Published]] = None) -> str:
     lines.append(f'  published ({len(rows)}):')
     width = max(len(row.label) for row in rows)
     for row in sorted(rows, key=lambda r: (not r.kind.startswith('own'), r.source)):
-        delta = f'{ours - row.miou:+6.2f}' if ours is not None else ''
+        delta = f'{ours - row.miou:+6.2f}'
         plugin = '' if row.plugin == 'none' else f' + {row.plugin}'
         note = f' [{row.note}]' if row.note else ''
         lines.append(f'    {row.label + plugin:<{width}}  {row.miou:6.2f}  ours {delta}  '

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from ..models.backbones import OpenCLIP
 from ..models.backbones.clip import is_causal_clip_text, pooled_token_index
 from ..models.text import embed_queries, load_vocabulary, resolve_templates
-from .benchmark import environment, synchronize
+from .benchmark import BenchmarkError, environment, synchronize
 
 VARIANTS = ('full context', 'cut per batch')
 BATCH_SIZE = 256
@@ -59,19 +59,33 @@ def _timed(function, device: torch.device):
     return time.perf_counter() - start, result
 
 
+def _templates(name: str) -> Sequence[str]:
+    try:
+        return resolve_templates(name)
+    except ValueError as error:  # not a template set's name: said of the argument
+        raise BenchmarkError(f'--templates {name}: {error}') from None
+
+
+def _random_clip(model_name: str, precision: str) -> OpenCLIP:
+    torch.manual_seed(0)
+    try:
+        return OpenCLIP(model_name, random_init=True, precision=precision)
+    except ValueError as error:  # not an open_clip model's name: said of the argument
+        raise BenchmarkError(f'--model {model_name}: {error}') from None
+
+
 def run_text(vocabulary: str = 'voc21', templates: str = 'openai_imagenet',
              model_name: str = 'ViT-B-16', precision: str = 'fp32', device: str = 'cpu',
              repeat: int = 1, threads: Optional[int] = None, log=None) -> dict:
     """Time the text embeddings of ``vocabulary`` both ways on a random ``model_name``;
     ``log(message)`` reports each run as it starts and ends (default: to stderr)."""
     log = log or (lambda message: print(message, file=sys.stderr, flush=True))
+    queries = load_vocabulary(vocabulary).queries  # the arguments first: the model takes a while
+    templates = _templates(templates)
     if threads:
         torch.set_num_threads(threads)
     device = torch.device(device)
-    torch.manual_seed(0)
-    clip = OpenCLIP(model_name, random_init=True, precision=precision).to(device)
-    queries = load_vocabulary(vocabulary).queries
-    templates = resolve_templates(templates)
+    clip = _random_clip(model_name, precision).to(device)
     runs = {
         VARIANTS[0]: lambda q, t: full_context_embeddings(clip, q, t),
         VARIANTS[1]: lambda q, t: embed_queries(clip, q, t, progress=False),

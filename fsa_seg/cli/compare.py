@@ -16,6 +16,9 @@ def add_parsers(commands) -> None:
 
 
 def run_compare(args: argparse.Namespace, prog: str) -> int:
+    """Each file's comparison printed as soon as it is made: a bad file later in the list
+    stops the command after the comparisons before it."""
     from ..analysis.published import compare
-    print('\n\n'.join(compare(path) for path in args.results))
+    for index, path in enumerate(args.results):
+        print(('\n' if index else '') + compare(path), flush=True)
     return 0

@@ -356,3 +356,22 @@ def test_cpu_measures_memory_in_a_process_per_variant_cuda_in_one(monkeypatch, d
     result = benchmark.compare(dict(kind='plugin', params=dict(device=device)), ('a', 'b'),
                                start_method='spawn')
     assert made == calls and result['results']['a']['median_s'] == 1.0
+
+
+@pytest.mark.parametrize('device, said', [
+    ('cuda', ['memory, then latency: a, b, interleaved, 3 runs each, in one process ...']),
+    ('cpu', ['memory 1/2: a, alone in a fresh process ...',
+             'memory 2/2: b, alone in a fresh process ...',
+             'latency: a, b, interleaved, 3 runs each ...'])])
+def test_compare_says_what_each_worker_measures_as_it_starts(monkeypatch, device, said):
+    def fake_process(context, function, spec, *args):
+        latencies = {v: dict(latencies_s=[1.0], plugin_s=[]) for v in ('a', 'b')}
+        if function is benchmark.cuda_worker:
+            return {v: {} for v in 'ab'}, latencies
+        return latencies if function is benchmark.latency_worker else {}
+
+    monkeypatch.setattr(benchmark, '_in_fresh_process', fake_process)
+    log = []
+    benchmark.compare(dict(kind='plugin', params=dict(device=device)), ('a', 'b'), repeat=3,
+                      start_method='spawn', log=log.append)
+    assert log == said

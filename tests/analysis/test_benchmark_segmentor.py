@@ -154,6 +154,7 @@ def test_the_proxyclip_command_passes_batch_and_config_options(monkeypatch, caps
         return comparison((0.004, 0.0042), 0.0, (100, 110), 890, 'cuda', GRAPHS)
 
     monkeypatch.setattr(benchmark, 'run_segmentor', run_segmentor)
+    monkeypatch.setattr(benchmark, 'device_available', lambda device: True)  # a GPU, said
     cli.main(['proxyclip', '--device', 'cuda', '--precision', 'fp16', '--batch', '2',
               '--cfg-options', 'model.cuda_graphs=True'])
     assert calls[0]['batch'] == 2 and calls[0]['cfg_options'] == GRAPHS
@@ -238,7 +239,8 @@ def test_a_crop_smaller_than_the_segmentor_takes_is_a_one_line_error(tmp_path, m
     with pytest.raises(benchmark.BenchmarkError) as relayed:
         benchmark._in_fresh_process(context, _refuse, 'no such crop')
     assert str(relayed.value) == 'no such crop'
-    monkeypatch.setattr(benchmark, 'run_segmentor', lambda *args: _refuse('no such crop'))
+    monkeypatch.setattr(benchmark, 'run_segmentor',
+                        lambda *args, **kwargs: _refuse('no such crop'))
     with pytest.raises(SystemExit) as exit_:
         cli.main(['config', 'x'])
     assert exit_.value.code == 'error: no such crop'

@@ -91,7 +91,7 @@ def test_agreement_counts_equal_labels_and_the_largest_probability_difference():
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason='checks the messages of a CPU machine')
 @pytest.mark.parametrize('device, message', [('cuda', 'no CUDA device'),
-                                             ('meta', "runs on 'cpu' or 'cuda")])
+                                             ('meta', "benchmarks run on 'cpu' or 'cuda")])
 def test_devices_the_runner_cannot_use_are_one_line_errors(device, message):
     with pytest.raises(BenchmarkError, match=message):
         e2e_benchmark.run_e2e(device=device)
@@ -147,6 +147,17 @@ def test_a_failed_graph_capture_is_named_in_the_report():
     lines = e2e_benchmark.e2e_report(result).splitlines()
     assert [line for line in lines if 'CAPTURE FAILED' in line] == [
         f'CUDA GRAPH CAPTURE FAILED, so these ran eagerly: {failure}']
+
+
+@pytest.mark.parametrize('device, noted', [('cuda:0', True), ('cpu', False)])
+def test_the_report_claims_graph_replays_on_cuda_only(device, noted):
+    """model.cuda_graphs=True on the CPU runs every crop eagerly: no word of replays there."""
+    result = fake_result()
+    result['cfg_options'] = {'model.cuda_graphs': True}
+    result['env']['device'] = device
+    lines = e2e_benchmark.e2e_report(result).splitlines()
+    assert ('cuda_graphs: crop batches replayed from CUDA graphs, whose insides no probe sees: '
+            "'last block' is then the whole crop (VFM, trunk and plug-in read 0)" in lines) == noted
 
 
 # ---------------------------------------------------------------------------- a whole run

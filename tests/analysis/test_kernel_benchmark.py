@@ -137,3 +137,23 @@ def test_the_fastest_launch_becomes_the_cfg_options_of_fsas_launch(tmp_path):
         'model.plugin.pruning_launch.rows=1 model.plugin.pruning_launch.warps=16 '
         'model.plugin.pruning_launch.parts=8 model.plugin.pruning_launch.snap=13')
     assert kernel_benchmark.fastest_launch_options(str(path), 4096) == ''
+
+
+@pytest.fixture
+def threads_restored():
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
+
+
+@interpreted
+def test_fp64_output_times_the_kl_terms_in_fp32_on_the_threads_asked(threads_restored):
+    result = kernel_benchmark.run_kernel_benchmark(n_values=(16,), q=5, launches=(),
+                                                   device='cpu', out_dtype='fp64', repeat=1,
+                                                   threads=1)
+    assert result['runs'][0]['kl_terms']['split'] is False
+    assert result['env']['threads'] == torch.get_num_threads() == 1
+    lines = kernel_benchmark.kernel_report(result).splitlines()
+    assert lines[2].endswith(', 1 threads')
+    assert [line[:31] for line in lines if line.startswith('KL terms')] == [
+        'KL terms (fp32, a batch of 2): ']

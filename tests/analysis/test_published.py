@@ -77,3 +77,33 @@ def test_compare_refuses_what_is_not_a_results_file(tmp_path):
     (tmp_path / 'old.json').write_text('{"metrics": {"mIoU": 1}}')
     with pytest.raises(ResultsFileError, match='old.json: .* lack the settings'):
         compare(str(tmp_path / 'old.json'))
+
+
+@pytest.mark.parametrize('record, message', [
+    (dict(metrics=dict(aAcc=58.0), settings=dict(model=dict(type='SCLIP'))),
+     r'r.json: no mIoU among its metrics \(aAcc\) to compare'),
+    (dict(metrics=dict(mIoU=None), settings=dict(model=dict(type='SCLIP'))),
+     r'r.json: its mIoU is null, not a number to compare'),
+    (dict(metrics=dict(mIoU='60'), settings=dict(model=dict(type='SCLIP'))),
+     r'r.json: its mIoU is "60", not a number'),
+    (dict(metrics=[60.0], settings=dict(model=dict(type='SCLIP'))),
+     r'r.json: metrics is a list, not the metrics by name'),
+    (dict(metrics=dict(mIoU=60.0), settings=dict(model=dict(vocabulary='voc21'))),
+     r'r.json: settings.model is not the model config of fsa-seg test'),
+    (dict(metrics=dict(mIoU=60.0), settings=dict(model=dict(type='SCLIP', plugin=dict(lamda=3)))),
+     r'r.json: settings.model is not the model config'),
+    (dict(metrics=dict(mIoU=60.0), settings=dict(model=dict(type='SCLIP', clip='ViT-B-16'))),
+     r'r.json: settings.model is not the model config'),
+    (dict(metrics=dict(mIoU=60.0), settings='model'), r'r.json: not a results JSON of fsa-seg'),
+])
+def test_compare_refuses_results_without_a_usable_miou_or_model(record, message, tmp_path):
+    path = tmp_path / 'r.json'
+    path.write_text(json.dumps(record))
+    with pytest.raises(ResultsFileError, match=message) as error:
+        compare(str(path))
+    assert '\n' not in str(error.value)
+
+
+def test_compare_takes_a_whole_number_miou(tmp_path):
+    path = results_file(tmp_path, dict(type='SCLIP', vocabulary='voc21'), miou=60)
+    assert 'ours: mIoU 60.00' in compare(path)

@@ -42,3 +42,13 @@ def test_config_errors_are_one_line(tmp_path):
     assert status == 1 and err.count('\n') == 1 and 'Did you mean: sclip_fsa_vit-l14_ade20k' in err
     status, _, err = run_cli('config', 'sclip_fsa_vit-l14_ade20k', '--dump', tmp_path / 'x.txt')
     assert status == 1 and 'must end in .py' in err
+
+
+def test_config_dump_under_a_file_names_the_file_in_the_way(tmp_path):
+    (tmp_path / 'afile').write_text('not a folder')
+    for target in (tmp_path / 'afile' / 'x.py', tmp_path / 'afile' / 'sub' / 'x.py'):
+        status, out, err = run_cli('config', 'sclip_fsa_vit-l14_ade20k', '--dump', target)
+        assert (status, out) == (1, '')
+        assert err == (f'fsa-seg config: error: --dump {target}: {tmp_path / "afile"} is a file, '
+                       'not a folder\n')
+    assert (tmp_path / 'afile').read_text() == 'not a folder'

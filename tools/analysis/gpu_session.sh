@@ -204,63 +204,8 @@ else
         --cfg-options model.cuda_graphs=False "${TUNED[@]}"
 fi
 
-python3 - "$RESULTS" 2>&1 <<'EOF' | tee "$RESULTS/summary.txt"
-import json
-import os
-import sys
-
-from fsa_seg.analysis import benchmark, e2e_benchmark, kernel_benchmark
-
-results = sys.argv[1]
-
-
-def load(name):
-    path = os.path.join(results, f'{name}.json')
-    if not os.path.isfile(path):
-        print(f'{name}: no result (its output is in steps.log)\n')
-        return None
-    with open(path, encoding='utf-8') as handle:
-        return json.load(handle)
-
-
-print('\n================================ summary ================================')
-plugin = load('plugin')
-if plugin:
-    runs = plugin.get('runs', [plugin])
-    env = runs[0]['results']['ours']['env']
-    print(f"device: {env['device']} ({env.get('device_name', 'cpu')}), torch {env['torch']}")
-    print(benchmark.plugin_grid_report(runs))
-    for run in runs:
-        params = run['spec']['params']
-        syncs = {v: run['results'][v].get('host_syncs') for v in run['variants']
-                 if v.startswith('ours')}
-        if any(syncs.values()):
-            print(f"host synchronisations, N={params['n']} {params['dtype']}: "
-                  + '; '.join(f'{v}: {found}' for v, found in syncs.items()))
-    # where an eager run's host time goes: in full for the first run, the totals for the rest
-    for index, run in enumerate(runs):
-        lines = benchmark.host_profile_lines(run, 'ours')[1:]
-        if lines:
-            params = run['spec']['params']
-            print(f"N={params['n']} {params['dtype']}: " + '\n'.join(lines[:None if index == 0
-                                                                        else 1]))
-    print()
-profiled = []
-for name in ('proxyclip_fp32', 'proxyclip_fp16', 'proxyclip_graphs', 'cass'):
-    comparison = load(name)
-    if comparison:
-        print(benchmark.segmentor_line(comparison))
-        profile = benchmark.profile_lines(comparison)
-        profiled += [f'\n[{name}]', *profile[1:]] if profile else []
-print('\n'.join(profiled))
-kernel = load('kernel')
-if kernel:
-    print('\n' + kernel_benchmark.kernel_report(kernel))
-for name in ('e2e', 'e2e_graphs'):
-    e2e = load(name)
-    if e2e:
-        print(f'\n[{name}]\n' + e2e_benchmark.e2e_report(e2e))
-EOF
+# the steps asked for only (STEPS; unset: all), each without results named as such
+python3 -m fsa_seg.analysis.session "$RESULTS" "${STEPS:-}" 2>&1 | tee "$RESULTS/summary.txt"
 echo
 printf '%s\n' "${STATUS[@]}"
 # one archive of the steps' JSON and logs beside summary.txt: the device tool returns 8 files

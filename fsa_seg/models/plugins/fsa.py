@@ -258,10 +258,8 @@ class FSA(AttentionPlugin):
         """:meth:`_feedback_product` on the fused path from the branches' similarities: the KL
         terms in one kernel, then per block of rows the dot products q_i·log q_j, which the
         pruning kernel subtracts from the self terms."""
-        # a half-precision model: q·log qᵀ on tensor cores, from fp16 halves (5e-5 off on an
-        # H100, against its inputs' own 8e-5 against fp64); fp32 and fp64 work keeps its own
-        split = dtype in (torch.float16, torch.bfloat16)
-        q, log_q, self_term = fused_kl_terms(both, self.logit_scales, self.eps, split)
+        q, log_q, self_term = fused_kl_terms(both, self.logit_scales, self.eps,
+                                             kl_terms_in_halves(dtype))
         num_tokens = self_term.shape[1]
         log_q_t = log_q.transpose(-1, -2)      # N' ≥ N columns, zeros beyond N: aligned rows
 
@@ -367,6 +365,13 @@ class FSA(AttentionPlugin):
             # softmax's exp gives 0 there, as it does for −inf, and the same result bit for bit
             sharpened.add_(drop, alpha=torch.finfo(drop.dtype).min)
         return torch.softmax(sharpened, dim=-1, out=out)
+
+
+def kl_terms_in_halves(dtype: torch.dtype) -> bool:
+    """Whether the fused path makes q·log qᵀ from fp16 halves for a model in ``dtype``: a
+    half-precision model, on tensor cores (5e-5 off on an H100, against its inputs' own 8e-5
+    against fp64); fp32 and fp64 work keeps its own precision."""
+    return dtype in (torch.float16, torch.bfloat16)
 
 
 def _records_grad(x: Tensor) -> bool:

@@ -250,6 +250,13 @@ def test_half_precision_models_take_the_kl_product_from_fp16_halves(monkeypatch,
     assert (out.double() - expected).abs().max() < tolerance
 
 
+@pytest.mark.parametrize('dtype, halves', [(torch.float16, True), (torch.bfloat16, True),
+                                           (torch.float32, False), (torch.float64, False)])
+def test_only_half_precision_models_make_the_kl_product_from_halves(dtype, halves):
+    """The rule the fused path follows (above) and the kernel benchmark times by."""
+    assert fsa_module.kl_terms_in_halves(dtype) is halves
+
+
 @fused_runs_here
 def test_with_a_head_that_records_grad_the_fused_path_applies_a_new_to_the_n_rows():
     """Values without grad (a padded operand) but a head with grad: the similarities record

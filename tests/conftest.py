@@ -113,3 +113,20 @@ def golden_logits_fn(golden, golden_vit):
         return F.normalize(tokens, dim=-1) @ golden['text_features'].t()
 
     return logits_fn
+
+
+@pytest.fixture
+def processed_images(monkeypatch):
+    """The images the metric scores, in order; Ctrl-C once ``stop_after`` of them are scored."""
+    from fsa_seg.evaluation import PerClassIoUMetric
+    record = dict(images=[], stop_after=None)
+    process = PerClassIoUMetric.process
+
+    def recording_process(self, data_batch, data_samples):
+        process(self, data_batch, data_samples)
+        record['images'] += [Path(sample['img_path']).name for sample in data_samples]
+        if len(record['images']) == record['stop_after']:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(PerClassIoUMetric, 'process', recording_process)
+    return record

@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from fsa_seg.analysis import benchmark, cli, e2e_benchmark, kernel_benchmark, text_benchmark
-from fsa_seg.apis import resolve_config
-from fsa_seg.models.backbones import tiny_clip_arch
+
+from end_to_end import tiny_proxyclip_112
 
 NO_CUDA = pytest.mark.skipif(torch.cuda.is_available(), reason='checks a machine without CUDA')
 TINY_PLUGIN = ['--q', '3', '--heads', '2', '--head-dim', '4', '--repeat', '1']
@@ -31,17 +31,7 @@ def forkserver_workers(monkeypatch):
 @pytest.fixture(scope='module')
 def tiny(tmp_path_factory) -> str:
     """ProxyCLIP + FSA with a tiny CLIP and VFM, 112-pixel crops, images resized to 112."""
-    config = tmp_path_factory.mktemp('cli') / 'tiny_proxyclip_fsa.py'
-    config.write_text(
-        f"_base_ = [{str(resolve_config(benchmark.PROXYCLIP_CONFIG))!r}]\n"
-        f"model = dict(clip=dict(arch={tiny_clip_arch()!r}),\n"
-        "             vfm=dict(model_kwargs=dict(embed_dim=32, depth=2, num_heads=2)),\n"
-        "             templates='plain', text_cache_dir=False,\n"
-        "             test_cfg=dict(crop_size=(112, 112), stride=(56, 56)))\n"
-        "test_pipeline = [dict(type='LoadImageFromFile'),\n"
-        "                 dict(type='Resize', scale=(2048, 112), keep_ratio=True),\n"
-        "                 dict(type='LoadAnnotations'), dict(type='PackSegInputs')]\n"
-        "test_dataloader = dict(dataset=dict(pipeline=test_pipeline))\n")
+    config = tiny_proxyclip_112(tmp_path_factory.mktemp('cli'))
     return str(config)
 
 

@@ -13,10 +13,10 @@ import torch
 from PIL import Image
 
 from fsa_seg.analysis import cli, e2e_benchmark
-from fsa_seg.analysis.benchmark import PROXYCLIP_CONFIG, BenchmarkError
+from fsa_seg.analysis.benchmark import BenchmarkError
 from fsa_seg.analysis.e2e_benchmark import STAGES, StageClock
-from fsa_seg.apis import resolve_config
-from fsa_seg.models.backbones import tiny_clip_arch
+
+from end_to_end import tiny_proxyclip_112
 
 
 # ---------------------------------------------------------------------------- parts
@@ -166,17 +166,7 @@ def tiny_run(tmp_path_factory):
     """``e2e`` through the command line on a tiny ProxyCLIP + FSA: 2 images, fp32 and fp64,
     112-pixel crops (the generated 375x500 images resized to 112x149: 2 windows each)."""
     folder = tmp_path_factory.mktemp('e2e')
-    config = folder / 'tiny_proxyclip_fsa.py'
-    config.write_text(
-        f"_base_ = [{str(resolve_config(PROXYCLIP_CONFIG))!r}]\n"
-        f"model = dict(clip=dict(arch={tiny_clip_arch()!r}),\n"
-        "             vfm=dict(model_kwargs=dict(embed_dim=32, depth=2, num_heads=2)),\n"
-        "             templates='plain', text_cache_dir=False,\n"
-        "             test_cfg=dict(crop_size=(112, 112), stride=(56, 56)))\n"
-        "test_pipeline = [dict(type='LoadImageFromFile'),\n"
-        "                 dict(type='Resize', scale=(2048, 112), keep_ratio=True),\n"
-        "                 dict(type='LoadAnnotations'), dict(type='PackSegInputs')]\n"
-        "test_dataloader = dict(dataset=dict(pipeline=test_pipeline))\n")
+    config = tiny_proxyclip_112(folder)
     out = io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(io.StringIO()):
         result = cli.main(['e2e', '--config', str(config), '--random-weights', '--images', '2',

@@ -1,24 +1,21 @@
 """tools/test.py --resume end to end (tiny models, generated VOC data): a resumed run reports the
 metrics of the dataset it runs on now, and applies its own bad-annotation policy."""
 import json
-import os
 import re
-import socket
-import subprocess
 from pathlib import Path
 
 import numpy as np
-import pytest
 import torch
 from PIL import Image
 
 from fsa_seg.models.backbones import OpenCLIP, tiny_clip_arch
 
 from end_to_end import (
-    REPO,
-    TINY_ARCH,
+    DIST_TEST_SH,
     assert_reports_the_iou_of_its_own_predictions,
+    dist_test,
     run_test_script,
+    tiny_config,
 )
 from synthetic_data import make_benchmark
 
@@ -33,36 +30,13 @@ def tiny_voc(tmp_path: Path, images: int) -> tuple:
     write_split(data_root, range(images))
     weights = tmp_path / 'tiny_clip.pt'
     torch.save(OpenCLIP(arch=tiny_clip_arch(), random_init=True).model.state_dict(), weights)
-    config = tmp_path / 'tiny_clearclip.py'
-    config.write_text(
-        f"_base_ = ['{REPO / 'configs/clearclip/clearclip_vit-b16_voc21.py'}']\n"
-        f"model = dict(clip=dict(_delete_=True, type='OpenCLIP', pretrained='{weights}',\n"
-        f'                       arch={TINY_ARCH}), templates=\'plain\',\n'
-        '             test_cfg=dict(crop_size=(224, 224), stride=(112, 112)))\n'
-        'test_dataloader = dict(num_workers=0, persistent_workers=False,\n'
-        f"                       dataset=dict(data_root='{data_root}'))\n")
+    config = tiny_config(tmp_path, 'clearclip/clearclip_vit-b16_voc21.py', data_root,
+                         clip_weights=weights)
     return config, data_root
 
 
 def write_split(data_root: Path, numbers) -> None:
     (data_root / SPLIT).write_text(''.join(f'2007_{n:06d}\n' for n in numbers))
-
-
-@pytest.fixture
-def processed_images(monkeypatch):
-    """The images the metric scores, in order; Ctrl-C once ``stop_after`` of them are scored."""
-    from fsa_seg.evaluation import PerClassIoUMetric
-    record = dict(images=[], stop_after=None)
-    process = PerClassIoUMetric.process
-
-    def recording_process(self, data_batch, data_samples):
-        process(self, data_batch, data_samples)
-        record['images'] += [Path(sample['img_path']).name for sample in data_samples]
-        if len(record['images']) == record['stop_after']:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(PerClassIoUMetric, 'process', recording_process)
-    return record
 
 
 def test_a_resumed_run_counts_only_the_images_of_the_dataset_now(tmp_path, capfd,
@@ -95,12 +69,6 @@ def test_a_resumed_run_counts_only_the_images_of_the_dataset_now(tmp_path, capfd
     assert_reports_the_iou_of_its_own_predictions(config, data_root, out, 'voc21')
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(('127.0.0.1', 0))
-        return probe.getsockname()[1]
-
-
 def test_two_processes_resume_over_the_dataset_now(tmp_path):
     """As above with two processes resuming (each scores one of images 2 and 3 of the split
     1, 2, 3): rank 0 takes journaled image 1 alone, not image 0, for the whole dataset."""
@@ -108,11 +76,8 @@ def test_two_processes_resume_over_the_dataset_now(tmp_path):
     run_test_script(config, '--work-dir', tmp_path / 'work', '--allow-partial-split')
     write_split(data_root, (1, 2, 3))
     out = tmp_path / 'results.json'
-    result = subprocess.run(
-        ['bash', 'tools/dist_test.sh', str(config), '2', '--work-dir', str(tmp_path / 'work'),
-         '--out', str(out), '--allow-partial-split', '--resume'],
-        cwd=REPO, capture_output=True, text=True, timeout=600,
-        env=dict(os.environ, PORT=str(free_port()), OMP_NUM_THREADS='1'))
+    result = dist_test(config, '--work-dir', tmp_path / 'work', '--out', out,
+                       '--allow-partial-split', '--resume', entry=DIST_TEST_SH)
     assert result.returncode == 0, result.stderr[-3000:]
     assert 'resuming: 1 journaled images are not in the dataset now' in (result.stdout +
                                                                           result.stderr)

@@ -6,7 +6,6 @@ import signal
 import socket
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,32 +18,15 @@ from fsa_seg.models.backbones import OpenCLIP, tiny_clip_arch
 from fsa_seg.models.text import load_vocabulary
 
 from end_to_end import (
+    DIST_TEST_SH,
     REPO,
     TINY_ARCH,
     assert_reports_the_iou_of_its_own_predictions,
+    dist_test,
     run_test_script,
+    tiny_config,
 )
 from synthetic_data import LAYOUTS, make_benchmark
-
-TINY_VFM = ("dict(_delete_=True, type='TimmVFM', name='dino_vitb16', random_init=True, "
-            "model_kwargs=dict(embed_dim=32, depth=2, num_heads=2))")
-
-
-def tiny_config(tmp_path: Path, config: str, data_root: Path, proxy: bool = False,
-                clip_weights: Path = None) -> Path:
-    """A user-style config: inherit one of ours, swap in tiny models (random weights, or the
-    given checkpoint file)."""
-    vfm = f', vfm={TINY_VFM}' if proxy else ''
-    weights = f"pretrained='{clip_weights}'" if clip_weights else 'random_init=True'
-    clip = f"dict(_delete_=True, type='OpenCLIP', {weights}, arch={TINY_ARCH})"
-    text = (f"_base_ = ['{REPO / 'configs' / config}']\n"
-            f"model = dict(clip={clip}{vfm}, templates='plain',\n"
-            "             test_cfg=dict(crop_size=(224, 224), stride=(112, 112)))\n"
-            f"test_dataloader = dict(num_workers=0, persistent_workers=False,\n"
-            f"                       dataset=dict(data_root='{data_root}'))\n")
-    path = tmp_path / ('tiny_' + Path(config).name)
-    path.write_text(text)
-    return path
 
 
 def test_voc21_end_to_end_in_a_fresh_process(tmp_path):
@@ -110,12 +92,6 @@ def test_incomplete_dataset_is_refused_without_the_flag(tmp_path, capsys):
     assert re.search('found 1 images.*1449.*--allow-partial-split', capsys.readouterr().err)
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(('127.0.0.1', 0))
-        return probe.getsockname()[1]
-
-
 def test_two_processes_give_the_same_metrics_as_one_and_draw_every_image(tmp_path, capfd,
                                                                          processed_images):
     data_root = make_benchmark('voc21', tmp_path / 'data', sizes=((40, 56), (30, 30), (36, 28)))
@@ -127,11 +103,8 @@ def test_two_processes_give_the_same_metrics_as_one_and_draw_every_image(tmp_pat
     run_test_script(config, '--work-dir', tmp_path / 'w1', '--out', single,
                     '--allow-partial-split')
     show_dir = tmp_path / 'show'
-    result = subprocess.run(
-        ['bash', 'tools/dist_test.sh', str(config), '2', '--work-dir', str(tmp_path / 'w2'),
-         '--out', str(double), '--allow-partial-split', '--show-dir', str(show_dir)],
-        cwd=REPO, capture_output=True, text=True, timeout=600,
-        env=dict(os.environ, PORT=str(free_port()), OMP_NUM_THREADS='1'))
+    result = dist_test(config, '--work-dir', tmp_path / 'w2', '--out', double,
+                       '--allow-partial-split', '--show-dir', show_dir, entry=DIST_TEST_SH)
     assert result.returncode == 0, result.stderr[-3000:]
     one, two = json.loads(single.read_text()), json.loads(double.read_text())
     assert two['num_images'] == one['num_images'] == 3
@@ -156,11 +129,8 @@ def test_two_processes_give_the_same_metrics_as_one_and_draw_every_image(tmp_pat
     assert again['num_images'] == 3 and again['metrics'] == two['metrics']
     assert json.dumps(again['per_class']) == json.dumps(two['per_class'])   # NaN as NaN
     # and two processes resume too
-    result = subprocess.run(
-        ['bash', 'tools/dist_test.sh', str(config), '2', '--work-dir', str(tmp_path / 'w2'),
-         '--out', str(resumed), '--allow-partial-split', '--resume'],
-        cwd=REPO, capture_output=True, text=True, timeout=600,
-        env=dict(os.environ, PORT=str(free_port()), OMP_NUM_THREADS='1'))
+    result = dist_test(config, '--work-dir', tmp_path / 'w2', '--out', resumed,
+                       '--allow-partial-split', '--resume', entry=DIST_TEST_SH)
     assert result.returncode == 0, result.stderr[-3000:]
     again = json.loads(resumed.read_text())
     assert again['resumed_images'] == 2 and again['metrics'] == two['metrics']
@@ -265,23 +235,6 @@ def test_undefined_predictions_are_named_in_the_log_and_listed_in_the_results(tm
     assert '1/beta = 1e-06' in log and '2 of the scored images had pixels (3140 in all)' in log
 
 
-@pytest.fixture
-def processed_images(monkeypatch):
-    """The images the metric scores, in order; Ctrl-C once ``stop_after`` of them are scored."""
-    from fsa_seg.evaluation import PerClassIoUMetric
-    record = dict(images=[], stop_after=None)
-    process = PerClassIoUMetric.process
-
-    def recording_process(self, data_batch, data_samples):
-        process(self, data_batch, data_samples)
-        record['images'] += [Path(sample['img_path']).name for sample in data_samples]
-        if len(record['images']) == record['stop_after']:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(PerClassIoUMetric, 'process', recording_process)
-    return record
-
-
 def test_an_interrupted_evaluation_resumes_where_it_stopped(tmp_path, capfd, processed_images):
     """Ctrl-C after two images: they stay in the work dir's journal; --resume scores only the
     third, and reports the IoU of all three images' own predictions (computed by hand)."""
@@ -373,14 +326,6 @@ def test_precision_option_runs_every_part_in_it(tmp_path):
     assert runs['fp32']['settings']['model_dtypes']['vfm'] == 'torch.float32'
     assert runs['bf16']['metrics']['aAcc'] == pytest.approx(runs['fp32']['metrics']['aAcc'],
                                                             abs=5.0)
-
-
-def dist_test(config, *args, port=None, **popen):
-    command = ['fsa-seg', 'dist-test', str(config), '2', *map(str, args)]
-    env = dict(os.environ, PORT=str(port or free_port()), OMP_NUM_THREADS='1')
-    if popen:
-        return subprocess.Popen(command, cwd=REPO, env=env, text=True, **popen)
-    return subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600, env=env)
 
 
 def test_a_process_that_stops_ends_dist_test_in_one_line_each(tmp_path):

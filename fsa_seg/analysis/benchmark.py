@@ -55,7 +55,6 @@ import pstats
 import re
 import resource
 import statistics
-import tempfile
 import time
 import traceback
 from functools import partial
@@ -133,12 +132,12 @@ def check_device(device: str) -> torch.device:
 def check_json_path(path: str) -> None:
     """Refuse, before any measurement, a ``--json`` that cannot be written: a folder, or a
     path through a file; make its folder and prove it writable."""
-    from ..apis.testing import check_writable
+    from ..apis.testing import check_writable, file_in_the_way
     target = Path(path).expanduser()
     if target.is_dir():
         raise BenchmarkError(f'--json {path}: a folder; give a file name')
-    blocker = next(parent for parent in target.parents if parent.exists())
-    if not blocker.is_dir():
+    blocker = file_in_the_way(target)
+    if blocker is not None:
         raise BenchmarkError(f'--json {path}: {blocker} is a file, not a folder')
     check_writable(str(target.absolute().parent), 'the folder of --json')
 
@@ -999,27 +998,16 @@ def segmentor_line(comparison: dict) -> str:
 
 
 def write_json(path: str, comparison: dict) -> None:
-    """``comparison`` as JSON at ``path``, whole or not at all: written beside it under another
-    name, then renamed over it (a reader, or a Ctrl-C, never meets half a file)."""
+    """``comparison`` as JSON at ``path``, whole or not at all (:func:`write_atomically`: a
+    reader, or a Ctrl-C, never meets half a file)."""
+    from ..apis.predict import write_atomically
     text = json.dumps(comparison, indent=2, default=str)
+    target = Path(path).absolute()
     try:
-        _write_whole(path, text)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        write_atomically(target, lambda temporary: temporary.write_text(text, encoding='utf-8'))
     except OSError as error:  # checked before measuring (check_json_path): a full disk …
         raise BenchmarkError(f'cannot write --json {path}: {error.strerror or error}') from error
-
-
-def _write_whole(path: str, text: str) -> None:
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    descriptor, partial = tempfile.mkstemp(dir=folder, prefix=f'.{os.path.basename(path)}.',
-                                           suffix='.partial')
-    try:
-        with os.fdopen(descriptor, 'w', encoding='utf-8') as handle:
-            handle.write(text)
-        os.replace(partial, path)
-    except BaseException:  # noqa: B902  (a Ctrl-C too: no partial file is left behind)
-        os.remove(partial)
-        raise
 
 
 # ---------------------------------------------------------------------------- entry points

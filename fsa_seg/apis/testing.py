@@ -164,6 +164,13 @@ def enable_visualization(cfg: Config, show_dir: str) -> None:
 
 
 # ---------------------------------------------------------------------------------- checks
+def file_in_the_way(path: Path) -> Optional[Path]:
+    """The file that stands where a folder of ``path`` should be, if one does (creating the
+    folders would then fail with a misleading 'File exists' or 'Not a directory')."""
+    nearest = next(parent for parent in Path(path).parents if parent.exists())
+    return None if nearest.is_dir() else nearest
+
+
 def check_writable(folder: str, what: str) -> None:
     """Create ``folder`` if needed and prove it writable, before any work."""
     try:

@@ -49,9 +49,9 @@ def run_config(args: argparse.Namespace, prog: str) -> int:
     target = Path(args.dump).expanduser()
     if target.suffix != '.py':
         return fail(prog, f'--dump {target}: a config file must end in .py')
-    # mkdir says 'File exists' of a file where a folder of the path should be: name it instead
-    blocker = next(parent for parent in target.parents if parent.exists())
-    if not blocker.is_dir():
+    from ..apis.testing import file_in_the_way
+    blocker = file_in_the_way(target)
+    if blocker is not None:
         return fail(prog, f'--dump {target}: {blocker} is a file, not a folder')
     try:
         target.parent.mkdir(parents=True, exist_ok=True)

@@ -264,11 +264,12 @@ def use_precision(model: dict, precision: str) -> None:
     if precision not in PRECISIONS:
         raise ValueError(f'precision must be one of {PRECISIONS}, got {precision!r}')
     for key, component in components(model):
-        default = inspect.signature(component).parameters['precision'].default \
-            if component.takes_precision else None
+        if not component.takes_precision:
+            continue
         # the default stays implicit: a config asked for what it runs in is the same config
         # (a resumed evaluation compares them)
-        if component.takes_precision and model[key].get('precision', default) != precision:
+        default = inspect.signature(component).parameters['precision'].default
+        if model[key].get('precision', default) != precision:
             model[key] = dict(model[key], precision=precision)
 
 

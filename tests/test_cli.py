@@ -294,6 +294,10 @@ def test_output_names_stay_distinct():
     # never the summary's name, nor a name another output's temporary file takes
     assert _output_names([Path('summary.png'), Path('.partial-x.png')]) == [
         'summary_png', 'partial-x']
+    # names that differ in case alone would share files on macOS's and Windows' file systems
+    paths = [Path('Cat.png'), Path('cat.png'), Path('b/CAT.PNG'), Path('Summary.jpg')]
+    assert _output_names(paths) == ['Cat', 'cat_png', 'CAT_2', 'Summary_jpg']
+    assert _output_names([Path('y.png')], taken=['Y']) == ['y_png']
 
 
 def test_local_weight_files_replace_random_weights(cli_run, tiny_config, images, tmp_path,

@@ -197,17 +197,19 @@ def resumable_images(out_dir, info: dict) -> List[dict]:
 
 def _output_names(paths: Sequence[Path], taken: Sequence[str] = ()) -> List[str]:
     """A distinct output name per image, none of ``taken`` nor the summary's: its stem, else
-    stem_<extension>, else a counter. A stem that starts like :class:`StagedFiles`'s
-    temporary names loses its leading dot, so no output is another's temporary file."""
-    used, names = {Path(SUMMARY_NAME).stem, *taken}, []
+    stem_<extension>, else a counter. Names are distinct ignoring case, so that a file system
+    that ignores it (macOS's, Windows') keeps every image's outputs apart. A stem that starts
+    like :class:`StagedFiles`'s temporary names loses its leading dot, so no output is
+    another's temporary file."""
+    used, names = {name.casefold() for name in (Path(SUMMARY_NAME).stem, *taken)}, []
     for path in paths:
         stem = path.stem[1:] if path.stem.startswith(StagedFiles.PREFIX) else path.stem
         candidates = [stem, f'{stem}_{path.suffix.lstrip(".").lower()}']
-        name = next((c for c in candidates if c and c not in used), None)
+        name = next((c for c in candidates if c and c.casefold() not in used), None)
         counter = 2
-        while name is None or name in used:
+        while name is None or name.casefold() in used:
             name, counter = f'{stem}_{counter}', counter + 1
-        used.add(name)
+        used.add(name.casefold())
         names.append(name)
     return names
 

@@ -1,6 +1,7 @@
 """Shared fixtures: tiny random CLIPs, the golden FSA fixture, a private text cache, the
 pass-through plug-ins (tests/doubles.py) registered for a test."""
 import os
+import socket
 import sys
 from pathlib import Path
 
@@ -130,3 +131,22 @@ def processed_images(monkeypatch):
 
     monkeypatch.setattr(PerClassIoUMetric, 'process', recording_process)
     return record
+
+
+@pytest.fixture
+def unresolvable_names(monkeypatch):
+    """A machine whose host names resolve to nothing (no network), without a proxy, the Hub at
+    its default address; returns the names looked up, in order."""
+    from huggingface_hub import constants
+    lookups = []
+
+    def getaddrinfo(host, *args, **kwargs):
+        lookups.append(host)
+        raise socket.gaierror(socket.EAI_NONAME, 'Name or service not known')
+    monkeypatch.setattr(socket, 'getaddrinfo', getaddrinfo)
+    for name in ('https_proxy', 'http_proxy', 'all_proxy'):
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.upper(), raising=False)
+    monkeypatch.setattr(constants, 'ENDPOINT', 'https://huggingface.co')
+    monkeypatch.setattr(constants, 'HF_HUB_OFFLINE', False)
+    return lookups

@@ -24,9 +24,11 @@ from ..weights import (
     CHECKPOINT_ERRORS,
     DOWNLOAD_ERRORS,
     WeightsError,
+    hub_offline_if_unreachable,
     is_local_path,
     load_open_clip_checkpoint,
     require_weights,
+    unreachable_hub_note,
 )
 
 DEFAULT_MODEL_NAME = 'ViT-B-16'
@@ -176,14 +178,16 @@ class OpenCLIP(WeightedComponent, nn.Module):
         if tag not in known_tags:
             raise WeightsError(f'{model_name}: unknown pretrained tag {tag!r} and no such '
                                f'file; known tags: {known_tags}')
-        try:
-            return open_clip.download_pretrained(open_clip.get_pretrained_cfg(model_name, tag),
-                                                 cache_dir=cache_dir)
-        except (*DOWNLOAD_ERRORS, RuntimeError) as error:  # open_clip: checksum as RuntimeError
-            raise WeightsError(
-                f'could not download CLIP {model_name} weights {tag!r} through open_clip '
-                f'({type(error).__name__}: {error}). Without network access, download the '
-                f'checkpoint elsewhere and pass its local path as pretrained=...') from error
+        with hub_offline_if_unreachable() as unreachable:
+            try:
+                return open_clip.download_pretrained(
+                    open_clip.get_pretrained_cfg(model_name, tag), cache_dir=cache_dir)
+            except (*DOWNLOAD_ERRORS, RuntimeError) as error:  # open_clip: checksum as RuntimeError
+                raise WeightsError(
+                    f'could not download CLIP {model_name} weights {tag!r} through open_clip '
+                    f'({type(error).__name__}: {error}){unreachable_hub_note(unreachable)}. '
+                    'Without network access, download the checkpoint elsewhere and pass its '
+                    'local path as pretrained=...') from error
 
     @staticmethod
     def _load_file(model: nn.Module, path: str, trust: bool = False) -> None:

@@ -47,10 +47,12 @@ from ..weights import (
     CHECKPOINT_ERRORS,
     DOWNLOAD_ERRORS,
     WeightsError,
+    hub_offline_if_unreachable,
     is_local_path,
     load_state_dict_strict,
     read_state_dict,
     require_weights,
+    unreachable_hub_note,
 )
 
 Size = Union[int, Sequence[int]]
@@ -179,16 +181,18 @@ def _fetch_pretrained(name: str, arch: str, tag: str, kwargs: dict) -> nn.Module
         known = ', '.join(n.split('.', 1)[1] for n in timm.list_pretrained(f'{arch}.*'))
         raise WeightsError(f'VFM {name!r}: {tag!r} is neither a local file nor a timm pretrained '
                            f'tag of {arch} (tags: {known}).')
-    try:
-        return timm.create_model(full_name, pretrained=True, **kwargs)
-    except DOWNLOAD_ERRORS as error:
-        hub = cfg.hf_hub_id and f'https://huggingface.co/{cfg.hf_hub_id}'
-        source = ' or '.join(s for s in (hub, cfg.url) if s)
-        raise WeightsError(
-            f'VFM {name!r}: could not download or load timm weights {full_name!r} '
-            f'({type(error).__name__}: {error}). Without network, fetch them elsewhere '
-            f'({source}) and pass pretrained="/path/to/checkpoint.pth" (timm files and the '
-            'official DINO/DINOv2/SAM/MAE checkpoints both load).') from error
+    with hub_offline_if_unreachable() as unreachable:
+        try:
+            return timm.create_model(full_name, pretrained=True, **kwargs)
+        except DOWNLOAD_ERRORS as error:
+            hub = cfg.hf_hub_id and f'https://huggingface.co/{cfg.hf_hub_id}'
+            source = ' or '.join(s for s in (hub, cfg.url) if s)
+            raise WeightsError(
+                f'VFM {name!r}: could not download or load timm weights {full_name!r} '
+                f'({type(error).__name__}: {error}){unreachable_hub_note(unreachable)}. '
+                f'Without network, fetch them elsewhere ({source}) and pass '
+                'pretrained="/path/to/checkpoint.pth" (timm files and the official '
+                'DINO/DINOv2/SAM/MAE checkpoints both load).') from error
 
 
 @MODELS.register_module()

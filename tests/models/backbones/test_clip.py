@@ -68,6 +68,13 @@ def test_failed_download_says_which_weights_and_how_to_load_a_file(monkeypatch):
         OpenCLIP('ViT-B-16', pretrained='openai')
 
 
+def test_without_network_a_download_fails_at_once_and_says_why(tmp_path, unresolvable_names):
+    with pytest.raises(WeightsError, match=r"ViT-B-16 weights 'openai'.*huggingface.co does "
+                                           r"not resolve.*only the local cache.*local path"):
+        OpenCLIP('ViT-B-16', pretrained='openai', cache_dir=str(tmp_path))
+    assert unresolvable_names.count('huggingface.co') == 1   # the check: no retried requests
+
+
 def test_errors_other_than_download_errors_propagate_as_they_are(monkeypatch):
     # a TypeError of a version mismatch is not "could not download"
     def mismatched(cfg, cache_dir=None):

@@ -269,6 +269,16 @@ def test_download_failure_names_weights_and_local_option(monkeypatch):
     assert 'dino_vitbase8_pretrain.pth' in message            # where to fetch it by hand
 
 
+def test_without_network_a_download_fails_at_once_and_says_why(tmp_path, monkeypatch,
+                                                               unresolvable_names):
+    from huggingface_hub import constants
+    monkeypatch.setattr(constants, 'HF_HUB_CACHE', str(tmp_path))    # nothing cached
+    with pytest.raises(WeightsError, match=r"'vit_base_patch8_224.dino'.*huggingface.co does "
+                                           r"not resolve.*only the local cache"):
+        TimmVFM('dino_vitb8', model_kwargs=TINY_VFM)
+    assert unresolvable_names.count('huggingface.co') == 1   # the check: no retried requests
+
+
 def test_unknown_tag_and_preset():
     with pytest.raises(WeightsError, match="'nope'.*tags: .*dino"):
         TimmVFM('dino_vitb8', pretrained='nope', model_kwargs=TINY_VFM)

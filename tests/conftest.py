@@ -1,6 +1,7 @@
 """Shared fixtures: tiny random CLIPs, the golden FSA fixture, a private text cache, the
 pass-through plug-ins (tests/doubles.py) registered for a test."""
 import os
+import signal
 import socket
 import sys
 from pathlib import Path
@@ -150,3 +151,13 @@ def unresolvable_names(monkeypatch):
     monkeypatch.setattr(constants, 'ENDPOINT', 'https://huggingface.co')
     monkeypatch.setattr(constants, 'HF_HUB_OFFLINE', False)
     return lookups
+
+
+@pytest.fixture
+def ctrl_c_as_in_a_shell():
+    """SIGINT raising KeyboardInterrupt, as in an interactive shell, for a test that sends it:
+    pytest started in the background of a script (``(pytest &)``) inherits SIGINT ignored,
+    and Python then installs no handler of its own."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)

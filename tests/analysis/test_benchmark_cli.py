@@ -151,6 +151,7 @@ def _interrupted():
     raise KeyboardInterrupt
 
 
+@pytest.mark.usefixtures('ctrl_c_as_in_a_shell')
 @pytest.mark.parametrize('work', [_interrupt_the_parent, _interrupted])
 def test_ctrl_c_stops_the_worker_and_reaches_the_parent_without_a_traceback(work, capfd):
     with pytest.raises(KeyboardInterrupt):
@@ -159,6 +160,7 @@ def test_ctrl_c_stops_the_worker_and_reaches_the_parent_without_a_traceback(work
     assert 'Traceback' not in capfd.readouterr().err
 
 
+@pytest.mark.usefixtures('ctrl_c_as_in_a_shell')
 def test_ctrl_c_in_a_grid_keeps_the_finished_runs_in_json(tmp_path, capfd):
     """Ctrl-C once the first size's JSON is written, while the second size runs (N = 1000: its
     workers take a while): its report and JSON are kept, the command ends in one line with

@@ -12,13 +12,21 @@ FP16_ON_CPU = ('fp16 on the CPU is slow (most CPU kernels have no half-precision
                'or bf16 run faster there')
 
 
+def say(line: str) -> None:
+    """``line`` on stderr in one write. ``print`` writes a text and its newline apart, and to a
+    pipe each goes out at once: the processes of one run (``dist-test``'s ranks) sharing the
+    pipe could then put two messages on one line."""
+    sys.stderr.write(f'{line}\n')
+    sys.stderr.flush()
+
+
 def fail(prog: str, message: str) -> int:
-    print(f'{prog}: error: {message}', file=sys.stderr)
+    say(f'{prog}: error: {message}')
     return 1
 
 
 def warn(prog: str, message: str) -> None:
-    print(f'{prog}: warning: {message}', file=sys.stderr)
+    say(f'{prog}: warning: {message}')
 
 
 def user_errors() -> tuple:
@@ -50,7 +58,7 @@ def run_guarded(command: Callable, args, prog: str) -> int:
     try:
         return command(args, prog)
     except KeyboardInterrupt:
-        print(f'{prog}: interrupted', file=sys.stderr)
+        say(f'{prog}: interrupted')
         return INTERRUPTED
     except Exception as error:
         if getattr(args, 'debug', False) or not isinstance(error, user_errors()):

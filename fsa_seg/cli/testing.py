@@ -7,12 +7,11 @@
 """
 import argparse
 import os
-import sys
 import traceback
 from pathlib import Path
 
 from .arguments import add_cfg_options, add_cuda_graphs, add_debug, positive_int
-from .errors import FP16_ON_CPU, fail, one_line, warn
+from .errors import FP16_ON_CPU, fail, one_line, say, warn
 
 TEST_DESCRIPTION = """\
 Evaluate a training-free segmentor on a benchmark with sliding-window inference: the per-class
@@ -143,8 +142,8 @@ def run_dist_test(args: argparse.Namespace, prog: str = 'fsa-seg dist-test') -> 
         return fail(prog, f'process(es) of rank {", ".join(map(str, sorted(error.failures)))} '
                           'failed (their messages are above)')
     except SignalException as error:  # Ctrl-C (or a kill): torchrun stopped the processes
-        print(f'{prog}: interrupted ({error.sigval.name}); the same command with --resume '
-              'goes on', file=sys.stderr)
+        say(f'{prog}: interrupted ({error.sigval.name}); the same command with --resume '
+            'goes on')
         return 128 + int(error.sigval)
     except DistNetworkError as error:  # the rendezvous: most often a port in use
         return fail(prog, f'the processes cannot meet at {address} ({one_line(error)}); if '

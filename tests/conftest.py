@@ -137,7 +137,7 @@ def processed_images(monkeypatch):
 @pytest.fixture
 def unresolvable_names(monkeypatch):
     """A machine whose host names resolve to nothing (no network), without a proxy, the Hub at
-    its default address; returns the names looked up, in order."""
+    its default address, online mode; returns the names looked up, in order."""
     from huggingface_hub import constants
     lookups = []
 
@@ -148,7 +148,8 @@ def unresolvable_names(monkeypatch):
     for name in ('https_proxy', 'http_proxy', 'all_proxy'):
         monkeypatch.delenv(name, raising=False)
         monkeypatch.delenv(name.upper(), raising=False)
-    monkeypatch.setattr(constants, 'ENDPOINT', 'https://huggingface.co')
+    monkeypatch.delenv('HF_ENDPOINT', raising=False)
+    monkeypatch.delenv('HF_HUB_OFFLINE', raising=False)
     monkeypatch.setattr(constants, 'HF_HUB_OFFLINE', False)
     return lookups
 

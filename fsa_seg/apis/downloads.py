@@ -8,20 +8,18 @@ files to pass (``clip_weights=`` / ``vfm_weights=``, on the command line ``--cli
 """
 import logging
 import os
-import socket
 import threading
 from contextlib import contextmanager
 from pathlib import Path
-from typing import List, Sequence, Tuple
-from urllib.parse import urlparse
+from typing import List, Sequence
 
 from mmengine.config import Config
 from mmengine.logging import print_log
 
 from ..models.components import DownloadableWeights
+from ..models.hub import env_offline, hub_offline, hub_reachable
 from ..models.weights import WeightsError
 
-HUB_PROBE_TIMEOUT = 3.0
 _PROCESS_STATE = threading.RLock()  # held while the offline flag or logging are switched
 
 
@@ -39,61 +37,16 @@ def downloadable_weights(cfg: Config) -> List[DownloadableWeights]:
 
 
 # ---------------------------------------------------------------------------------- network
-def _hub_address() -> Tuple[str, int]:
-    """Host and port that a Hugging Face download connects to first (the proxy if one is set)."""
-    endpoint = os.environ.get('HF_ENDPOINT') or 'https://huggingface.co'
-    proxy = os.environ.get('HTTPS_PROXY') or os.environ.get('https_proxy') \
-        or os.environ.get('ALL_PROXY') or os.environ.get('all_proxy')
-    parsed = urlparse(proxy if proxy else endpoint)
-    default_port = 443 if parsed.scheme == 'https' else 80 if parsed.scheme == 'http' else 1080
-    return parsed.hostname or 'huggingface.co', parsed.port or default_port
-
-
-def hub_reachable(timeout: float = HUB_PROBE_TIMEOUT) -> bool:
-    """Whether a TCP connection to huggingface.co (or ``$HF_ENDPOINT``, or the HTTPS proxy)
-    opens within ``timeout`` seconds."""
-    try:
-        with socket.create_connection(_hub_address(), timeout=timeout):
-            return True
-    except OSError:
-        return False
-
-
-def _env_offline() -> bool:
-    return os.environ.get('HF_HUB_OFFLINE', '').strip().lower() in ('1', 'true', 'yes', 'on')
-
-
 def must_work_offline(needed: Sequence[DownloadableWeights], check_network: bool = True) -> bool:
     """Whether downloads must come from the local caches only: ``HF_HUB_OFFLINE`` says so, or
     weights are ``needed`` and huggingface.co does not answer the probe."""
-    if _env_offline():
+    if env_offline():
         return True
     if needed and check_network and not hub_reachable():
         print_log('huggingface.co is not reachable: using only weights already in the local '
                   'caches', logger='current', level=logging.WARNING)
         return True
     return False
-
-
-@contextmanager
-def hub_offline(enabled: bool = True):
-    """Hugging Face downloads use the local cache only (``HF_HUB_OFFLINE``) inside the block."""
-    if not enabled:
-        yield
-        return
-    import huggingface_hub.constants as hf_constants
-    saved_constant = hf_constants.HF_HUB_OFFLINE
-    saved_env = os.environ.get('HF_HUB_OFFLINE')
-    hf_constants.HF_HUB_OFFLINE = True
-    os.environ['HF_HUB_OFFLINE'] = '1'
-    try:
-        yield
-    finally:
-        hf_constants.HF_HUB_OFFLINE = saved_constant
-        if saved_env is None:
-            os.environ.pop('HF_HUB_OFFLINE', None)
-        else:
-            os.environ['HF_HUB_OFFLINE'] = saved_env
 
 
 @contextmanager
@@ -120,7 +73,7 @@ def explained_download_failures(cfg: Config, needed: Sequence[DownloadableWeight
     try:
         # Both switch process-wide state (Hugging Face's offline flag, logging), restored on
         # exit: builds in other threads wait rather than see it.
-        with _PROCESS_STATE, hub_offline(offline and not _env_offline()), \
+        with _PROCESS_STATE, hub_offline(offline and not env_offline()), \
                 _quiet_download_errors(offline):
             yield
     except WeightsError as error:

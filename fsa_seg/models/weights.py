@@ -12,17 +12,13 @@ reads them (``torch.jit.load``, no Python pickle). Anything else is refused with
 the file (``trust_checkpoint=True``, ``--trust-checkpoint``), which loads it fully, with a warning.
 """
 import argparse
-import contextlib
 import logging
 import os
 import pickle
 import re
-import socket
-import urllib.parse
-import urllib.request
 import warnings
 import zipfile
-from typing import Any, Dict, Iterable, Iterator, Mapping, Optional
+from typing import Any, Dict, Iterable, Mapping, Optional
 
 import torch
 from safetensors import SafetensorError
@@ -119,48 +115,6 @@ def load_open_clip_checkpoint(model: nn.Module, path: str, trust: bool = False) 
         safe_torch_load(path, mmap=True)
         with torch.serialization.safe_globals(SAFE_CHECKPOINT_GLOBALS):
             open_clip.load_checkpoint(model, path, strict=True, weights_only=True)
-
-
-@contextlib.contextmanager
-def hub_offline_if_unreachable() -> Iterator[Optional[str]]:
-    """Within: the Hugging Face Hub in its offline mode (cached files at once, a missing one an
-    OSError) where its host name does not resolve and no proxy is set, so that nothing can
-    reach it. Its client would otherwise retry each request for about 23 s (5 retries,
-    backing off from 1 to 8 s) before failing, or before falling back to a cached file: with
-    CLIP's and a VFM's weights, about 50 s of every offline run. Yields that host name where
-    offline mode was switched on, else None. (huggingface_hub reads its offline switch from a
-    module constant, set from the environment when it is imported: it is set here and
-    restored, for this block only.)"""
-    from huggingface_hub import constants
-    host = urllib.parse.urlparse(constants.ENDPOINT).hostname
-    if constants.HF_HUB_OFFLINE or not host or _proxied() or _resolves(host):
-        yield None
-        return
-    constants.HF_HUB_OFFLINE = True
-    try:
-        yield host
-    finally:
-        constants.HF_HUB_OFFLINE = False
-
-
-def _proxied() -> bool:
-    """Whether requests go through a proxy (which resolves names itself)."""
-    proxies = urllib.request.getproxies()
-    return any(proxies.get(scheme) for scheme in ('https', 'http', 'all'))
-
-
-def _resolves(host: str) -> bool:
-    try:
-        socket.getaddrinfo(host, 443)
-    except (socket.gaierror, UnicodeError):
-        return False
-    return True
-
-
-def unreachable_hub_note(host: Optional[str]) -> str:
-    """What to add to a failed download's message inside :func:`hub_offline_if_unreachable`."""
-    return f'; {host} does not resolve (no network?), so only the local cache was searched' \
-        if host else ''
 
 
 def require_weights(model_name: str, pretrained: Optional[str], random_init: bool) -> None:

@@ -19,16 +19,15 @@ from open_clip.transformer import text_global_pool
 from torch import Tensor, nn
 
 from ..components import DownloadableWeights, WeightedComponent
+from ..hub import hub_offline_if_unreachable, unreachable_hub_note
 from ..pos_embed import DINO_RESAMPLING, ResampledCache
 from ..weights import (
     CHECKPOINT_ERRORS,
     DOWNLOAD_ERRORS,
     WeightsError,
-    hub_offline_if_unreachable,
     is_local_path,
     load_open_clip_checkpoint,
     require_weights,
-    unreachable_hub_note,
 )
 
 DEFAULT_MODEL_NAME = 'ViT-B-16'

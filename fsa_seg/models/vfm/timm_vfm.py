@@ -35,6 +35,7 @@ from timm.models.vision_transformer_sam import checkpoint_filter_fn as sam_check
 from torch import Tensor, nn
 
 from ..components import DownloadableWeights, WeightedComponent
+from ..hub import hub_offline_if_unreachable, unreachable_hub_note
 from ..pos_embed import (
     DINO_RESAMPLING,
     DINOV2_REG_RESAMPLING,
@@ -47,12 +48,10 @@ from ..weights import (
     CHECKPOINT_ERRORS,
     DOWNLOAD_ERRORS,
     WeightsError,
-    hub_offline_if_unreachable,
     is_local_path,
     load_state_dict_strict,
     read_state_dict,
     require_weights,
-    unreachable_hub_note,
 )
 
 Size = Union[int, Sequence[int]]

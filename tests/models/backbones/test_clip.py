@@ -69,10 +69,10 @@ def test_failed_download_says_which_weights_and_how_to_load_a_file(monkeypatch):
 
 
 def test_without_network_a_download_fails_at_once_and_says_why(tmp_path, unresolvable_names):
-    with pytest.raises(WeightsError, match=r"ViT-B-16 weights 'openai'.*huggingface.co does "
-                                           r"not resolve.*only the local cache.*local path"):
+    with pytest.raises(WeightsError, match=r"ViT-B-16 weights 'openai'.*huggingface.co cannot "
+                                           r"be reached.*only the local cache.*local path"):
         OpenCLIP('ViT-B-16', pretrained='openai', cache_dir=str(tmp_path))
-    assert unresolvable_names.count('huggingface.co') == 1   # the check: no retried requests
+    assert unresolvable_names.count('huggingface.co') == 1   # the probe: no retried requests
 
 
 def test_errors_other_than_download_errors_propagate_as_they_are(monkeypatch):

@@ -273,10 +273,10 @@ def test_without_network_a_download_fails_at_once_and_says_why(tmp_path, monkeyp
                                                                unresolvable_names):
     from huggingface_hub import constants
     monkeypatch.setattr(constants, 'HF_HUB_CACHE', str(tmp_path))    # nothing cached
-    with pytest.raises(WeightsError, match=r"'vit_base_patch8_224.dino'.*huggingface.co does "
-                                           r"not resolve.*only the local cache"):
+    with pytest.raises(WeightsError, match=r"'vit_base_patch8_224.dino'.*huggingface.co cannot "
+                                           r"be reached.*only the local cache"):
         TimmVFM('dino_vitb8', model_kwargs=TINY_VFM)
-    assert unresolvable_names.count('huggingface.co') == 1   # the check: no retried requests
+    assert unresolvable_names.count('huggingface.co') == 1   # the probe: no retried requests
 
 
 def test_unknown_tag_and_preset():

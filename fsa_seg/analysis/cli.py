@@ -43,7 +43,7 @@ import sys
 
 from ..apis.inference import default_device
 from ..cli.arguments import add_cfg_options, positive_int
-from ..cli.errors import INTERRUPTED, one_line
+from ..cli.errors import INTERRUPTED, one_line, say
 from . import benchmark, e2e_benchmark, kernel_benchmark, text_benchmark
 
 COUNT = positive_int('integer')  # sizes, counts and repeats: a bad one is a one-line usage error
@@ -156,17 +156,12 @@ def main(argv=None, prog=None):
     try:
         return run(args)
     except KeyboardInterrupt as interrupt:  # its args: what --json holds, where a run said it
-        print('; '.join(['interrupted', *map(str, interrupt.args)]), file=sys.stderr)
+        say('; '.join(['interrupted', *map(str, interrupt.args)]))
         sys.exit(INTERRUPTED)
     except benchmark.WorkerError as error:  # not the user's: the worker's traceback says where
         sys.exit(f'error: {error}')
     except benchmark.user_error_types() as error:
         sys.exit(f'error: {one_line(error)}')
-
-
-def progress(message: str) -> None:
-    """What is being measured, on stderr: stdout holds the reports alone."""
-    print(message, file=sys.stderr, flush=True)
 
 
 def run(args):
@@ -185,18 +180,18 @@ def run(args):
             args.config, random_weights=args.random_weights, crop=args.crop, q=args.q,
             batch=args.batch, precision=args.precision, device=args.device, repeat=args.repeat,
             threads=args.threads, start_method=start_method, cfg_options=args.cfg_options,
-            profile_rows=args.profile, log=progress)
+            profile_rows=args.profile, log=say)
         report = benchmark.segmentor_report(comparison, 'Segmentor with and without its '
                                                         'plug-in, per crop')
     elif args.command == 'kernel':
         comparison = kernel_benchmark.run_kernel_benchmark(
             args.n, args.q, args.launch, args.device, args.out_dtype, args.repeat,
-            threads=args.threads, log=progress)
+            threads=args.threads, log=say)
         report = kernel_benchmark.kernel_report(comparison)
     elif args.command == 'text':
         comparison = text_benchmark.run_text(args.vocab, args.templates, args.model,
                                              args.precision, args.device, args.repeat,
-                                             args.threads, log=progress)
+                                             args.threads, log=say)
         report = text_benchmark.text_report(comparison)
     else:
         comparison = benchmark.run_segmentor(benchmark.PROXYCLIP_CONFIG, random_weights=True,
@@ -205,7 +200,7 @@ def run(args):
                                              repeat=args.repeat, threads=args.threads,
                                              start_method=start_method,
                                              cfg_options=args.cfg_options,
-                                             profile_rows=args.profile, log=progress)
+                                             profile_rows=args.profile, log=say)
         report = benchmark.segmentor_report(
             comparison, 'ProxyCLIP (CLIP ViT-B/16, DINO ViT-B/8) with and without FSA, one crop')
     print(report)
@@ -225,7 +220,7 @@ def run_e2e(args) -> dict:
                                     else ['fp32'])
     return e2e_benchmark.run_e2e(
         args.config, args.images, args.size, precisions, args.device, args.random_weights,
-        args.repeat, args.stage_repeat, args.threads, args.cfg_options, log=progress)
+        args.repeat, args.stage_repeat, args.threads, args.cfg_options, log=say)
 
 
 def run_plugin_grid(args, start_method):
@@ -236,10 +231,10 @@ def run_plugin_grid(args, start_method):
     comparisons = []
     try:
         for index, (n, dtype) in enumerate(grid):
-            progress(f'run {index + 1}/{len(grid)}: N={n}, {dtype}')
+            say(f'run {index + 1}/{len(grid)}: N={n}, {dtype}')
             comparisons.append(benchmark.run_plugin(
                 n, args.q, args.heads, args.head_dim, args.batch, dtype, args.device,
-                args.repeat, args.threads, start_method, settings, args.profile, log=progress))
+                args.repeat, args.threads, start_method, settings, args.profile, log=say))
             print(benchmark.plugin_report(comparisons[-1]), flush=True)
             if args.json:  # after each run: a Ctrl-C or a failure later keeps what was measured
                 benchmark.write_json(args.json, plugin_grid_json(comparisons, len(grid)))

@@ -12,13 +12,13 @@ times, their ratio, the tokens each variant pushed through the text transformer 
 difference between the two results; no verdicts.
 """
 import statistics
-import sys
 import time
 from typing import Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 
+from ..cli.errors import say
 from ..models.backbones import OpenCLIP
 from ..models.backbones.clip import is_causal_clip_text, pooled_token_index
 from ..models.text import embed_queries, load_vocabulary, resolve_templates
@@ -79,7 +79,7 @@ def run_text(vocabulary: str = 'voc21', templates: str = 'openai_imagenet',
              repeat: int = 1, threads: Optional[int] = None, log=None) -> dict:
     """Time the text embeddings of ``vocabulary`` both ways on a random ``model_name``;
     ``log(message)`` reports each run as it starts and ends (default: to stderr)."""
-    log = log or (lambda message: print(message, file=sys.stderr, flush=True))
+    log = log or say
     queries = load_vocabulary(vocabulary).queries  # the arguments first: the model takes a while
     templates = _templates(templates)
     if threads:
